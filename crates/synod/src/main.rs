@@ -1,0 +1,2 @@
+//! The `synod` command line.
+fn main() {}
