@@ -1,1 +1,22 @@
-//! synod-sim.
+//! synod-sim: the deterministic simulator and its checkers.
+//!
+//! A whole group runs in one thread, in virtual time, from one seed: the same
+//! seed replays the same run exactly. The replicas are the very
+//! `synod_paxos::Replica` the server runs; only the disk, the network, the
+//! clocks and the clients are simulated.
+//!
+//! # Layout
+//! - `swarm`: fault rates drawn per seed, and the planted bugs.
+//! - `network`: latency, loss, duplication, reordering, partitions.
+//! - `disk`: a disk with fsync semantics that loses unsynced writes on a crash.
+//! - `history`: the clients' operations, for the linearizability check.
+//! - `cluster`: one run: faults, clients, and the checks after every step.
+
+pub mod cluster;
+pub mod disk;
+pub mod history;
+pub mod network;
+pub mod swarm;
+
+pub use cluster::{run_seed, RunConfig, RunReport, Simulation, Stats};
+pub use swarm::{FaultMix, SimBugs};

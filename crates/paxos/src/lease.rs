@@ -1,0 +1,377 @@
+//! PaxosLease (Trencseni, Gazsó, Reinhardt, 2009): a diskless master lease.
+//!
+//! Only durations are used, never clock readings from another machine. The
+//! proposer starts its timer *before* it sends its prepare; an acceptor starts its
+//! own timer when it accepts, which is later. So while clock rates stay within the
+//! configured drift bound, every acceptor's timer outlives the proposer's, and no
+//! two proposers can each believe they hold the lease at the same instant.
+
+use std::time::Duration;
+
+use crate::message::Message;
+use crate::{Ballot, NodeId, Time};
+
+/// The acceptor half. Nothing here is persisted: a restarted acceptor instead
+/// stays silent until any lease it may have granted before has run out.
+#[derive(Debug)]
+pub(crate) struct LeaseAcceptor {
+    promised: Ballot,
+    accepted: Option<Grant>,
+    silent_until: Time,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    owner: NodeId,
+    expires_at: Time,
+}
+
+impl LeaseAcceptor {
+    pub(crate) fn new(silent_until: Time) -> LeaseAcceptor {
+        LeaseAcceptor {
+            promised: Ballot::ZERO,
+            accepted: None,
+            silent_until,
+        }
+    }
+
+    pub(crate) fn is_silent(&self, now: Time) -> bool {
+        now < self.silent_until
+    }
+
+    /// The owner of a lease whose timer still runs here.
+    pub(crate) fn holder(&self, now: Time) -> Option<NodeId> {
+        self.accepted
+            .filter(|grant| now < grant.expires_at)
+            .map(|grant| grant.owner)
+    }
+
+    /// Forgets a grant to `owner`, called by `owner`'s own proposer when its
+    /// attempt failed and it holds no lease: nobody believes in that grant, and
+    /// left in place it would block every other proposer for a lease time.
+    /// Grants to any other owner are never released early.
+    pub(crate) fn release_own(&mut self, owner: NodeId) {
+        if self.accepted.is_some_and(|grant| grant.owner == owner) {
+            self.accepted = None;
+        }
+    }
+
+    /// Answers a prepare; `None` while silent.
+    pub(crate) fn on_prepare(&mut self, now: Time, ballot: Ballot) -> Option<Message> {
+        if self.is_silent(now) {
+            return None;
+        }
+        if ballot <= self.promised {
+            return Some(Message::LeasePrepareReply {
+                ballot,
+                granted: false,
+                promised: self.promised,
+                open_owner: None,
+            });
+        }
+        self.promised = ballot;
+        Some(Message::LeasePrepareReply {
+            ballot,
+            granted: true,
+            promised: ballot,
+            open_owner: self.holder(now),
+        })
+    }
+
+    /// Answers a propose; `None` while silent. `duration` is capped at the
+    /// acceptor's own configured lease length.
+    pub(crate) fn on_propose(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        ballot: Ballot,
+        duration: Duration,
+        duration_max: Duration,
+    ) -> Option<Message> {
+        if self.is_silent(now) {
+            return None;
+        }
+        if ballot < self.promised {
+            return Some(Message::LeaseProposeReply {
+                ballot,
+                granted: false,
+                promised: self.promised,
+            });
+        }
+        debug_assert_eq!(ballot.node, from, "a lease is proposed by its owner");
+        self.promised = ballot;
+        self.accepted = Some(Grant {
+            owner: from,
+            expires_at: now + duration.min(duration_max),
+        });
+        Some(Message::LeaseProposeReply {
+            ballot,
+            granted: true,
+            promised: ballot,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    Idle,
+    Preparing {
+        ballot: Ballot,
+        started_at: Time,
+        granted: u64,
+        refused: u64,
+        open_other: bool,
+    },
+    Proposing {
+        ballot: Ballot,
+        started_at: Time,
+        granted: u64,
+        refused: u64,
+    },
+}
+
+/// The proposer half: acquires and renews this replica's lease.
+#[derive(Debug)]
+pub(crate) struct LeaseProposer {
+    pub(crate) attempt: Attempt,
+    /// Highest lease round seen anywhere, so the next ballot outbids it.
+    round_seen: u64,
+    /// The lease this replica holds ends here, on its own clock.
+    held_until: Option<Time>,
+    /// When the held lease's attempt started; renewal is timed from it.
+    held_since: Time,
+    /// No acquisition attempt before this.
+    pub(crate) next_attempt_at: Time,
+    /// Attempts failed in a row; the random back-off doubles with each, up to 2^3.
+    pub(crate) failures: u32,
+}
+
+/// What a reply did to the attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LeaseEvent {
+    None,
+    /// Send this propose to every member.
+    Propose {
+        ballot: Ballot,
+    },
+    /// The lease is held (newly or renewed).
+    Acquired {
+        was_held: bool,
+    },
+    /// The attempt failed; back off.
+    Failed,
+    /// Another replica holds the lease: wait for it to run out or be renewed.
+    HeldElsewhere,
+}
+
+impl LeaseProposer {
+    pub(crate) fn new(first_attempt_at: Time) -> LeaseProposer {
+        LeaseProposer {
+            attempt: Attempt::Idle,
+            round_seen: 0,
+            held_until: None,
+            held_since: Time::ZERO,
+            next_attempt_at: first_attempt_at,
+            failures: 0,
+        }
+    }
+
+    pub(crate) fn is_held(&self, now: Time) -> bool {
+        self.held_until.is_some_and(|until| now < until)
+    }
+
+    pub(crate) fn held_until(&self) -> Option<Time> {
+        self.held_until
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        matches!(self.attempt, Attempt::Idle)
+    }
+
+    pub(crate) fn renewal_due(&self, now: Time, renew_interval: Duration) -> bool {
+        self.is_held(now) && now >= self.held_since + renew_interval
+    }
+
+    pub(crate) fn observe_round(&mut self, round: u64) {
+        self.round_seen = self.round_seen.max(round);
+    }
+
+    /// Starts an attempt; the caller sends `LeasePrepare` to every member.
+    pub(crate) fn start(&mut self, now: Time, node: NodeId, incarnation: u64) -> Ballot {
+        self.round_seen += 1;
+        let ballot = Ballot::new(self.round_seen, incarnation, node);
+        self.attempt = Attempt::Preparing {
+            ballot,
+            started_at: now,
+            granted: 0,
+            refused: 0,
+            open_other: false,
+        };
+        ballot
+    }
+
+    /// Gives up an attempt that got no answer in time.
+    pub(crate) fn expire_attempt(&mut self, now: Time, timeout: Duration) -> bool {
+        let started = match self.attempt {
+            Attempt::Idle => return false,
+            Attempt::Preparing { started_at, .. } | Attempt::Proposing { started_at, .. } => started_at,
+        };
+        if now >= started + timeout {
+            self.attempt = Attempt::Idle;
+            return true;
+        }
+        false
+    }
+
+    pub(crate) fn drop_lease(&mut self) {
+        self.held_until = None;
+        self.attempt = Attempt::Idle;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_prepare_reply(
+        &mut self,
+        node: NodeId,
+        member_bit: u64,
+        quorum: usize,
+        members: usize,
+        ballot: Ballot,
+        granted_reply: bool,
+        promised: Ballot,
+        open_owner: Option<NodeId>,
+    ) -> LeaseEvent {
+        self.observe_round(promised.round);
+        let Attempt::Preparing {
+            ballot: current,
+            granted,
+            refused,
+            open_other,
+            ..
+        } = &mut self.attempt
+        else {
+            return LeaseEvent::None;
+        };
+        if *current != ballot {
+            return LeaseEvent::None;
+        }
+        if granted_reply {
+            *granted |= member_bit;
+            if open_owner.is_some_and(|owner| owner != node) {
+                *open_other = true;
+            }
+        } else {
+            *refused |= member_bit;
+        }
+        if granted.count_ones() as usize >= quorum {
+            if *open_other {
+                self.attempt = Attempt::Idle;
+                return LeaseEvent::HeldElsewhere;
+            }
+            let Attempt::Preparing { ballot, started_at, .. } = self.attempt else {
+                unreachable!()
+            };
+            self.attempt = Attempt::Proposing {
+                ballot,
+                started_at,
+                granted: 0,
+                refused: 0,
+            };
+            return LeaseEvent::Propose { ballot };
+        }
+        if refused.count_ones() as usize > members - quorum {
+            self.attempt = Attempt::Idle;
+            return LeaseEvent::Failed;
+        }
+        LeaseEvent::None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn on_propose_reply(
+        &mut self,
+        now: Time,
+        member_bit: u64,
+        quorum: usize,
+        members: usize,
+        holder_duration: Duration,
+        ballot: Ballot,
+        granted_reply: bool,
+        promised: Ballot,
+    ) -> LeaseEvent {
+        self.observe_round(promised.round);
+        let Attempt::Proposing {
+            ballot: current,
+            started_at,
+            granted,
+            refused,
+        } = &mut self.attempt
+        else {
+            return LeaseEvent::None;
+        };
+        if *current != ballot {
+            return LeaseEvent::None;
+        }
+        if granted_reply {
+            *granted |= member_bit;
+        } else {
+            *refused |= member_bit;
+        }
+        if granted.count_ones() as usize >= quorum {
+            let until = *started_at + holder_duration;
+            let started = *started_at;
+            self.attempt = Attempt::Idle;
+            if now >= until {
+                return LeaseEvent::Failed;
+            }
+            let was_held = self.is_held(now);
+            self.failures = 0;
+            self.held_until = Some(until);
+            self.held_since = started;
+            return LeaseEvent::Acquired { was_held };
+        }
+        if refused.count_ones() as usize > members - quorum {
+            self.attempt = Attempt::Idle;
+            return LeaseEvent::Failed;
+        }
+        LeaseEvent::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acceptor_refuses_lower_or_equal_prepare_and_reports_open_lease() {
+        let mut acceptor = LeaseAcceptor::new(Time::ZERO);
+        let b1 = Ballot::new(1, 1, NodeId(1));
+        let b2 = Ballot::new(2, 1, NodeId(2));
+        assert!(matches!(
+            acceptor.on_prepare(Time(0), b1),
+            Some(Message::LeasePrepareReply { granted: true, .. })
+        ));
+        let max = Duration::from_secs(10);
+        acceptor.on_propose(Time(0), NodeId(1), b1, Duration::from_secs(1), max);
+        assert_eq!(acceptor.holder(Time(10)), Some(NodeId(1)));
+        assert!(matches!(
+            acceptor.on_prepare(Time(10), b1),
+            Some(Message::LeasePrepareReply { granted: false, .. })
+        ));
+        assert!(matches!(
+            acceptor.on_prepare(Time(20), b2),
+            Some(Message::LeasePrepareReply {
+                granted: true,
+                open_owner: Some(NodeId(1)),
+                ..
+            })
+        ));
+        // After the timer runs out the lease is no longer reported.
+        assert_eq!(acceptor.holder(Time(2_000_000_000)), None);
+    }
+
+    #[test]
+    fn silent_acceptor_answers_nothing() {
+        let mut acceptor = LeaseAcceptor::new(Time(100));
+        assert!(acceptor.on_prepare(Time(50), Ballot::new(1, 1, NodeId(1))).is_none());
+        assert!(acceptor.on_prepare(Time(100), Ballot::new(1, 1, NodeId(1))).is_some());
+    }
+}

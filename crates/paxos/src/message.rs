@@ -1,0 +1,241 @@
+//! What replicas say to each other, and the values they agree on.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::{Ballot, Instance, NodeId};
+
+/// Identifies a master's reign: the ballot with which it finished phase 1. Every
+/// master change changes the epoch. A submit may carry the epoch it saw; the value
+/// is then rejected if it is not committed within that same epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Epoch(pub Ballot);
+
+/// One submitted value inside a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Bytes,
+    /// The epoch the submitter saw, if it asked to be rejected on a master change.
+    pub expected_epoch: Option<Epoch>,
+}
+
+/// Names a batch uniquely: a master proposes at most one batch per instance per
+/// ballot, and a batch keeps its identity when a later master re-proposes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BatchId {
+    /// The ballot of the master that formed the batch; its epoch.
+    pub ballot: Ballot,
+    /// The instance it was formed for.
+    pub instance: Instance,
+}
+
+/// The value of one Paxos instance: the submitted values a master put together,
+/// or none at all (a no-op that fills a gap after a master change).
+/// Cheap to clone: the entries are shared.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub id: BatchId,
+    pub entries: Arc<[Entry]>,
+}
+
+impl PartialEq for Batch {
+    fn eq(&self, other: &Batch) -> bool {
+        self.id == other.id && (Arc::ptr_eq(&self.entries, &other.entries) || self.entries == other.entries)
+    }
+}
+impl Eq for Batch {}
+
+impl Batch {
+    pub fn new(id: BatchId, entries: Vec<Entry>) -> Batch {
+        Batch {
+            id,
+            entries: entries.into(),
+        }
+    }
+
+    pub fn noop(id: BatchId) -> Batch {
+        Batch::new(id, Vec::new())
+    }
+
+    pub fn is_noop(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        Epoch(self.id.ballot)
+    }
+
+    /// Bytes of values, the measure batch and message bounds use.
+    pub fn value_bytes(&self) -> usize {
+        self.entries.iter().map(|entry| entry.value.len()).sum()
+    }
+
+    /// A bound on this batch's encoded size.
+    pub fn encoded_bytes(&self) -> usize {
+        64 + self.entries.iter().map(|entry| entry.value.len() + 48).sum::<usize>()
+    }
+}
+
+/// What an acceptor knows of one instance, as reported in a promise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PromiseEntry {
+    /// Accepted at `ballot`, not known to be chosen.
+    Accepted {
+        instance: Instance,
+        ballot: Ballot,
+        batch: Batch,
+    },
+    /// Known to be chosen.
+    Chosen { instance: Instance, batch: Batch },
+    /// Accepted at `ballot` (if the entry's identifier survived), but the stored
+    /// value failed its checksum: the proposer must find a good copy elsewhere.
+    Faulty { instance: Instance, ballot: Option<Ballot> },
+}
+
+impl PromiseEntry {
+    pub fn instance(&self) -> Instance {
+        match self {
+            PromiseEntry::Accepted { instance, .. }
+            | PromiseEntry::Chosen { instance, .. }
+            | PromiseEntry::Faulty { instance, .. } => *instance,
+        }
+    }
+
+    fn encoded_bytes(&self) -> usize {
+        match self {
+            PromiseEntry::Accepted { batch, .. } | PromiseEntry::Chosen { batch, .. } => 40 + batch.encoded_bytes(),
+            PromiseEntry::Faulty { .. } => 40,
+        }
+    }
+}
+
+/// Why an acceptor refused a prepare or an accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// It promised a higher ballot, carried in the refusal.
+    Promised,
+    /// Its PaxosLease timer runs for another holder.
+    LeaseHeld,
+    /// It restarted (or is rejoining) and stays silent for a full lease time.
+    Silent,
+}
+
+/// A message between two replicas of one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    // PaxosLease: master election, nothing on disk.
+    LeasePrepare {
+        ballot: Ballot,
+    },
+    LeasePrepareReply {
+        ballot: Ballot,
+        granted: bool,
+        /// The acceptor's promised ballot, so a refused proposer can outbid it.
+        promised: Ballot,
+        /// The owner of a lease this acceptor accepted and whose timer still runs.
+        open_owner: Option<NodeId>,
+    },
+    LeasePropose {
+        ballot: Ballot,
+        duration_nanos: u64,
+    },
+    LeaseProposeReply {
+        ballot: Ballot,
+        granted: bool,
+        promised: Ballot,
+    },
+
+    // Multi-Paxos phase 1, once for every instance from `from` on.
+    Prepare {
+        ballot: Ballot,
+        from: Instance,
+    },
+    /// One piece of an acceptor's answer; the answer is complete with `last`.
+    Promise {
+        ballot: Ballot,
+        /// The acceptor's known-chosen prefix.
+        chosen_through: Instance,
+        entries: Vec<PromiseEntry>,
+        /// There were more accepted entries than `accept_ahead_instances_max`:
+        /// the proposer is far behind and must catch up first.
+        truncated: bool,
+        last: bool,
+    },
+    /// Refusal of a prepare or an accept.
+    Refuse {
+        ballot: Ballot,
+        promised: Ballot,
+        reason: RefuseReason,
+    },
+
+    // Multi-Paxos phase 2.
+    Accept {
+        ballot: Ballot,
+        instance: Instance,
+        batch: Batch,
+        /// The master's commit point (piggybacked commit notification).
+        chosen_through: Instance,
+    },
+    Accepted {
+        ballot: Ballot,
+        instance: Instance,
+    },
+    /// Commit notification and heartbeat: every instance up to `chosen_through` is
+    /// chosen, and where the receiver accepted `ballot` there, that value is it.
+    Commit {
+        ballot: Ballot,
+        chosen_through: Instance,
+        /// The highest instance this master has proposed in; a rejoining replica
+        /// learns up to here before it votes again.
+        proposed_through: Instance,
+    },
+
+    // Learning what was chosen.
+    CatchupRequest {
+        from: Instance,
+        to: Instance,
+    },
+    CatchupReply {
+        entries: Vec<(Instance, Batch)>,
+        chosen_through: Instance,
+    },
+    /// The requested instances are below the sender's snapshot: install a snapshot
+    /// of at least `snapshot_instance` from this sender first.
+    SnapshotNeeded {
+        snapshot_instance: Instance,
+    },
+
+    // Rejoining with an empty disk.
+    Probe,
+    ProbeReply {
+        /// The sender itself has lost its state and knows nothing to tell.
+        amnesiac: bool,
+        promised: Ballot,
+        /// The sender has promised or accepted something: the group is not new.
+        has_history: bool,
+        /// The highest incarnation of the prober that the sender has seen.
+        incarnation_seen: u64,
+    },
+}
+
+impl Message {
+    /// A bound on this message's encoded size, for cutting replies to `message_bytes_max`.
+    pub fn encoded_bytes(&self) -> usize {
+        match self {
+            Message::Promise { entries, .. } => 64 + entries.iter().map(PromiseEntry::encoded_bytes).sum::<usize>(),
+            Message::Accept { batch, .. } => 64 + batch.encoded_bytes(),
+            Message::CatchupReply { entries, .. } => {
+                64 + entries
+                    .iter()
+                    .map(|(_, batch)| 16 + batch.encoded_bytes())
+                    .sum::<usize>()
+            }
+            _ => 96,
+        }
+    }
+
+    pub(crate) fn promise_entry_bytes(entry: &PromiseEntry) -> usize {
+        entry.encoded_bytes()
+    }
+}

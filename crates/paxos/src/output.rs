@@ -1,0 +1,198 @@
+//! What the core asks its host to do, and what the host hands back on restart.
+
+use bytes::Bytes;
+
+use crate::message::{Batch, Epoch, Message};
+use crate::{Ballot, Instance, NodeId};
+
+/// The acceptor's small, overwritten-in-place state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// Highest Multi-Paxos ballot promised. Never goes down.
+    pub promised: Ballot,
+    /// Bumped on every start, so ballots issued after a restart never repeat one
+    /// issued before.
+    pub incarnation: u64,
+    /// Whether this acceptor may vote, or what it still has to learn first after
+    /// starting with an empty disk (see ARCHITECTURE.md, "Safe rejoin").
+    pub voting: Voting,
+}
+
+/// An acceptor's right to vote. Only `Voter` answers prepares and accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Voting {
+    #[default]
+    Voter,
+    /// Started with an empty disk; must ask its peers for their promises first.
+    /// `new_group`: the operator said the group is new, so this replica knows it
+    /// never voted (its answers to others' probes count).
+    ProbePending { new_group: bool },
+    /// Has adopted its peers' highest promise; waits to hear a master whose
+    /// ballot is at least that promise, to learn how far that master proposed.
+    AwaitMaster,
+    /// Learns, without voting, until every instance up to here is known chosen.
+    LearnUntil(Instance),
+}
+
+/// A write the host must make durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persist {
+    /// Overwrite the acceptor metadata.
+    Meta(Meta),
+    /// The acceptor accepted `batch` at `ballot` for `instance` (replacing what it had).
+    Accepted {
+        instance: Instance,
+        ballot: Ballot,
+        batch: Batch,
+    },
+    /// `batch` is known to be chosen for `instance` (learned from a peer).
+    Chosen { instance: Instance, batch: Batch },
+    /// Every instance up to `through` is chosen, and the log holds each chosen value.
+    ChosenThrough { through: Instance },
+}
+
+/// An instance whose value is chosen, delivered in instance order, each exactly once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub instance: Instance,
+    pub batch: Batch,
+    /// Indexes into `batch.entries` of values rejected because the master changed
+    /// between their submit and their commit; the state machine must skip them.
+    /// Every replica computes the same set.
+    pub rejected: Vec<u32>,
+}
+
+impl Committed {
+    /// The values to apply, in order, with the epoch-rejected ones left out.
+    pub fn applied_values(&self) -> impl Iterator<Item = &Bytes> + '_ {
+        self.batch
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| !self.rejected.contains(&(*index as u32)))
+            .map(|(_, entry)| &entry.value)
+    }
+}
+
+/// Names one `submit` call at one replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SubmitId(pub u64);
+
+/// Why a submit was refused. The value is handed back with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// This replica is not the master; `master` is the one it last heard from.
+    NotMaster { master: Option<NodeId> },
+    /// The master changed between the submitter's look at the epoch and the commit.
+    EpochChanged { current: Option<Epoch> },
+    /// The value is larger than `value_bytes_max`.
+    TooLarge { bytes: usize, bytes_max: usize },
+    /// The submit queue is at its bound.
+    QueueFull,
+}
+
+/// A definite "no": the value was not and will never be committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    pub reason: RejectReason,
+    pub value: Bytes,
+}
+
+/// How one submit ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Chosen at `instance`, at position `index` of its batch.
+    Committed {
+        instance: Instance,
+        index: u32,
+    },
+    Rejected(Rejected),
+    /// Cannot be known here: the instance was skipped by installing a peer's
+    /// snapshot. The submitter must find out from the state machine.
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubmitOutcome {
+    pub id: SubmitId,
+    pub outcome: Outcome,
+}
+
+/// A message to one peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub to: NodeId,
+    pub message: Message,
+}
+
+/// Everything the host must do after a call into the core.
+///
+/// Act on it strictly in field order:
+/// 1. write every `persist` record and make it durable (fsync): the promises and
+///    acceptances it holds must survive a crash before anyone hears of them;
+/// 2. only then send `messages`;
+/// 3. then apply `committed` to the state machine, in order, and report `outcomes`
+///    (an outcome may report a value committed, so it comes after the apply).
+///
+/// A Ready's messages may depend on the persists of every earlier Ready: a host
+/// that pipelines disk writes must not send a Ready's messages before all earlier
+/// persists are durable too.
+#[derive(Clone, Debug, Default)]
+pub struct Ready {
+    pub persist: Vec<Persist>,
+    pub messages: Vec<Envelope>,
+    pub committed: Vec<Committed>,
+    pub outcomes: Vec<SubmitOutcome>,
+    /// This replica is behind every peer's log: install a snapshot of at least
+    /// `instance` from `peer`, then call `Replica::install_snapshot`.
+    pub snapshot_needed: Option<(NodeId, Instance)>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.messages.is_empty()
+            && self.committed.is_empty()
+            && self.outcomes.is_empty()
+            && self.snapshot_needed.is_none()
+    }
+}
+
+/// One stored log slot, as found on disk at restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredSlot {
+    Accepted {
+        ballot: Ballot,
+        batch: Batch,
+    },
+    Chosen {
+        batch: Batch,
+    },
+    /// The value failed its checksum; the ballot is known if its identifier survived.
+    Faulty {
+        ballot: Option<Ballot>,
+    },
+}
+
+/// What the host read back from disk at restart.
+#[derive(Clone, Debug, Default)]
+pub struct DurableState {
+    pub meta: Meta,
+    /// The instance the host's state machine snapshot covers (its applied point at
+    /// restart), and the highest epoch applied by then.
+    pub snapshot_instance: Instance,
+    pub snapshot_epoch: Epoch,
+    /// Log slots above the snapshot, in any order.
+    pub slots: Vec<(Instance, StoredSlot)>,
+    /// The highest `Persist::ChosenThrough` read back.
+    pub chosen_through: Instance,
+}
+
+/// How a replica with an empty disk starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreshStart {
+    /// A member of a group being created: it has never voted.
+    NewGroup,
+    /// A member that may have voted before and lost its disk.
+    Rejoin,
+}

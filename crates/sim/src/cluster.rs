@@ -1,0 +1,746 @@
+//! One simulated run: a whole group in one thread, in virtual time, driven by one
+//! seed. The replicas run the very same `synod_paxos::Replica` the server runs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use synod_paxos::{
+    Batch, BatchId, Config, Epoch, FreshStart, Instance, NodeId, Outcome, Ready, Replica, SubmitId, Time, Voting,
+};
+
+use crate::disk::{SimDisk, Snapshot};
+use crate::history::{History, OperationKind};
+use crate::network::{Network, PartitionKind};
+use crate::swarm::{FaultMix, SimBugs};
+
+/// Simulated milliseconds between two ticks of a replica.
+const TICK_MS: u64 = 5;
+/// A client gives up on a write after this long: its outcome is then unknown.
+const CLIENT_TIMEOUT_MS: u64 = 3_000;
+/// Instances between two snapshots of a replica's state machine.
+const SNAPSHOT_EVERY_INSTANCES: u64 = 64;
+const KEYS: [&str; 3] = ["x", "y", "z"];
+/// How often the host with the planted "send before sync" bug gets round to syncing.
+const LAZY_SYNC_MS: u64 = 500;
+/// The last milliseconds of a run carry no new client operations.
+const QUIET_MS: u64 = 2_000;
+
+/// Everything one run needs: the seed decides all the rest.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub replicas: usize,
+    pub bugs: SimBugs,
+}
+
+/// Counts of what a run did, for the long mode's report.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub simulated_ms: u64,
+    pub messages_sent: u64,
+    pub messages_dropped: u64,
+    pub messages_duplicated: u64,
+    pub partitions: [u64; 4],
+    pub crashes: u64,
+    pub wipes: u64,
+    pub pauses: u64,
+    pub snapshots_installed: u64,
+    pub values_committed: u64,
+    pub reads_answered: u64,
+    pub operations: u64,
+    pub instances_chosen: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, other: &Stats) {
+        self.simulated_ms += other.simulated_ms;
+        self.messages_sent += other.messages_sent;
+        self.messages_dropped += other.messages_dropped;
+        self.messages_duplicated += other.messages_duplicated;
+        for (mine, theirs) in self.partitions.iter_mut().zip(other.partitions) {
+            *mine += theirs;
+        }
+        self.crashes += other.crashes;
+        self.wipes += other.wipes;
+        self.pauses += other.pauses;
+        self.snapshots_installed += other.snapshots_installed;
+        self.values_committed += other.values_committed;
+        self.reads_answered += other.reads_answered;
+        self.operations += other.operations;
+        self.instances_chosen += other.instances_chosen;
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub seed: u64,
+    pub replicas: usize,
+    pub mix: FaultMix,
+    /// The first violated property, if any.
+    pub failure: Option<String>,
+    pub stats: Stats,
+    /// Each replica's state at the end of a failed run.
+    pub trace: Vec<String>,
+}
+
+struct Node {
+    id: NodeId,
+    replica: Option<Replica>,
+    disk: SimDisk,
+    state: BTreeMap<String, String>,
+    applied: Instance,
+    /// Clock rate offset from real time, in ppm.
+    clock_ppm: i64,
+    paused_until_ms: Option<u64>,
+    down_until_ms: Option<u64>,
+    next_tick_ms: u64,
+    submits: HashMap<SubmitId, (usize, usize)>,
+}
+
+impl Node {
+    fn local_now(&self, now_us: u64) -> Time {
+        let nanos = now_us as i128 * 1_000 * (1_000_000 + self.clock_ppm as i128) / 1_000_000;
+        Time::from_nanos(nanos as u64 + 1_000_000_000)
+    }
+
+    fn is_up(&self) -> bool {
+        self.replica.is_some()
+    }
+
+    fn is_running(&self) -> bool {
+        self.replica.is_some() && self.paused_until_ms.is_none()
+    }
+}
+
+struct Client {
+    target: usize,
+    /// History index of the operation in flight, and when it started.
+    in_flight: Option<(usize, u64)>,
+    next_op_ms: u64,
+    written: u64,
+}
+
+/// One seeded run of a group.
+pub struct Simulation {
+    rng: ChaCha8Rng,
+    config: RunConfig,
+    mix: FaultMix,
+    paxos: Config,
+    nodes: Vec<Node>,
+    network: Network,
+    clients: Vec<Client>,
+    history: History,
+    now_us: u64,
+    partition_heals_at_ms: Option<u64>,
+    /// The one value ever chosen for each instance, as first seen delivered anywhere.
+    chosen: BTreeMap<Instance, BatchId>,
+    submitted: HashSet<Bytes>,
+    stats: Stats,
+    failure: Option<String>,
+    trace: Vec<String>,
+}
+
+/// The Paxos configuration the simulator runs with: short timeouts, small
+/// windows, so that a few simulated seconds see many master changes.
+pub fn sim_paxos_config(node: NodeId, members: Vec<NodeId>) -> Config {
+    let mut config = Config::new(node, members);
+    config.lease_duration = Duration::from_millis(1_000);
+    config.lease_renew_interval = Duration::from_millis(250);
+    config.election_timeout = Duration::from_millis(500);
+    config.heartbeat_interval = Duration::from_millis(50);
+    config.retransmit_interval = Duration::from_millis(100);
+    config.backoff_max = Duration::from_millis(250);
+    config.clock_drift_max_ppm = 20_000;
+    config.window_instances_max = 4;
+    config.batch_values_max = 8;
+    config.accept_ahead_instances_max = 16;
+    config.catchup_instances_max = 8;
+    config
+}
+
+impl Simulation {
+    pub fn new(config: RunConfig) -> Simulation {
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let members: Vec<NodeId> = (1..=config.replicas as u64).map(NodeId).collect();
+        let paxos = sim_paxos_config(members[0], members.clone());
+        let mix = FaultMix::draw(&mut rng, config.replicas, paxos.clock_drift_max_ppm);
+        let mut nodes = Vec::new();
+        for id in &members {
+            let drift = mix.clock_drift_ppm as i64;
+            let clock_ppm = if drift == 0 {
+                0
+            } else {
+                rng.random_range(-drift..=drift)
+            };
+            nodes.push(Node {
+                id: *id,
+                replica: None,
+                disk: SimDisk::default(),
+                state: BTreeMap::new(),
+                applied: Instance::ZERO,
+                clock_ppm,
+                paused_until_ms: None,
+                down_until_ms: None,
+                next_tick_ms: rng.random_range(0..TICK_MS),
+                submits: HashMap::new(),
+            });
+        }
+        let clients = (0..mix.clients)
+            .map(|_| Client {
+                target: rng.random_range(0..config.replicas),
+                in_flight: None,
+                next_op_ms: rng.random_range(0..50),
+                written: 0,
+            })
+            .collect();
+        let mut simulation = Simulation {
+            rng,
+            config,
+            mix,
+            paxos,
+            nodes,
+            network: Network::new(),
+            clients,
+            history: History::default(),
+            now_us: 0,
+            partition_heals_at_ms: None,
+            chosen: BTreeMap::new(),
+            submitted: HashSet::new(),
+            stats: Stats::default(),
+            failure: None,
+            trace: Vec::new(),
+        };
+        for index in 0..simulation.nodes.len() {
+            simulation.start_node(index, Some(FreshStart::NewGroup));
+        }
+        simulation
+    }
+
+    fn node_config(&self, index: usize) -> Config {
+        let mut config = self.paxos.clone();
+        config.node = self.nodes[index].id;
+        config
+    }
+
+    fn start_node(&mut self, index: usize, fresh: Option<FreshStart>) {
+        let config = self.node_config(index);
+        let now = self.nodes[index].local_now(self.now_us);
+        let seed = self.rng.random();
+        let mut replica = if self.nodes[index].disk.is_empty() {
+            Replica::fresh(config, fresh.unwrap_or(FreshStart::Rejoin), now, seed)
+        } else {
+            let durable = self.nodes[index].disk.recover();
+            Replica::restart(config, durable, now, seed)
+        };
+        replica.plant_bugs(self.config.bugs.core);
+        let node = &mut self.nodes[index];
+        // The state machine restarts from the snapshot and replays the log.
+        match node.disk.snapshot() {
+            Some(snapshot) => {
+                node.state = snapshot.state.clone();
+                node.applied = snapshot.instance;
+            }
+            None => {
+                node.state.clear();
+                node.applied = Instance::ZERO;
+            }
+        }
+        node.replica = Some(replica);
+        node.down_until_ms = None;
+        node.paused_until_ms = None;
+        self.process_ready(index);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now_us / 1_000
+    }
+
+    fn fail(&mut self, message: String) {
+        if self.failure.is_none() {
+            self.failure = Some(format!("t={}ms: {}", self.now_ms(), message));
+        }
+    }
+
+    /// Acts on a replica's Ready, in the documented order.
+    fn process_ready(&mut self, index: usize) {
+        let Some(replica) = self.nodes[index].replica.as_mut() else {
+            return;
+        };
+        let ready: Ready = replica.take_ready();
+        if ready.is_empty() {
+            return;
+        }
+        let from = self.nodes[index].id;
+        self.nodes[index].disk.write(ready.persist);
+        if !self.config.bugs.send_before_sync {
+            self.nodes[index].disk.sync();
+        }
+        let latency = (self.mix.latency_min_ms * 1_000, self.mix.latency_max_ms * 1_000);
+        let (drop, duplicate) = if self.in_liveness_phase() {
+            (0.0, 0.0)
+        } else {
+            (self.mix.drop_probability, self.mix.duplicate_probability)
+        };
+        for envelope in ready.messages {
+            self.network.send(
+                &mut self.rng,
+                self.now_us,
+                from,
+                envelope.to,
+                envelope.message,
+                drop,
+                duplicate,
+                latency,
+            );
+        }
+        for committed in ready.committed {
+            self.check_chosen(index, committed.instance, &committed.batch);
+            let node = &mut self.nodes[index];
+            if committed.instance != node.applied.next() {
+                let message = format!(
+                    "{} applied {} after {}: not in order, exactly once",
+                    node.id, committed.instance, node.applied
+                );
+                self.fail(message);
+                return;
+            }
+            node.applied = committed.instance;
+            for value in committed.applied_values() {
+                let text = String::from_utf8_lossy(value);
+                if let Some((key, val)) = text.split_once('=') {
+                    node.state.insert(key.to_string(), val.to_string());
+                }
+            }
+            self.stats.values_committed += committed.applied_values().count() as u64;
+        }
+        for outcome in ready.outcomes {
+            let Some((client, op)) = self.nodes[index].submits.remove(&outcome.id) else {
+                continue;
+            };
+            let returned = self.history.next_time();
+            match outcome.outcome {
+                Outcome::Committed { .. } => self.history.complete(op, returned, None),
+                Outcome::Rejected(_) => self.history.fail(op),
+                Outcome::Unknown => {}
+            }
+            if self.clients[client].in_flight.is_some_and(|(current, _)| current == op) {
+                self.clients[client].in_flight = None;
+                self.clients[client].next_op_ms = self.now_ms() + self.rng.random_range(1..20);
+            }
+        }
+        if let Some((peer, instance)) = ready.snapshot_needed {
+            self.transfer_snapshot(index, peer, instance);
+        }
+        self.maybe_snapshot(index);
+    }
+
+    fn check_chosen(&mut self, index: usize, instance: Instance, batch: &Batch) {
+        match self.chosen.get(&instance) {
+            Some(id) if *id != batch.id => {
+                let message = format!(
+                    "agreement violated at {instance}: {} delivered {:?}, earlier {:?}",
+                    self.nodes[index].id, batch.id, id
+                );
+                self.fail(message);
+            }
+            Some(_) => {}
+            None => {
+                for entry in batch.entries.iter() {
+                    if !self.submitted.contains(&entry.value) {
+                        let message = format!("validity violated at {instance}: a value nobody submitted");
+                        self.fail(message);
+                    }
+                }
+                self.chosen.insert(instance, batch.id);
+                self.stats.instances_chosen += 1;
+            }
+        }
+    }
+
+    /// A Ready asked for a peer's snapshot: copy the peer's durable snapshot over,
+    /// as the storage layer's transfer would.
+    fn transfer_snapshot(&mut self, index: usize, peer: NodeId, instance: Instance) {
+        let Some(peer_index) = self.nodes.iter().position(|node| node.id == peer) else {
+            return;
+        };
+        if !self.nodes[peer_index].is_up() {
+            return;
+        }
+        let Some(snapshot) = self.nodes[peer_index].disk.snapshot().cloned() else {
+            return;
+        };
+        if snapshot.instance < instance || snapshot.instance <= self.nodes[index].applied {
+            return;
+        }
+        let node = &mut self.nodes[index];
+        node.state = snapshot.state.clone();
+        node.applied = snapshot.instance;
+        let (snapshot_instance, epoch) = (snapshot.instance, snapshot.epoch);
+        node.disk.install_snapshot(snapshot);
+        self.stats.snapshots_installed += 1;
+        if let Some(replica) = node.replica.as_mut() {
+            replica.install_snapshot(snapshot_instance, epoch);
+        }
+        self.process_ready(index);
+    }
+
+    /// Every so often a replica snapshots its state machine and hands the handle
+    /// back, so its log is trimmed.
+    fn maybe_snapshot(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        let base = node.disk.snapshot().map_or(Instance::ZERO, |s| s.instance);
+        if node.applied.0 < base.0 + SNAPSHOT_EVERY_INSTANCES {
+            return;
+        }
+        let Some(replica) = node.replica.as_mut() else { return };
+        let through = node.applied;
+        if replica.chosen_through() < through {
+            return;
+        }
+        let epoch = replica.applied_epoch();
+        node.disk.install_snapshot(Snapshot {
+            instance: through,
+            epoch,
+            state: node.state.clone(),
+        });
+        replica.trim(through);
+    }
+
+    fn in_liveness_phase(&self) -> bool {
+        self.now_ms() >= self.mix.safety_ms
+    }
+
+    /// Runs the safety phase, then the liveness phase; returns the report.
+    pub fn run(mut self) -> RunReport {
+        let end_ms = self.mix.safety_ms + self.mix.liveness_ms;
+        let mut liveness_started = false;
+        while self.now_ms() < end_ms && self.failure.is_none() {
+            if !liveness_started && self.in_liveness_phase() {
+                liveness_started = true;
+                self.history.mark_liveness();
+                self.heal_everything();
+            }
+            if !self.in_liveness_phase() {
+                self.inject_faults();
+            }
+            self.deliver_messages();
+            self.tick_nodes();
+            self.run_clients();
+            self.check_single_lease_holder();
+            if std::env::var_os("SYNOD_SIM_TRACE").is_some() && self.now_us % 500_000 == 0 {
+                for node in &self.nodes {
+                    let state = match &node.replica {
+                        Some(replica) => replica.describe(node.local_now(self.now_us)),
+                        None => format!("{} down", node.id),
+                    };
+                    eprintln!("{} {} paused={:?}", self.now_ms(), state, node.paused_until_ms);
+                }
+            }
+            self.now_us += 1_000;
+        }
+        if self.failure.is_none() {
+            self.check_liveness();
+        }
+        if self.failure.is_none() {
+            if let Err(message) = self.history.check() {
+                self.fail(message);
+            }
+        }
+        if self.failure.is_some() {
+            for node in &self.nodes {
+                let state = match &node.replica {
+                    Some(replica) => replica.describe(node.local_now(self.now_us)),
+                    None => format!("{} down", node.id),
+                };
+                self.trace.push(state);
+            }
+        }
+        self.stats.simulated_ms = self.now_ms();
+        self.stats.messages_sent = self.network.counters.sent;
+        self.stats.messages_dropped = self.network.counters.dropped;
+        self.stats.messages_duplicated = self.network.counters.duplicated;
+        self.stats.partitions = self.network.counters.partitions;
+        self.stats.operations = self.history.len() as u64;
+        RunReport {
+            seed: self.config.seed,
+            replicas: self.config.replicas,
+            mix: self.mix,
+            failure: self.failure,
+            stats: self.stats,
+            trace: self.trace,
+        }
+    }
+
+    fn heal_everything(&mut self) {
+        self.network.heal();
+        self.partition_heals_at_ms = None;
+        for index in 0..self.nodes.len() {
+            if !self.nodes[index].is_up() {
+                self.start_node(index, None);
+            }
+            self.nodes[index].paused_until_ms = None;
+        }
+    }
+
+    fn check_liveness(&mut self) {
+        if self.history.first_write_committed_after_mark().is_none() {
+            let message = format!(
+                "liveness: no write committed within {} ms after faults stopped",
+                self.mix.liveness_ms
+            );
+            return self.fail(message);
+        }
+        // Every replica must have caught up with what was chosen.
+        let highest = self.chosen.keys().next_back().copied().unwrap_or_default();
+        let lagging: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|node| node.applied < highest)
+            .map(|node| format!("{} at {}", node.id, node.applied))
+            .collect();
+        let wiped_learning = self.nodes.iter().any(|node| {
+            node.replica
+                .as_ref()
+                .is_some_and(|replica| replica.meta().voting != Voting::Voter)
+        });
+        if !lagging.is_empty() && !wiped_learning {
+            self.fail(format!(
+                "liveness: replicas never caught up to {highest}: {}",
+                lagging.join(", ")
+            ));
+        }
+    }
+
+    fn inject_faults(&mut self) {
+        let now_ms = self.now_ms();
+        // Partitions come and go.
+        if let Some(heal_at) = self.partition_heals_at_ms {
+            if now_ms >= heal_at {
+                self.network.heal();
+                self.partition_heals_at_ms = None;
+            }
+        } else if self.rng.random_bool(self.mix.partition_per_ms) {
+            let kind = match self.rng.random_range(0..4) {
+                0 => PartitionKind::Symmetric,
+                1 => PartitionKind::OneWay,
+                2 => PartitionKind::MajorityMinority,
+                _ => PartitionKind::Bridge,
+            };
+            let ids: Vec<NodeId> = self.nodes.iter().map(|node| node.id).collect();
+            self.network.partition(&mut self.rng, &ids, kind);
+            let length = self.rng.random_range(50..=self.mix.partition_length_ms_max);
+            self.partition_heals_at_ms = Some(now_ms + length);
+        }
+        for index in 0..self.nodes.len() {
+            // Restart what is due.
+            if let Some(until) = self.nodes[index].down_until_ms {
+                if now_ms >= until {
+                    self.start_node(index, None);
+                }
+                continue;
+            }
+            if let Some(until) = self.nodes[index].paused_until_ms {
+                if now_ms >= until {
+                    self.nodes[index].paused_until_ms = None;
+                }
+                continue;
+            }
+            if self.mix.crash_per_ms > 0.0 && self.rng.random_bool(self.mix.crash_per_ms) {
+                self.crash(index);
+            } else if self.mix.pause_per_ms > 0.0 && self.rng.random_bool(self.mix.pause_per_ms) {
+                let length = self.rng.random_range(100..=self.mix.pause_ms_max);
+                self.nodes[index].paused_until_ms = Some(now_ms + length);
+                self.stats.pauses += 1;
+            }
+        }
+    }
+
+    fn crash(&mut self, index: usize) {
+        self.stats.crashes += 1;
+        // A wipe is allowed only while every other replica is up and voting, so
+        // that the group never loses more than it can survive.
+        let others_healthy = self.nodes.iter().enumerate().all(|(other, node)| {
+            other == index
+                || node
+                    .replica
+                    .as_ref()
+                    .is_some_and(|replica| replica.meta().voting == Voting::Voter)
+        });
+        let wipe = others_healthy && self.mix.wipe_probability > 0.0 && self.rng.random_bool(self.mix.wipe_probability);
+        let node = &mut self.nodes[index];
+        node.replica = None;
+        node.submits.clear();
+        node.paused_until_ms = None;
+        node.disk.crash();
+        if wipe {
+            node.disk.wipe();
+            self.stats.wipes += 1;
+        }
+        let down = self.rng.random_range(10..=self.mix.down_ms_max);
+        self.nodes[index].down_until_ms = Some(self.now_ms() + down);
+    }
+
+    fn deliver_messages(&mut self) {
+        while let Some((from, to, message)) = self.network.next_due(self.now_us) {
+            let Some(index) = self.nodes.iter().position(|node| node.id == to) else {
+                continue;
+            };
+            let node = &mut self.nodes[index];
+            if let Some(until) = node.paused_until_ms {
+                // A paused process reads its socket when it wakes.
+                self.network.delay(until * 1_000, from, to, message);
+                continue;
+            }
+            let now = node.local_now(self.now_us);
+            let Some(replica) = node.replica.as_mut() else { continue };
+            replica.step(now, from, message);
+            self.process_ready(index);
+        }
+    }
+
+    fn tick_nodes(&mut self) {
+        let now_ms = self.now_ms();
+        for index in 0..self.nodes.len() {
+            let node = &mut self.nodes[index];
+            if !node.is_running() || now_ms < node.next_tick_ms {
+                continue;
+            }
+            node.next_tick_ms = now_ms + TICK_MS;
+            let now = node.local_now(self.now_us);
+            if let Some(replica) = node.replica.as_mut() {
+                replica.tick(now);
+            }
+            if self.config.bugs.send_before_sync && now_ms % LAZY_SYNC_MS < TICK_MS {
+                // The buggy host syncs lazily, now and then.
+                self.nodes[index].disk.sync();
+            }
+            self.process_ready(index);
+        }
+    }
+
+    fn run_clients(&mut self) {
+        let now_ms = self.now_ms();
+        if now_ms + QUIET_MS >= self.mix.safety_ms + self.mix.liveness_ms {
+            // The end of the run is quiet, so every replica can catch up.
+            return;
+        }
+        for client_index in 0..self.clients.len() {
+            if let Some((op, started)) = self.clients[client_index].in_flight {
+                if now_ms >= started + CLIENT_TIMEOUT_MS {
+                    // Gives up: the write's outcome stays unknown.
+                    self.clients[client_index].in_flight = None;
+                    self.clients[client_index].next_op_ms = now_ms + 1;
+                    let _ = op;
+                }
+                continue;
+            }
+            if now_ms < self.clients[client_index].next_op_ms {
+                continue;
+            }
+            let target = self.clients[client_index].target;
+            if !self.nodes[target].is_running() {
+                self.clients[client_index].target = self.rng.random_range(0..self.nodes.len());
+                self.clients[client_index].next_op_ms = now_ms + 5;
+                continue;
+            }
+            let key = KEYS[self.rng.random_range(0..KEYS.len())];
+            if self.rng.random_bool(0.5) {
+                self.client_write(client_index, target, key);
+            } else {
+                self.client_read(client_index, target, key);
+            }
+        }
+    }
+
+    fn redirect(&mut self, client_index: usize, hint: Option<NodeId>) {
+        let target = match hint.and_then(|id| self.nodes.iter().position(|node| node.id == id)) {
+            Some(index) if self.rng.random_bool(0.8) => index,
+            _ => self.rng.random_range(0..self.nodes.len()),
+        };
+        self.clients[client_index].target = target;
+        self.clients[client_index].next_op_ms = self.now_ms() + self.rng.random_range(2..30);
+    }
+
+    fn client_write(&mut self, client_index: usize, target: usize, key: &str) {
+        let client = &mut self.clients[client_index];
+        client.written += 1;
+        let value = format!("c{client_index}w{}", client.written);
+        let bytes = Bytes::from(format!("{key}={value}"));
+        let guard_epoch = self.rng.random_bool(0.3);
+        let now = self.nodes[target].local_now(self.now_us);
+        let replica = self.nodes[target].replica.as_mut().expect("running");
+        let expected: Option<Epoch> = if guard_epoch { replica.epoch() } else { None };
+        let call = self.history.next_time();
+        self.submitted.insert(bytes.clone());
+        match replica.submit(now, bytes, expected) {
+            Ok(id) => {
+                let op = self
+                    .history
+                    .invoke(client_index, key, OperationKind::Write(value), call);
+                self.nodes[target].submits.insert(id, (client_index, op));
+                self.clients[client_index].in_flight = Some((op, self.now_ms()));
+                self.process_ready(target);
+            }
+            Err(rejected) => {
+                let hint = match rejected.reason {
+                    synod_paxos::RejectReason::NotMaster { master } => master,
+                    _ => None,
+                };
+                self.redirect(client_index, hint);
+            }
+        }
+    }
+
+    fn client_read(&mut self, client_index: usize, target: usize, key: &str) {
+        let node = &self.nodes[target];
+        let now = node.local_now(self.now_us);
+        let replica = node.replica.as_ref().expect("running");
+        match replica.read_lease(now) {
+            Ok(through) => {
+                if node.applied < through {
+                    let message = format!("{} answered a lease read before applying through {through}", node.id);
+                    return self.fail(message);
+                }
+                let value = node.state.get(key).cloned();
+                let call = self.history.next_time();
+                let op = self.history.invoke(client_index, key, OperationKind::Read(None), call);
+                let returned = self.history.next_time();
+                self.history.complete(op, returned, Some(value));
+                self.stats.reads_answered += 1;
+                self.clients[client_index].next_op_ms = self.now_ms() + self.rng.random_range(1..10);
+            }
+            Err(synod_paxos::ReadError::NotMaster { master }) => self.redirect(client_index, master),
+            Err(synod_paxos::ReadError::Recovering) => {
+                self.clients[client_index].next_op_ms = self.now_ms() + 5;
+            }
+        }
+    }
+
+    /// At most one replica may believe it holds the master lease at any instant.
+    fn check_single_lease_holder(&mut self) {
+        let holders: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|node| {
+                node.replica
+                    .as_ref()
+                    .is_some_and(|replica| replica.holds_lease(node.local_now(self.now_us)))
+            })
+            .map(|node| node.id)
+            .collect();
+        if holders.len() > 1 {
+            self.fail(format!("two lease holders at once: {holders:?}"));
+        }
+    }
+}
+
+/// Runs one seed.
+pub fn run_seed(config: RunConfig) -> RunReport {
+    Simulation::new(config).run()
+}

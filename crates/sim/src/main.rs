@@ -1,0 +1,125 @@
+//! `synod-sim`: runs many seeds (the long mode) or replays one.
+//!
+//!     cargo run --release -p synod-sim -- --seeds 100000
+//!     cargo run --release -p synod-sim -- --seed 42 --replicas 5
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+
+use synod_sim::{run_seed, RunConfig, SimBugs, Stats};
+
+#[derive(Parser, Debug)]
+#[command(about = "Deterministic simulation of a synod group: many seeds, or one replayed")]
+struct Arguments {
+    /// Replay exactly this seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Run this many seeds, starting at --first-seed.
+    #[arg(long, default_value_t = 1_000)]
+    seeds: u64,
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Group size; by default 3, 5 and 7 in turn.
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// Plant a bug: quorum-of-half, accept-lower-ballot, no-lease-silence, send-before-sync.
+    #[arg(long)]
+    bug: Option<String>,
+    /// Print every seed's outcome.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn parse_bug(name: &str) -> Result<SimBugs, String> {
+    let mut bugs = SimBugs::default();
+    match name {
+        "quorum-of-half" => bugs.core.quorum_of_half = true,
+        "accept-lower-ballot" => bugs.core.accept_lower_ballot = true,
+        "no-lease-silence" => bugs.core.no_lease_silence_after_restart = true,
+        "send-before-sync" => bugs.send_before_sync = true,
+        other => return Err(format!("unknown bug {other:?}")),
+    }
+    Ok(bugs)
+}
+
+fn main() -> ExitCode {
+    let arguments = Arguments::parse();
+    let bugs = match arguments.bug.as_deref().map(parse_bug).transpose() {
+        Ok(bugs) => bugs.unwrap_or_default(),
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let seeds: Vec<u64> = match arguments.seed {
+        Some(seed) => vec![seed],
+        None => (arguments.first_seed..arguments.first_seed + arguments.seeds).collect(),
+    };
+    let started = Instant::now();
+    let mut total = Stats::default();
+    let mut failures = 0u64;
+    for seed in &seeds {
+        let replicas = arguments.replicas.unwrap_or([3, 5, 7][(*seed % 3) as usize]);
+        let report = run_seed(RunConfig {
+            seed: *seed,
+            replicas,
+            bugs,
+        });
+        total.add(&report.stats);
+        if arguments.verbose || arguments.seed.is_some() {
+            println!("seed {seed} ({replicas} replicas): {:?}", report.failure);
+            if arguments.seed.is_some() {
+                println!("{:#?}\n{:#?}", report.mix, report.stats);
+            }
+        }
+        if let Some(failure) = &report.failure {
+            failures += 1;
+            println!("FAILED seed {seed} ({replicas} replicas): {failure}");
+            for line in &report.trace {
+                println!("  {line}");
+            }
+            println!("  replay: cargo run --release -p synod-sim -- --seed {seed} --replicas {replicas}");
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{} seeds in {:.1} s ({:.1} seeds/s), {} failed",
+        seeds.len(),
+        elapsed,
+        seeds.len() as f64 / elapsed,
+        failures
+    );
+    println!(
+        "simulated {:.1} s; messages sent {}, dropped {}, duplicated {}",
+        total.simulated_ms as f64 / 1000.0,
+        total.messages_sent,
+        total.messages_dropped,
+        total.messages_duplicated
+    );
+    println!(
+        "faults: partitions symmetric {} one-way {} majority/minority {} bridge {}; crashes {} (disk wiped {}); pauses {}; snapshots installed {}",
+        total.partitions[0],
+        total.partitions[1],
+        total.partitions[2],
+        total.partitions[3],
+        total.crashes,
+        total.wipes,
+        total.pauses,
+        total.snapshots_installed
+    );
+    println!(
+        "operations {} (reads answered {}), values committed {}, instances chosen {}, histories checked {}",
+        total.operations,
+        total.reads_answered,
+        total.values_committed,
+        total.instances_chosen,
+        seeds.len()
+    );
+    if failures > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,202 @@
+//! The simulated network: per-message latency, loss, duplication and reordering,
+//! and partitions of every shape.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use synod_paxos::{Message, NodeId};
+
+#[derive(Debug)]
+struct InFlight {
+    deliver_at_us: u64,
+    sequence: u64,
+    from: NodeId,
+    to: NodeId,
+    message: Message,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        (self.deliver_at_us, self.sequence) == (other.deliver_at_us, other.sequence)
+    }
+}
+impl Eq for InFlight {}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for InFlight {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.deliver_at_us, self.sequence).cmp(&(other.deliver_at_us, other.sequence))
+    }
+}
+
+/// Shapes of partition the simulator injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionKind {
+    /// Two random sides that cannot talk.
+    Symmetric,
+    /// One side cannot reach the other, but hears it.
+    OneWay,
+    /// A minority cut off from the majority.
+    MajorityMinority,
+    /// Two sides that cannot talk, and one bridge node that talks to both.
+    Bridge,
+}
+
+#[derive(Debug, Default)]
+pub struct NetworkCounters {
+    pub sent: u64,
+    pub delivered: u64,
+    pub dropped: u64,
+    pub duplicated: u64,
+    pub partitions: [u64; 4],
+}
+
+#[derive(Debug)]
+pub struct Network {
+    queue: BinaryHeap<Reverse<InFlight>>,
+    sequence: u64,
+    /// Directed links that lose every message.
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    pub counters: NetworkCounters,
+}
+
+impl Network {
+    pub fn new() -> Network {
+        Network {
+            queue: BinaryHeap::new(),
+            sequence: 0,
+            blocked: BTreeSet::new(),
+            counters: NetworkCounters::default(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn send(
+        &mut self,
+        rng: &mut ChaCha8Rng,
+        now_us: u64,
+        from: NodeId,
+        to: NodeId,
+        message: Message,
+        drop_probability: f64,
+        duplicate_probability: f64,
+        latency_us: (u64, u64),
+    ) {
+        self.counters.sent += 1;
+        if drop_probability > 0.0 && rng.random_bool(drop_probability) {
+            self.counters.dropped += 1;
+            return;
+        }
+        let copies = if duplicate_probability > 0.0 && rng.random_bool(duplicate_probability) {
+            self.counters.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let latency = rng.random_range(latency_us.0..=latency_us.1);
+            self.sequence += 1;
+            let message = message.clone();
+            self.queue.push(Reverse(InFlight {
+                deliver_at_us: now_us + latency,
+                sequence: self.sequence,
+                from,
+                to,
+                message,
+            }));
+        }
+    }
+
+    /// Takes the next message due by `now_us`, if any. Messages on a blocked link are lost.
+    pub fn next_due(&mut self, now_us: u64) -> Option<(NodeId, NodeId, Message)> {
+        loop {
+            let due = self
+                .queue
+                .peek()
+                .is_some_and(|Reverse(top)| top.deliver_at_us <= now_us);
+            if !due {
+                return None;
+            }
+            let Reverse(in_flight) = self.queue.pop().expect("peeked");
+            if self.blocked.contains(&(in_flight.from, in_flight.to)) {
+                self.counters.dropped += 1;
+                continue;
+            }
+            self.counters.delivered += 1;
+            return Some((in_flight.from, in_flight.to, in_flight.message));
+        }
+    }
+
+    /// Puts a message back to be delivered later (its receiver is paused).
+    pub fn delay(&mut self, deliver_at_us: u64, from: NodeId, to: NodeId, message: Message) {
+        self.sequence += 1;
+        self.queue.push(Reverse(InFlight {
+            deliver_at_us,
+            sequence: self.sequence,
+            from,
+            to,
+            message,
+        }));
+    }
+
+    pub fn is_partitioned(&self) -> bool {
+        !self.blocked.is_empty()
+    }
+
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Starts a partition of the given kind among `nodes`.
+    pub fn partition(&mut self, rng: &mut ChaCha8Rng, nodes: &[NodeId], kind: PartitionKind) {
+        let mut shuffled = nodes.to_vec();
+        shuffled.shuffle(rng);
+        let n = shuffled.len();
+        let cut = |a: &[NodeId], b: &[NodeId], blocked: &mut BTreeSet<(NodeId, NodeId)>, both: bool| {
+            for x in a {
+                for y in b {
+                    blocked.insert((*x, *y));
+                    if both {
+                        blocked.insert((*y, *x));
+                    }
+                }
+            }
+        };
+        match kind {
+            PartitionKind::Symmetric => {
+                let split = rng.random_range(1..n);
+                cut(&shuffled[..split], &shuffled[split..], &mut self.blocked, true);
+            }
+            PartitionKind::OneWay => {
+                let split = rng.random_range(1..n);
+                cut(&shuffled[..split], &shuffled[split..], &mut self.blocked, false);
+            }
+            PartitionKind::MajorityMinority => {
+                let minority = rng.random_range(1..=(n - 1) / 2).max(1);
+                cut(&shuffled[..minority], &shuffled[minority..], &mut self.blocked, true);
+            }
+            PartitionKind::Bridge => {
+                if n < 3 {
+                    return;
+                }
+                let rest = &shuffled[1..];
+                let split = rng.random_range(1..rest.len());
+                cut(&rest[..split], &rest[split..], &mut self.blocked, true);
+            }
+        }
+        self.counters.partitions[kind as usize] += 1;
+    }
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network::new()
+    }
+}

@@ -1,0 +1,72 @@
+//! Fault mixes drawn per seed (swarm testing): every seed runs with its own rates,
+//! so that rare combinations of faults get their turn.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use synod_paxos::PlantedBugs;
+
+/// The faults one run injects and how often; all rates are probabilities per
+/// opportunity (per message, or per node per simulated millisecond).
+#[derive(Clone, Debug)]
+pub struct FaultMix {
+    pub replicas: usize,
+    pub drop_probability: f64,
+    pub duplicate_probability: f64,
+    pub latency_min_ms: u64,
+    pub latency_max_ms: u64,
+    /// Chance per simulated millisecond that a new partition starts (when none is active).
+    pub partition_per_ms: f64,
+    pub partition_length_ms_max: u64,
+    pub crash_per_ms: f64,
+    pub down_ms_max: u64,
+    pub pause_per_ms: f64,
+    /// Pauses last up to this long: longer than a lease, on purpose.
+    pub pause_ms_max: u64,
+    /// Chance that a crash also wipes the node's disk (it then rejoins empty).
+    pub wipe_probability: f64,
+    /// Each node's clock rate differs from real time by up to this, in ppm.
+    pub clock_drift_ppm: u64,
+    pub clients: usize,
+    pub safety_ms: u64,
+    pub liveness_ms: u64,
+}
+
+impl FaultMix {
+    /// Draws a mix from the seed's generator.
+    pub fn draw(rng: &mut ChaCha8Rng, replicas: usize, drift_max_ppm: u64) -> FaultMix {
+        let calm = rng.random_bool(0.1);
+        let scale = if calm { 0.0 } else { 1.0 };
+        let latency_min_ms = rng.random_range(1..=5);
+        FaultMix {
+            replicas,
+            drop_probability: scale * rng.random_range(0.0..0.2),
+            duplicate_probability: scale * rng.random_range(0.0..0.1),
+            latency_min_ms,
+            latency_max_ms: latency_min_ms + rng.random_range(1..=60),
+            partition_per_ms: scale * rng.random_range(0.0..0.001),
+            partition_length_ms_max: rng.random_range(200..=4_000),
+            crash_per_ms: scale * rng.random_range(0.0..0.0005),
+            down_ms_max: rng.random_range(100..=3_000),
+            pause_per_ms: scale * rng.random_range(0.0..0.0003),
+            pause_ms_max: rng.random_range(500..=4_000),
+            wipe_probability: if rng.random_bool(0.3) {
+                rng.random_range(0.0..0.5)
+            } else {
+                0.0
+            },
+            clock_drift_ppm: rng.random_range(0..=drift_max_ppm),
+            clients: rng.random_range(1..=4),
+            safety_ms: rng.random_range(3_000..=12_000),
+            liveness_ms: 8_000,
+        }
+    }
+}
+
+/// Bugs planted on purpose to show the checkers catch them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimBugs {
+    pub core: PlantedBugs,
+    /// The host sends messages before the fsync covering its writes returns.
+    pub send_before_sync: bool,
+}

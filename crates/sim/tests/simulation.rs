@@ -1,0 +1,146 @@
+//! The simulator's seeds under `cargo test`: every fault mix must pass, and every
+//! planted bug must be caught by at least one of the seeds run here.
+
+use synod_paxos::PlantedBugs;
+use synod_sim::{run_seed, RunConfig, SimBugs, Stats};
+
+/// Seeds run per check; cluster sizes rotate through 3, 5 and 7.
+const SEEDS: u64 = 1_000;
+
+fn replicas_for(seed: u64) -> usize {
+    [3, 5, 7][(seed % 3) as usize]
+}
+
+#[test]
+fn every_seed_survives_its_faults() {
+    let mut total = Stats::default();
+    let mut failures = Vec::new();
+    for seed in 0..SEEDS {
+        let report = run_seed(RunConfig {
+            seed,
+            replicas: replicas_for(seed),
+            bugs: SimBugs::default(),
+        });
+        total.add(&report.stats);
+        if let Some(failure) = report.failure {
+            failures.push(format!(
+                "seed {seed} ({} replicas): {failure}\n  replay: cargo run --release -p synod-sim -- --seed {seed} --replicas {}",
+                report.replicas, report.replicas
+            ));
+        }
+    }
+    println!(
+        "{SEEDS} seeds: simulated {} s, {} operations, {} values committed, {} crashes ({} wiped), {} pauses, partitions {:?}",
+        total.simulated_ms / 1000,
+        total.operations,
+        total.values_committed,
+        total.crashes,
+        total.wipes,
+        total.pauses,
+        total.partitions
+    );
+    assert!(
+        failures.is_empty(),
+        "{} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        total.values_committed > 0 && total.reads_answered > 0,
+        "the runs did work"
+    );
+}
+
+/// Runs seeds with a planted bug until one fails; returns how many seeds it took.
+fn seeds_to_catch(bugs: SimBugs) -> Option<u64> {
+    (0..SEEDS).find_map(|seed| {
+        let report = run_seed(RunConfig {
+            seed,
+            replicas: replicas_for(seed),
+            bugs,
+        });
+        report.failure.map(|failure| {
+            println!("caught at seed {seed}: {failure}");
+            seed + 1
+        })
+    })
+}
+
+fn assert_caught(name: &str, bugs: SimBugs) {
+    let seeds = seeds_to_catch(bugs);
+    println!("planted bug {name}: caught after {seeds:?} seeds");
+    assert!(seeds.is_some(), "planted bug {name} was not caught by {SEEDS} seeds");
+}
+
+#[test]
+fn planted_bug_quorum_of_half_is_caught() {
+    let core = PlantedBugs {
+        quorum_of_half: true,
+        ..PlantedBugs::default()
+    };
+    assert_caught(
+        "quorum of n/2",
+        SimBugs {
+            core,
+            ..SimBugs::default()
+        },
+    );
+}
+
+#[test]
+fn planted_bug_accepting_a_lower_ballot_is_caught() {
+    let core = PlantedBugs {
+        accept_lower_ballot: true,
+        ..PlantedBugs::default()
+    };
+    assert_caught(
+        "accepting a lower ballot",
+        SimBugs {
+            core,
+            ..SimBugs::default()
+        },
+    );
+}
+
+#[test]
+fn planted_bug_lease_without_silence_after_restart_is_caught() {
+    let core = PlantedBugs {
+        no_lease_silence_after_restart: true,
+        ..PlantedBugs::default()
+    };
+    assert_caught(
+        "granting a lease without waiting after a restart",
+        SimBugs {
+            core,
+            ..SimBugs::default()
+        },
+    );
+}
+
+#[test]
+fn planted_bug_acknowledging_before_persisting_is_caught() {
+    let bugs = SimBugs {
+        send_before_sync: true,
+        ..SimBugs::default()
+    };
+    assert_caught("acknowledging before persisting", bugs);
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let run = |seed| {
+        let report = run_seed(RunConfig {
+            seed,
+            replicas: 5,
+            bugs: SimBugs::default(),
+        });
+        (
+            report.failure,
+            report.stats.messages_sent,
+            report.stats.values_committed,
+            report.stats.operations,
+        )
+    };
+    assert_eq!(run(17), run(17));
+    assert_ne!(run(17), run(18));
+}
