@@ -1,1 +1,3 @@
 //! synod-sim.
+
+pub mod linearizability;
