@@ -184,6 +184,19 @@ fn unknown_compare_and_swap_may_or_may_not_apply() {
 }
 
 #[test]
+fn unknown_reads_are_dropped_rather_than_searched() {
+    // Sixty reads that never returned stay pending to the end; searching them would cost 2^60
+    // subsets before the lost write could be reported.
+    let mut history: Vec<RegisterOperation> = (0..60)
+        .map(|client_id| Operation::unknown_outcome(client_id, RegisterInput::Read { key: "x" }, 0))
+        .collect();
+    history.push(write(100, "x", 1, 0, 10));
+    history.push(read(101, "x", None, 20, 30));
+    let result = check(&Register::new(), &history, Budget::steps(10_000)).unwrap();
+    assert!(result.is_illegal(), "{result:?}");
+}
+
+#[test]
 fn overlapping_writes_may_take_effect_in_either_order() {
     for (seen, expected_ok) in [(Some(1), true), (Some(2), true), (None, false)] {
         let history = vec![
@@ -407,6 +420,151 @@ fn model_without_partitions_is_checked_whole() {
         panic!("a repeated count must be illegal");
     };
     assert_eq!(report.partition, None);
+}
+
+/// A one-shot claim: the first claim succeeds and a second is impossible by specification
+/// (the system must refuse it before it runs). Here an unknown-outcome operation can be
+/// impossible in every state the search reaches, so passing requires leaving it out.
+struct OneShotClaim;
+
+impl Model for OneShotClaim {
+    type State = bool;
+    type Input = ();
+    type Output = ();
+    type PartitionKey = ();
+
+    fn init(&self) -> bool {
+        false
+    }
+
+    fn step(&self, claimed: &bool, _input: &(), _output: &()) -> Option<bool> {
+        (!claimed).then_some(true)
+    }
+
+    fn step_unknown_output(&self, claimed: &bool, _input: &()) -> Vec<bool> {
+        if *claimed {
+            Vec::new()
+        } else {
+            vec![true]
+        }
+    }
+
+    fn partition_key(&self, _input: &()) -> Option<()> {
+        Some(())
+    }
+}
+
+#[test]
+fn unknown_operation_that_cannot_take_effect_may_be_left_out() {
+    let claimed = Operation::returned(1, (), 0, 10, ());
+    let history = vec![claimed.clone(), Operation::unknown_outcome(2, (), 20)];
+    assert_eq!(
+        check(&OneShotClaim, &history, Budget::default()),
+        Ok(CheckResult::Ok)
+    );
+    let twice = vec![claimed, Operation::returned(2, (), 20, 30, ())];
+    assert!(check(&OneShotClaim, &twice, Budget::default())
+        .unwrap()
+        .is_illegal());
+}
+
+/// A counter whose server picks the increment, one or two, and reports it. An increment whose
+/// answer was lost could have led to either of two states, so the search must try both.
+struct ServerChosenIncrement;
+
+#[derive(Debug)]
+enum CounterInput {
+    Increment,
+    Read,
+}
+
+#[derive(Debug)]
+enum CounterOutput {
+    Incremented(u8),
+    Read(u8),
+}
+
+impl Model for ServerChosenIncrement {
+    type State = u8;
+    type Input = CounterInput;
+    type Output = CounterOutput;
+    type PartitionKey = ();
+
+    fn init(&self) -> u8 {
+        0
+    }
+
+    fn step(&self, count: &u8, input: &CounterInput, output: &CounterOutput) -> Option<u8> {
+        match (input, output) {
+            (CounterInput::Increment, CounterOutput::Incremented(amount @ 1..=2)) => {
+                count.checked_add(*amount)
+            }
+            (CounterInput::Read, CounterOutput::Read(seen)) => (seen == count).then_some(*count),
+            _ => None,
+        }
+    }
+
+    fn step_unknown_output(&self, count: &u8, input: &CounterInput) -> Vec<u8> {
+        match input {
+            CounterInput::Increment => [1, 2]
+                .into_iter()
+                .filter_map(|amount| count.checked_add(amount))
+                .collect(),
+            CounterInput::Read => vec![*count],
+        }
+    }
+
+    fn partition_key(&self, _input: &CounterInput) -> Option<()> {
+        Some(())
+    }
+}
+
+#[test]
+fn every_state_an_unknown_operation_could_reach_is_tried() {
+    let unknown = || Operation::unknown_outcome(1, CounterInput::Increment, 0);
+    let read = |count, call| {
+        Operation::returned(
+            2,
+            CounterInput::Read,
+            call,
+            call + 5,
+            CounterOutput::Read(count),
+        )
+    };
+    let model = ServerChosenIncrement;
+    let budget = Budget::default();
+    // Trying "plus one" first fails at the read, so "plus two" must be tried on backtrack.
+    assert_eq!(
+        check(&model, &[unknown(), read(2, 10)], budget),
+        Ok(CheckResult::Ok)
+    );
+    assert_eq!(
+        check(
+            &model,
+            &[unknown(), unknown(), read(3, 10), read(3, 20)],
+            budget
+        ),
+        Ok(CheckResult::Ok)
+    );
+    let known = Operation::returned(
+        3,
+        CounterInput::Increment,
+        0,
+        5,
+        CounterOutput::Incremented(2),
+    );
+    assert_eq!(
+        check(&model, &[known, unknown(), read(3, 10)], budget),
+        Ok(CheckResult::Ok)
+    );
+    assert!(check(&model, &[unknown(), read(3, 10)], budget)
+        .unwrap()
+        .is_illegal());
+    assert!(
+        check(&model, &[unknown(), read(2, 10), read(1, 20)], budget)
+            .unwrap()
+            .is_illegal()
+    );
 }
 
 /// A small deterministic generator, so large histories need no seed plumbing.

@@ -113,4 +113,8 @@ where
     fn partition_key(&self, input: &Self::Input) -> Option<Self::PartitionKey> {
         Some(input.key().clone())
     }
+
+    fn is_read_only(&self, input: &Self::Input) -> bool {
+        matches!(input, AppendLogInput::Read { .. })
+    }
 }

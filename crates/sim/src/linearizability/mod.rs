@@ -111,6 +111,16 @@ pub trait Model {
     /// transactions. If any operation has no key the whole history is checked as a single
     /// partition (reported as partition `None`), because splitting it would be unsound.
     fn partition_key(&self, input: &Self::Input) -> Option<Self::PartitionKey>;
+
+    /// Whether `input` never changes the state, like a read.
+    ///
+    /// The checker drops such operations when their outcome is unknown: they constrain nothing,
+    /// yet each one would otherwise stay pending to the end of the history and double the
+    /// space an unsuccessful search explores. The default, `false`, is always sound.
+    fn is_read_only(&self, input: &Self::Input) -> bool {
+        let _ = input;
+        false
+    }
 }
 
 /// One client operation as observed from outside the system.
@@ -358,15 +368,27 @@ fn validate<Input, Output>(history: &[Operation<Input, Output>]) -> Result<(), H
 
 /// Groups operation indices by partition key, in key order, keeping history order inside each
 /// group. Falls back to one group when any operation has no key (see [`Model::partition_key`]).
+/// Leaves out read-only operations with unknown outcomes (see [`Model::is_read_only`]).
 fn partitions<M: Model>(
     model: &M,
     history: &[Operation<M::Input, M::Output>],
 ) -> Vec<(Option<M::PartitionKey>, Vec<usize>)> {
     let mut groups: BTreeMap<M::PartitionKey, Vec<usize>> = BTreeMap::new();
+    let matters = |operation: &Operation<M::Input, M::Output>| {
+        operation.has_known_outcome() || !model.is_read_only(&operation.input)
+    };
     for (operation_index, operation) in history.iter().enumerate() {
+        if !matters(operation) {
+            continue;
+        }
         match model.partition_key(&operation.input) {
             Some(key) => groups.entry(key).or_default().push(operation_index),
-            None => return vec![(None, (0..history.len()).collect())],
+            None => {
+                let everything = (0..history.len())
+                    .filter(|&index| matters(&history[index]))
+                    .collect();
+                return vec![(None, everything)];
+            }
         }
     }
     groups

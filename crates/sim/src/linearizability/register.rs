@@ -143,4 +143,8 @@ where
     fn partition_key(&self, input: &Self::Input) -> Option<Self::PartitionKey> {
         Some(input.key().clone())
     }
+
+    fn is_read_only(&self, input: &Self::Input) -> bool {
+        matches!(input, RegisterInput::Read { .. })
+    }
 }
