@@ -197,6 +197,21 @@ fn unknown_reads_are_dropped_rather_than_searched() {
 }
 
 #[test]
+fn many_unobserved_unknown_writes_do_not_hide_a_stale_read() {
+    // Twenty timed-out writes nobody ever read: each could take effect at any later point, but
+    // none can explain the stale read. Searching every subset of them would take 2^20 visits.
+    let mut history: Vec<RegisterOperation> = (0..20)
+        .map(|index| unknown_write(index, "x", 100 + index, index))
+        .collect();
+    history.push(write(50, "x", 1, 100, 110));
+    history.push(read(51, "x", Some(1), 120, 130));
+    history.push(write(50, "x", 2, 140, 150));
+    history.push(read(51, "x", Some(1), 160, 170));
+    let result = check(&Register::new(), &history, Budget::steps(100_000)).unwrap();
+    assert!(result.is_illegal(), "{result:?}");
+}
+
+#[test]
 fn overlapping_writes_may_take_effect_in_either_order() {
     for (seen, expected_ok) in [(Some(1), true), (Some(2), true), (None, false)] {
         let history = vec![
@@ -895,15 +910,13 @@ proptest! {
         choice in any::<prop::sample::Index>(),
     ) {
         let mut history = execute(&plan);
-        let reads: Vec<usize> = history
-            .iter()
-            .enumerate()
-            .filter(|(_, operation)| matches!(operation.output, Some(RegisterOutput::Read(_))))
-            .map(|(index, _)| index)
-            .collect();
-        prop_assume!(!reads.is_empty());
-        let mutated = reads[choice.index(reads.len())];
-        history[mutated].output = Some(RegisterOutput::Read(Some(u32::MAX)));
+        // Turn one operation, whatever it was, into a read that returned a value no operation
+        // ever wrote.
+        let mutated = choice.index(history.len());
+        let operation = &mut history[mutated];
+        operation.input = RegisterInput::Read { key: *operation.input.key() };
+        operation.return_time = Some(operation.return_time.unwrap_or(operation.call_time + 1));
+        operation.output = Some(RegisterOutput::Read(Some(u32::MAX)));
         let result = check(&RegisterModel::new(), &history, Budget::default()).unwrap();
         prop_assert!(result.is_illegal(), "{:?}", result);
         if let CheckResult::Illegal(report) = result {

@@ -27,6 +27,16 @@
 //! with any output: the search may linearize it anywhere after its call (through
 //! [`Model::step_unknown_output`]) or leave it out altogether, as a write that never happened.
 //!
+//! Timeouts are what make real histories hard, because an operation that never returns stays
+//! concurrent with everything after it. Two rules keep that in check:
+//!
+//! - The search lets an unknown-outcome operation take effect only when no known-outcome one
+//!   can go next, since it never *has* to take effect.
+//! - The memoization treats a node as covered by an earlier one with the same state, the same
+//!   known-outcome operations linearized and a *subset* of the unknown-outcome ones: the earlier
+//!   node can still do everything the later one can. So pending timeouts that nobody observed
+//!   cost a few visits each instead of every subset of them.
+//!
 //! # Budget
 //!
 //! The search is exponential in the worst case, so it counts its steps against a [`Budget`].
@@ -231,8 +241,10 @@ impl Budget {
 }
 
 impl Default for Budget {
-    /// Ten million steps: well under a second for the histories the simulator produces, yet
-    /// enough for a few thousand operations with moderate concurrency.
+    /// Ten million steps: a few seconds at most (a step costs a few hundred nanoseconds in a
+    /// release build). A legal history of a few thousand operations from about ten clients
+    /// needs well under a tenth of that; proving one illegal can need most of it, because the
+    /// search must rule out every order of the concurrent operations before the violation.
     fn default() -> Self {
         Self {
             steps_max: 10_000_000,

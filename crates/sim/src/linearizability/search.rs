@@ -5,7 +5,7 @@
 //! is depth-first, entries are always restored in the reverse order of their removal, so each
 //! entry still remembers its neighbours and re-linking is constant time ("dancing links").
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::{Model, Operation};
 
@@ -170,18 +170,110 @@ impl OperationSet {
     fn remove(&mut self, operation: usize) {
         self.words[operation / 64] &= !(1 << (operation % 64));
     }
+
+    /// The members of `self` that are also in `mask`, and those that are not.
+    fn split(&self, mask: &OperationSet) -> (OperationSet, OperationSet) {
+        let inside = self.words.iter().zip(&mask.words);
+        let outside = inside.clone();
+        (
+            OperationSet {
+                words: inside.map(|(word, mask)| word & mask).collect(),
+            },
+            OperationSet {
+                words: outside.map(|(word, mask)| word & !mask).collect(),
+            },
+        )
+    }
+
+    fn is_empty(&self) -> bool {
+        self.words.iter().all(|&word| word == 0)
+    }
+
+    fn is_subset_of(&self, other: &OperationSet) -> bool {
+        self.words
+            .iter()
+            .zip(&other.words)
+            .all(|(word, other)| word & !other == 0)
+    }
 }
 
-/// One linearized operation on the search stack.
+/// The search nodes already visited, for Lowe's memoization, extended to unknown outcomes.
+///
+/// A node is the set of linearized operations and the model state. Two nodes with the same
+/// state and the same known-outcome operations linearized, where one has linearized only a
+/// subset of the other's unknown-outcome operations, are related: the smaller one can do
+/// everything the larger one can, because an unknown-outcome operation never has to take
+/// effect and never blocks another. So once the smaller one was visited the larger one needs
+/// no visit. (Visited nodes either failed, or are on the current path; in the second case a
+/// completion through the larger node would also exist through the smaller one without the
+/// extra unknown operations, which the search tries.)
+struct Explored<State> {
+    /// Members are the partition's operations with unknown outcomes.
+    unknown_outcomes: OperationSet,
+    /// For each (known-outcome operations linearized, state): the minimal sets of
+    /// unknown-outcome operations linearized it was visited with.
+    visits: HashMap<(OperationSet, State), Vec<OperationSet>>,
+    /// The plain visited set, used instead of `visits` when every outcome is known: the same
+    /// answers at about half the cost.
+    exact_visits: HashSet<(OperationSet, State)>,
+}
+
+impl<State: Clone + Eq + std::hash::Hash> Explored<State> {
+    fn new<Input, Output>(history: &[Operation<Input, Output>], operations: &[usize]) -> Self {
+        let mut unknown_outcomes = OperationSet::new(operations.len());
+        for (operation, &history_index) in operations.iter().enumerate() {
+            if !history[history_index].has_known_outcome() {
+                unknown_outcomes.insert(operation);
+            }
+        }
+        Self {
+            unknown_outcomes,
+            visits: HashMap::new(),
+            exact_visits: HashSet::new(),
+        }
+    }
+
+    /// Records a visit to (`linearized`, `state`); false if it or a node that can do
+    /// everything it can was visited before.
+    fn visit(&mut self, linearized: &OperationSet, state: &State) -> bool {
+        if self.unknown_outcomes.is_empty() {
+            return self
+                .exact_visits
+                .insert((linearized.clone(), state.clone()));
+        }
+        let (unknown, known) = linearized.split(&self.unknown_outcomes);
+        let minimal_sets = self.visits.entry((known, state.clone())).or_default();
+        if minimal_sets
+            .iter()
+            .any(|visited| visited.is_subset_of(&unknown))
+        {
+            return false;
+        }
+        minimal_sets.retain(|visited| !unknown.is_subset_of(visited));
+        minimal_sets.push(unknown);
+        true
+    }
+}
+
+/// One linearized operation on the search stack, and the choices left at its node.
 struct Frame<State> {
     operation: usize,
     state_before: State,
-    /// Further states an unknown-outcome operation could have led to, tried on backtrack; the
-    /// next one to try is last.
-    alternatives: Vec<State>,
+    /// Other moves from the same node, tried on backtrack, the next one last. Only unknown
+    /// outcomes leave any: their moves are all generated, and recorded as visited, at once.
+    alternatives: Vec<(usize, State)>,
 }
 
 /// Searches one partition, counting steps into `steps_used` and stopping at `steps_max`.
+///
+/// Every pending call before the first return is a candidate to take effect next, and the
+/// search may try them in any order. It walks the known-outcome calls first, in list order, as
+/// Wing & Gong do. Only when none of them leads anywhere does it let an unknown-outcome
+/// operation take effect: such an operation never has to, so applying one early mostly sends
+/// the search down a path it must undo. The unknown-outcome moves of a node are generated and
+/// recorded in [`Explored`] together before any is followed, so that following one never
+/// re-explores a sibling with an extra unknown operation in front (which would otherwise make
+/// the search visit every subset of the pending timeouts).
 pub(super) fn search<M: Model>(
     model: &M,
     history: &[Operation<M::Input, M::Output>],
@@ -191,9 +283,10 @@ pub(super) fn search<M: Model>(
 ) -> SearchOutcome<M::State> {
     let mut list = EntryList::new(history, operations);
     let mut linearized = OperationSet::new(operations.len());
-    let mut cache: HashSet<(OperationSet, M::State)> = HashSet::new();
+    let mut explored = Explored::new(history, operations);
     let mut stack: Vec<Frame<M::State>> = Vec::new();
     let mut state = model.init();
+    explored.visit(&linearized, &state);
     let mut deepest: Option<Deepest<M::State>> = None;
     let mut node = list.first();
 
@@ -206,40 +299,75 @@ pub(super) fn search<M: Model>(
         let entry = list.entries[node];
         let recorded = &history[operations[entry.operation]];
         if entry.kind == EntryKind::Call {
-            let mut candidates = match &recorded.output {
-                Some(output) => model
+            if let Some(output) = &recorded.output {
+                linearized.insert(entry.operation);
+                let next_state = model
                     .step(&state, &recorded.input, output)
-                    .into_iter()
-                    .collect(),
-                None => model.step_unknown_output(&state, &recorded.input),
-            };
-            candidates.reverse();
-            linearized.insert(entry.operation);
-            match take_unexplored(&mut cache, &linearized, &mut candidates) {
-                Some(next_state) => {
-                    stack.push(Frame {
-                        operation: entry.operation,
-                        state_before: std::mem::replace(&mut state, next_state),
-                        alternatives: candidates,
-                    });
-                    list.lift(entry.operation);
-                    node = list.first();
-                }
-                None => {
-                    linearized.remove(entry.operation);
-                    node = list.next[node];
+                    .filter(|next_state| explored.visit(&linearized, next_state));
+                match next_state {
+                    Some(next_state) => {
+                        stack.push(Frame {
+                            operation: entry.operation,
+                            state_before: std::mem::replace(&mut state, next_state),
+                            alternatives: Vec::new(),
+                        });
+                        list.lift(entry.operation);
+                        node = list.first();
+                        continue;
+                    }
+                    None => linearized.remove(entry.operation),
                 }
             }
+            node = list.next[node];
             continue;
         }
 
-        // A return whose operation is still pending. Return entries of unknown-outcome
-        // operations sort after every known one, so if this one is unknown then every
-        // operation left is unknown too: leaving them all out (none took effect) is allowed.
+        // Return entries of unknown-outcome operations sort after every known one, so reaching
+        // one means every operation left has an unknown outcome: leaving them all out (none
+        // took effect) is allowed.
         if !recorded.has_known_outcome() {
             return SearchOutcome::Linearizable;
         }
-        // Otherwise the operation had to take effect by now and could not: backtrack.
+
+        // No known-outcome operation can take effect next; try the unknown-outcome ones.
+        let mut moves = Vec::new();
+        let mut candidate_node = list.first();
+        while candidate_node != node {
+            let candidate = list.entries[candidate_node];
+            let candidate_recorded = &history[operations[candidate.operation]];
+            if candidate.kind == EntryKind::Call && !candidate_recorded.has_known_outcome() {
+                if *steps_used >= steps_max {
+                    return SearchOutcome::BudgetExhausted;
+                }
+                *steps_used += 1;
+                linearized.insert(candidate.operation);
+                for next_state in model.step_unknown_output(&state, &candidate_recorded.input) {
+                    // Taking effect without changing the state is never needed: leaving the
+                    // operation pending keeps every option this would have.
+                    if next_state != state && explored.visit(&linearized, &next_state) {
+                        moves.push((candidate.operation, next_state));
+                    }
+                }
+                linearized.remove(candidate.operation);
+            }
+            candidate_node = list.next[candidate_node];
+        }
+        if !moves.is_empty() {
+            moves.reverse();
+            let state_before = state.clone();
+            follow_move(
+                &mut list,
+                &mut linearized,
+                &mut stack,
+                &mut state,
+                state_before,
+                moves,
+            );
+            node = list.first();
+            continue;
+        }
+
+        // This operation had to take effect by now and nothing pending can: backtrack.
         if deepest
             .as_ref()
             .is_none_or(|best| stack.len() > best.linearized_prefix.len())
@@ -253,45 +381,60 @@ pub(super) fn search<M: Model>(
                 operation_not_placed: operations[entry.operation],
             });
         }
-        let Some(mut frame) = stack.pop() else {
-            let deepest = deepest.unwrap_or_else(|| Deepest {
-                linearized_prefix: Vec::new(),
-                state_after_prefix: state.clone(),
-                operation_not_placed: operations[entry.operation],
-            });
-            return SearchOutcome::NotLinearizable(deepest);
-        };
-        list.unlift(frame.operation);
-        // `linearized` still holds the frame's operation, as the cache key for its other
-        // possible states needs.
-        match take_unexplored(&mut cache, &linearized, &mut frame.alternatives) {
-            Some(next_state) => {
-                state = next_state;
-                list.lift(frame.operation);
-                stack.push(frame);
+        loop {
+            let Some(frame) = stack.pop() else {
+                let deepest = deepest.unwrap_or_else(|| Deepest {
+                    linearized_prefix: Vec::new(),
+                    state_after_prefix: state.clone(),
+                    operation_not_placed: operations[entry.operation],
+                });
+                return SearchOutcome::NotLinearizable(deepest);
+            };
+            list.unlift(frame.operation);
+            linearized.remove(frame.operation);
+            if !frame.alternatives.is_empty() {
+                follow_move(
+                    &mut list,
+                    &mut linearized,
+                    &mut stack,
+                    &mut state,
+                    frame.state_before,
+                    frame.alternatives,
+                );
                 node = list.first();
+                break;
             }
-            None => {
-                linearized.remove(frame.operation);
+            state = frame.state_before;
+            if history[operations[frame.operation]].has_known_outcome() {
+                // Carry on walking the known-outcome calls after this one.
                 node = list.next[list.call_node[frame.operation]];
-                state = frame.state_before;
+                break;
             }
+            // The last unknown-outcome move of the node below failed too: it is exhausted.
         }
     }
     SearchOutcome::Linearizable
 }
 
-/// Pops candidate states (last first) until one whose pairing with `linearized` has not been
-/// explored, records it as explored and returns it.
-fn take_unexplored<State: Clone + Eq + std::hash::Hash>(
-    cache: &mut HashSet<(OperationSet, State)>,
-    linearized: &OperationSet,
-    candidates: &mut Vec<State>,
-) -> Option<State> {
-    while let Some(candidate) = candidates.pop() {
-        if cache.insert((linearized.clone(), candidate.clone())) {
-            return Some(candidate);
-        }
-    }
-    None
+/// Linearizes the last of `moves` (already recorded as visited) from the node whose state was
+/// `state_before`, keeping the rest as that node's alternatives.
+fn follow_move<State>(
+    list: &mut EntryList,
+    linearized: &mut OperationSet,
+    stack: &mut Vec<Frame<State>>,
+    state: &mut State,
+    state_before: State,
+    mut moves: Vec<(usize, State)>,
+) {
+    let Some((operation, next_state)) = moves.pop() else {
+        return;
+    };
+    linearized.insert(operation);
+    list.lift(operation);
+    *state = next_state;
+    stack.push(Frame {
+        operation,
+        state_before,
+        alternatives: moves,
+    });
 }
