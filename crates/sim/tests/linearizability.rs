@@ -734,6 +734,79 @@ fn a_planted_bug_in_a_large_history_is_found_quickly() {
     assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
 }
 
+/// Closed-loop clients, as the simulator runs them: each client waits for its answer before
+/// the next call, except that it gives up after a timeout, leaving that operation's outcome
+/// unknown (and the operation applied or not, at random). Values are unique.
+fn closed_loop_history(
+    random: &mut SplitMix,
+    operation_count: u64,
+    clients: u64,
+    keys: u8,
+    timeouts_per_thousand: u64,
+) -> Vec<SmallOperation> {
+    let mut next_call_time = vec![0; clients as usize];
+    let mut planned = Vec::new();
+    for position in 0..operation_count {
+        let client = (position % clients) as usize;
+        let call_lead = 1 + random.below(20);
+        let instant = next_call_time[client] + call_lead;
+        let timed_out = random.below(1_000) < timeouts_per_thousand;
+        let return_lag = 1 + random.below(20);
+        next_call_time[client] = if timed_out {
+            instant + 50
+        } else {
+            instant + return_lag + random.below(5)
+        };
+        let ending = match (timed_out, random.below(2)) {
+            (false, _) => Ending::Returned,
+            (true, 0) => Ending::TimedOutApplied,
+            (true, _) => Ending::TimedOutLost,
+        };
+        let plan = PlannedOperation {
+            key: random.below(u64::from(keys)) as u8,
+            kind: random.below(4) as u8,
+            value: position as u32,
+            expected: Some(random.below(position + 1) as u32),
+            call_lead,
+            return_lag,
+            ending,
+        };
+        planned.push((instant, client, plan));
+    }
+    planned.sort_by_key(|(instant, client, _)| (*instant, *client));
+    let plan: Vec<PlannedOperation> = planned.iter().map(|(_, _, plan)| plan.clone()).collect();
+    let mut history = execute(&plan);
+    // `execute` spaces instants evenly; put back the clients' own times.
+    for (operation, (instant, client, plan)) in history.iter_mut().zip(&planned) {
+        operation.client_id = *client as u64;
+        operation.call_time = instant - plan.call_lead;
+        if let Some(return_time) = operation.return_time.as_mut() {
+            *return_time = instant + plan.return_lag;
+        }
+    }
+    history
+}
+
+#[test]
+fn timeouts_from_many_clients_neither_hide_a_bug_nor_exhaust_the_budget() {
+    for seed in 0..3 {
+        let mut random = SplitMix(seed);
+        let mut history = closed_loop_history(&mut random, 2_000, 20, 8, 50);
+        assert_eq!(
+            check(&RegisterModel::new(), &history, Budget::default()),
+            Ok(CheckResult::Ok),
+            "seed {seed}"
+        );
+        let late_read = history
+            .iter()
+            .rposition(|operation| matches!(operation.output, Some(RegisterOutput::Read(_))))
+            .expect("the history has reads");
+        history[late_read].output = Some(RegisterOutput::Read(Some(u32::MAX)));
+        let result = check(&RegisterModel::new(), &history, Budget::default()).unwrap();
+        assert!(result.is_illegal(), "seed {seed}: {result:?}");
+    }
+}
+
 /// Forty writes that all overlap, then a read of a value none of them wrote: proving this
 /// illegal means trying every order of the writes, which the memoization cannot collapse.
 fn adversarial_history() -> Vec<RegisterOperation> {

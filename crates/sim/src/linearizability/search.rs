@@ -204,9 +204,10 @@ impl OperationSet {
 /// subset of the other's unknown-outcome operations, are related: the smaller one can do
 /// everything the larger one can, because an unknown-outcome operation never has to take
 /// effect and never blocks another. So once the smaller one was visited the larger one needs
-/// no visit. (Visited nodes either failed, or are on the current path; in the second case a
-/// completion through the larger node would also exist through the smaller one without the
-/// extra unknown operations, which the search tries.)
+/// no visit. (A visited node has either failed, or will still be searched because it is on
+/// the current path or is a recorded move not yet followed; on the current path, a completion
+/// through the larger node would also exist through the smaller one without the extra unknown
+/// operations, which the search tries.)
 struct Explored<State> {
     /// Members are the partition's operations with unknown outcomes.
     unknown_outcomes: OperationSet,
