@@ -43,6 +43,22 @@
 //! Running out yields [`CheckResult::Unknown`], never [`CheckResult::Ok`]: a checker that gives
 //! up must not be read as a pass.
 //!
+//! # Recording a history
+//!
+//! Record `call_time` when the client hands the request to the system and `return_time` when
+//! it sees the answer, both in simulated ticks. A request the client gave up on (timeout,
+//! crash, lost connection) is recorded with [`Operation::unknown_outcome`], never dropped and
+//! never given a guessed output. Give every write a value no other write uses: reads then pin
+//! down which write they saw, which keeps the search narrow and the reports readable.
+//!
+//! # Limits
+//!
+//! Measured in a release build on the project's machine, 2,000 register operations: from ten
+//! closed-loop clients on a single key, a legal history checks in 0.1 to 0.5 s and a planted
+//! stale read is proven illegal in 2 to 6 s; from twenty clients over eight keys with 5% of the
+//! operations timing out, either verdict takes well under a second. Twenty clients all on one
+//! key exhaust the default budget. Spread a workload over keys rather than raise the budget.
+//!
 //! # Architecture invariants
 //!
 //! **The checker does no I/O and reads no clock:** the budget is counted in search steps, so the
