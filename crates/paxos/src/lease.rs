@@ -15,6 +15,8 @@ use crate::{Ballot, NodeId, Time};
 /// stays silent until any lease it may have granted before has run out.
 #[derive(Debug)]
 pub(crate) struct LeaseAcceptor {
+    /// Planted bug (simulator tests only): accept proposals below the promise.
+    pub(crate) accept_lower_ballot: bool,
     promised: Ballot,
     accepted: Option<Grant>,
     silent_until: Time,
@@ -29,6 +31,7 @@ struct Grant {
 impl LeaseAcceptor {
     pub(crate) fn new(silent_until: Time) -> LeaseAcceptor {
         LeaseAcceptor {
+            accept_lower_ballot: false,
             promised: Ballot::ZERO,
             accepted: None,
             silent_until,
@@ -91,7 +94,7 @@ impl LeaseAcceptor {
         if self.is_silent(now) {
             return None;
         }
-        if ballot < self.promised {
+        if ballot < self.promised && !self.accept_lower_ballot {
             return Some(Message::LeaseProposeReply {
                 ballot,
                 granted: false,
@@ -99,7 +102,7 @@ impl LeaseAcceptor {
             });
         }
         debug_assert_eq!(ballot.node, from, "a lease is proposed by its owner");
-        self.promised = ballot;
+        self.promised = self.promised.max(ballot);
         self.accepted = Some(Grant {
             owner: from,
             expires_at: now + duration.min(duration_max),
@@ -107,7 +110,7 @@ impl LeaseAcceptor {
         Some(Message::LeaseProposeReply {
             ballot,
             granted: true,
-            promised: ballot,
+            promised: self.promised,
         })
     }
 }

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use synod_sim::linearizability::{
-    check, AppendLogInput, AppendLogModel, AppendLogOutput, Budget, CheckResult, HistoryError,
-    Model, Operation, RegisterInput, RegisterModel, RegisterOutput,
+    check, AppendLogInput, AppendLogModel, AppendLogOutput, Budget, CheckResult, HistoryError, Model, Operation,
+    RegisterInput, RegisterModel, RegisterOutput,
 };
 
 type Register = RegisterModel<&'static str, u64>;
@@ -22,13 +22,7 @@ fn write(client_id: u64, key: &'static str, value: u64, call: u64, ret: u64) -> 
     )
 }
 
-fn read(
-    client_id: u64,
-    key: &'static str,
-    value: Option<u64>,
-    call: u64,
-    ret: u64,
-) -> RegisterOperation {
+fn read(client_id: u64, key: &'static str, value: Option<u64>, call: u64, ret: u64) -> RegisterOperation {
     Operation::returned(
         client_id,
         RegisterInput::Read { key },
@@ -167,16 +161,8 @@ fn unknown_compare_and_swap_may_or_may_not_apply() {
         },
         20,
     );
-    let applied = vec![
-        write(1, "x", 1, 0, 10),
-        swap.clone(),
-        read(3, "x", Some(5), 30, 40),
-    ];
-    let not_applied = vec![
-        write(1, "x", 1, 0, 10),
-        swap.clone(),
-        read(3, "x", Some(1), 30, 40),
-    ];
+    let applied = vec![write(1, "x", 1, 0, 10), swap.clone(), read(3, "x", Some(5), 30, 40)];
+    let not_applied = vec![write(1, "x", 1, 0, 10), swap.clone(), read(3, "x", Some(1), 30, 40)];
     let impossible = vec![write(1, "x", 2, 0, 10), swap, read(3, "x", Some(5), 30, 40)];
     assert_eq!(check_register(&applied), CheckResult::Ok);
     assert_eq!(check_register(&not_applied), CheckResult::Ok);
@@ -219,11 +205,7 @@ fn overlapping_writes_may_take_effect_in_either_order() {
             write(2, "x", 2, 5, 15),
             read(3, "x", seen, 20, 30),
         ];
-        assert_eq!(
-            check_register(&history).is_ok(),
-            expected_ok,
-            "read {seen:?}"
-        );
+        assert_eq!(check_register(&history).is_ok(), expected_ok, "read {seen:?}");
     }
 }
 
@@ -259,23 +241,9 @@ fn compare_and_swap_outcomes_are_checked() {
 
 #[test]
 fn delete_makes_the_key_absent() {
-    let delete = Operation::returned(
-        1,
-        RegisterInput::Delete { key: "x" },
-        20,
-        30,
-        RegisterOutput::Delete,
-    );
-    let legal = vec![
-        write(1, "x", 1, 0, 10),
-        delete.clone(),
-        read(2, "x", None, 40, 50),
-    ];
-    let illegal = vec![
-        write(1, "x", 1, 0, 10),
-        delete,
-        read(2, "x", Some(1), 40, 50),
-    ];
+    let delete = Operation::returned(1, RegisterInput::Delete { key: "x" }, 20, 30, RegisterOutput::Delete);
+    let legal = vec![write(1, "x", 1, 0, 10), delete.clone(), read(2, "x", None, 40, 50)];
+    let illegal = vec![write(1, "x", 1, 0, 10), delete, read(2, "x", Some(1), 40, 50)];
     assert_eq!(check_register(&legal), CheckResult::Ok);
     assert!(check_register(&illegal).is_illegal());
 }
@@ -318,21 +286,13 @@ fn malformed_histories_are_rejected() {
     let mut output_without_return = unknown_write(1, "x", 1, 0);
     output_without_return.output = Some(RegisterOutput::Write);
     assert_eq!(
-        check(
-            &Register::new(),
-            &[output_without_return],
-            Budget::default()
-        ),
+        check(&Register::new(), &[output_without_return], Budget::default()),
         Err(HistoryError::OutputAndReturnTimeDisagree { operation_index: 0 })
     );
     let mut return_without_output = write(1, "x", 1, 0, 10);
     return_without_output.output = None;
     assert_eq!(
-        check(
-            &Register::new(),
-            &[return_without_output],
-            Budget::default()
-        ),
+        check(&Register::new(), &[return_without_output], Budget::default()),
         Err(HistoryError::OutputAndReturnTimeDisagree { operation_index: 0 })
     );
 }
@@ -358,21 +318,9 @@ fn append_log_catches_reordered_appends() {
         )
     };
     let model = AppendLogModel::<u8, u64>::new();
-    let ordered = vec![
-        append(1, 1, 0, 10),
-        append(2, 2, 20, 30),
-        read_log(vec![1, 2], 40, 50),
-    ];
-    let reordered = vec![
-        append(1, 1, 0, 10),
-        append(2, 2, 20, 30),
-        read_log(vec![2, 1], 40, 50),
-    ];
-    let concurrent = vec![
-        append(1, 1, 0, 30),
-        append(2, 2, 0, 30),
-        read_log(vec![2, 1], 40, 50),
-    ];
+    let ordered = vec![append(1, 1, 0, 10), append(2, 2, 20, 30), read_log(vec![1, 2], 40, 50)];
+    let reordered = vec![append(1, 1, 0, 10), append(2, 2, 20, 30), read_log(vec![2, 1], 40, 50)];
+    let concurrent = vec![append(1, 1, 0, 30), append(2, 2, 0, 30), read_log(vec![2, 1], 40, 50)];
     let unknown = vec![
         append(1, 1, 0, 10),
         Operation::unknown_outcome(2, AppendLogInput::Append { key: 0, value: 2 }, 20),
@@ -416,22 +364,10 @@ impl Model for GlobalCounter {
 #[test]
 fn model_without_partitions_is_checked_whole() {
     let increment = |output, call, ret| Operation::returned(1, (), call, ret, output);
-    let legal = vec![
-        increment(2, 0, 10),
-        increment(1, 5, 15),
-        increment(3, 20, 30),
-    ];
-    let illegal = vec![
-        increment(1, 0, 10),
-        increment(2, 20, 30),
-        increment(2, 40, 50),
-    ];
-    assert_eq!(
-        check(&GlobalCounter, &legal, Budget::default()),
-        Ok(CheckResult::Ok)
-    );
-    let Ok(CheckResult::Illegal(report)) = check(&GlobalCounter, &illegal, Budget::default())
-    else {
+    let legal = vec![increment(2, 0, 10), increment(1, 5, 15), increment(3, 20, 30)];
+    let illegal = vec![increment(1, 0, 10), increment(2, 20, 30), increment(2, 40, 50)];
+    assert_eq!(check(&GlobalCounter, &legal, Budget::default()), Ok(CheckResult::Ok));
+    let Ok(CheckResult::Illegal(report)) = check(&GlobalCounter, &illegal, Budget::default()) else {
         panic!("a repeated count must be illegal");
     };
     assert_eq!(report.partition, None);
@@ -473,14 +409,9 @@ impl Model for OneShotClaim {
 fn unknown_operation_that_cannot_take_effect_may_be_left_out() {
     let claimed = Operation::returned(1, (), 0, 10, ());
     let history = vec![claimed.clone(), Operation::unknown_outcome(2, (), 20)];
-    assert_eq!(
-        check(&OneShotClaim, &history, Budget::default()),
-        Ok(CheckResult::Ok)
-    );
+    assert_eq!(check(&OneShotClaim, &history, Budget::default()), Ok(CheckResult::Ok));
     let twice = vec![claimed, Operation::returned(2, (), 20, 30, ())];
-    assert!(check(&OneShotClaim, &twice, Budget::default())
-        .unwrap()
-        .is_illegal());
+    assert!(check(&OneShotClaim, &twice, Budget::default()).unwrap().is_illegal());
 }
 
 /// A counter whose server picks the increment, one or two, and reports it. An increment whose
@@ -511,9 +442,7 @@ impl Model for ServerChosenIncrement {
 
     fn step(&self, count: &u8, input: &CounterInput, output: &CounterOutput) -> Option<u8> {
         match (input, output) {
-            (CounterInput::Increment, CounterOutput::Incremented(amount @ 1..=2)) => {
-                count.checked_add(*amount)
-            }
+            (CounterInput::Increment, CounterOutput::Incremented(amount @ 1..=2)) => count.checked_add(*amount),
             (CounterInput::Read, CounterOutput::Read(seen)) => (seen == count).then_some(*count),
             _ => None,
         }
@@ -537,49 +466,24 @@ impl Model for ServerChosenIncrement {
 #[test]
 fn every_state_an_unknown_operation_could_reach_is_tried() {
     let unknown = || Operation::unknown_outcome(1, CounterInput::Increment, 0);
-    let read = |count, call| {
-        Operation::returned(
-            2,
-            CounterInput::Read,
-            call,
-            call + 5,
-            CounterOutput::Read(count),
-        )
-    };
+    let read = |count, call| Operation::returned(2, CounterInput::Read, call, call + 5, CounterOutput::Read(count));
     let model = ServerChosenIncrement;
     let budget = Budget::default();
     // Trying "plus one" first fails at the read, so "plus two" must be tried on backtrack.
+    assert_eq!(check(&model, &[unknown(), read(2, 10)], budget), Ok(CheckResult::Ok));
     assert_eq!(
-        check(&model, &[unknown(), read(2, 10)], budget),
+        check(&model, &[unknown(), unknown(), read(3, 10), read(3, 20)], budget),
         Ok(CheckResult::Ok)
     );
-    assert_eq!(
-        check(
-            &model,
-            &[unknown(), unknown(), read(3, 10), read(3, 20)],
-            budget
-        ),
-        Ok(CheckResult::Ok)
-    );
-    let known = Operation::returned(
-        3,
-        CounterInput::Increment,
-        0,
-        5,
-        CounterOutput::Incremented(2),
-    );
+    let known = Operation::returned(3, CounterInput::Increment, 0, 5, CounterOutput::Incremented(2));
     assert_eq!(
         check(&model, &[known, unknown(), read(3, 10)], budget),
         Ok(CheckResult::Ok)
     );
-    assert!(check(&model, &[unknown(), read(3, 10)], budget)
+    assert!(check(&model, &[unknown(), read(3, 10)], budget).unwrap().is_illegal());
+    assert!(check(&model, &[unknown(), read(2, 10), read(1, 20)], budget)
         .unwrap()
         .is_illegal());
-    assert!(
-        check(&model, &[unknown(), read(2, 10), read(1, 20)], budget)
-            .unwrap()
-            .is_illegal()
-    );
 }
 
 /// A small deterministic generator, so large histories need no seed plumbing.
@@ -671,13 +575,9 @@ fn execute(plan: &[PlannedOperation]) -> Vec<SmallOperation> {
         };
         let call_time = instant - planned.call_lead;
         history.push(match planned.ending {
-            Ending::Returned => Operation::returned(
-                position as u64,
-                input,
-                call_time,
-                instant + planned.return_lag,
-                output,
-            ),
+            Ending::Returned => {
+                Operation::returned(position as u64, input, call_time, instant + planned.return_lag, output)
+            }
             Ending::TimedOutApplied | Ending::TimedOutLost => {
                 Operation::unknown_outcome(position as u64, input, call_time)
             }
@@ -722,8 +622,7 @@ fn a_planted_bug_in_a_large_history_is_found_quickly() {
     let read_position = history
         .iter()
         .rposition(|operation| {
-            matches!(operation.output, Some(RegisterOutput::Read(_)))
-                && operation.call_time > 15_000
+            matches!(operation.output, Some(RegisterOutput::Read(_))) && operation.call_time > 15_000
         })
         .expect("the plan has reads late in the history");
     history[read_position].output = Some(RegisterOutput::Read(Some(u32::MAX)));
@@ -810,20 +709,14 @@ fn timeouts_from_many_clients_neither_hide_a_bug_nor_exhaust_the_budget() {
 /// Forty writes that all overlap, then a read of a value none of them wrote: proving this
 /// illegal means trying every order of the writes, which the memoization cannot collapse.
 fn adversarial_history() -> Vec<RegisterOperation> {
-    let mut history: Vec<RegisterOperation> = (0..40)
-        .map(|value| write(value, "x", value, 0, 100))
-        .collect();
+    let mut history: Vec<RegisterOperation> = (0..40).map(|value| write(value, "x", value, 0, 100)).collect();
     history.push(read(99, "x", Some(999), 200, 210));
     history
 }
 
 #[test]
 fn exhausted_budget_reports_unknown_never_pass() {
-    let result = check(
-        &Register::new(),
-        &adversarial_history(),
-        Budget::steps(100_000),
-    );
+    let result = check(&Register::new(), &adversarial_history(), Budget::steps(100_000));
     assert_eq!(
         result,
         Ok(CheckResult::Unknown {
@@ -884,25 +777,16 @@ fn brute_force_linearizable(history: &[SmallOperation]) -> bool {
         remaining: &mut Vec<usize>,
         state: &Option<u32>,
     ) -> bool {
-        if remaining
-            .iter()
-            .all(|&index| !history[index].has_known_outcome())
-        {
+        if remaining.iter().all(|&index| !history[index].has_known_outcome()) {
             return true;
         }
         for position in 0..remaining.len() {
             let candidate = &history[remaining[position]];
-            if remaining
-                .iter()
-                .any(|&other| precedes(&history[other], candidate))
-            {
+            if remaining.iter().any(|&other| precedes(&history[other], candidate)) {
                 continue;
             }
             let next_states = match &candidate.output {
-                Some(output) => model
-                    .step(state, &candidate.input, output)
-                    .into_iter()
-                    .collect(),
+                Some(output) => model.step(state, &candidate.input, output).into_iter().collect(),
                 None => model.step_unknown_output(state, &candidate.input),
             };
             let taken = remaining.remove(position);
@@ -932,34 +816,26 @@ fn arbitrary_small_history() -> impl Strategy<Value = Vec<SmallOperation>> {
         0u64..10,
         0u8..5,
     )
-        .prop_map(
-            |(kind, value, maybe_value, flag, call_time, duration, ending)| {
-                let (input, output) = match kind {
-                    0 => (
-                        RegisterInput::Read { key: 0 },
-                        RegisterOutput::Read(maybe_value),
-                    ),
-                    1 => (
-                        RegisterInput::Write { key: 0, value },
-                        RegisterOutput::Write,
-                    ),
-                    2 => (RegisterInput::Delete { key: 0 }, RegisterOutput::Delete),
-                    _ => (
-                        RegisterInput::CompareAndSwap {
-                            key: 0,
-                            expected: maybe_value,
-                            new: value,
-                        },
-                        RegisterOutput::CompareAndSwap(flag),
-                    ),
-                };
-                if ending == 0 {
-                    Operation::unknown_outcome(0, input, call_time)
-                } else {
-                    Operation::returned(0, input, call_time, call_time + duration, output)
-                }
-            },
-        );
+        .prop_map(|(kind, value, maybe_value, flag, call_time, duration, ending)| {
+            let (input, output) = match kind {
+                0 => (RegisterInput::Read { key: 0 }, RegisterOutput::Read(maybe_value)),
+                1 => (RegisterInput::Write { key: 0, value }, RegisterOutput::Write),
+                2 => (RegisterInput::Delete { key: 0 }, RegisterOutput::Delete),
+                _ => (
+                    RegisterInput::CompareAndSwap {
+                        key: 0,
+                        expected: maybe_value,
+                        new: value,
+                    },
+                    RegisterOutput::CompareAndSwap(flag),
+                ),
+            };
+            if ending == 0 {
+                Operation::unknown_outcome(0, input, call_time)
+            } else {
+                Operation::returned(0, input, call_time, call_time + duration, output)
+            }
+        });
     proptest::collection::vec(operation, 0..7)
 }
 

@@ -80,21 +80,14 @@ where
         Vec::new()
     }
 
-    fn step(
-        &self,
-        state: &Self::State,
-        input: &Self::Input,
-        output: &Self::Output,
-    ) -> Option<Self::State> {
+    fn step(&self, state: &Self::State, input: &Self::Input, output: &Self::Output) -> Option<Self::State> {
         match (input, output) {
             (AppendLogInput::Append { value, .. }, AppendLogOutput::Append) => {
                 let mut appended = state.clone();
                 appended.push(value.clone());
                 Some(appended)
             }
-            (AppendLogInput::Read { .. }, AppendLogOutput::Read(seen)) => {
-                (seen == state).then(|| state.clone())
-            }
+            (AppendLogInput::Read { .. }, AppendLogOutput::Read(seen)) => (seen == state).then(|| state.clone()),
             _ => None,
         }
     }

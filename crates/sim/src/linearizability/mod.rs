@@ -116,12 +116,7 @@ pub trait Model {
     ///
     /// Returns `None` when that output is impossible from this state, which is what rules out
     /// a candidate linearization.
-    fn step(
-        &self,
-        state: &Self::State,
-        input: &Self::Input,
-        output: &Self::Output,
-    ) -> Option<Self::State>;
+    fn step(&self, state: &Self::State, input: &Self::Input, output: &Self::Output) -> Option<Self::State>;
 
     /// Every state `input` could lead to from `state` when its output was never seen.
     ///
@@ -172,13 +167,7 @@ pub struct Operation<Input, Output> {
 
 impl<Input, Output> Operation<Input, Output> {
     /// An operation whose answer the client received.
-    pub fn returned(
-        client_id: u64,
-        input: Input,
-        call_time: u64,
-        return_time: u64,
-        output: Output,
-    ) -> Self {
+    pub fn returned(client_id: u64, input: Input, call_time: u64, return_time: u64, output: Output) -> Self {
         Self {
             client_id,
             input,
@@ -224,10 +213,7 @@ impl fmt::Display for HistoryError {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ReturnBeforeCall { operation_index } => {
-                write!(
-                    formatter,
-                    "operation {operation_index} returns before it is called"
-                )
+                write!(formatter, "operation {operation_index} returns before it is called")
             }
             Self::OutputAndReturnTimeDisagree { operation_index } => write!(
                 formatter,
@@ -262,9 +248,7 @@ impl Default for Budget {
     /// needs well under a tenth of that; proving one illegal can need most of it, because the
     /// search must rule out every order of the concurrent operations before the violation.
     fn default() -> Self {
-        Self {
-            steps_max: 10_000_000,
-        }
+        Self { steps_max: 10_000_000 }
     }
 }
 
@@ -318,18 +302,13 @@ pub struct IllegalReport<PartitionKey, State> {
     pub operation_not_placed: usize,
 }
 
-impl<PartitionKey: fmt::Debug, State: fmt::Debug> fmt::Display
-    for IllegalReport<PartitionKey, State>
-{
+impl<PartitionKey: fmt::Debug, State: fmt::Debug> fmt::Display for IllegalReport<PartitionKey, State> {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             formatter,
             "partition {:?} is not linearizable: after operations {:?} (state {:?}) operation {} \
              could not be placed",
-            self.partition,
-            self.longest_linearized_prefix,
-            self.state_after_prefix,
-            self.operation_not_placed
+            self.partition, self.longest_linearized_prefix, self.state_after_prefix, self.operation_not_placed
         )
     }
 }
@@ -352,20 +331,11 @@ pub fn check<M: Model>(
     validate(history)?;
     let mut steps_used = 0;
     for (partition, operation_indices) in partitions(model, history) {
-        let outcome = search::search(
-            model,
-            history,
-            &operation_indices,
-            &mut steps_used,
-            budget.steps_max,
-        );
+        let outcome = search::search(model, history, &operation_indices, &mut steps_used, budget.steps_max);
         match outcome {
             search::SearchOutcome::Linearizable => {}
             search::SearchOutcome::BudgetExhausted => {
-                return Ok(CheckResult::Unknown {
-                    partition,
-                    steps_used,
-                });
+                return Ok(CheckResult::Unknown { partition, steps_used });
             }
             search::SearchOutcome::NotLinearizable(deepest) => {
                 return Ok(CheckResult::Illegal(IllegalReport {
@@ -412,9 +382,7 @@ fn partitions<M: Model>(
         match model.partition_key(&operation.input) {
             Some(key) => groups.entry(key).or_default().push(operation_index),
             None => {
-                let everything = (0..history.len())
-                    .filter(|&index| matters(&history[index]))
-                    .collect();
+                let everything = (0..history.len()).filter(|&index| matters(&history[index])).collect();
                 return vec![(None, everything)];
             }
         }

@@ -41,10 +41,9 @@ impl<Key, Value> RegisterInput<Key, Value> {
     /// The register this request touches.
     pub fn key(&self) -> &Key {
         match self {
-            Self::Read { key }
-            | Self::Write { key, .. }
-            | Self::Delete { key }
-            | Self::CompareAndSwap { key, .. } => key,
+            Self::Read { key } | Self::Write { key, .. } | Self::Delete { key } | Self::CompareAndSwap { key, .. } => {
+                key
+            }
         }
     }
 }
@@ -98,28 +97,18 @@ where
         None
     }
 
-    fn step(
-        &self,
-        state: &Self::State,
-        input: &Self::Input,
-        output: &Self::Output,
-    ) -> Option<Self::State> {
+    fn step(&self, state: &Self::State, input: &Self::Input, output: &Self::Output) -> Option<Self::State> {
         match (input, output) {
-            (RegisterInput::Read { .. }, RegisterOutput::Read(seen)) => {
-                (seen == state).then(|| state.clone())
-            }
-            (RegisterInput::Write { value, .. }, RegisterOutput::Write) => {
-                Some(Some(value.clone()))
-            }
+            (RegisterInput::Read { .. }, RegisterOutput::Read(seen)) => (seen == state).then(|| state.clone()),
+            (RegisterInput::Write { value, .. }, RegisterOutput::Write) => Some(Some(value.clone())),
             (RegisterInput::Delete { .. }, RegisterOutput::Delete) => Some(None),
-            (
-                RegisterInput::CompareAndSwap { expected, new, .. },
-                RegisterOutput::CompareAndSwap(swapped),
-            ) => match (expected == state, *swapped) {
-                (true, true) => Some(Some(new.clone())),
-                (false, false) => Some(state.clone()),
-                _ => None,
-            },
+            (RegisterInput::CompareAndSwap { expected, new, .. }, RegisterOutput::CompareAndSwap(swapped)) => {
+                match (expected == state, *swapped) {
+                    (true, true) => Some(Some(new.clone())),
+                    (false, false) => Some(state.clone()),
+                    _ => None,
+                }
+            }
             _ => None,
         }
     }

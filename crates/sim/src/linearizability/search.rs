@@ -59,8 +59,7 @@ impl EntryList {
     /// touch the same instant count as overlapping. Unknown returns go last (infinite time);
     /// ties break on the operation's position, which keeps the order deterministic.
     fn new<Input, Output>(history: &[Operation<Input, Output>], operations: &[usize]) -> Self {
-        let mut keyed: Vec<((bool, u64, bool, usize), Entry)> =
-            Vec::with_capacity(2 * operations.len());
+        let mut keyed: Vec<((bool, u64, bool, usize), Entry)> = Vec::with_capacity(2 * operations.len());
         for (operation, &history_index) in operations.iter().enumerate() {
             let recorded = &history[history_index];
             keyed.push((
@@ -101,9 +100,7 @@ impl EntryList {
             }
             entries.push(entry);
         }
-        let next = (0..node_count)
-            .map(|node| (node + 1) % node_count)
-            .collect();
+        let next = (0..node_count).map(|node| (node + 1) % node_count).collect();
         let previous = (0..node_count)
             .map(|node| (node + node_count - 1) % node_count)
             .collect();
@@ -238,16 +235,11 @@ impl<State: Clone + Eq + std::hash::Hash> Explored<State> {
     /// everything it can was visited before.
     fn visit(&mut self, linearized: &OperationSet, state: &State) -> bool {
         if self.unknown_outcomes.is_empty() {
-            return self
-                .exact_visits
-                .insert((linearized.clone(), state.clone()));
+            return self.exact_visits.insert((linearized.clone(), state.clone()));
         }
         let (unknown, known) = linearized.split(&self.unknown_outcomes);
         let minimal_sets = self.visits.entry((known, state.clone())).or_default();
-        if minimal_sets
-            .iter()
-            .any(|visited| visited.is_subset_of(&unknown))
-        {
+        if minimal_sets.iter().any(|visited| visited.is_subset_of(&unknown)) {
             return false;
         }
         minimal_sets.retain(|visited| !unknown.is_subset_of(visited));
@@ -356,14 +348,7 @@ pub(super) fn search<M: Model>(
         if !moves.is_empty() {
             moves.reverse();
             let state_before = state.clone();
-            follow_move(
-                &mut list,
-                &mut linearized,
-                &mut stack,
-                &mut state,
-                state_before,
-                moves,
-            );
+            follow_move(&mut list, &mut linearized, &mut stack, &mut state, state_before, moves);
             node = list.first();
             continue;
         }
@@ -374,10 +359,7 @@ pub(super) fn search<M: Model>(
             .is_none_or(|best| stack.len() > best.linearized_prefix.len())
         {
             deepest = Some(Deepest {
-                linearized_prefix: stack
-                    .iter()
-                    .map(|frame| operations[frame.operation])
-                    .collect(),
+                linearized_prefix: stack.iter().map(|frame| operations[frame.operation]).collect(),
                 state_after_prefix: state.clone(),
                 operation_not_placed: operations[entry.operation],
             });
