@@ -651,15 +651,21 @@ impl Replica {
             | Message::Promise { ballot, .. } => *ballot,
             Message::Refuse { promised, .. } => *promised,
             Message::LeasePrepare { ballot } | Message::LeasePropose { ballot, .. } => {
-                let seen = self.incarnations_seen.entry(ballot.node).or_default();
-                *seen = (*seen).max(ballot.incarnation);
+                self.note_incarnation(*ballot);
                 return;
             }
             _ => return,
         };
         self.round_seen = self.round_seen.max(ballot.round);
-        let seen = self.incarnations_seen.entry(ballot.node).or_default();
-        *seen = (*seen).max(ballot.incarnation);
+        self.note_incarnation(ballot);
+    }
+
+    /// Bounded by the membership: ballots naming non-members are not remembered.
+    fn note_incarnation(&mut self, ballot: Ballot) {
+        if self.member_bit(ballot.node).is_some() {
+            let seen = self.incarnations_seen.entry(ballot.node).or_default();
+            *seen = (*seen).max(ballot.incarnation);
+        }
     }
 
     // ----- PaxosLease -----
