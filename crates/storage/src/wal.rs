@@ -466,12 +466,15 @@ impl Wal {
         let mut active = None;
         let mut active_instance_max = Instance::ZERO;
         let count = logs.len();
+        let mut next_sequence = logs.last().map_or(1, |last| last + 1);
         for (index, sequence) in logs.iter().copied().enumerate() {
             let last = index + 1 == count;
             let scan = scan_segment(disk.as_ref(), &config, sequence, last)?;
             let Some(scan) = scan else {
-                // The last segment's creation never finished; it holds nothing.
+                // The last segment's creation never finished; it holds
+                // nothing and its files are gone. A new one takes its number.
                 assert!(last);
+                next_sequence = sequence;
                 continue;
             };
             recovery.bytes_scanned += scan.log_file_bytes;
@@ -525,10 +528,7 @@ impl Wal {
 
         let active = match active {
             Some(active) => active,
-            None => {
-                let sequence = logs.last().map_or(1, |last| last + 1);
-                create_segment(disk.as_ref(), sequence)?
-            }
+            None => create_segment(disk.as_ref(), next_sequence)?,
         };
         let wal = Wal {
             disk,
