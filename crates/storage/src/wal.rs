@@ -700,6 +700,15 @@ impl Wal {
         Ok(removed)
     }
 
+    /// The `.log` and `.ids` files of the segment being appended to: where
+    /// the simulator aims faults at the next sync.
+    pub fn active_files(&self) -> (String, String) {
+        (
+            log_name(self.active.sequence),
+            ids_name(self.active.sequence),
+        )
+    }
+
     /// The number of segments, the active one included.
     pub fn segment_count(&self) -> usize {
         self.closed.len() + 1
