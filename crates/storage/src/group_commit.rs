@@ -87,6 +87,8 @@ impl fmt::Debug for Rejected {
 pub struct GroupCommitStats {
     pub batches: u64,
     pub records: u64,
+    /// Time spent in [`Wal::sync`] (writes and fdatasyncs), in microseconds.
+    pub sync_micros: u64,
 }
 
 /// The handle to the writer thread.
@@ -250,7 +252,10 @@ fn run_writer(
         }
         if stopped.is_none() && !waiters.is_empty() {
             let records = waiters.len() as u64;
-            match wal.sync() {
+            let sync_started = std::time::Instant::now();
+            let synced = wal.sync();
+            stats.sync_micros += sync_started.elapsed().as_micros() as u64;
+            match synced {
                 Ok(()) => {
                     stats.batches += 1;
                     stats.records += records;
