@@ -93,6 +93,7 @@ fn append(options: &Options) {
                 GroupCommitConfig {
                     queue_records_max: 4096,
                     batch_bytes_max: 4 << 20,
+                    pipeline_batches_max: 2,
                     sync_failure_policy: SyncFailurePolicy::Abort,
                 },
             )
@@ -144,7 +145,7 @@ fn append(options: &Options) {
         println!(
             "submitters={submitters} value_bytes={value_bytes} seconds={elapsed:.2} records={records} \
              records_per_s={:.0} value_MB_per_s={:.2} log_MB_per_s={:.2} log_plus_ids_MB_per_s={:.2} \
-             batches={} records_per_batch={records_per_batch:.1} log_bytes_per_batch={:.0} syncs_per_s={:.0} sync_busy_fraction={:.2}",
+             batches={} records_per_batch={records_per_batch:.1} log_bytes_per_batch={:.0} syncs_per_s={:.0} log_sync_busy={:.2} ids_sync_busy={:.2}",
             records as f64 / elapsed,
             (records * value_bytes as u64) as f64 / elapsed / 1e6,
             log_bytes as f64 / elapsed / 1e6,
@@ -153,6 +154,7 @@ fn append(options: &Options) {
             records_per_batch * frame_bytes as f64,
             2.0 * stats.batches as f64 / elapsed,
             stats.sync_micros as f64 / 1e6 / elapsed,
+            stats.identifier_sync_micros as f64 / 1e6 / elapsed,
         );
         let _ = std::fs::remove_dir_all(&directory);
     }

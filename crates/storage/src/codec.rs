@@ -82,6 +82,9 @@ pub(crate) fn decode_file_header(
         offset: bytes.len() as u64,
         what: "file header",
     };
+    if bytes.len() < FILE_HEADER_BYTES {
+        return Err(truncated());
+    }
     let magic = decoder.u64().ok_or_else(truncated)?;
     if magic != magic_expected {
         return Err(StorageError::BadMagic {

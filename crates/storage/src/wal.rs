@@ -576,10 +576,7 @@ impl Wal {
             }
         }
         let frame_bytes = record.frame_bytes() as u64;
-        let segment_bytes = self.active.log_bytes + self.staged_log.len() as u64;
-        if segment_bytes + frame_bytes > self.config.segment_bytes_max
-            && segment_bytes > FILE_HEADER_BYTES as u64
-        {
+        if self.is_full_for(record) {
             self.sync()?;
             self.rotate()?;
         }
@@ -614,9 +611,24 @@ impl Wal {
     /// good; a [`StorageError::SyncFailed`] must stop the process (server) or
     /// count as a crash (simulator), never be retried.
     pub fn sync(&mut self) -> Result<()> {
+        let Some(identifiers) = self.sync_frames()? else {
+            return Ok(());
+        };
+        // The frames are durable; only now may their identifiers be written.
+        assert_eq!(identifiers.sequence, self.active.sequence);
+        if let Err(error) = identifiers.write_to(self.active.ids.as_mut()) {
+            return self.fail(error);
+        }
+        self.rotate_if_full()
+    }
+
+    /// The first half of [`Wal::sync`]: writes the staged frames and syncs
+    /// the log file. Returns the identifiers that may now be written; the
+    /// batch is durable only once they are synced too.
+    pub(crate) fn sync_frames(&mut self) -> Result<Option<IdentifierBatch>> {
         self.check_running()?;
         if self.staged_records == 0 {
-            return Ok(());
+            return Ok(None);
         }
         if let Err(error) = self
             .active
@@ -628,33 +640,51 @@ impl Wal {
         if let Err(error) = self.active.log.sync() {
             return self.fail(error);
         }
-        // The frames are durable; only now may their identifiers be written.
-        if let Err(error) = self
-            .active
-            .ids
-            .write_at(self.active.ids_bytes, &self.staged_ids)
-        {
-            return self.fail(error);
-        }
-        if let Err(error) = self.active.ids.sync() {
-            return self.fail(error);
-        }
+        let identifiers = IdentifierBatch {
+            sequence: self.active.sequence,
+            offset: self.active.ids_bytes,
+            bytes: std::mem::take(&mut self.staged_ids),
+        };
         self.active.log_bytes += self.staged_log.len() as u64;
-        self.active.ids_bytes += self.staged_ids.len() as u64;
+        self.active.ids_bytes += identifiers.bytes.len() as u64;
         assert_eq!(
             (self.active.ids_bytes - FILE_HEADER_BYTES as u64) % IDENTIFIER_BYTES as u64,
             0
         );
         self.active_instance_max = self.active_instance_max.max(self.staged_instance_max);
         self.staged_log.clear();
-        self.staged_ids.clear();
         self.staged_records = 0;
         self.staged_instance_max = Instance::ZERO;
         self.syncs += 1;
-        if self.active.log_bytes >= self.config.segment_bytes_max {
+        Ok(Some(identifiers))
+    }
+
+    /// Whether appending `record` now would take the active segment past
+    /// `segment_bytes_max` (so the batch must end and the segment rotate).
+    pub(crate) fn is_full_for(&self, record: &Record) -> bool {
+        let segment_bytes = self.active.log_bytes + self.staged_log.len() as u64;
+        segment_bytes + record.frame_bytes() as u64 > self.config.segment_bytes_max
+            && segment_bytes > FILE_HEADER_BYTES as u64
+    }
+
+    /// Whether the active segment reached `segment_bytes_max`.
+    pub(crate) fn is_full(&self) -> bool {
+        self.active.log_bytes >= self.config.segment_bytes_max
+    }
+
+    /// Starts a new segment if the active one reached `segment_bytes_max`.
+    /// Only when every identifier of the active segment is synced, so that
+    /// every segment but the last is complete.
+    pub(crate) fn rotate_if_full(&mut self) -> Result<()> {
+        if self.is_full() {
             self.rotate()?;
         }
         Ok(())
+    }
+
+    /// Stops the log after a failure elsewhere (the identifier writer).
+    pub(crate) fn stop_after(&mut self, reason: String) {
+        self.failure.get_or_insert(reason);
     }
 
     /// How many batches [`Wal::sync`] has made durable.
@@ -662,7 +692,7 @@ impl Wal {
         self.syncs
     }
 
-    fn rotate(&mut self) -> Result<()> {
+    pub(crate) fn rotate(&mut self) -> Result<()> {
         assert_eq!(self.staged_records, 0, "rotate only at a batch boundary");
         let next = match create_segment(self.disk.as_ref(), self.active.sequence + 1) {
             Ok(next) => next,
@@ -741,6 +771,51 @@ impl Wal {
     }
 }
 
+/// Identifiers of one synced batch of frames, to be written to the
+/// segment's `.ids` file and synced before the batch is reported durable.
+#[derive(Debug)]
+pub(crate) struct IdentifierBatch {
+    sequence: u64,
+    offset: u64,
+    bytes: Vec<u8>,
+}
+
+impl IdentifierBatch {
+    fn write_to(&self, file: &mut dyn File) -> Result<()> {
+        file.write_at(self.offset, &self.bytes)?;
+        file.sync()
+    }
+}
+
+/// Writes identifier batches on a thread of its own, so the group-commit
+/// writer can sync the next batch's frames meanwhile. Batches must arrive
+/// in the order [`Wal::sync_frames`] produced them.
+#[derive(Debug)]
+pub(crate) struct IdentifierWriter {
+    disk: Arc<dyn Disk>,
+    file: Option<(u64, Box<dyn File>)>,
+}
+
+impl IdentifierWriter {
+    pub(crate) fn new(disk: Arc<dyn Disk>) -> IdentifierWriter {
+        IdentifierWriter { disk, file: None }
+    }
+
+    pub(crate) fn write(&mut self, batch: &IdentifierBatch) -> Result<()> {
+        if self.file.as_ref().map(|(sequence, _)| *sequence) != Some(batch.sequence) {
+            self.file = Some((batch.sequence, self.disk.open(&ids_name(batch.sequence))?));
+        }
+        let (_, file) = self.file.as_mut().expect("opened above");
+        batch.write_to(file.as_mut())
+    }
+}
+
+impl Wal {
+    pub(crate) fn disk(&self) -> Arc<dyn Disk> {
+        self.disk.clone()
+    }
+}
+
 fn create_segment(disk: &dyn Disk, sequence: u64) -> Result<ActiveSegment> {
     let mut log = disk.create(&log_name(sequence))?;
     log.write_at(
@@ -811,9 +886,12 @@ fn scan_segment(
         });
     }
 
+    // The identifier file's header is synced before any frame is written,
+    // so it may be missing or torn only while the log holds no frames.
+    let log_has_frames = log_bytes.len() > FILE_HEADER_BYTES;
     let mut ids = match disk.open(&ids_file_name) {
         Ok(file) => file,
-        Err(StorageError::NotFound { .. }) if last => {
+        Err(StorageError::NotFound { .. }) if last && !log_has_frames => {
             let mut file = disk.create(&ids_file_name)?;
             file.write_at(
                 0,
@@ -825,7 +903,7 @@ fn scan_segment(
         Err(error) => return Err(error),
     };
     let mut ids_bytes = ids.read_all(config.segment_file_bytes_max(), "identifier file")?;
-    if last && ids_bytes.len() < FILE_HEADER_BYTES {
+    if last && !log_has_frames && ids_bytes.len() < FILE_HEADER_BYTES {
         // Torn while the segment was created: rewrite the header.
         ids.truncate(0)?;
         ids_bytes = encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0);

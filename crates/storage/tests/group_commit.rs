@@ -129,6 +129,7 @@ fn test_config() -> GroupCommitConfig {
     GroupCommitConfig {
         queue_records_max: 1024,
         batch_bytes_max: 1 << 20,
+        pipeline_batches_max: 2,
         sync_failure_policy: SyncFailurePolicy::Stop,
     }
 }
@@ -138,7 +139,11 @@ fn concurrent_submitters_share_syncs() {
     let (_, disk) = counting_disk();
     disk.probe.sync_delay_micros.store(2000, Ordering::SeqCst);
     let shared: Arc<dyn Disk> = Arc::new(disk.clone());
-    let (wal, _) = Wal::open(shared.clone(), WalConfig::default()).unwrap();
+    let config = WalConfig {
+        segment_bytes_max: 64 << 10,
+        ..WalConfig::default()
+    };
+    let (wal, _) = Wal::open(shared.clone(), config.clone()).unwrap();
     let syncs_before = disk.probe.syncs.load(Ordering::SeqCst);
     let group = Arc::new(GroupCommit::start(wal, test_config()).unwrap());
     let submitters = 64u64;
@@ -164,15 +169,22 @@ fn concurrent_submitters_share_syncs() {
     let records = submitters * per_submitter;
     let syncs = disk.probe.syncs.load(Ordering::SeqCst) - syncs_before;
     assert_eq!(stats.records, records);
-    // Two syncs (log, identifiers) per batch.
-    assert_eq!(syncs, 2 * stats.batches);
+    // Two syncs (log, identifiers) per batch, and two per segment created.
+    let (wal, _) = Wal::open(shared.clone(), config.clone()).unwrap();
+    let segments = wal.segment_count() as u64;
+    drop(wal);
+    assert!(segments > 3, "segments rotated under the pipeline");
+    assert_eq!(syncs, 2 * stats.batches + 2 * (segments - 1));
     assert!(
         stats.batches * 8 < records,
         "{} batches for {records} records",
         stats.batches
     );
-    let (_, recovery) = Wal::open(shared, WalConfig::default()).unwrap();
+    let (_, recovery) = Wal::open(shared, config).unwrap();
     assert_eq!(recovery.accepted.len() as u64, records);
+    assert!(recovery.corrupted.is_empty());
+    assert_eq!(recovery.torn_tail_bytes, 0);
+    assert_eq!(recovery.corrupt_identifiers, 0);
 }
 
 #[test]
