@@ -5,6 +5,10 @@ use std::io;
 /// Every failure this crate reports. Bad input (corrupt, truncated or foreign
 /// files) always arrives here as a value, never as a panic.
 #[derive(Debug, thiserror::Error)]
+#[allow(
+    missing_docs,
+    reason = "each variant's message says what its fields hold"
+)]
 pub enum StorageError {
     /// A read, write, truncate or directory operation failed.
     #[error("I/O error on {file} during {operation}: {source}")]

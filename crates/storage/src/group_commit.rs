@@ -42,6 +42,7 @@ pub enum SyncFailurePolicy {
     Stop,
 }
 
+/// Bounds and policies of the writer thread.
 #[derive(Clone, Debug)]
 pub struct GroupCommitConfig {
     /// Appends (and trims) that may wait in the queue.
@@ -51,6 +52,7 @@ pub struct GroupCommitConfig {
     /// Batches whose frames are synced and whose identifiers wait for the
     /// identifier thread.
     pub pipeline_batches_max: usize,
+    /// What a failed write or sync does.
     pub sync_failure_policy: SyncFailurePolicy,
 }
 
@@ -81,8 +83,11 @@ pub enum RejectReason {
 
 /// A refused submit, handing the record and completion back.
 pub struct Rejected {
+    /// The record that was not queued.
     pub record: Record,
+    /// Its completion, not called.
     pub completion: Completion,
+    /// Why it was refused.
     pub reason: RejectReason,
 }
 
@@ -98,7 +103,9 @@ impl fmt::Debug for Rejected {
 /// Counters from the writer thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GroupCommitStats {
+    /// Batches made durable.
     pub batches: u64,
+    /// Records made durable.
     pub records: u64,
     /// Time spent writing and syncing frames, in microseconds.
     pub sync_micros: u64,

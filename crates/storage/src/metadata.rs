@@ -37,6 +37,7 @@ pub struct AcceptorMetadata {
 /// What [`MetadataStore::open`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetadataLoad {
+    /// The newest valid metadata.
     pub metadata: AcceptorMetadata,
     /// No metadata existed: a brand-new replica.
     pub fresh: bool,

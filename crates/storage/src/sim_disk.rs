@@ -32,10 +32,12 @@ pub struct SimRng {
 }
 
 impl SimRng {
+    /// A generator whose whole sequence follows from `seed`.
     pub fn new(seed: u64) -> SimRng {
         SimRng { state: seed }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
@@ -88,23 +90,36 @@ pub struct FaultConfig {
 /// How many faults of each kind were injected, randomly or on request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultCounts {
+    /// Reads that returned a flipped bit.
     pub read_bit_flips: u64,
+    /// Writes stored with a flipped bit.
     pub write_bit_flips: u64,
+    /// Bits flipped in stored data by [`SimDisk::flip_bit`].
     pub stored_bit_flips: u64,
+    /// Writes that landed at a wrong offset or in a wrong file.
     pub misdirected_writes: u64,
+    /// Reads that failed with EIO.
     pub read_errors: u64,
+    /// Writes that failed with EIO.
     pub write_errors: u64,
+    /// Syncs that failed with EIO.
     pub sync_errors: u64,
+    /// Writes of which a crash kept only a prefix.
     pub torn_writes: u64,
+    /// Calls to [`SimDisk::crash`].
     pub crashes: u64,
+    /// Unsynced writes a crash or a failed sync dropped.
     pub unsynced_writes_lost: u64,
 }
 
 /// The operation a scheduled one-shot error applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Operation {
+    /// [`File::read_at`].
     Read,
+    /// [`File::write_at`].
     Write,
+    /// [`File::sync`].
     Sync,
 }
 

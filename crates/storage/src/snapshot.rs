@@ -63,8 +63,11 @@ impl FinishedSnapshot {
 pub struct SnapshotManifest {
     /// The last applied instance the snapshot covers.
     pub instance: Instance,
+    /// The size of every chunk but the last.
     pub chunk_bytes: u32,
+    /// How many chunks there are.
     pub chunk_count: u64,
+    /// The bytes of state in all chunks together.
     pub total_bytes: u64,
 }
 
@@ -160,7 +163,9 @@ impl SnapshotManifest {
 /// One chunk, as read for transfer or sent by a peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotChunk {
+    /// The chunk's position, from 0.
     pub index: u64,
+    /// The chunk's bytes.
     pub data: Bytes,
     /// CRC32C of `data`.
     pub crc: u32,
@@ -386,6 +391,7 @@ impl SnapshotReader {
         Ok(SnapshotReader { file, manifest })
     }
 
+    /// What the snapshot holds: send this to a peer before the chunks.
     pub fn manifest(&self) -> SnapshotManifest {
         self.manifest
     }

@@ -68,13 +68,19 @@ pub enum Record {
     /// The acceptor accepted `value` for `instance` at `ballot` (phase 2b).
     /// The value is opaque: a batch of client values.
     Accepted {
+        /// The Paxos instance.
         instance: Instance,
+        /// The ballot of the accepted proposal.
         ballot: Ballot,
+        /// The accepted value, at most `value_bytes_max` bytes.
         value: Bytes,
     },
     /// Every instance up to and including `through` is chosen. Later records
     /// supersede earlier ones, so these may be coalesced.
-    Committed { through: Instance },
+    Committed {
+        /// The highest chosen instance with all before it chosen too.
+        through: Instance,
+    },
 }
 
 impl Record {
@@ -116,7 +122,9 @@ impl Record {
 /// Which kind of record an identifier or a frame describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
+    /// [`Record::Accepted`].
     Accepted,
+    /// [`Record::Committed`].
     Committed,
 }
 
@@ -131,14 +139,18 @@ pub struct CorruptEntry {
     pub offset: Option<u64>,
     /// From the identifier, when it survived.
     pub kind: Option<RecordKind>,
+    /// The instance the damaged record was about, if its identifier survived.
     pub instance: Option<Instance>,
+    /// The ballot it was accepted at, if its identifier survived.
     pub ballot: Option<Ballot>,
 }
 
 /// A value the acceptor accepted, as recovered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcceptedValue {
+    /// The ballot of the proposal accepted.
     pub ballot: Ballot,
+    /// The value accepted.
     pub value: Bytes,
 }
 
@@ -182,6 +194,7 @@ impl Default for WalConfig {
 }
 
 impl WalConfig {
+    /// Checks the bounds are usable.
     pub fn validate(&self) -> Result<()> {
         if self.segment_bytes_max < 4096 {
             return Err(StorageError::InvalidConfig {
@@ -212,8 +225,11 @@ impl WalConfig {
 /// Where a record lies, for tests and the simulator to aim faults at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordLocation {
+    /// The segment's `.log` file.
     pub file: String,
+    /// Where the frame starts.
     pub offset: u64,
+    /// The frame's length, header included.
     pub frame_bytes: u64,
 }
 
