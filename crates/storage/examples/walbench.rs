@@ -2,11 +2,14 @@
 //!
 //! ```text
 //! walbench append   --dir D [--submitters 1,16,256] [--value-bytes 256] [--seconds 5]
+//!                   [--driver-threads K]
 //! walbench recovery --dir D [--log-bytes 1073741824] [--value-bytes 4096] [--reuse]
 //! ```
 //!
-//! `append` runs one group-commit writer with N submitter threads, each
-//! waiting for its record to be durable before sending the next, and prints
+//! `append` runs one group-commit writer with N submitters, each waiting for
+//! its record to be durable before sending the next (one OS thread per
+//! submitter, or with `--driver-threads K` the submitters spread over K
+//! threads as async tasks would be), and prints
 //! records/s, MB/s, and the mean batch (the block size to give fio for a
 //! like-for-like comparison). `recovery` writes a log of the given size
 //! (unless `--reuse`) and times `Wal::open`: reading every segment and
@@ -30,6 +33,7 @@ struct Options {
     seconds: u64,
     log_bytes: u64,
     reuse: bool,
+    driver_threads: usize,
 }
 
 fn parse() -> Result<Options, String> {
@@ -45,6 +49,7 @@ fn parse() -> Result<Options, String> {
         seconds: 5,
         log_bytes: 1 << 30,
         reuse: false,
+        driver_threads: 0,
     };
     while let Some(flag) = arguments.next() {
         let mut value = || arguments.next().ok_or(format!("{flag} needs a value"));
@@ -62,6 +67,9 @@ fn parse() -> Result<Options, String> {
             "--seconds" => options.seconds = value()?.parse().map_err(|e| format!("{e}"))?,
             "--log-bytes" => options.log_bytes = value()?.parse().map_err(|e| format!("{e}"))?,
             "--reuse" => options.reuse = true,
+            "--driver-threads" => {
+                options.driver_threads = value()?.parse().map_err(|e| format!("{e}"))?
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -69,6 +77,14 @@ fn parse() -> Result<Options, String> {
         return Err("--dir is required".to_string());
     }
     Ok(options)
+}
+
+fn record(instance: u64, value: &Bytes) -> Record {
+    Record::Accepted {
+        instance: Instance(instance),
+        ballot: Ballot::new(1, 1, NodeId(1)),
+        value: value.clone(),
+    }
 }
 
 fn fresh_directory(path: &str) -> Arc<dyn Disk> {
@@ -93,7 +109,7 @@ fn append(options: &Options) {
                 GroupCommitConfig {
                     queue_records_max: 4096,
                     batch_bytes_max: 4 << 20,
-                    pipeline_batches_max: 2,
+                    pipeline_batches_max: 1,
                     sync_failure_policy: SyncFailurePolicy::Abort,
                 },
             )
@@ -102,28 +118,75 @@ fn append(options: &Options) {
         let stop = Arc::new(AtomicBool::new(false));
         let completed = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
-        let threads: Vec<_> = (0..submitters)
-            .map(|submitter| {
-                let group = group.clone();
-                let stop = stop.clone();
-                let completed = completed.clone();
-                std::thread::spawn(move || {
-                    let value = Bytes::from(vec![submitter as u8; value_bytes]);
-                    let mut instance = submitter as u64 * (1 << 32);
-                    while !stop.load(Ordering::Relaxed) {
-                        instance += 1;
-                        let record = Record::Accepted {
-                            instance: Instance(instance),
-                            ballot: Ballot::new(1, 1, NodeId(1)),
-                            value: value.clone(),
-                        };
-                        let receiver = group.submit_and_receive(record).expect("submit");
-                        receiver.recv().expect("completion").expect("durable");
-                        completed.fetch_add(1, Ordering::Relaxed);
-                    }
+        let threads: Vec<_> = if options.driver_threads == 0 {
+            (0..submitters)
+                .map(|submitter| {
+                    let group = group.clone();
+                    let stop = stop.clone();
+                    let completed = completed.clone();
+                    std::thread::spawn(move || {
+                        let value = Bytes::from(vec![submitter as u8; value_bytes]);
+                        let mut instance = submitter as u64 * (1 << 32);
+                        while !stop.load(Ordering::Relaxed) {
+                            instance += 1;
+                            let receiver = group
+                                .submit_and_receive(record(instance, &value))
+                                .expect("submit");
+                            receiver.recv().expect("completion").expect("durable");
+                            completed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        } else {
+            // Submitters as logical clients spread over a few driver
+            // threads, as async tasks on a small runtime would be: each
+            // keeps one record in flight and sends the next when its
+            // completion arrives on the driver's channel.
+            let drivers = options.driver_threads.min(submitters);
+            (0..drivers)
+                .map(|driver| {
+                    let group = group.clone();
+                    let stop = stop.clone();
+                    let completed = completed.clone();
+                    let mine: Vec<usize> =
+                        (0..submitters).filter(|s| s % drivers == driver).collect();
+                    std::thread::spawn(move || {
+                        let (sender, receiver) = std::sync::mpsc::channel::<(usize, bool)>();
+                        let value = Bytes::from(vec![driver as u8; value_bytes]);
+                        let mut instances: Vec<u64> =
+                            mine.iter().map(|s| *s as u64 * (1 << 32)).collect();
+                        let submit = |slot: usize, instance: u64| {
+                            let sender = sender.clone();
+                            group
+                                .submit(
+                                    record(instance, &value),
+                                    Box::new(move |outcome| {
+                                        let _ = sender.send((slot, outcome.is_ok()));
+                                    }),
+                                )
+                                .expect("submit");
+                        };
+                        for (slot, instance) in instances.iter_mut().enumerate() {
+                            *instance += 1;
+                            submit(slot, *instance);
+                        }
+                        let mut in_flight = mine.len();
+                        while in_flight > 0 {
+                            let (slot, durable) = receiver.recv().expect("completion");
+                            assert!(durable);
+                            completed.fetch_add(1, Ordering::Relaxed);
+                            in_flight -= 1;
+                            if !stop.load(Ordering::Relaxed) {
+                                instances[slot] += 1;
+                                submit(slot, instances[slot]);
+                                in_flight += 1;
+                            }
+                        }
+                    })
+                })
+                .collect()
+        };
         std::thread::sleep(Duration::from_secs(options.seconds));
         stop.store(true, Ordering::Relaxed);
         for thread in threads {
@@ -143,9 +206,10 @@ fn append(options: &Options) {
         let identifier_bytes = records * synod_storage::IDENTIFIER_BYTES as u64;
         let records_per_batch = stats.records as f64 / stats.batches.max(1) as f64;
         println!(
-            "submitters={submitters} value_bytes={value_bytes} seconds={elapsed:.2} records={records} \
+            "submitters={submitters} driver_threads={} value_bytes={value_bytes} seconds={elapsed:.2} records={records} \
              records_per_s={:.0} value_MB_per_s={:.2} log_MB_per_s={:.2} log_plus_ids_MB_per_s={:.2} \
              batches={} records_per_batch={records_per_batch:.1} log_bytes_per_batch={:.0} syncs_per_s={:.0} log_sync_busy={:.2} ids_sync_busy={:.2}",
+            options.driver_threads,
             records as f64 / elapsed,
             (records * value_bytes as u64) as f64 / elapsed / 1e6,
             log_bytes as f64 / elapsed / 1e6,

@@ -61,7 +61,7 @@ impl Default for GroupCommitConfig {
         GroupCommitConfig {
             queue_records_max: 4096,
             batch_bytes_max: 4 << 20,
-            pipeline_batches_max: 2,
+            pipeline_batches_max: 1,
             sync_failure_policy: SyncFailurePolicy::Abort,
         }
     }

@@ -159,6 +159,8 @@ struct State {
     inode_next: u64,
     generation: u64,
     scheduled_errors: Vec<(String, Operation)>,
+    /// Latent sector errors: reads overlapping these ranges always fail.
+    unreadable: Vec<(String, u64, u64)>,
     syncs: u64,
 }
 
@@ -215,6 +217,7 @@ impl SimDisk {
                 inode_next: 1,
                 generation: 0,
                 scheduled_errors: Vec::new(),
+                unreadable: Vec::new(),
                 syncs: 0,
             })),
         }
@@ -308,6 +311,14 @@ impl SimDisk {
         self.lock()
             .scheduled_errors
             .push((name.to_string(), operation));
+    }
+
+    /// Makes every read of `name` that overlaps `offset..offset + length`
+    /// fail with EIO from now on: a latent sector error.
+    pub fn set_unreadable(&self, name: &str, offset: u64, length: u64) {
+        self.lock()
+            .unreadable
+            .push((name.to_string(), offset, offset + length));
     }
 
     /// The bytes reads of `name` currently see, without fault injection.
@@ -461,7 +472,13 @@ impl File for SimFile {
         let mut guard = self.disk.lock();
         self.check(&guard)?;
         let state = &mut *guard;
-        if state.take_scheduled(&self.name, Operation::Read)
+        let end = offset + buffer.len() as u64;
+        let latent = state
+            .unreadable
+            .iter()
+            .any(|(name, start, stop)| *name == self.name && *start < end && offset < *stop);
+        if latent
+            || state.take_scheduled(&self.name, Operation::Read)
             || state.rng.chance(state.faults.read_error_probability)
         {
             state.counts.read_errors += 1;

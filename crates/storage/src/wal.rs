@@ -169,6 +169,9 @@ pub struct Recovery {
     pub torn_tail_bytes: u64,
     /// Identifier slots that failed their own checksum.
     pub corrupt_identifiers: u64,
+    /// Bytes of log and identifier files that failed to read (EIO) and were
+    /// treated as damaged.
+    pub unreadable_bytes: u64,
     /// Good records read.
     pub records: u64,
     /// Bytes of `.log` files read and verified.
@@ -496,6 +499,7 @@ impl Wal {
             recovery.bytes_scanned += scan.log_file_bytes;
             recovery.torn_tail_bytes += scan.torn_tail_bytes;
             recovery.corrupt_identifiers += scan.corrupt_identifiers;
+            recovery.unreadable_bytes += scan.unreadable_bytes;
             let mut instance_max = Instance::ZERO;
             for item in scan.items {
                 match item {
@@ -864,6 +868,7 @@ struct SegmentScan {
     files: ActiveSegment,
     torn_tail_bytes: u64,
     corrupt_identifiers: u64,
+    unreadable_bytes: u64,
     log_file_bytes: u64,
 }
 
@@ -878,7 +883,13 @@ fn scan_segment(
     let log_file_name = log_name(sequence);
     let ids_file_name = ids_name(sequence);
     let mut log = disk.open(&log_file_name)?;
-    let log_bytes = Bytes::from(log.read_all(config.segment_file_bytes_max(), "segment")?);
+    let (log_bytes, log_unreadable) = read_tolerant(
+        log.as_ref(),
+        config.segment_file_bytes_max(),
+        "segment",
+        UNREADABLE_LOG_FILL,
+    )?;
+    let log_bytes = Bytes::from(log_bytes);
 
     if last && log_bytes.len() <= FILE_HEADER_BYTES {
         let complete_header =
@@ -918,7 +929,12 @@ fn scan_segment(
         }
         Err(error) => return Err(error),
     };
-    let mut ids_bytes = ids.read_all(config.segment_file_bytes_max(), "identifier file")?;
+    let (mut ids_bytes, ids_unreadable) = read_tolerant(
+        ids.as_ref(),
+        config.segment_file_bytes_max(),
+        "identifier file",
+        UNREADABLE_IDENTIFIER_FILL,
+    )?;
     if last && !log_has_frames && ids_bytes.len() < FILE_HEADER_BYTES {
         // Torn while the segment was created: rewrite the header.
         ids.truncate(0)?;
@@ -1069,8 +1085,64 @@ fn scan_segment(
         },
         torn_tail_bytes,
         corrupt_identifiers,
+        unreadable_bytes: log_unreadable + ids_unreadable,
         log_file_bytes: log_bytes.len() as u64,
     }))
+}
+
+/// What unreadable log bytes are replaced with: frames there fail their
+/// checksums and are reported like any other damage.
+const UNREADABLE_LOG_FILL: u8 = 0;
+/// What unreadable identifier bytes are replaced with: not zero, so the slots
+/// count as damaged identifiers rather than as never written.
+const UNREADABLE_IDENTIFIER_FILL: u8 = 0xFF;
+/// The unit in which a file that failed to read whole is read again.
+const REREAD_BLOCK_BYTES: usize = 4096;
+
+/// Reads a whole file, treating EIO like a checksum mismatch (as CTRL
+/// prescribes): if the file cannot be read at once, it is read again block
+/// by block, and blocks that still fail are replaced with `fill` so that
+/// what they held fails verification. Returns the bytes and how many were
+/// unreadable.
+fn read_tolerant(
+    file: &dyn File,
+    length_max: u64,
+    what: &'static str,
+    fill: u8,
+) -> Result<(Vec<u8>, u64)> {
+    match file.read_all(length_max, what) {
+        Ok(bytes) => return Ok((bytes, 0)),
+        Err(StorageError::Io { .. }) => {}
+        Err(error) => return Err(error),
+    }
+    let length = file.len()?;
+    if length > length_max {
+        return Err(StorageError::TooLarge {
+            file: file.name().to_string(),
+            what,
+            length,
+            limit: length_max,
+        });
+    }
+    let mut bytes = vec![0u8; length as usize];
+    let mut unreadable = 0;
+    for (index, block) in bytes.chunks_mut(REREAD_BLOCK_BYTES).enumerate() {
+        let offset = (index * REREAD_BLOCK_BYTES) as u64;
+        match file.read_at(offset, block) {
+            Ok(read) if read == block.len() => {}
+            Ok(_) | Err(StorageError::Io { .. }) => {
+                block.fill(fill);
+                unreadable += block.len() as u64;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    tracing::warn!(
+        file = file.name(),
+        unreadable,
+        "read errors in a log file; the bytes count as damaged"
+    );
+    Ok((bytes, unreadable))
 }
 
 /// The offset of the next frame at or after `from` that verifies.

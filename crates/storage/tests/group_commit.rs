@@ -308,3 +308,56 @@ fn trim_through_the_writer() {
     assert!(recovery.accepted.contains_key(&Instance(200)));
     assert!(!recovery.accepted.contains_key(&Instance(1)));
 }
+
+#[test]
+fn a_snapshot_is_written_off_the_hot_path_while_appends_go_on() {
+    let sim = SimDisk::new(13, FaultConfig::default());
+    let disk: Arc<dyn Disk> = Arc::new(sim);
+    let config = WalConfig {
+        segment_bytes_max: 8192,
+        ..WalConfig::default()
+    };
+    let (wal, _) = Wal::open(disk.clone(), config.clone()).unwrap();
+    let group = GroupCommit::start(wal, test_config()).unwrap();
+    for instance in 1..=100 {
+        group
+            .submit_and_receive(record(instance))
+            .unwrap()
+            .recv()
+            .unwrap()
+            .unwrap();
+    }
+    let snapshots = SnapshotStore::open(disk.clone(), 512).unwrap();
+    let writer = snapshots.begin(Instance(100)).unwrap();
+    let snapshot_thread = std::thread::spawn(move || {
+        let mut writer = writer;
+        for piece in 0..64u8 {
+            writer.write(&[piece; 1000]).unwrap();
+        }
+        writer.finish().unwrap()
+    });
+    for instance in 101..=200 {
+        group
+            .submit_and_receive(record(instance))
+            .unwrap()
+            .recv()
+            .unwrap()
+            .unwrap();
+    }
+    let finished = snapshot_thread.join().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    group
+        .trim(
+            finished,
+            Box::new(move |removed| sender.send(removed).unwrap()),
+        )
+        .unwrap();
+    assert!(receiver.recv().unwrap().unwrap() > 0);
+    drop(group.stop());
+    let (_, recovery) = Wal::open(disk, config).unwrap();
+    assert!((101..=200).all(|i| recovery.accepted.contains_key(&Instance(i))));
+    assert!(recovery.corrupted.is_empty());
+    let (instance, state) = snapshots.load_latest().unwrap().unwrap();
+    assert_eq!(instance, Instance(100));
+    assert_eq!(state.len(), 64_000);
+}

@@ -408,3 +408,51 @@ fn fs_disk_round_trip() {
     assert!(matches!(disk.open("y"), Err(StorageError::NotFound { .. })));
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+#[test]
+fn a_transient_read_error_during_recovery_loses_nothing() {
+    let (sim, disk) = setup();
+    drop(write_records(&disk, WalConfig::default(), 10));
+    sim.schedule_error("wal-00000000000000000001.log", Operation::Read);
+    sim.schedule_error("wal-00000000000000000001.ids", Operation::Read);
+    let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
+    assert_eq!(recovery.accepted.len(), 10);
+    assert!(recovery.corrupted.is_empty());
+    assert_eq!(recovery.unreadable_bytes, 0);
+    assert_eq!(sim.fault_counts().read_errors, 2);
+}
+
+#[test]
+fn an_unreadable_sector_is_treated_like_a_checksum_mismatch() {
+    let (sim, disk) = setup();
+    let config = WalConfig::default();
+    let (mut wal, _) = Wal::open(disk.clone(), config.clone()).unwrap();
+    for instance in 1..=40 {
+        wal.append(&accepted(instance, 1, &"x".repeat(300)))
+            .unwrap();
+    }
+    wal.sync().unwrap();
+    let location = wal.locate_accepted(Instance(20)).unwrap().unwrap();
+    drop(wal);
+    sim.set_unreadable(&location.file, location.offset + 10, 1);
+    let (_, recovery) = Wal::open(disk.clone(), config.clone()).unwrap();
+    assert!(recovery.unreadable_bytes >= 1);
+    let damaged: Vec<Option<Instance>> = recovery.corrupted.iter().map(|c| c.instance).collect();
+    assert!(damaged.contains(&Some(Instance(20))), "{damaged:?}");
+    assert!(recovery.accepted.contains_key(&Instance(1)));
+    assert!(recovery.accepted.contains_key(&Instance(40)));
+
+    // An unreadable identifier block loses no record.
+    let (sim, disk) = setup();
+    let (mut wal, _) = Wal::open(disk.clone(), config.clone()).unwrap();
+    for instance in 1..=100 {
+        wal.append(&accepted(instance, 1, "v")).unwrap();
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    sim.set_unreadable("wal-00000000000000000001.ids", 4096, 1);
+    let (_, recovery) = Wal::open(disk, config).unwrap();
+    assert_eq!(recovery.accepted.len(), 100);
+    assert!(recovery.corrupted.is_empty());
+    assert!(recovery.corrupt_identifiers > 0);
+}
