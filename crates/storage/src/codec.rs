@@ -86,23 +86,25 @@ pub(crate) fn decode_file_header(
         return Err(truncated());
     }
     let magic = decoder.u64().ok_or_else(truncated)?;
-    if magic != magic_expected {
-        return Err(StorageError::BadMagic {
-            file: file.to_string(),
-            found: magic,
-            expected: magic_expected,
-        });
-    }
     let version = decoder.u32().ok_or_else(truncated)?;
     let extra = decoder.u32().ok_or_else(truncated)?;
     let number = decoder.u64().ok_or_else(truncated)?;
     let covered = decoder.position();
     let crc = decoder.u32().ok_or_else(truncated)?;
+    // The checksum first: a damaged header is corruption, while a header
+    // that verifies but names another format is a foreign file.
     if crc != crc32c::crc32c(&bytes[..covered]) {
         return Err(StorageError::ChecksumMismatch {
             file: file.to_string(),
             offset: 0,
             what: "file header",
+        });
+    }
+    if magic != magic_expected {
+        return Err(StorageError::BadMagic {
+            file: file.to_string(),
+            found: magic,
+            expected: magic_expected,
         });
     }
     if version != version_expected {

@@ -172,6 +172,9 @@ pub struct Recovery {
     /// Bytes of log and identifier files that failed to read (EIO) and were
     /// treated as damaged.
     pub unreadable_bytes: u64,
+    /// Segment file headers that failed their checksum (their frames were
+    /// still read).
+    pub damaged_headers: u64,
     /// Good records read.
     pub records: u64,
     /// Bytes of `.log` files read and verified.
@@ -500,6 +503,7 @@ impl Wal {
             recovery.torn_tail_bytes += scan.torn_tail_bytes;
             recovery.corrupt_identifiers += scan.corrupt_identifiers;
             recovery.unreadable_bytes += scan.unreadable_bytes;
+            recovery.damaged_headers += scan.damaged_headers;
             let mut instance_max = Instance::ZERO;
             for item in scan.items {
                 match item {
@@ -869,7 +873,31 @@ struct SegmentScan {
     torn_tail_bytes: u64,
     corrupt_identifiers: u64,
     unreadable_bytes: u64,
+    damaged_headers: u64,
     log_file_bytes: u64,
+}
+
+/// Checks a segment file's header. A header that fails its checksum is
+/// damage: it holds nothing the frames after it need (their position is
+/// fixed, their sequence is in the file name), so it is counted and the
+/// frames are still read. A header that verifies but names another format
+/// or segment is an error. Returns how many headers were damaged (0 or 1).
+fn check_segment_header(file: &str, bytes: &[u8], magic: u64, sequence: u64) -> Result<u64> {
+    match decode_file_header(file, bytes, magic, FORMAT_VERSION) {
+        Ok((number, _)) if number == sequence => Ok(0),
+        Ok((number, _)) => Err(StorageError::Malformed {
+            file: file.to_string(),
+            what: format!("header names segment {number}"),
+        }),
+        Err(StorageError::ChecksumMismatch { .. }) => {
+            tracing::warn!(
+                file,
+                "segment header fails its checksum; reading the frames anyway"
+            );
+            Ok(1)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Reads and verifies one segment. For the last segment, also cuts off its
@@ -905,13 +933,8 @@ fn scan_segment(
             return Ok(None);
         }
     }
-    let (number, _) = decode_file_header(&log_file_name, &log_bytes, LOG_MAGIC, FORMAT_VERSION)?;
-    if number != sequence {
-        return Err(StorageError::Malformed {
-            file: log_file_name,
-            what: format!("header names segment {number}"),
-        });
-    }
+    let mut damaged_headers =
+        check_segment_header(&log_file_name, &log_bytes, LOG_MAGIC, sequence)?;
 
     // The identifier file's header is synced before any frame is written,
     // so it may be missing or torn only while the log holds no frames.
@@ -942,13 +965,7 @@ fn scan_segment(
         ids.write_at(0, &ids_bytes)?;
         ids.sync()?;
     }
-    let (number, _) = decode_file_header(&ids_file_name, &ids_bytes, IDS_MAGIC, FORMAT_VERSION)?;
-    if number != sequence {
-        return Err(StorageError::Malformed {
-            file: ids_file_name,
-            what: format!("header names segment {number}"),
-        });
-    }
+    damaged_headers += check_segment_header(&ids_file_name, &ids_bytes, IDS_MAGIC, sequence)?;
 
     // Slots, without trailing all-zero ones (space allocated, never written)
     // and without a trailing partial slot (a torn identifier write).
@@ -1086,6 +1103,7 @@ fn scan_segment(
         torn_tail_bytes,
         corrupt_identifiers,
         unreadable_bytes: log_unreadable + ids_unreadable,
+        damaged_headers,
         log_file_bytes: log_bytes.len() as u64,
     }))
 }

@@ -166,6 +166,101 @@ proptest! {
     }
 
     #[test]
+    fn under_random_faults_damage_is_reported_and_nothing_is_invented(
+        seed in any::<u64>(),
+        steps in proptest::collection::vec(step(), 1..120),
+        write_bit_flip_probability in 0.0..0.05f64,
+        read_bit_flip_probability in 0.0..0.05f64,
+        sync_error_probability in 0.0..0.05f64,
+        torn_write_probability in 0.0..1.0f64,
+    ) {
+        let faults = FaultConfig {
+            write_bit_flip_probability,
+            read_bit_flip_probability,
+            sync_error_probability,
+            torn_write_probability,
+            ..FaultConfig::default()
+        };
+        let sim = SimDisk::new(seed, faults);
+        let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+        let open = |disk: &Arc<dyn Disk>| {
+            // Read bit flips are transient: a restart reads again.
+            let mut last = None;
+            for _ in 0..5 {
+                match Wal::open(disk.clone(), config()) {
+                    Ok(opened) => return Ok(opened),
+                    Err(error) => last = Some(error),
+                }
+            }
+            Err(last.expect("tried"))
+        };
+        let (mut wal, _) = open(&disk).unwrap();
+        let mut appended: BTreeMap<Instance, Bytes> = BTreeMap::new();
+        let mut durable: BTreeMap<Instance, Bytes> = BTreeMap::new();
+        let mut staged: Vec<(Instance, Bytes)> = Vec::new();
+        let mut next_instance = 1u64;
+        let ballot = Ballot::new(1, 1, NodeId(1));
+        let mut steps = steps;
+        steps.push(Step::Crash);
+        for step in steps {
+            let crash = match step {
+                Step::Append { value_bytes } => {
+                    let instance = Instance(next_instance);
+                    next_instance += 1;
+                    let value = value_of(instance.0, value_bytes);
+                    appended.insert(instance, value.clone());
+                    match wal.append(&Record::Accepted { instance, ballot, value: value.clone() }) {
+                        Ok(()) => {
+                            staged.push((instance, value));
+                            false
+                        }
+                        Err(_) => true,
+                    }
+                }
+                Step::Commit => wal
+                    .append(&Record::Committed { through: Instance(next_instance - 1) })
+                    .is_err(),
+                Step::Sync => match wal.sync() {
+                    Ok(()) => {
+                        durable.extend(staged.drain(..));
+                        false
+                    }
+                    Err(_) => true,
+                },
+                Step::Crash | Step::FailingSync { .. } => true,
+            };
+            if crash {
+                drop(wal);
+                sim.crash();
+                let opened = open(&disk);
+                prop_assert!(opened.is_ok(), "recovery failed: {:?}", opened.err());
+                let (reopened, recovery) = opened.unwrap();
+                for (instance, found) in &recovery.accepted {
+                    prop_assert_eq!(appended.get(instance), Some(&found.value), "instance {} invented", instance);
+                    prop_assert_eq!(found.ballot, ballot);
+                }
+                let unknown_damage = recovery.corrupted.iter().any(|c| c.instance.is_none());
+                for instance in durable.keys() {
+                    let reported = recovery.corrupted.iter().any(|c| c.instance == Some(*instance));
+                    prop_assert!(
+                        recovery.accepted.contains_key(instance) || reported || unknown_damage,
+                        "synced instance {} silently lost; faults {:?}",
+                        instance,
+                        sim.fault_counts()
+                    );
+                }
+                durable = recovery
+                    .accepted
+                    .iter()
+                    .map(|(instance, accepted)| (*instance, accepted.value.clone()))
+                    .collect();
+                staged.clear();
+                wal = reopened;
+            }
+        }
+    }
+
+    #[test]
     fn damaged_log_files_never_panic(
         seed in any::<u64>(),
         damage in proptest::collection::vec((any::<bool>(), any::<prop::sample::Index>(), any::<u8>()), 1..20),

@@ -124,6 +124,13 @@ fn damaged_snapshot_files_give_typed_errors() {
     let mut bad = good.clone();
     bad[0] = b'X';
     sim.put(name, &bad);
+    assert!(matches!(
+        store.latest(),
+        Err(StorageError::ChecksumMismatch { .. })
+    ));
+    let crc = crc32c::crc32c(&bad[..24]);
+    bad[24..28].copy_from_slice(&crc.to_le_bytes());
+    sim.put(name, &bad);
     assert!(matches!(store.latest(), Err(StorageError::BadMagic { .. })));
     // A manifest claiming an absurd size, with valid checksums: refused
     // before any allocation.

@@ -284,17 +284,28 @@ fn oversized_values_are_refused() {
 
 #[test]
 fn foreign_and_damaged_files_give_typed_errors() {
-    // Wrong magic.
+    // Wrong magic, with a valid header checksum: a foreign file.
     let (sim, disk) = setup();
     drop(write_records(&disk, WalConfig::default(), 3));
     let log = "wal-00000000000000000001.log";
     let mut bytes = sim.contents(log).unwrap();
     bytes[0] ^= 0xff;
+    let crc = crc32c::crc32c(&bytes[..24]);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
     sim.put(log, &bytes);
     assert!(matches!(
         Wal::open(disk, WalConfig::default()),
         Err(StorageError::BadMagic { .. })
     ));
+
+    // A damaged header (checksum mismatch) is counted; the frames are read.
+    let (sim, disk) = setup();
+    drop(write_records(&disk, WalConfig::default(), 3));
+    sim.flip_bit(log, 3, 0).unwrap();
+    sim.flip_bit("wal-00000000000000000001.ids", 17, 0).unwrap();
+    let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
+    assert_eq!(recovery.damaged_headers, 2);
+    assert_eq!(recovery.accepted.len(), 3);
 
     // Unsupported version, with a valid header checksum.
     let (sim, disk) = setup();
