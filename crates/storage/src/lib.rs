@@ -63,6 +63,15 @@
 //! * a frame that fails its checksum with later identifiers or frames after
 //!   it is corruption too (instance unknown if its identifier is also bad).
 //!
+//! Segment files are extended with zeros ahead of the writes
+//! ([`WalConfig::preallocate_bytes`]) so most syncs change no file size; the
+//! zeros go only beyond the current end of a file and are written in the same
+//! batch, before the same sync. Recovery reads trailing zeros as space never
+//! written (trailing all-zero identifier slots as absent), so preallocation
+//! changes none of the rules above. A frame that verifies but whose
+//! identifier is damaged gets its identifier rewritten by recovery, so that
+//! the next recovery reaches the same verdict.
+//!
 //! A segment is rotated only after every identifier in it is synced, and a
 //! new segment's two headers are synced before any frame goes into it, so
 //! only the last segment can have a torn tail; a last segment whose headers
@@ -122,8 +131,10 @@
 //! # Ok::<(), StorageError>(())
 //! ```
 //!
-//! A [`StorageError::SyncFailed`] from a [`SimDisk`] should be handled by the
-//! simulator as a crash of that replica.
+//! A [`StorageError::SyncFailed`] from a [`SimDisk`] (from any call,
+//! [`Wal::open`] included, since recovery repairs files) should be handled by
+//! the simulator as a crash of that replica: call [`SimDisk::crash`] and
+//! restart it.
 //!
 //! Only [`SnapshotWriter::finish`] and [`SnapshotInstaller::install`] make a
 //! [`FinishedSnapshot`], so the log cannot be trimmed for a snapshot that is

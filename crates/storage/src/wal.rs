@@ -175,6 +175,8 @@ pub struct Recovery {
     /// Segment file headers that failed their checksum (their frames were
     /// still read).
     pub damaged_headers: u64,
+    /// Damaged identifiers of frames that verify, rewritten from the frames.
+    pub repaired_identifiers: u64,
     /// Good records read.
     pub records: u64,
     /// Bytes of `.log` files read and verified.
@@ -188,6 +190,12 @@ pub struct WalConfig {
     pub segment_bytes_max: u64,
     /// The largest value an `Accepted` record may carry.
     pub value_bytes_max: u32,
+    /// When a write would pass the end of a segment's `.log` file, the file
+    /// is extended with this many zero bytes beyond it (a quarter of it for
+    /// the `.ids` file), so that most syncs change no file size and need no
+    /// file-system journal commit. Never past the longest segment file.
+    /// 0 turns preallocation off.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for WalConfig {
@@ -195,6 +203,7 @@ impl Default for WalConfig {
         WalConfig {
             segment_bytes_max: 64 << 20,
             value_bytes_max: 16 << 20,
+            preallocate_bytes: 1 << 20,
         }
     }
 }
@@ -504,6 +513,7 @@ impl Wal {
             recovery.corrupt_identifiers += scan.corrupt_identifiers;
             recovery.unreadable_bytes += scan.unreadable_bytes;
             recovery.damaged_headers += scan.damaged_headers;
+            recovery.repaired_identifiers += scan.repaired_identifiers;
             let mut instance_max = Instance::ZERO;
             for item in scan.items {
                 match item {
@@ -654,11 +664,13 @@ impl Wal {
         if self.staged_records == 0 {
             return Ok(None);
         }
-        if let Err(error) = self
-            .active
-            .log
-            .write_at(self.active.log_bytes, &self.staged_log)
-        {
+        if let Err(error) = write_preallocated(
+            self.active.log.as_mut(),
+            self.active.log_bytes,
+            &self.staged_log,
+            self.config.preallocate_bytes,
+            self.config.segment_file_bytes_max(),
+        ) {
             return self.fail(error);
         }
         if let Err(error) = self.active.log.sync() {
@@ -668,6 +680,8 @@ impl Wal {
             sequence: self.active.sequence,
             offset: self.active.ids_bytes,
             bytes: std::mem::take(&mut self.staged_ids),
+            preallocate_bytes: self.config.preallocate_bytes / 4,
+            length_cap: self.config.segment_file_bytes_max(),
         };
         self.active.log_bytes += self.staged_log.len() as u64;
         self.active.ids_bytes += identifiers.bytes.len() as u64;
@@ -802,13 +816,45 @@ pub(crate) struct IdentifierBatch {
     sequence: u64,
     offset: u64,
     bytes: Vec<u8>,
+    preallocate_bytes: u64,
+    length_cap: u64,
 }
 
 impl IdentifierBatch {
     fn write_to(&self, file: &mut dyn File) -> Result<()> {
-        file.write_at(self.offset, &self.bytes)?;
+        write_preallocated(
+            file,
+            self.offset,
+            &self.bytes,
+            self.preallocate_bytes,
+            self.length_cap,
+        )?;
         file.sync()
     }
+}
+
+/// Writes `data` at `offset`; if that passes the end of the file, also
+/// writes `preallocate_bytes` zeros after it (never past `length_cap`), so
+/// the next batches land inside the file and their syncs change no size.
+/// The zeros only ever go beyond the file's current end, never over data,
+/// and recovery reads trailing zeros as space never written.
+fn write_preallocated(
+    file: &mut dyn File,
+    offset: u64,
+    data: &[u8],
+    preallocate_bytes: u64,
+    length_cap: u64,
+) -> Result<()> {
+    let end = offset + data.len() as u64;
+    let extends = preallocate_bytes > 0 && end > file.len()?;
+    file.write_at(offset, data)?;
+    if extends {
+        let target = (end + preallocate_bytes).min(length_cap);
+        if target > end {
+            file.write_at(end, &vec![0u8; (target - end) as usize])?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes identifier batches on a thread of its own, so the group-commit
@@ -874,6 +920,7 @@ struct SegmentScan {
     corrupt_identifiers: u64,
     unreadable_bytes: u64,
     damaged_headers: u64,
+    repaired_identifiers: u64,
     log_file_bytes: u64,
 }
 
@@ -985,9 +1032,14 @@ fn scan_segment(
     let payload_bytes_max = config.frame_bytes_max() - FRAME_HEADER_BYTES as u64;
     let mut items = Vec::with_capacity(identifiers.len());
     let mut position = FILE_HEADER_BYTES;
+    let log_written_end = log_bytes
+        .iter()
+        .rposition(|byte| *byte != 0)
+        .map_or(0, |last| last + 1);
     // Frames and identifiers are in the same order: frame `k` is described by
     // identifier `k`.
     let mut index = 0;
+    let mut repairs = Vec::new();
     while index < identifiers.len() {
         let identifier = identifiers[index];
         if let Some(identifier) = identifier {
@@ -1005,11 +1057,33 @@ fn scan_segment(
             (None, _) => false,
         };
         if matches {
-            let (record, _, length) = decoded.expect("matched");
+            let (record, record_crc, length) = decoded.expect("matched");
+            if identifier.is_none() {
+                repairs.push((
+                    index,
+                    Identifier {
+                        kind: record.kind(),
+                        record_crc,
+                        instance: record.instance(),
+                        ballot: record.ballot(),
+                        offset: position as u64,
+                        frame_bytes: length as u32,
+                    },
+                ));
+            }
             items.push(Scanned::Good(record));
             position += length;
             index += 1;
             continue;
+        }
+        if identifier.is_none()
+            && position >= log_written_end
+            && identifiers[index..].iter().all(Option::is_none)
+        {
+            // Only damaged identifier slots remain, and the log holds
+            // nothing past this point: no frame was ever written for them
+            // (e.g. unreadable preallocated space).
+            break;
         }
         items.push(Scanned::Corrupt(CorruptEntry {
             file: log_file_name.clone(),
@@ -1049,11 +1123,16 @@ fn scan_segment(
     } else {
         log_bytes.len()
     };
+    // Trailing zeros are preallocated space, never written.
+    let written_end = log_bytes
+        .get(position..)
+        .and_then(|tail| tail.iter().rposition(|byte| *byte != 0))
+        .map_or(position, |last| position + last + 1);
     if position < log_bytes.len() {
         if last {
             // Their identifiers were never written, so they were never
             // reported durable: a torn tail. Cut it off.
-            torn_tail_bytes = (log_bytes.len() - position) as u64;
+            torn_tail_bytes = (written_end - position) as u64;
             log.truncate(position as u64)?;
             log.sync()?;
         } else {
@@ -1061,7 +1140,7 @@ fn scan_segment(
             // created; frames without identifiers mean the identifier file
             // was damaged. Keep what verifies, report the rest.
             let mut scan = position;
-            while scan < log_bytes.len() {
+            while scan < written_end {
                 match decode_frame(&log_bytes, scan, payload_bytes_max) {
                     Some((record, _, length)) => {
                         items.push(Scanned::Good(record));
@@ -1076,7 +1155,7 @@ fn scan_segment(
                             ballot: None,
                         }));
                         scan = next_frame(&log_bytes, scan + 1, payload_bytes_max)
-                            .unwrap_or(log_bytes.len());
+                            .unwrap_or(written_end);
                     }
                 }
             }
@@ -1089,6 +1168,17 @@ fn scan_segment(
             ids.truncate(slots_bytes)?;
             ids.sync()?;
         }
+    }
+    // A frame that verifies but whose identifier is damaged gets its
+    // identifier rewritten, so the next recovery sees what this one saw
+    // (and keeps telling corruption from a torn tail for it).
+    for (index, identifier) in &repairs {
+        let mut slot = Vec::with_capacity(IDENTIFIER_BYTES);
+        identifier.encode(&mut slot);
+        ids.write_at((FILE_HEADER_BYTES + index * IDENTIFIER_BYTES) as u64, &slot)?;
+    }
+    if !repairs.is_empty() {
+        ids.sync()?;
     }
     let ids_end = (FILE_HEADER_BYTES + slots.len() * IDENTIFIER_BYTES) as u64;
     Ok(Some(SegmentScan {
@@ -1104,6 +1194,7 @@ fn scan_segment(
         corrupt_identifiers,
         unreadable_bytes: log_unreadable + ids_unreadable,
         damaged_headers,
+        repaired_identifiers: repairs.len() as u64,
         log_file_bytes: log_bytes.len() as u64,
     }))
 }

@@ -40,6 +40,7 @@ fn config() -> WalConfig {
     WalConfig {
         segment_bytes_max: 4096,
         value_bytes_max: 4096,
+        preallocate_bytes: 1024,
     }
 }
 
@@ -184,12 +185,17 @@ proptest! {
         let sim = SimDisk::new(seed, faults);
         let disk: Arc<dyn Disk> = Arc::new(sim.clone());
         let open = |disk: &Arc<dyn Disk>| {
-            // Read bit flips are transient: a restart reads again.
+            // A failed open (a sync error while it repairs files, or a read
+            // bit flip in a header) stops the process, which the simulator
+            // models as a crash; the restart reads again.
             let mut last = None;
             for _ in 0..5 {
                 match Wal::open(disk.clone(), config()) {
                     Ok(opened) => return Ok(opened),
-                    Err(error) => last = Some(error),
+                    Err(error) => {
+                        sim.crash();
+                        last = Some(error);
+                    }
                 }
             }
             Err(last.expect("tried"))
