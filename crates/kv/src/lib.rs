@@ -132,6 +132,9 @@ mod store;
 mod types;
 mod watch;
 
+#[cfg(test)]
+mod tests;
+
 pub use error::{Code, KvError};
 pub use lessor::Lessor;
 pub use request::{Request, Response, TXN_DEPTH_MAX};
