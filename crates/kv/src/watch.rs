@@ -153,10 +153,12 @@ impl WatchHub {
             }
             request.watch_id
         } else {
+            // Assigned IDs only grow, so a late response is never taken for a new watch's.
             while self.watchers.contains_key(&self.next_watch_id) {
                 self.next_watch_id += 1;
             }
-            self.next_watch_id
+            self.next_watch_id += 1;
+            self.next_watch_id - 1
         };
         self.control.push_back(WatchResponse {
             header,
