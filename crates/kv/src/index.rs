@@ -69,40 +69,69 @@ impl<V> KeyIndex<V> {
     /// Inserts a key that must not be present.
     pub(crate) fn insert(&mut self, key: &[u8], value: V) {
         self.length += 1;
-        let Some(chunk_key) = self.chunk_key_for(key).map(Box::<[u8]>::from) else {
-            let mut chunk = Vec::with_capacity(CHUNK_GROWTH);
-            chunk.push((Box::from(key), value));
-            self.chunks.insert(Box::from(key), chunk);
+        let element = (Box::<[u8]>::from(key), value);
+        // The chunk whose first key is at or below `key`; the common case
+        // changes it in place without touching the chunk map.
+        if let Some((_, chunk)) = self
+            .chunks
+            .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
+            .next_back()
+        {
+            let position = match chunk.binary_search_by(|(k, _)| (**k).cmp(key)) {
+                Ok(_) => panic!("insert of a key already present"),
+                Err(position) => position,
+            };
+            assert!(position > 0, "a chunk's first key is at or below the key");
+            if chunk.len() < CHUNK_LENGTH_MAX {
+                if chunk.len() == chunk.capacity() {
+                    chunk.reserve_exact(CHUNK_GROWTH);
+                }
+                chunk.insert(position, element);
+                return;
+            }
+            // Full: split. Appending at the end starts a new chunk so ascending
+            // inserts leave full chunks; otherwise split in halves.
+            let right: Chunk<V> = if position == chunk.len() {
+                let mut right = Vec::with_capacity(CHUNK_GROWTH);
+                right.push(element);
+                right
+            } else {
+                let split_at = chunk.len() / 2;
+                let mut right = Vec::with_capacity(chunk.len() - split_at + CHUNK_GROWTH);
+                right.extend(chunk.drain(split_at..));
+                chunk.shrink_to(chunk.len() + CHUNK_GROWTH);
+                if position < split_at {
+                    chunk.insert(position, element);
+                } else {
+                    right.insert(position - split_at, element);
+                }
+                right
+            };
+            self.chunks.insert(right[0].0.clone(), right);
             return;
-        };
-        let mut chunk = self.chunks.remove(&chunk_key).expect("chunk exists");
-        let position = match chunk.binary_search_by(|(k, _)| (**k).cmp(key)) {
-            Ok(_) => panic!("insert of a key already present"),
-            Err(position) => position,
-        };
-        if chunk.len() == chunk.capacity() {
-            chunk.reserve_exact(CHUNK_GROWTH);
         }
-        chunk.insert(position, (Box::from(key), value));
-        if chunk.len() <= CHUNK_LENGTH_MAX {
-            self.chunks.insert(chunk[0].0.clone(), chunk);
-            return;
+        // Below every chunk's first key (or no chunk at all): becomes the first
+        // element of the first chunk, which is re-keyed.
+        match self.chunks.pop_first() {
+            Some((_, mut chunk)) if chunk.len() < CHUNK_LENGTH_MAX => {
+                if chunk.len() == chunk.capacity() {
+                    chunk.reserve_exact(CHUNK_GROWTH);
+                }
+                chunk.insert(0, element);
+                self.chunks.insert(chunk[0].0.clone(), chunk);
+            }
+            Some((first, chunk)) => {
+                self.chunks.insert(first, chunk);
+                let mut new_chunk = Vec::with_capacity(CHUNK_GROWTH);
+                new_chunk.push(element);
+                self.chunks.insert(new_chunk[0].0.clone(), new_chunk);
+            }
+            None => {
+                let mut chunk = Vec::with_capacity(CHUNK_GROWTH);
+                chunk.push(element);
+                self.chunks.insert(chunk[0].0.clone(), chunk);
+            }
         }
-        // Appending at the end keeps the full chunk whole so ascending inserts
-        // leave full chunks; otherwise split in halves.
-        let split_at = if position == chunk.len() - 1 {
-            chunk.len() - 1
-        } else {
-            chunk.len() / 2
-        };
-        let right: Chunk<V> = {
-            let mut right = Vec::with_capacity(chunk.len() - split_at + CHUNK_GROWTH);
-            right.extend(chunk.drain(split_at..));
-            right
-        };
-        chunk.shrink_to(chunk.len() + CHUNK_GROWTH);
-        self.chunks.insert(chunk[0].0.clone(), chunk);
-        self.chunks.insert(right[0].0.clone(), right);
     }
 
     /// Keeps only the elements for which `keep` returns true.
