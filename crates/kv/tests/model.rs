@@ -478,6 +478,10 @@ enum Op {
     Watch(WatchCreateRequest, i64),
     Poll,
     Cancel(usize),
+    /// Master change: a new lessor renews every lease's full TTL.
+    Promote,
+    /// Restore a replica from a snapshot here; it then applies every later entry.
+    Snapshot(usize),
 }
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
@@ -637,6 +641,8 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         2 => Just(Op::Poll),
         1 => (0usize..8).prop_map(Op::Cancel),
+        1 => Just(Op::Promote),
+        1 => (48usize..400).prop_map(Op::Snapshot),
     ]
 }
 
@@ -674,15 +680,22 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
     };
 
+    let mut replica: Option<Store> = None;
     let apply = |store: &mut Store,
                  model: &mut Model,
                  lessor: &mut Lessor,
                  hub: &mut WatchHub,
+                 replica: &mut Option<Store>,
                  request: &Request,
                  now_ms: u64|
      -> Result<(), TestCaseError> {
         let before = model.revision();
         let applied = store.apply_bytes(&request.encode());
+        if let Some(replica) = replica {
+            let replicated = replica.apply_bytes(&request.encode());
+            prop_assert_eq!(&replicated, &applied);
+            prop_assert_eq!(replica.state_hash(), store.state_hash());
+        }
         let chosen = match &applied.result {
             Ok(Response::LeaseGrant(grant)) => grant.id,
             _ => 0,
@@ -711,6 +724,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 &mut model,
                 &mut lessor,
                 &mut hub,
+                &mut replica,
                 &request,
                 now_ms,
             )?,
@@ -724,6 +738,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     &mut model,
                     &mut lessor,
                     &mut hub,
+                    &mut replica,
                     &request,
                     now_ms,
                 )?;
@@ -755,6 +770,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         &mut model,
                         &mut lessor,
                         &mut hub,
+                        &mut replica,
                         &request,
                         now_ms,
                     )?;
@@ -803,6 +819,21 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 });
             }
             Op::Poll => collect(&mut hub, &store, &mut watches),
+            Op::Promote => {
+                lessor = Lessor::new(1_000_000);
+                lessor.promote(&store, now_ms);
+                for (id, ttl) in &model.leases {
+                    model.deadlines.insert(*id, now_ms + *ttl as u64 * 1000);
+                }
+            }
+            Op::Snapshot(chunk_bytes_max) => {
+                let chunks: Vec<Vec<u8>> = store.snapshot_chunks(chunk_bytes_max).collect();
+                let restored =
+                    Store::restore_chunks(Config::default(), chunks.iter().map(|c| c.as_slice()))
+                        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                prop_assert_eq!(restored.state_hash(), store.state_hash());
+                replica = Some(restored);
+            }
             Op::Cancel(index) => {
                 if let Some(record) = watches.get_mut(index) {
                     // Deliver what is due first, so the expected stream is well defined.
@@ -886,6 +917,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
     }
 
+    if let Some(replica) = &replica {
+        prop_assert_eq!(replica.snapshot(), store.snapshot());
+    }
+
     // Every retained revision reads the same.
     for revision in model.compact_revision.max(1)..=model.revision() {
         let everything = RangeRequest {
@@ -915,6 +950,21 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(attached, expected);
     }
     Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let mut store = Store::new(Config::default());
+        let _ = store.apply_bytes(&bytes);
+        let mut prefixed = vec![1u8];
+        prefixed.extend_from_slice(&bytes);
+        let _ = store.apply_bytes(&prefixed);
+        let _ = Store::restore(Config::default(), &bytes);
+        let _ = Store::restore_chunks(Config::default(), [bytes.as_slice()]);
+    }
 }
 
 proptest! {
