@@ -501,16 +501,24 @@ fn lease_id() -> impl Strategy<Value = i64> {
 }
 
 fn put_request() -> impl Strategy<Value = PutRequest> {
-    (key(), value(), lease_id(), any::<bool>(), 0u8..8, 0u8..8).prop_map(
-        |(key, value, lease, prev_kv, ignore_value, ignore_lease)| PutRequest {
-            key,
-            value,
-            lease,
-            prev_kv,
-            ignore_value: ignore_value == 0,
-            ignore_lease: ignore_lease == 0,
-        },
+    (
+        key(),
+        value(),
+        prop_oneof![6 => Just(0i64), 1 => 1i64..4],
+        any::<bool>(),
+        0u8..8,
+        0u8..8,
     )
+        .prop_map(
+            |(key, value, lease, prev_kv, ignore_value, ignore_lease)| PutRequest {
+                key,
+                value,
+                lease,
+                prev_kv,
+                ignore_value: ignore_value == 0,
+                ignore_lease: ignore_lease == 0,
+            },
+        )
 }
 
 fn delete_request() -> impl Strategy<Value = DeleteRangeRequest> {
@@ -605,7 +613,7 @@ fn txn_op() -> impl Strategy<Value = RequestOp> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => put_request().prop_map(|put| Op::Apply(Request::Put(put))),
+        14 => put_request().prop_map(|put| Op::Apply(Request::Put(put))),
         3 => delete_request().prop_map(|delete| Op::Apply(Request::DeleteRange(delete))),
         5 => (
             prop::collection::vec(compare(), 0..3),
@@ -968,10 +976,10 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 3000, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn store_matches_the_model(ops in prop::collection::vec(op(), 1..60)) {
+    fn store_matches_the_model(ops in prop::collection::vec(op(), 1..120)) {
         run(ops)?;
     }
 }
