@@ -63,8 +63,14 @@ fn main() {
     println!("synod-kv kvbench: {keys} keys of {KEY_BYTES} B, values of {VALUE_BYTES} B");
 
     // Puts into an empty store, keys in scattered order; memory measured after.
+    // Auto-compaction off, so each phase measures only its own work; the
+    // compaction is measured on its own below.
+    let config = Config {
+        history_revisions_max: 0,
+        ..Config::default()
+    };
     let region = Region::new(GLOBAL);
-    let mut store = Store::new(Config::default());
+    let mut store = Store::new(config.clone());
     let started = Instant::now();
     let mut applied = 0u64;
     for index in scattered(keys) {
@@ -115,6 +121,22 @@ fn main() {
         rate(operations, started)
     );
 
+    // Compaction of the history the overwrites left.
+    let revision = store.revision();
+    let started = Instant::now();
+    assert!(store
+        .apply(&Request::Compaction(CompactionRequest {
+            revision,
+            physical: true,
+        }))
+        .result
+        .is_ok());
+    println!(
+        "compaction ({} keys):     {:>12.2} s",
+        store.indexed_keys(),
+        started.elapsed().as_secs_f64()
+    );
+
     // Txns of 10 puts each.
     let txns = 50_000u64.min(keys / 10).max(1);
     let mut indexes = scattered(keys).cycle();
@@ -141,12 +163,15 @@ fn main() {
         rate(txns, started)
     );
 
-    // Snapshot and restore of the current state (with its retained history).
+    // Snapshot and restore of the latest state (history compacted first).
     let revision = store.revision();
-    store.apply(&Request::Compaction(CompactionRequest {
-        revision,
-        physical: true,
-    }));
+    assert!(store
+        .apply(&Request::Compaction(CompactionRequest {
+            revision,
+            physical: true,
+        }))
+        .result
+        .is_ok());
     let started = Instant::now();
     let snapshot = store.snapshot();
     let snapshot_seconds = started.elapsed().as_secs_f64();
@@ -164,8 +189,8 @@ fn main() {
         chunks.len()
     );
     let started = Instant::now();
-    let restored = Store::restore_chunks(Config::default(), chunks.iter().map(|c| c.as_slice()))
-        .expect("restore");
+    let restored =
+        Store::restore_chunks(config, chunks.iter().map(|c| c.as_slice())).expect("restore");
     let restore_seconds = started.elapsed().as_secs_f64();
     println!(
         "restore from chunks:          {:>12.1} MB/s ({restore_seconds:.2} s)",

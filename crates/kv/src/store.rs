@@ -582,6 +582,13 @@ impl Store {
         }
     }
 
+    /// Whether a key exists now.
+    fn is_live(&self, key: &[u8]) -> bool {
+        self.index
+            .get(key)
+            .is_some_and(|history| history.latest.is_live())
+    }
+
     /// The live kv of a key now.
     pub(crate) fn get_live(&self, key: &[u8]) -> Option<KeyValue> {
         let history = self.index.get(key)?;
@@ -636,7 +643,7 @@ impl Store {
     }
 
     fn check_put_state(&self, put: &PutRequest) -> Result<(), KvError> {
-        if (put.ignore_value || put.ignore_lease) && self.get_live(&put.key).is_none() {
+        if (put.ignore_value || put.ignore_lease) && !self.is_live(&put.key) {
             return Err(KvError::KeyNotFound);
         }
         if !put.ignore_lease && put.lease != 0 && !self.leases.contains_key(&put.lease) {
@@ -664,7 +671,12 @@ impl Store {
     // --------------------------------------------------------------- writes
 
     fn put(&mut self, write: &mut Write, put: &PutRequest) -> PutResponse {
-        let previous = self.get_live(&put.key);
+        // One index lookup: the key's history, if any, is updated in place.
+        let history = self.index.get_mut(&put.key);
+        let previous = history
+            .as_deref()
+            .and_then(KeyHistory::live)
+            .map(|change| change.key_value(&put.key, true));
         let value: Box<[u8]> = match (&previous, put.ignore_value) {
             (Some(previous), true) => previous.value.as_slice().into(),
             _ => put.value.as_slice().into(),
@@ -685,17 +697,18 @@ impl Store {
             value: Some(value),
             sub: write.sub,
         };
-        write.sub += 1;
-        self.retained_bytes += change.retained_bytes(put.key.len());
         let event = Event {
             r#type: EventType::Put,
             kv: change.key_value(&put.key, true),
             prev_kv: previous.clone(),
         };
-        match self.index.get_mut(&put.key) {
+        let change_bytes = change.retained_bytes(put.key.len());
+        match history {
             Some(history) => history.push(change),
             None => self.index.insert(&put.key, KeyHistory::new(change)),
         }
+        write.sub += 1;
+        self.retained_bytes += change_bytes;
         let previous_lease = previous.as_ref().map_or(0, |previous| previous.lease);
         if previous_lease != lease {
             self.detach(previous_lease, &put.key);
