@@ -143,47 +143,41 @@ impl KeyHistory {
     /// kept so a watch starting at the compacted revision still sees it).
     /// Returns the bytes freed and whether anything remains.
     fn compact(&mut self, revision: i64, key_bytes: usize) -> (u64, bool) {
-        let Some(older) = self.older.take() else {
-            let latest = &self.latest;
-            if latest.mod_revision < revision && !latest.is_live() {
-                return (latest.retained_bytes(key_bytes), false);
+        let bytes = |changes: &[Change]| -> u64 {
+            changes
+                .iter()
+                .map(|change| change.retained_bytes(key_bytes))
+                .sum()
+        };
+        if self.latest.mod_revision <= revision {
+            // The newest change is the state at `revision`: all older ones go.
+            let mut freed = self.older.take().map_or(0, |older| bytes(&older));
+            if !self.latest.is_live() && self.latest.mod_revision < revision {
+                freed += self.latest.retained_bytes(key_bytes);
+                return (freed, false);
             }
+            return (freed, true);
+        }
+        let Some(older) = self.older.as_mut() else {
             return (0, true);
         };
-        let mut changes: Vec<Change> = *older;
-        let placeholder = Change {
-            mod_revision: 0,
-            create_revision: 0,
-            version: 0,
-            lease: 0,
-            value: None,
-            sub: 0,
-        };
-        changes.push(std::mem::replace(&mut self.latest, placeholder));
-        let at_or_below = changes.partition_point(|change| change.mod_revision <= revision);
+        // The state at `revision` is among the older changes, if anywhere.
+        let at_or_below = older.partition_point(|change| change.mod_revision <= revision);
         let mut dropped = at_or_below.saturating_sub(1);
         if at_or_below > 0 {
-            let kept = &changes[at_or_below - 1];
+            let kept = &older[at_or_below - 1];
             if !kept.is_live() && kept.mod_revision < revision {
                 dropped += 1;
             }
         }
-        let freed = changes[..dropped]
-            .iter()
-            .map(|change| change.retained_bytes(key_bytes))
-            .sum();
-        changes.drain(..dropped);
-        match changes.pop() {
-            None => (freed, false),
-            Some(latest) => {
-                self.latest = latest;
-                if !changes.is_empty() {
-                    changes.shrink_to_fit();
-                    self.older = Some(Box::new(changes));
-                }
-                (freed, true)
-            }
+        let freed = bytes(&older[..dropped]);
+        older.drain(..dropped);
+        if older.is_empty() {
+            self.older = None;
+        } else if dropped > 0 {
+            older.shrink_to_fit();
         }
+        (freed, true)
     }
 }
 
