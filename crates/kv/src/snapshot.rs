@@ -127,7 +127,13 @@ impl Store {
     }
 
     /// Rebuilds a store from [`Store::snapshot`] output.
+    ///
+    /// # Panics
+    /// If `config` fails [`Config::validate`], as [`Store::new`] does.
     pub fn restore(config: Config, body: &[u8]) -> Result<Store, KvError> {
+        if let Err(reason) = config.validate() {
+            panic!("invalid synod-kv config: {reason}");
+        }
         const INVALID: KvError = KvError::Corrupt("snapshot content invalid");
         if body.len() < MAGIC.len() + 4 || &body[..MAGIC.len()] != MAGIC {
             return Err(KvError::Corrupt("not a snapshot"));

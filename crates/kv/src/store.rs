@@ -50,6 +50,28 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Checks that the limits make sense together.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.request_bytes_max < 64 {
+            return Err("request_bytes_max must be at least 64 bytes");
+        }
+        if self.range_keys_max == 0 {
+            return Err("range_keys_max must be at least 1");
+        }
+        if self.txn_operations_max == 0 {
+            return Err("txn_operations_max must be at least 1");
+        }
+        if self.history_revisions_max < 0 {
+            return Err("history_revisions_max must be 0 (off) or positive");
+        }
+        if !(1..=LEASE_TTL_SECONDS_MAX).contains(&self.lease_ttl_seconds_min) {
+            return Err("lease_ttl_seconds_min must be between 1 and LEASE_TTL_SECONDS_MAX");
+        }
+        Ok(())
+    }
+}
+
 /// One change of one key; `value == None` is a deletion (tombstone).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Change {
@@ -297,7 +319,13 @@ pub struct Store {
 
 impl Store {
     /// An empty store at revision 1.
+    ///
+    /// # Panics
+    /// If `config` fails [`Config::validate`] (a configuration error, caught at startup).
     pub fn new(config: Config) -> Self {
+        if let Err(reason) = config.validate() {
+            panic!("invalid synod-kv config: {reason}");
+        }
         Store {
             config,
             index: KeyIndex::default(),

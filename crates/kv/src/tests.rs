@@ -1016,3 +1016,24 @@ fn sequencer_check_follows_the_lock_key() {
     assert_eq!(store.check_sequencer(&token), Err(KvError::StaleSequencer));
     assert!(store.sequencer(b"lock").is_none());
 }
+
+#[test]
+fn config_validation() {
+    assert!(Config::default().validate().is_ok());
+    for config in [
+        Config {
+            range_keys_max: 0,
+            ..Config::default()
+        },
+        Config {
+            lease_ttl_seconds_min: 0,
+            ..Config::default()
+        },
+        Config {
+            request_bytes_max: 10,
+            ..Config::default()
+        },
+    ] {
+        assert!(config.validate().is_err());
+    }
+}

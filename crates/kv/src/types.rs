@@ -106,7 +106,7 @@ pub struct RangeRequest {
     pub limit: i64,
     /// Read at this revision; 0 or less = current.
     pub revision: i64,
-    /// Sort order.
+    /// Sort order. Sorting is stable over key order, so ties stay in key order.
     pub sort_order: SortOrder,
     /// Sort target.
     pub sort_target: SortTarget,
