@@ -16,7 +16,49 @@ const CHUNK_LENGTH_MAX: usize = 64;
 /// Spare capacity added when a chunk is full.
 const CHUNK_GROWTH: usize = 8;
 
-type Chunk<V> = Vec<(Box<[u8]>, V)>;
+type Chunk<V> = Vec<(KeyBytes, V)>;
+
+/// Longest key stored inline in its element.
+const INLINE_KEY_BYTES_MAX: usize = 22;
+
+/// A key stored inline when short, so binary searches over a chunk compare
+/// bytes in the element itself instead of chasing a pointer per probe. Inline
+/// keys cost no separate allocation; the element is 8 bytes wider than a
+/// `Box<[u8]>`, which the saved allocation (and its allocator header) repays.
+#[derive(Clone)]
+pub(crate) enum KeyBytes {
+    Inline {
+        length: u8,
+        bytes: [u8; INLINE_KEY_BYTES_MAX],
+    },
+    Heap(Box<[u8]>),
+}
+
+impl KeyBytes {
+    fn new(key: &[u8]) -> Self {
+        if key.len() <= INLINE_KEY_BYTES_MAX {
+            let mut bytes = [0u8; INLINE_KEY_BYTES_MAX];
+            bytes[..key.len()].copy_from_slice(key);
+            KeyBytes::Inline {
+                length: key.len() as u8,
+                bytes,
+            }
+        } else {
+            KeyBytes::Heap(Box::from(key))
+        }
+    }
+}
+
+impl std::ops::Deref for KeyBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            KeyBytes::Inline { length, bytes } => &bytes[..usize::from(*length)],
+            KeyBytes::Heap(bytes) => bytes,
+        }
+    }
+}
 
 /// See the module docs.
 pub(crate) struct KeyIndex<V> {
@@ -69,7 +111,7 @@ impl<V> KeyIndex<V> {
     /// Inserts a key that must not be present.
     pub(crate) fn insert(&mut self, key: &[u8], value: V) {
         self.length += 1;
-        let element = (Box::<[u8]>::from(key), value);
+        let element = (KeyBytes::new(key), value);
         // The chunk whose first key is at or below `key`; the common case
         // changes it in place without touching the chunk map.
         if let Some((_, chunk)) = self
@@ -107,7 +149,7 @@ impl<V> KeyIndex<V> {
                 }
                 right
             };
-            self.chunks.insert(right[0].0.clone(), right);
+            self.chunks.insert(Box::from(&*right[0].0), right);
             return;
         }
         // Below every chunk's first key (or no chunk at all): becomes the first
@@ -118,18 +160,18 @@ impl<V> KeyIndex<V> {
                     chunk.reserve_exact(CHUNK_GROWTH);
                 }
                 chunk.insert(0, element);
-                self.chunks.insert(chunk[0].0.clone(), chunk);
+                self.chunks.insert(Box::from(&*chunk[0].0), chunk);
             }
             Some((first, chunk)) => {
                 self.chunks.insert(first, chunk);
                 let mut new_chunk = Vec::with_capacity(CHUNK_GROWTH);
                 new_chunk.push(element);
-                self.chunks.insert(new_chunk[0].0.clone(), new_chunk);
+                self.chunks.insert(Box::from(&*new_chunk[0].0), new_chunk);
             }
             None => {
                 let mut chunk = Vec::with_capacity(CHUNK_GROWTH);
                 chunk.push(element);
-                self.chunks.insert(chunk[0].0.clone(), chunk);
+                self.chunks.insert(Box::from(&*chunk[0].0), chunk);
             }
         }
     }
@@ -166,7 +208,7 @@ impl<V> KeyIndex<V> {
         debug_assert!(!chunk.is_empty());
         chunk.shrink_to(chunk.len() + CHUNK_GROWTH);
         self.length += chunk.len();
-        self.chunks.insert(chunk[0].0.clone(), chunk);
+        self.chunks.insert(Box::from(&*chunk[0].0), chunk);
     }
 
     /// Elements with `start <= key < end` (`end = None`: no upper bound), in key order.
@@ -198,12 +240,12 @@ impl<V> KeyIndex<V> {
     }
 
     /// Builds from elements in strictly ascending key order with full chunks.
-    pub(crate) fn from_sorted(elements: impl IntoIterator<Item = (Box<[u8]>, V)>) -> Self {
+    pub(crate) fn from_sorted<'a>(elements: impl IntoIterator<Item = (&'a [u8], V)>) -> Self {
         let mut index = KeyIndex::default();
         let mut chunk: Chunk<V> = Vec::with_capacity(CHUNK_LENGTH_MAX);
-        for element in elements {
-            debug_assert!(chunk.last().is_none_or(|(last, _)| *last < element.0));
-            chunk.push(element);
+        for (key, value) in elements {
+            debug_assert!(chunk.last().is_none_or(|(last, _)| **last < *key));
+            chunk.push((KeyBytes::new(key), value));
             if chunk.len() == CHUNK_LENGTH_MAX {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_LENGTH_MAX));
                 index.push_chunk(full);
@@ -259,7 +301,7 @@ mod tests {
                 prop_assert_eq!(index.get(key), Some(value));
             }
             let all: Vec<_> = index.iter().map(|(k, v)| (k.to_vec(), *v)).collect();
-            let rebuilt = KeyIndex::from_sorted(all.iter().map(|(k, v)| (Box::from(k.as_slice()), *v)));
+            let rebuilt = KeyIndex::from_sorted(all.iter().map(|(k, v)| (k.as_slice(), *v)));
             prop_assert_eq!(rebuilt.iter().count(), model.len());
         }
     }

@@ -168,10 +168,10 @@ impl Store {
             );
         }
         let key_count = decoder.count(2)?;
-        let mut elements: Vec<(Box<[u8]>, KeyHistory)> = Vec::with_capacity(key_count);
+        let mut elements: Vec<(&[u8], KeyHistory)> = Vec::with_capacity(key_count);
         let mut counted_bytes: u64 = 0;
         for _ in 0..key_count {
-            let key: Box<[u8]> = decoder.slice()?.into();
+            let key: &[u8] = decoder.slice()?;
             if key.is_empty() || elements.last().is_some_and(|(last, _)| *last >= key) {
                 return Err(INVALID);
             }
@@ -219,7 +219,7 @@ impl Store {
                     .get_mut(&latest.lease)
                     .ok_or(INVALID)?
                     .keys
-                    .insert(key.clone());
+                    .insert(key.into());
             }
             let older = if changes.is_empty() {
                 None
