@@ -1138,9 +1138,11 @@ impl Interval<'_> {
 }
 
 /// etcd's `checkIntervals`: within one branch (and its nested Txns), a key may
-/// not be put twice nor put inside a deleted range. A put in a nested Txn's
-/// success branch may repeat one in its failure branch (only one runs).
-/// Overlapping deletes are allowed, as in etcd (the later finds nothing).
+/// not be put twice nor put inside a deleted range, in either order. A put in
+/// a nested Txn's success branch may repeat one in its failure branch (only
+/// one runs). Overlapping deletes are allowed, as in etcd (the later finds
+/// nothing). Put-then-nested-delete of one key is also rejected (see below),
+/// so that a key changes at most once per revision.
 fn check_intervals(ops: &[RequestOp]) -> Result<(BTreeSet<&[u8]>, Vec<Interval<'_>>), KvError> {
     let mut deletes: Vec<Interval<'_>> = ops
         .iter()
@@ -1160,6 +1162,14 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(BTreeSet<&[u8]>, Vec<Interval<'
         };
         let (puts_success, deletes_success) = check_intervals(&nested.success)?;
         let (puts_failure, deletes_failure) = check_intervals(&nested.failure)?;
+        // Stricter than etcd: a nested delete may not cover a key put earlier
+        // in the branch (etcd accepts it and records both changes at one
+        // revision; here a key changes at most once per revision).
+        for delete in deletes_success.iter().chain(&deletes_failure) {
+            if puts.iter().any(|key| delete.contains(key)) {
+                return Err(KvError::DuplicateKey);
+            }
+        }
         for key in &puts_success {
             if puts.contains(key) || deleted(&deletes, key) {
                 return Err(KvError::DuplicateKey);

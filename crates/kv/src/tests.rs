@@ -472,13 +472,42 @@ fn duplicate_keys_in_a_txn_are_rejected() {
         store.prepare(&txn(vec![put_op("a"), put_op("a")])),
         Err(KvError::DuplicateKey)
     );
+    // A put in one nested txn and a delete of the key in a later one.
+    let nested_put = RequestOp::Txn(TxnRequest {
+        success: vec![put_op("a")],
+        ..TxnRequest::default()
+    });
+    let nested_delete = RequestOp::Txn(TxnRequest {
+        success: vec![delete_op("a", "")],
+        ..TxnRequest::default()
+    });
+    assert_eq!(
+        err(
+            &mut store,
+            txn(vec![nested_put.clone(), nested_delete.clone()])
+        ),
+        KvError::DuplicateKey
+    );
+    assert_eq!(
+        err(&mut store, txn(vec![nested_delete, nested_put])),
+        KvError::DuplicateKey
+    );
+    // Put in one branch, delete in the other branch of the same nested txn: fine.
+    ok(
+        &mut store,
+        txn(vec![RequestOp::Txn(TxnRequest {
+            success: vec![put_op("a")],
+            failure: vec![delete_op("a", "")],
+            ..TxnRequest::default()
+        })]),
+    );
     // Allowed: the same put in both branches of a nested txn, and overlapping deletes (etcd).
     ok(&mut store, txn(vec![nested]));
     ok(
         &mut store,
         txn(vec![delete_op("a", "c"), delete_op("a", "")]),
     );
-    assert_eq!(store.revision(), 3);
+    assert_eq!(store.revision(), 4);
 }
 
 #[test]
