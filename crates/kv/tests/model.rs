@@ -12,6 +12,9 @@ use synod_kv::*;
 
 type State = BTreeMap<Vec<u8>, KeyValue>;
 
+/// The writes of one way a txn branch can run: `(key, range_end, is_put)`.
+type Execution = Vec<(Vec<u8>, Vec<u8>, bool)>;
+
 /// The obviously-correct reference: every revision's full state.
 struct Model {
     /// `states[r]` is the state at revision `r` (`states[0]` unused).
@@ -283,28 +286,70 @@ impl Model {
         }
     }
 
-    fn txn(&mut self, txn: &TxnRequest) -> Result<TxnResponse, KvError> {
-        // Ops here are flat (no nested txns): puts must be unique and outside every delete range.
-        for op in txn.success.iter().chain(&txn.failure) {
-            if let RequestOp::Put(put) = op {
-                self.check_put(put)?;
-            }
-        }
-        for branch in [&txn.success, &txn.failure] {
-            let mut puts: Vec<&[u8]> = Vec::new();
-            for op in branch {
-                if let RequestOp::Put(put) = op {
-                    let deleted = branch.iter().any(|other| match other {
-                        RequestOp::DeleteRange(d) => in_range(&d.key, &d.range_end, &put.key),
-                        _ => false,
-                    });
-                    if puts.contains(&put.key.as_slice()) || deleted {
-                        return Err(KvError::DuplicateKey);
-                    }
-                    puts.push(&put.key);
+    /// Every put in the txn, depth first (success then failure), for the stateless checks.
+    fn puts_of(ops: &[RequestOp], out: &mut Vec<PutRequest>) {
+        for op in ops {
+            match op {
+                RequestOp::Put(put) => out.push(put.clone()),
+                RequestOp::Txn(nested) => {
+                    Self::puts_of(&nested.success, out);
+                    Self::puts_of(&nested.failure, out);
                 }
+                _ => {}
             }
         }
+    }
+
+    /// The write sequences of every way the branch can run (each nested txn
+    /// taking either branch): `(key, range_end, is_put)`.
+    fn executions(ops: &[RequestOp]) -> Vec<Execution> {
+        let mut executions = vec![Vec::new()];
+        for op in ops {
+            let alternatives: Vec<Execution> = match op {
+                RequestOp::Put(put) => vec![vec![(put.key.clone(), Vec::new(), true)]],
+                RequestOp::DeleteRange(delete) => {
+                    vec![vec![(delete.key.clone(), delete.range_end.clone(), false)]]
+                }
+                RequestOp::Range(_) => vec![Vec::new()],
+                RequestOp::Txn(nested) => {
+                    let mut both = Self::executions(&nested.success);
+                    both.extend(Self::executions(&nested.failure));
+                    both
+                }
+            };
+            executions = executions
+                .iter()
+                .flat_map(|prefix| {
+                    alternatives.iter().map(move |alternative| {
+                        let mut execution = prefix.clone();
+                        execution.extend(alternative.iter().cloned());
+                        execution
+                    })
+                })
+                .collect();
+        }
+        executions
+    }
+
+    /// A key may be written at most once in any way the branch can run
+    /// (two deletes may overlap).
+    fn writes_twice(ops: &[RequestOp]) -> bool {
+        Self::executions(ops).iter().any(|writes| {
+            writes.iter().enumerate().any(|(i, (key, end, put))| {
+                writes[i + 1..]
+                    .iter()
+                    .any(|(other_key, other_end, other_put)| match (put, other_put) {
+                        (true, true) => key == other_key,
+                        (true, false) => in_range(other_key, other_end, key),
+                        (false, true) => in_range(key, end, other_key),
+                        (false, false) => false,
+                    })
+            })
+        })
+    }
+
+    /// Branch choices, all decided on the state before the txn.
+    fn path(&self, txn: &TxnRequest) -> (bool, Vec<(bool, Vec<bool>)>) {
         let succeeded = txn
             .compare
             .iter()
@@ -314,49 +359,134 @@ impl Model {
         } else {
             &txn.failure
         };
-        for op in branch {
+        let nested = branch
+            .iter()
+            .filter_map(|op| match op {
+                // Nesting is one level deep in the generator.
+                RequestOp::Txn(nested) => Some((
+                    nested
+                        .compare
+                        .iter()
+                        .all(|compare| self.compare_holds(compare)),
+                    Vec::new(),
+                )),
+                _ => None,
+            })
+            .collect();
+        (succeeded, nested)
+    }
+
+    fn check_chosen(
+        &self,
+        ops: &[RequestOp],
+        nested: &mut dyn Iterator<Item = bool>,
+    ) -> Result<(), KvError> {
+        for op in ops {
             match op {
                 RequestOp::Put(put) => self.check_put_state(put)?,
                 RequestOp::Range(range) => {
                     self.read_revision(range.revision)?;
                 }
-                _ => {}
+                RequestOp::DeleteRange(_) => {}
+                RequestOp::Txn(txn) => {
+                    let succeeded = nested.next().unwrap();
+                    let branch = if succeeded {
+                        &txn.success
+                    } else {
+                        &txn.failure
+                    };
+                    self.check_chosen(branch, &mut std::iter::empty())?;
+                }
             }
         }
-        let revision = self.revision() + 1;
-        let mut state = self.current().clone();
-        let mut events = Vec::new();
+        Ok(())
+    }
+
+    fn run_ops(
+        &self,
+        ops: &[RequestOp],
+        nested: &mut dyn Iterator<Item = bool>,
+        state: &mut State,
+        events: &mut Vec<Event>,
+        revision: i64,
+    ) -> Vec<ResponseOp> {
         let mut responses = Vec::new();
-        for op in branch {
+        for op in ops {
             responses.push(match op {
-                RequestOp::Put(put) => {
-                    ResponseOp::Put(Self::do_put(&mut state, &mut events, revision, put))
+                RequestOp::Put(put) => ResponseOp::Put(Self::do_put(state, events, revision, put)),
+                RequestOp::DeleteRange(delete) => {
+                    ResponseOp::DeleteRange(Self::do_delete(state, events, revision, delete))
                 }
-                RequestOp::DeleteRange(delete) => ResponseOp::DeleteRange(Self::do_delete(
-                    &mut state,
-                    &mut events,
-                    revision,
-                    delete,
-                )),
                 RequestOp::Range(range) if range.revision > 0 => ResponseOp::Range(Self::range_of(
                     &self.states[range.revision as usize],
                     range,
                     0,
                 )),
-                RequestOp::Range(range) => ResponseOp::Range(Self::range_of(&state, range, 0)),
-                RequestOp::Txn(_) => unreachable!("flat txns only"),
+                RequestOp::Range(range) => ResponseOp::Range(Self::range_of(state, range, 0)),
+                RequestOp::Txn(txn) => {
+                    let succeeded = nested.next().unwrap();
+                    let branch = if succeeded {
+                        &txn.success
+                    } else {
+                        &txn.failure
+                    };
+                    let responses =
+                        self.run_ops(branch, &mut std::iter::empty(), state, events, revision);
+                    ResponseOp::Txn(TxnResponse {
+                        header: ResponseHeader::default(),
+                        succeeded,
+                        responses,
+                    })
+                }
             });
         }
-        self.commit(state, events);
-        let final_revision = self.revision();
-        for response in &mut responses {
+        responses
+    }
+
+    fn set_revisions(responses: &mut [ResponseOp], revision: i64) {
+        for response in responses {
             match response {
-                ResponseOp::Put(r) => r.header.revision = final_revision,
-                ResponseOp::DeleteRange(r) => r.header.revision = final_revision,
-                ResponseOp::Range(r) => r.header.revision = final_revision,
-                ResponseOp::Txn(_) => unreachable!(),
+                ResponseOp::Put(r) => r.header.revision = revision,
+                ResponseOp::DeleteRange(r) => r.header.revision = revision,
+                ResponseOp::Range(r) => r.header.revision = revision,
+                ResponseOp::Txn(r) => {
+                    r.header.revision = revision;
+                    Self::set_revisions(&mut r.responses, revision);
+                }
             }
         }
+    }
+
+    fn txn(&mut self, txn: &TxnRequest) -> Result<TxnResponse, KvError> {
+        let mut puts = Vec::new();
+        Self::puts_of(&txn.success, &mut puts);
+        Self::puts_of(&txn.failure, &mut puts);
+        for put in &puts {
+            self.check_put(put)?;
+        }
+        if Self::writes_twice(&txn.success) || Self::writes_twice(&txn.failure) {
+            return Err(KvError::DuplicateKey);
+        }
+        let (succeeded, nested) = self.path(txn);
+        let branch = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        self.check_chosen(branch, &mut nested.iter().map(|(s, _)| *s))?;
+        let revision = self.revision() + 1;
+        let mut state = self.current().clone();
+        let mut events = Vec::new();
+        let mut responses = self.run_ops(
+            branch,
+            &mut nested.iter().map(|(s, _)| *s),
+            &mut state,
+            &mut events,
+            revision,
+        );
+        self.commit(state, events);
+        let final_revision = self.revision();
+        Self::set_revisions(&mut responses, final_revision);
         Ok(TxnResponse {
             header: ResponseHeader {
                 revision: final_revision,
@@ -611,14 +741,30 @@ fn txn_op() -> impl Strategy<Value = RequestOp> {
     ]
 }
 
+fn txn_op_or_nested() -> impl Strategy<Value = RequestOp> {
+    prop_oneof![
+        5 => txn_op(),
+        1 => (
+            prop::collection::vec(compare(), 0..2),
+            prop::collection::vec(txn_op(), 0..3),
+            prop::collection::vec(txn_op(), 0..2)
+        )
+            .prop_map(|(compare, success, failure)| RequestOp::Txn(TxnRequest {
+                compare,
+                success,
+                failure
+            })),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         14 => put_request().prop_map(|put| Op::Apply(Request::Put(put))),
         3 => delete_request().prop_map(|delete| Op::Apply(Request::DeleteRange(delete))),
         5 => (
             prop::collection::vec(compare(), 0..3),
-            prop::collection::vec(txn_op(), 0..4),
-            prop::collection::vec(txn_op(), 0..3)
+            prop::collection::vec(txn_op_or_nested(), 0..4),
+            prop::collection::vec(txn_op_or_nested(), 0..3)
         )
             .prop_map(|(compare, success, failure)| Op::Apply(Request::Txn(TxnRequest {
                 compare,
