@@ -1006,50 +1006,56 @@ impl Store {
         if start_revision < self.compact_revision {
             return Err(KvError::Compacted);
         }
-        let mut found: Vec<(i64, u32, Event)> = Vec::new();
+        // Collect references first (cheap), cut at whole revisions, then build
+        // only the events that are returned.
+        let mut found: Vec<(&Change, &[u8], Option<&Change>)> = Vec::new();
         for (key, history) in self.keys_in(key, range_end) {
             let mut previous: Option<&Change> = None;
             for change in history.changes() {
                 if change.mod_revision >= start_revision {
-                    let prev_kv = previous
-                        .filter(|previous| previous.is_live())
-                        .map(|previous| previous.key_value(key, true));
-                    let event = if change.is_live() {
-                        Event {
-                            r#type: EventType::Put,
-                            kv: change.key_value(key, true),
-                            prev_kv,
-                        }
-                    } else {
-                        Event {
-                            r#type: EventType::Delete,
-                            kv: KeyValue {
-                                key: key.to_vec(),
-                                mod_revision: change.mod_revision,
-                                ..KeyValue::default()
-                            },
-                            prev_kv,
-                        }
-                    };
-                    found.push((change.mod_revision, change.sub, event));
+                    found.push((change, key, previous));
                 }
                 previous = Some(change);
             }
         }
-        found.sort_by_key(|(revision, sub, _)| (*revision, *sub));
+        found.sort_unstable_by_key(|(change, _, _)| (change.mod_revision, change.sub));
         let mut next_revision = self.revision + 1;
-        let mut events = Vec::new();
-        for (revision, _, event) in found {
-            if events.len() >= events_max
-                && events
-                    .last()
-                    .is_some_and(|last: &Event| last.kv.mod_revision != revision)
+        let mut kept = found.len();
+        for (index, (change, _, _)) in found.iter().enumerate() {
+            if index > 0
+                && index >= events_max
+                && found[index - 1].0.mod_revision != change.mod_revision
             {
-                next_revision = revision;
+                next_revision = change.mod_revision;
+                kept = index;
                 break;
             }
-            events.push(event);
         }
+        let events = found[..kept]
+            .iter()
+            .map(|(change, key, previous)| {
+                let prev_kv = previous
+                    .filter(|previous| previous.is_live())
+                    .map(|previous| previous.key_value(key, true));
+                if change.is_live() {
+                    Event {
+                        r#type: EventType::Put,
+                        kv: change.key_value(key, true),
+                        prev_kv,
+                    }
+                } else {
+                    Event {
+                        r#type: EventType::Delete,
+                        kv: KeyValue {
+                            key: key.to_vec(),
+                            mod_revision: change.mod_revision,
+                            ..KeyValue::default()
+                        },
+                        prev_kv,
+                    }
+                }
+            })
+            .collect();
         Ok((events, next_revision))
     }
 }
