@@ -34,6 +34,20 @@
 //! changes nothing (a delete that matches nothing, a read-only Txn, a grant,
 //! a compaction, a revoke of a lease without keys) leaves it alone.
 //!
+//! # Where this differs from etcd, on purpose
+//!
+//! * A Txn that puts a key in one nested Txn and deletes it in a later one is
+//!   rejected with `etcdserver: duplicate key given in txn request` (etcd
+//!   accepts it); so a key changes at most once per revision. Everything else
+//!   about duplicate detection follows etcd's `checkIntervals`, including
+//!   that overlapping deletes are allowed.
+//! * Compaction keeps a tombstone whose revision equals the compacted
+//!   revision, so a watch resumed from `compact_revision` (what clients do
+//!   after a compacted cancel) still sees a deletion made at that revision.
+//! * Range responses are capped at `range_keys_max` kvs with `more = true`.
+//! * History is bounded: see `history_revisions_max` below.
+//! * Watch responses are never fragmented (`fragment` is ignored).
+//!
 //! # Bounds
 //!
 //! Named in [`Config`] with their units: `request_bytes_max` (1.5 MiB),
