@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::store::{Applied, LeaseEffect, Store};
-use crate::types::{LeaseTimeToLiveResponse, ResponseHeader};
+use crate::types::{LeaseKeepAliveResponse, LeaseTimeToLiveResponse, ResponseHeader};
 
 /// See the module docs.
 #[derive(Debug, Default)]
@@ -101,6 +101,23 @@ impl Lessor {
             self.set_deadline(id, now_ms, lease.ttl_seconds);
         }
         lease.ttl_seconds
+    }
+
+    /// [`Lessor::keep_alive`] as the `LeaseKeepAlive` stream's reply.
+    pub fn keep_alive_response(
+        &mut self,
+        store: &Store,
+        id: i64,
+        now_ms: u64,
+    ) -> LeaseKeepAliveResponse {
+        LeaseKeepAliveResponse {
+            header: ResponseHeader {
+                revision: store.revision(),
+                ..ResponseHeader::default()
+            },
+            id,
+            ttl: self.keep_alive(store, id, now_ms),
+        }
     }
 
     /// Leases whose deadline has passed, earliest first, at most `leases_max`.

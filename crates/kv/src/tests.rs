@@ -732,6 +732,11 @@ fn lessor_tracks_deadlines_and_renews_on_promotion() {
     );
     assert_eq!(lessor.time_to_live(&store, 77, false, 0).ttl, -1);
     assert_eq!(lessor.keep_alive(&store, 77, 0), 0);
+    let reply = lessor.keep_alive_response(&store, 5, 17_000);
+    assert_eq!(
+        (reply.id, reply.ttl, reply.header.revision),
+        (5, 10, store.revision())
+    );
     // A new master renews the full TTL.
     let mut successor = Lessor::new(1_000);
     successor.promote(&store, 50_000);
@@ -1065,4 +1070,31 @@ fn config_validation() {
     ] {
         assert!(config.validate().is_err());
     }
+}
+
+#[test]
+fn watch_from_a_future_revision_waits_for_it() {
+    let mut store = store();
+    let mut hub = WatchHub::new(WatchConfig::default());
+    let start = store.revision() + 3;
+    let id = hub
+        .create(
+            &store,
+            &WatchCreateRequest {
+                key: b"k".to_vec(),
+                start_revision: start,
+                ..WatchCreateRequest::default()
+            },
+        )
+        .unwrap();
+    for value in ["1", "2", "3", "4", "5"] {
+        let applied = store.apply(&put("k", value));
+        hub.observe(&applied);
+    }
+    let responses = drain(&mut hub, &store);
+    let revisions: Vec<i64> = events_of(&responses, id)
+        .iter()
+        .map(|event| event.2)
+        .collect();
+    assert_eq!(revisions, (start..=store.revision()).collect::<Vec<_>>());
 }

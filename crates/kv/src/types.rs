@@ -355,6 +355,17 @@ pub struct LeaseRevokeResponse {
     pub header: ResponseHeader,
 }
 
+/// `etcdserverpb.LeaseKeepAliveResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseKeepAliveResponse {
+    /// Header.
+    pub header: ResponseHeader,
+    /// The lease.
+    pub id: i64,
+    /// The renewed TTL in seconds; 0 when the lease does not exist (etcd).
+    pub ttl: i64,
+}
+
 /// `etcdserverpb.LeaseTimeToLiveResponse`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LeaseTimeToLiveResponse {
