@@ -17,12 +17,18 @@
 //! * **Reads**: [`Store::range`] directly (after a read barrier or under the
 //!   master lease for linearizable reads).
 //! * **Watches**: one [`WatchHub`] per client watch stream; hand every
-//!   [`Applied`] to [`WatchHub::observe`] and send what [`WatchHub::poll`] returns.
+//!   [`Applied`] to [`WatchHub::observe`] (in apply order) and send what
+//!   [`WatchHub::poll`] returns; poll again while [`WatchHub::catching_up`].
+//!   `WatchProgressRequest` is [`WatchHub::request_progress`]; the periodic
+//!   progress timer calls [`WatchHub::progress_notify`].
 //! * **Lease expiry**: the master keeps a [`Lessor`]: `promote` on becoming
-//!   master, `observe` every [`Applied`], `keep_alive` for client keep-alives,
-//!   and periodically propose a [`Request::LeaseRevoke`] for each ID
+//!   master (every lease gets its full TTL again), `demote` on losing it,
+//!   `observe` every [`Applied`], [`Lessor::keep_alive_response`] for the
+//!   keep-alive stream, [`Lessor::time_to_live`] for `LeaseTimeToLive`, and on
+//!   a timer propose a [`Request::LeaseRevoke`] for each ID
 //!   [`Lessor::expired`] lists. Expiry thus goes through the log and every
-//!   replica deletes the same keys at the same revision.
+//!   replica deletes the same keys at the same revision. `LeaseLeases` is
+//!   [`Store::lease_leases`].
 //! * **Snapshots**: [`Store::snapshot_chunks`] / [`Store::restore_chunks`];
 //!   compare [`Store::state_hash`] across replicas at equal applied indexes.
 //! * **Fencing**: [`Sequencer`] (see the recipe below).
