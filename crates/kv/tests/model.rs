@@ -26,6 +26,8 @@ struct Model {
     leases: BTreeMap<i64, i64>,
     /// Lease ID -> deadline in ms (the master's view).
     deadlines: BTreeMap<i64, u64>,
+    /// The store's `history_revisions_max` (auto-compaction), 0 = off.
+    history_revisions_max: i64,
 }
 
 fn in_range(key: &[u8], range_end: &[u8], candidate: &[u8]) -> bool {
@@ -37,13 +39,14 @@ fn in_range(key: &[u8], range_end: &[u8], candidate: &[u8]) -> bool {
 }
 
 impl Model {
-    fn new() -> Self {
+    fn new(history_revisions_max: i64) -> Self {
         Model {
             states: vec![State::new(), State::new()],
             events: vec![Vec::new(), Vec::new()],
             compact_revision: 0,
             leases: BTreeMap::new(),
             deadlines: BTreeMap::new(),
+            history_revisions_max,
         }
     }
 
@@ -59,6 +62,10 @@ impl Model {
         if !events.is_empty() {
             self.states.push(state);
             self.events.push(events);
+            let retained = self.history_revisions_max;
+            if retained > 0 && self.revision() - self.compact_revision > retained {
+                self.compact_revision = self.revision() - retained / 2;
+            }
         }
     }
 
@@ -737,7 +744,10 @@ fn txn_op() -> impl Strategy<Value = RequestOp> {
     prop_oneof![
         3 => put_request().prop_map(RequestOp::Put),
         2 => delete_request().prop_map(RequestOp::DeleteRange),
-        1 => range_request().prop_map(RequestOp::Range),
+        1 => (range_request(), 0i64..6).prop_map(|(mut range, revision)| {
+            range.revision = revision;
+            RequestOp::Range(range)
+        }),
     ]
 }
 
@@ -810,9 +820,9 @@ struct WatchRecord {
     responses: Vec<WatchResponse>,
 }
 
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut store = Store::new(Config::default());
-    let mut model = Model::new();
+fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
+    let mut store = Store::new(config.clone());
+    let mut model = Model::new(config.history_revisions_max);
     let mut lessor = Lessor::new(1_000_000);
     lessor.promote(&store, 0);
     let mut now_ms: u64 = 0;
@@ -983,7 +993,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Snapshot(chunk_bytes_max) => {
                 let chunks: Vec<Vec<u8>> = store.snapshot_chunks(chunk_bytes_max).collect();
                 let restored =
-                    Store::restore_chunks(Config::default(), chunks.iter().map(|c| c.as_slice()))
+                    Store::restore_chunks(config.clone(), chunks.iter().map(|c| c.as_slice()))
                         .map_err(|error| TestCaseError::fail(error.to_string()))?;
                 prop_assert_eq!(restored.state_hash(), store.state_hash());
                 replica = Some(restored);
@@ -1088,7 +1098,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
     // Snapshot, restore, and continue identically.
     let chunks: Vec<Vec<u8>> = store.snapshot_chunks(256).collect();
-    let restored = Store::restore_chunks(Config::default(), chunks.iter().map(|c| c.as_slice()))
+    let restored = Store::restore_chunks(config.clone(), chunks.iter().map(|c| c.as_slice()))
         .map_err(|error| TestCaseError::fail(error.to_string()))?;
     prop_assert_eq!(restored.snapshot(), store.snapshot());
     prop_assert_eq!(restored.state_hash(), store.state_hash());
@@ -1204,6 +1214,11 @@ proptest! {
 
     #[test]
     fn store_matches_the_model(ops in prop::collection::vec(op(), 1..120)) {
-        run(ops)?;
+        run(ops, Config::default())?;
+    }
+
+    #[test]
+    fn store_matches_the_model_with_auto_compaction(ops in prop::collection::vec(op(), 1..120)) {
+        run(ops, Config { history_revisions_max: 6, ..Config::default() })?;
     }
 }
