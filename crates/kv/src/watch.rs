@@ -19,6 +19,10 @@
 //! revision it has not been sent, so memory stays bounded and nothing is
 //! lost, unless compaction overtakes it: then it is cancelled with
 //! `compact_revision` set, as etcd does, and the client resumes from there.
+//!
+//! Cost of catching up: each [`WatchHub::poll`] of a catching-up watcher walks
+//! the keys of its range and their retained changes once, and returns up to
+//! `catch_up_events_max` events; raise it for watchers over large ranges.
 
 use std::collections::{BTreeMap, VecDeque};
 
