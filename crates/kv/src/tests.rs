@@ -1098,3 +1098,21 @@ fn watch_from_a_future_revision_waits_for_it() {
         .collect();
     assert_eq!(revisions, (start..=store.revision()).collect::<Vec<_>>());
 }
+
+#[test]
+fn state_hash_tracks_effects() {
+    let mut first = store();
+    let mut second = store();
+    first.apply(&put("a", "1"));
+    second.apply(&put("a", "2"));
+    assert_ne!(first.state_hash(), second.state_hash());
+    // The same effects in the same order agree; errors count as applied entries.
+    let mut third = store();
+    third.apply(&put("a", "1"));
+    assert_eq!(first.state_hash(), third.state_hash());
+    first.apply(&put("", "x"));
+    assert_ne!(first.state_hash(), third.state_hash());
+    third.apply(&put("", "x"));
+    assert_eq!(first.state_hash(), third.state_hash());
+    assert_eq!(first.applied_index(), 2);
+}
