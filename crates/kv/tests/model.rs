@@ -622,7 +622,16 @@ enum Op {
 }
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
-    prop::sample::select(vec!["a", "ab", "b", "ba", "c", "d"]).prop_map(|k| k.as_bytes().to_vec())
+    prop::sample::select(vec![
+        "a",
+        "ab",
+        "b",
+        "b-a-key-longer-than-twenty-two-bytes",
+        "ba",
+        "c",
+        "d",
+    ])
+    .prop_map(|k| k.as_bytes().to_vec())
 }
 
 fn range_end() -> impl Strategy<Value = Vec<u8>> {
