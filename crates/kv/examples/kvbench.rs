@@ -97,10 +97,7 @@ fn main() {
         let bytes = put(index, &value).encode();
         assert!(store.apply_bytes(&bytes).result.is_ok());
     }
-    println!(
-        "put (encode + apply_bytes):   {:>12.0} /s",
-        rate(operations, started)
-    );
+    println!("put (encode + apply_bytes):   {:>12.0} /s", rate(operations, started));
 
     // Point ranges.
     let operations = keys.min(1_000_000);
@@ -116,10 +113,7 @@ fn main() {
         found += response.kvs.len() as u64;
     }
     assert_eq!(found, operations);
-    println!(
-        "range (one key):              {:>12.0} /s",
-        rate(operations, started)
-    );
+    println!("range (one key):              {:>12.0} /s", rate(operations, started));
 
     // Compaction of the history the overwrites left.
     let revision = store.revision();
@@ -158,10 +152,7 @@ fn main() {
         });
         assert!(store.apply(&txn).result.is_ok());
     }
-    println!(
-        "txn (10 puts):                {:>12.0} /s",
-        rate(txns, started)
-    );
+    println!("txn (10 puts):                {:>12.0} /s", rate(txns, started));
 
     // Snapshot and restore of the latest state (history compacted first).
     let revision = store.revision();
@@ -189,8 +180,7 @@ fn main() {
         chunks.len()
     );
     let started = Instant::now();
-    let restored =
-        Store::restore_chunks(config, chunks.iter().map(|c| c.as_slice())).expect("restore");
+    let restored = Store::restore_chunks(config, chunks.iter().map(|c| c.as_slice())).expect("restore");
     let restore_seconds = started.elapsed().as_secs_f64();
     println!(
         "restore from chunks:          {:>12.1} MB/s ({restore_seconds:.2} s)",

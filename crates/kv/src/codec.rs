@@ -177,9 +177,7 @@ mod tests {
         assert!(Decoder::new(&[0xff; 11]).u64().is_err());
         assert!(Decoder::new(&[0x80]).u64().is_err());
         // A length far beyond the input must not allocate.
-        assert!(Decoder::new(&[0xff, 0xff, 0xff, 0xff, 0x0f])
-            .bytes()
-            .is_err());
+        assert!(Decoder::new(&[0xff, 0xff, 0xff, 0xff, 0x0f]).bytes().is_err());
         assert!(Decoder::new(&[2]).bool().is_err());
     }
 }

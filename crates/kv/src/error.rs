@@ -79,13 +79,9 @@ impl KvError {
     /// The gRPC status class etcd uses for this error.
     pub fn code(&self) -> Code {
         match self {
-            KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => {
-                Code::OutOfRange
-            }
+            KvError::Compacted | KvError::FutureRevision | KvError::LeaseTtlTooLarge => Code::OutOfRange,
             KvError::LeaseNotFound => Code::NotFound,
-            KvError::LeaseExists | KvError::StaleSequencer | KvError::DuplicateWatchId => {
-                Code::FailedPrecondition
-            }
+            KvError::LeaseExists | KvError::StaleSequencer | KvError::DuplicateWatchId => Code::FailedPrecondition,
             KvError::KeyNotProvided
             | KvError::KeyNotFound
             | KvError::ValueProvided
@@ -131,11 +127,7 @@ mod tests {
                 "etcdserver: key is not provided",
                 Code::InvalidArgument,
             ),
-            (
-                KvError::KeyNotFound,
-                "etcdserver: key not found",
-                Code::InvalidArgument,
-            ),
+            (KvError::KeyNotFound, "etcdserver: key not found", Code::InvalidArgument),
             (
                 KvError::DuplicateKey,
                 "etcdserver: duplicate key given in txn request",

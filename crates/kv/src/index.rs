@@ -218,10 +218,7 @@ impl<V> KeyIndex<V> {
         end: Option<&'a [u8]>,
     ) -> impl Iterator<Item = (&'a [u8], &'a V)> + 'a {
         let first_chunk: Option<&[u8]> = self.chunk_key_for(start);
-        let chunks = first_chunk.map(|first| {
-            self.chunks
-                .range::<[u8], _>((Bound::Included(first), Bound::Unbounded))
-        });
+        let chunks = first_chunk.map(|first| self.chunks.range::<[u8], _>((Bound::Included(first), Bound::Unbounded)));
         chunks
             .into_iter()
             .flatten()

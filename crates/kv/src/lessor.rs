@@ -82,9 +82,7 @@ impl Lessor {
             return;
         }
         match applied.lease_effect {
-            Some(LeaseEffect::Granted { id, ttl_seconds }) => {
-                self.set_deadline(id, now_ms, ttl_seconds)
-            }
+            Some(LeaseEffect::Granted { id, ttl_seconds }) => self.set_deadline(id, now_ms, ttl_seconds),
             Some(LeaseEffect::Revoked { id }) => self.forget(id),
             None => {}
         }
@@ -104,12 +102,7 @@ impl Lessor {
     }
 
     /// [`Lessor::keep_alive`] as the `LeaseKeepAlive` stream's reply.
-    pub fn keep_alive_response(
-        &mut self,
-        store: &Store,
-        id: i64,
-        now_ms: u64,
-    ) -> LeaseKeepAliveResponse {
+    pub fn keep_alive_response(&mut self, store: &Store, id: i64, now_ms: u64) -> LeaseKeepAliveResponse {
         LeaseKeepAliveResponse {
             header: ResponseHeader {
                 revision: store.revision(),
@@ -154,13 +147,7 @@ impl Lessor {
 
     /// `Lease.LeaseTimeToLive`: TTL -1 when the lease does not exist (etcd).
     /// On a replica that does not track the lease, the granted TTL is reported.
-    pub fn time_to_live(
-        &self,
-        store: &Store,
-        id: i64,
-        keys: bool,
-        now_ms: u64,
-    ) -> LeaseTimeToLiveResponse {
+    pub fn time_to_live(&self, store: &Store, id: i64, keys: bool, now_ms: u64) -> LeaseTimeToLiveResponse {
         let header = ResponseHeader {
             revision: store.revision(),
             ..ResponseHeader::default()
@@ -176,9 +163,7 @@ impl Lessor {
         LeaseTimeToLiveResponse {
             header,
             id,
-            ttl: self
-                .remaining_ttl_seconds(id, now_ms)
-                .unwrap_or(lease.ttl_seconds),
+            ttl: self.remaining_ttl_seconds(id, now_ms).unwrap_or(lease.ttl_seconds),
             granted_ttl: lease.ttl_seconds,
             keys: if keys {
                 lease.keys.iter().map(|key| key.to_vec()).collect()

@@ -159,8 +159,6 @@ pub use error::{Code, KvError};
 pub use lessor::Lessor;
 pub use request::{Request, Response, TXN_DEPTH_MAX};
 pub use sequencer::Sequencer;
-pub use store::{
-    Applied, Config, Lease, LeaseEffect, Store, LEASE_TTL_SECONDS_MAX, REQUEST_BYTES_MAX_DEFAULT,
-};
+pub use store::{Applied, Config, Lease, LeaseEffect, Store, LEASE_TTL_SECONDS_MAX, REQUEST_BYTES_MAX_DEFAULT};
 pub use types::*;
 pub use watch::{WatchConfig, WatchHub};

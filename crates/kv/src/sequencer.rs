@@ -70,11 +70,7 @@ impl Store {
     /// [`KvError::StaleSequencer`]. Read-only; run it on the master (or after a
     /// linearizable read barrier) to get an up-to-date answer.
     pub fn check_sequencer(&self, sequencer: &Sequencer) -> Result<(), KvError> {
-        if sequencer
-            .compares()
-            .iter()
-            .all(|compare| self.compare_holds(compare))
-        {
+        if sequencer.compares().iter().all(|compare| self.compare_holds(compare)) {
             Ok(())
         } else {
             Err(KvError::StaleSequencer)

@@ -91,10 +91,7 @@ impl Store {
     }
 
     /// Rebuilds a store from [`Store::snapshot_chunks`] output, in order.
-    pub fn restore_chunks<'a>(
-        config: Config,
-        chunks: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Result<Store, KvError> {
+    pub fn restore_chunks<'a>(config: Config, chunks: impl IntoIterator<Item = &'a [u8]>) -> Result<Store, KvError> {
         let mut body = Vec::new();
         let mut expected_count: Option<u32> = None;
         let mut received: u32 = 0;
@@ -191,13 +188,9 @@ impl Store {
                 } else {
                     None
                 };
-                let ordered = changes
-                    .last()
-                    .is_none_or(|last| last.mod_revision < mod_revision);
+                let ordered = changes.last().is_none_or(|last| last.mod_revision < mod_revision);
                 let consistent = match &value {
-                    Some(_) => {
-                        version >= 1 && create_revision >= 1 && create_revision <= mod_revision
-                    }
+                    Some(_) => version >= 1 && create_revision >= 1 && create_revision <= mod_revision,
                     None => version == 0 && create_revision == 0 && lease == 0,
                 };
                 if !ordered || !consistent || mod_revision < 1 || mod_revision > revision {
@@ -215,11 +208,7 @@ impl Store {
             }
             let latest = changes.pop().ok_or(INVALID)?;
             if latest.is_live() && latest.lease != 0 {
-                leases
-                    .get_mut(&latest.lease)
-                    .ok_or(INVALID)?
-                    .keys
-                    .insert(key.into());
+                leases.get_mut(&latest.lease).ok_or(INVALID)?.keys.insert(key.into());
             }
             let older = if changes.is_empty() {
                 None

@@ -154,9 +154,7 @@ impl KeyHistory {
     fn push(&mut self, change: Change) {
         assert!(change.mod_revision > self.latest.mod_revision);
         let previous = std::mem::replace(&mut self.latest, change);
-        self.older
-            .get_or_insert_with(Default::default)
-            .push(previous);
+        self.older.get_or_insert_with(Default::default).push(previous);
     }
 
     /// Drops what a compaction at `revision` makes unreachable: every change
@@ -165,12 +163,7 @@ impl KeyHistory {
     /// kept so a watch starting at the compacted revision still sees it).
     /// Returns the bytes freed and whether anything remains.
     fn compact(&mut self, revision: i64, key_bytes: usize) -> (u64, bool) {
-        let bytes = |changes: &[Change]| -> u64 {
-            changes
-                .iter()
-                .map(|change| change.retained_bytes(key_bytes))
-                .sum()
-        };
+        let bytes = |changes: &[Change]| -> u64 { changes.iter().map(|change| change.retained_bytes(key_bytes)).sum() };
         if self.latest.mod_revision <= revision {
             // The newest change is the state at `revision`: all older ones go.
             let mut freed = self.older.take().map_or(0, |older| bytes(&older));
@@ -428,12 +421,8 @@ impl Store {
         };
         let mut lease_effect = None;
         let result = match request {
-            Request::Put(put) => self
-                .check_put(put)
-                .map(|()| Response::Put(self.put(&mut write, put))),
-            Request::DeleteRange(delete) => {
-                Ok(Response::DeleteRange(self.delete_range(&mut write, delete)))
-            }
+            Request::Put(put) => self.check_put(put).map(|()| Response::Put(self.put(&mut write, put))),
+            Request::DeleteRange(delete) => Ok(Response::DeleteRange(self.delete_range(&mut write, delete))),
             Request::Txn(txn) => self
                 .check_txn_quota(txn)
                 .and_then(|()| self.txn(&mut write, txn))
@@ -453,10 +442,7 @@ impl Store {
                 Response::LeaseRevoke(LeaseRevokeResponse::default())
             }),
         };
-        assert!(
-            result.is_ok() || !write.changed(),
-            "a failed request changed the store"
-        );
+        assert!(result.is_ok() || !write.changed(), "a failed request changed the store");
         if write.changed() {
             self.revision = write.revision;
             self.auto_compact();
@@ -555,12 +541,9 @@ impl Store {
         };
         let passes = |change: &Change| {
             (request.min_mod_revision == 0 || change.mod_revision >= request.min_mod_revision)
-                && (request.max_mod_revision == 0
-                    || change.mod_revision <= request.max_mod_revision)
-                && (request.min_create_revision == 0
-                    || change.create_revision >= request.min_create_revision)
-                && (request.max_create_revision == 0
-                    || change.create_revision <= request.max_create_revision)
+                && (request.max_mod_revision == 0 || change.mod_revision <= request.max_mod_revision)
+                && (request.min_create_revision == 0 || change.create_revision >= request.min_create_revision)
+                && (request.max_create_revision == 0 || change.create_revision <= request.max_create_revision)
         };
         let mut count: i64 = 0;
         let mut matches: Vec<(&[u8], &Change)> = Vec::new();
@@ -606,9 +589,7 @@ impl Store {
 
     /// Whether a key exists now.
     fn is_live(&self, key: &[u8]) -> bool {
-        self.index
-            .get(key)
-            .is_some_and(|history| history.latest.is_live())
+        self.index.get(key).is_some_and(|history| history.latest.is_live())
     }
 
     /// The live kv of a key now.
@@ -682,9 +663,7 @@ impl Store {
                 _ => false,
             })
         }
-        if self.retained_bytes > self.config.database_bytes_max
-            && (has_put(&txn.success) || has_put(&txn.failure))
-        {
+        if self.retained_bytes > self.config.database_bytes_max && (has_put(&txn.success) || has_put(&txn.failure)) {
             return Err(KvError::DatabaseSpaceExceeded);
         }
         Ok(())
@@ -753,11 +732,7 @@ impl Store {
         }
     }
 
-    fn delete_range(
-        &mut self,
-        write: &mut Write,
-        delete: &DeleteRangeRequest,
-    ) -> DeleteRangeResponse {
+    fn delete_range(&mut self, write: &mut Write, delete: &DeleteRangeRequest) -> DeleteRangeResponse {
         let keys: Vec<Vec<u8>> = self
             .keys_in(&delete.key, &delete.range_end)
             .filter(|(_, history)| history.latest.is_live())
@@ -780,10 +755,7 @@ impl Store {
     /// Deletes one live key at the write's revision; returns its previous kv.
     fn delete_key(&mut self, write: &mut Write, key: &[u8]) -> KeyValue {
         let history = self.index.get_mut(key).expect("deleting an indexed key");
-        let previous = history
-            .live()
-            .expect("deleting a live key")
-            .key_value(key, true);
+        let previous = history.live().expect("deleting a live key").key_value(key, true);
         history.push(Change {
             mod_revision: write.revision,
             create_revision: 0,
@@ -814,15 +786,8 @@ impl Store {
     }
 
     fn txn_path(&self, txn: &TxnRequest) -> TxnPath {
-        let succeeded = txn
-            .compare
-            .iter()
-            .all(|compare| self.compare_holds(compare));
-        let branch = if succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
+        let succeeded = txn.compare.iter().all(|compare| self.compare_holds(compare));
+        let branch = if succeeded { &txn.success } else { &txn.failure };
         let nested = branch
             .iter()
             .filter_map(|op| match op {
@@ -834,11 +799,7 @@ impl Store {
     }
 
     fn check_txn_ops(&self, txn: &TxnRequest, path: &TxnPath) -> Result<(), KvError> {
-        let branch = if path.succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
+        let branch = if path.succeeded { &txn.success } else { &txn.failure };
         let mut nested_paths = path.nested.iter();
         for op in branch {
             match op {
@@ -857,11 +818,7 @@ impl Store {
     }
 
     fn run_txn(&mut self, write: &mut Write, txn: &TxnRequest, path: &TxnPath) -> TxnResponse {
-        let branch = if path.succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
+        let branch = if path.succeeded { &txn.success } else { &txn.failure };
         let mut nested_paths = path.nested.iter();
         let mut responses = Vec::with_capacity(branch.len());
         for op in branch {
@@ -875,9 +832,7 @@ impl Store {
                     ResponseOp::Range(self.range_at(range, revision, 0))
                 }
                 RequestOp::Put(put) => ResponseOp::Put(self.put(write, put)),
-                RequestOp::DeleteRange(delete) => {
-                    ResponseOp::DeleteRange(self.delete_range(write, delete))
-                }
+                RequestOp::DeleteRange(delete) => ResponseOp::DeleteRange(self.delete_range(write, delete)),
                 RequestOp::Txn(nested) => {
                     let nested_path = nested_paths.next().expect("one path per nested txn");
                     ResponseOp::Txn(self.run_txn(write, nested, nested_path))
@@ -1022,10 +977,7 @@ impl Store {
         let mut next_revision = self.revision + 1;
         let mut kept = found.len();
         for (index, (change, _, _)) in found.iter().enumerate() {
-            if index > 0
-                && index >= events_max
-                && found[index - 1].0.mod_revision != change.mod_revision
-            {
+            if index > 0 && index >= events_max && found[index - 1].0.mod_revision != change.mod_revision {
                 next_revision = change.mod_revision;
                 kept = index;
                 break;
@@ -1081,8 +1033,7 @@ fn validate_put(put: &PutRequest) -> Result<(), KvError> {
 
 fn compare_change(compare: &Compare, change: Option<&Change>) -> bool {
     use std::cmp::Ordering;
-    let operand_number =
-        |expected: fn(&TargetUnion) -> Option<i64>| expected(&compare.target_union).unwrap_or(0);
+    let operand_number = |expected: fn(&TargetUnion) -> Option<i64>| expected(&compare.target_union).unwrap_or(0);
     let ordering = match compare.target {
         CompareTarget::Version => change
             .map_or(0, |change| change.version)
@@ -1090,36 +1041,32 @@ fn compare_change(compare: &Compare, change: Option<&Change>) -> bool {
                 TargetUnion::Version(value) => Some(*value),
                 _ => None,
             })),
-        CompareTarget::Create => {
-            change
-                .map_or(0, |change| change.create_revision)
-                .cmp(&operand_number(|union| match union {
-                    TargetUnion::CreateRevision(value) => Some(*value),
-                    _ => None,
-                }))
-        }
-        CompareTarget::Mod => change
-            .map_or(0, |change| change.mod_revision)
+        CompareTarget::Create => change
+            .map_or(0, |change| change.create_revision)
             .cmp(&operand_number(|union| match union {
-                TargetUnion::ModRevision(value) => Some(*value),
+                TargetUnion::CreateRevision(value) => Some(*value),
                 _ => None,
             })),
-        CompareTarget::Lease => {
+        CompareTarget::Mod => {
             change
-                .map_or(0, |change| change.lease)
+                .map_or(0, |change| change.mod_revision)
                 .cmp(&operand_number(|union| match union {
-                    TargetUnion::Lease(value) => Some(*value),
+                    TargetUnion::ModRevision(value) => Some(*value),
                     _ => None,
                 }))
         }
+        CompareTarget::Lease => change
+            .map_or(0, |change| change.lease)
+            .cmp(&operand_number(|union| match union {
+                TargetUnion::Lease(value) => Some(*value),
+                _ => None,
+            })),
         CompareTarget::Value => {
             let operand: &[u8] = match &compare.target_union {
                 TargetUnion::Value(value) => value,
                 _ => &[],
             };
-            let value: &[u8] = change
-                .and_then(|change| change.value.as_deref())
-                .unwrap_or(&[]);
+            let value: &[u8] = change.and_then(|change| change.value.as_deref()).unwrap_or(&[]);
             value.cmp(operand)
         }
     };

@@ -115,21 +115,12 @@ fn a_txn_shares_one_revision() {
 #[test]
 fn range_conventions_and_options() {
     let mut store = store();
-    for (key, value) in [
-        ("a", "3"),
-        ("ab", "1"),
-        ("abc", "2"),
-        ("b", "0"),
-        ("c", "9"),
-    ] {
+    for (key, value) in [("a", "3"), ("ab", "1"), ("abc", "2"), ("b", "0"), ("c", "9")] {
         ok(&mut store, put(key, value));
     }
     ok(&mut store, put("ab", "5"));
     assert_eq!(keys(&store.range(&range("ab", "")).unwrap()), ["ab"]);
-    assert_eq!(
-        keys(&store.range(&range("ab", "ac")).unwrap()),
-        ["ab", "abc"]
-    );
+    assert_eq!(keys(&store.range(&range("ab", "ac")).unwrap()), ["ab", "abc"]);
     assert_eq!(keys(&store.range(&range("b", "\0")).unwrap()), ["b", "c"]);
     assert_eq!(store.range(&range("\0", "\0")).unwrap().kvs.len(), 5);
     let limited = store
@@ -218,10 +209,7 @@ fn range_keys_max_bounds_every_response() {
         ok(&mut store, put(key, "v"));
     }
     let response = store.range(&range("a", "\0")).unwrap();
-    assert_eq!(
-        (response.kvs.len(), response.more, response.count),
-        (2, true, 3)
-    );
+    assert_eq!((response.kvs.len(), response.more, response.count), (2, true, 3));
 }
 
 #[test]
@@ -259,10 +247,7 @@ fn put_options_and_errors() {
     );
     assert_eq!(err(&mut store, put("", "x")), KvError::KeyNotProvided);
     assert_eq!(store.revision(), 1);
-    ok(
-        &mut store,
-        Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 7 }),
-    );
+    ok(&mut store, Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 7 }));
     ok(
         &mut store,
         Request::Put(PutRequest {
@@ -311,12 +296,7 @@ fn delete_range_returns_prev_kvs() {
     assert_eq!(keys(&store.range(&range("a", "\0")).unwrap()), ["c"]);
 }
 
-fn compare(
-    target: CompareTarget,
-    result: CompareResult,
-    key: &str,
-    operand: TargetUnion,
-) -> Compare {
+fn compare(target: CompareTarget, result: CompareResult, key: &str, operand: TargetUnion) -> Compare {
     Compare {
         result,
         target,
@@ -342,10 +322,7 @@ fn txn_succeeds(store: &mut Store, compares: Vec<Compare>) -> bool {
 #[test]
 fn txn_compares_every_target() {
     let mut store = store();
-    ok(
-        &mut store,
-        Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 9 }),
-    );
+    ok(&mut store, Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 9 }));
     ok(&mut store, put("a", "m"));
     ok(
         &mut store,
@@ -388,12 +365,7 @@ fn txn_compares_every_target() {
     ));
     assert!(!txn_succeeds(
         &mut store,
-        vec![compare(
-            Value,
-            NotEqual,
-            "x",
-            TargetUnion::Value(b"q".to_vec())
-        )]
+        vec![compare(Value, NotEqual, "x", TargetUnion::Value(b"q".to_vec()))]
     ));
     // With a range_end the compare must hold for every key.
     let mut ranged = compare(Version, Greater, "a", TargetUnion::Version(0));
@@ -419,10 +391,7 @@ fn nested_txns_pick_branches_on_the_state_before_the_txn() {
     ok(
         &mut store,
         Request::Txn(TxnRequest {
-            success: vec![
-                RequestOp::Put(put_request("a", "1")),
-                RequestOp::Txn(nested),
-            ],
+            success: vec![RequestOp::Put(put_request("a", "1")), RequestOp::Txn(nested)],
             ..TxnRequest::default()
         }),
     );
@@ -482,10 +451,7 @@ fn duplicate_keys_in_a_txn_are_rejected() {
         ..TxnRequest::default()
     });
     assert_eq!(
-        err(
-            &mut store,
-            txn(vec![nested_put.clone(), nested_delete.clone()])
-        ),
+        err(&mut store, txn(vec![nested_put.clone(), nested_delete.clone()])),
         KvError::DuplicateKey
     );
     assert_eq!(
@@ -503,10 +469,7 @@ fn duplicate_keys_in_a_txn_are_rejected() {
     );
     // Allowed: the same put in both branches of a nested txn, and overlapping deletes (etcd).
     ok(&mut store, txn(vec![nested]));
-    ok(
-        &mut store,
-        txn(vec![delete_op("a", "c"), delete_op("a", "")]),
-    );
+    ok(&mut store, txn(vec![delete_op("a", "c"), delete_op("a", "")]));
     assert_eq!(store.revision(), 4);
 }
 
@@ -585,15 +548,9 @@ fn quota_refuses_writes_but_not_deletes() {
         ..Config::default()
     });
     ok(&mut store, put("a", "0123456789"));
+    assert_eq!(err(&mut store, put("b", "x")), KvError::DatabaseSpaceExceeded);
     assert_eq!(
-        err(&mut store, put("b", "x")),
-        KvError::DatabaseSpaceExceeded
-    );
-    assert_eq!(
-        err(
-            &mut store,
-            Request::LeaseGrant(LeaseGrantRequest { ttl: 5, id: 0 })
-        ),
+        err(&mut store, Request::LeaseGrant(LeaseGrantRequest { ttl: 5, id: 0 })),
         KvError::DatabaseSpaceExceeded
     );
     ok(&mut store, delete("a", ""));
@@ -616,14 +573,8 @@ fn oversized_and_malformed_entries_are_errors() {
     });
     let big = put("a", &"x".repeat(200));
     assert_eq!(store.prepare(&big), Err(KvError::RequestTooLarge));
-    assert_eq!(
-        store.apply_bytes(&big.encode()).result,
-        Err(KvError::RequestTooLarge)
-    );
-    assert!(matches!(
-        store.apply_bytes(&[1, 99]).result,
-        Err(KvError::Corrupt(_))
-    ));
+    assert_eq!(store.apply_bytes(&big.encode()).result, Err(KvError::RequestTooLarge));
+    assert!(matches!(store.apply_bytes(&[1, 99]).result, Err(KvError::Corrupt(_))));
     assert_eq!(store.applied_index(), 2);
     assert_eq!(store.revision(), 1);
 }
@@ -631,10 +582,7 @@ fn oversized_and_malformed_entries_are_errors() {
 #[test]
 fn leases_grant_revoke_and_ids() {
     let mut store = store();
-    let Response::LeaseGrant(granted) = ok(
-        &mut store,
-        Request::LeaseGrant(LeaseGrantRequest { ttl: 1, id: 0 }),
-    ) else {
+    let Response::LeaseGrant(granted) = ok(&mut store, Request::LeaseGrant(LeaseGrantRequest { ttl: 1, id: 0 })) else {
         panic!()
     };
     assert!(granted.id > 0);
@@ -642,10 +590,7 @@ fn leases_grant_revoke_and_ids() {
     assert_eq!(
         err(
             &mut store,
-            Request::LeaseGrant(LeaseGrantRequest {
-                ttl: 5,
-                id: granted.id
-            })
+            Request::LeaseGrant(LeaseGrantRequest { ttl: 5, id: granted.id })
         ),
         KvError::LeaseExists
     );
@@ -661,10 +606,7 @@ fn leases_grant_revoke_and_ids() {
     );
     // A second replica picks the same server-chosen ID.
     let mut replica = Store::new(Config::default());
-    let Response::LeaseGrant(again) = ok(
-        &mut replica,
-        Request::LeaseGrant(LeaseGrantRequest { ttl: 1, id: 0 }),
-    ) else {
+    let Response::LeaseGrant(again) = ok(&mut replica, Request::LeaseGrant(LeaseGrantRequest { ttl: 1, id: 0 })) else {
         panic!()
     };
     assert_eq!(again.id, granted.id);
@@ -688,16 +630,10 @@ fn leases_grant_revoke_and_ids() {
     assert_eq!(applied.revision, before + 1);
     assert_eq!(applied.events.len(), 1);
     assert_eq!(applied.events[0].r#type, EventType::Delete);
-    assert_eq!(
-        applied.lease_effect,
-        Some(LeaseEffect::Revoked { id: granted.id })
-    );
+    assert_eq!(applied.lease_effect, Some(LeaseEffect::Revoked { id: granted.id }));
     assert!(get(&store, "x").is_none() && get(&store, "y").is_some());
     assert_eq!(
-        err(
-            &mut store,
-            Request::LeaseRevoke(LeaseRevokeRequest { id: granted.id })
-        ),
+        err(&mut store, Request::LeaseRevoke(LeaseRevokeRequest { id: granted.id })),
         KvError::LeaseNotFound
     );
     assert!(store.lease_leases().leases.is_empty());
@@ -726,17 +662,11 @@ fn lessor_tracks_deadlines_and_renews_on_promotion() {
     assert!(lessor.expired(&store, 16_500, 10).is_empty());
     assert_eq!(lessor.expired(&store, 17_000, 10), vec![5]);
     let ttl = lessor.time_to_live(&store, 5, true, 17_000);
-    assert_eq!(
-        (ttl.granted_ttl, ttl.keys.clone()),
-        (10, vec![b"k".to_vec()])
-    );
+    assert_eq!((ttl.granted_ttl, ttl.keys.clone()), (10, vec![b"k".to_vec()]));
     assert_eq!(lessor.time_to_live(&store, 77, false, 0).ttl, -1);
     assert_eq!(lessor.keep_alive(&store, 77, 0), 0);
     let reply = lessor.keep_alive_response(&store, 5, 17_000);
-    assert_eq!(
-        (reply.id, reply.ttl, reply.header.revision),
-        (5, 10, store.revision())
-    );
+    assert_eq!((reply.id, reply.ttl, reply.header.revision), (5, 10, store.revision()));
     // A new master renews the full TTL.
     let mut successor = Lessor::new(1_000);
     successor.promote(&store, 50_000);
@@ -834,10 +764,7 @@ fn watches_live_and_from_history() {
     assert_eq!(with_prev.events[0].prev_kv.as_ref().unwrap().value, b"1");
     assert_eq!(
         events_of(&responses, past),
-        vec![
-            (EventType::Put, "a".into(), 2),
-            (EventType::Put, "a".into(), 4)
-        ]
+        vec![(EventType::Put, "a".into(), 2), (EventType::Put, "a".into(), 4)]
     );
     // A revision is never split across responses.
     assert!(responses.iter().filter(|r| r.watch_id == live).all(|r| r
@@ -882,10 +809,7 @@ fn watch_below_compaction_is_cancelled_with_compact_revision() {
     let responses = drain(&mut hub, &store);
     assert_eq!(responses.len(), 2);
     assert!(responses[1].canceled);
-    assert_eq!(
-        (responses[1].watch_id, responses[1].compact_revision),
-        (id, 3)
-    );
+    assert_eq!((responses[1].watch_id, responses[1].compact_revision), (id, 3));
     // Resuming from the compacted revision works.
     hub.create(
         &store,
@@ -900,10 +824,7 @@ fn watch_below_compaction_is_cancelled_with_compact_revision() {
     let responses = drain(&mut hub, &store);
     assert_eq!(
         events_of(&responses, 7),
-        vec![
-            (EventType::Put, "a".into(), 3),
-            (EventType::Put, "a".into(), 4)
-        ]
+        vec![(EventType::Put, "a".into(), 3), (EventType::Put, "a".into(), 4)]
     );
 }
 
@@ -931,10 +852,7 @@ fn slow_watcher_resyncs_from_history_without_gaps() {
         hub.observe(&applied);
     }
     let responses = drain(&mut hub, &store);
-    let revisions: Vec<i64> = events_of(&responses, id)
-        .iter()
-        .map(|event| event.2)
-        .collect();
+    let revisions: Vec<i64> = events_of(&responses, id).iter().map(|event| event.2).collect();
     assert_eq!(revisions, (2..=11).collect::<Vec<_>>());
     hub.progress_notify(&store);
     let responses = hub.poll(&store);
@@ -973,8 +891,7 @@ fn snapshots_are_deterministic_and_restore_exactly() {
     assert_eq!(store.snapshot(), replica.snapshot());
     let chunks: Vec<Vec<u8>> = store.snapshot_chunks(64).collect();
     assert!(chunks.iter().all(|chunk| chunk.len() <= 64));
-    let mut restored =
-        Store::restore_chunks(Config::default(), chunks.iter().map(|c| c.as_slice())).unwrap();
+    let mut restored = Store::restore_chunks(Config::default(), chunks.iter().map(|c| c.as_slice())).unwrap();
     assert_eq!(restored.snapshot(), store.snapshot());
     assert_eq!(restored.state_hash(), store.state_hash());
     assert_eq!(restored.lease(lease).unwrap().keys.len(), 1);
@@ -1005,28 +922,19 @@ fn damaged_snapshots_are_rejected_without_panics() {
     let refs = |chunks: &[Vec<u8>]| chunks.to_vec();
     let mut missing = refs(&chunks);
     missing.pop();
-    assert!(
-        Store::restore_chunks(Config::default(), missing.iter().map(|c| c.as_slice())).is_err()
-    );
+    assert!(Store::restore_chunks(Config::default(), missing.iter().map(|c| c.as_slice())).is_err());
     let mut swapped = refs(&chunks);
     swapped.swap(0, 1);
-    assert!(
-        Store::restore_chunks(Config::default(), swapped.iter().map(|c| c.as_slice())).is_err()
-    );
+    assert!(Store::restore_chunks(Config::default(), swapped.iter().map(|c| c.as_slice())).is_err());
     let mut flipped = refs(&chunks);
     flipped[1][13] ^= 1;
-    assert!(
-        Store::restore_chunks(Config::default(), flipped.iter().map(|c| c.as_slice())).is_err()
-    );
+    assert!(Store::restore_chunks(Config::default(), flipped.iter().map(|c| c.as_slice())).is_err());
 }
 
 #[test]
 fn sequencer_check_follows_the_lock_key() {
     let mut store = store();
-    ok(
-        &mut store,
-        Request::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 1 }),
-    );
+    ok(&mut store, Request::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 1 }));
     ok(
         &mut store,
         Request::Put(PutRequest {
@@ -1092,10 +1000,7 @@ fn watch_from_a_future_revision_waits_for_it() {
         hub.observe(&applied);
     }
     let responses = drain(&mut hub, &store);
-    let revisions: Vec<i64> = events_of(&responses, id)
-        .iter()
-        .map(|event| event.2)
-        .collect();
+    let revisions: Vec<i64> = events_of(&responses, id).iter().map(|event| event.2).collect();
     assert_eq!(revisions, (start..=store.revision()).collect::<Vec<_>>());
 }
 

@@ -81,11 +81,7 @@ impl Watcher {
         Event {
             r#type: event.r#type,
             kv: event.kv.clone(),
-            prev_kv: if self.prev_kv {
-                event.prev_kv.clone()
-            } else {
-                None
-            },
+            prev_kv: if self.prev_kv { event.prev_kv.clone() } else { None },
         }
     }
 }
@@ -237,10 +233,7 @@ impl WatchHub {
             return;
         };
         let revision = first.kv.mod_revision;
-        assert_eq!(
-            revision, applied.revision,
-            "events carry the applied revision"
-        );
+        assert_eq!(revision, applied.revision, "events carry the applied revision");
         let pending_events_max = self.config.pending_events_max;
         for (&watch_id, watcher) in &mut self.watchers {
             if !watcher.synced {

@@ -98,14 +98,8 @@ impl Model {
                 count,
             };
         }
-        let bound = |value: i64, limit: i64, above: bool| {
-            limit == 0
-                || if above {
-                    value <= limit
-                } else {
-                    value >= limit
-                }
-        };
+        let bound =
+            |value: i64, limit: i64, above: bool| limit == 0 || if above { value <= limit } else { value >= limit };
         let mut kvs: Vec<KeyValue> = matching
             .into_iter()
             .filter(|kv| {
@@ -181,12 +175,7 @@ impl Model {
         Ok(())
     }
 
-    fn do_put(
-        state: &mut State,
-        events: &mut Vec<Event>,
-        revision: i64,
-        put: &PutRequest,
-    ) -> PutResponse {
+    fn do_put(state: &mut State, events: &mut Vec<Event>, revision: i64, put: &PutRequest) -> PutResponse {
         let previous = state.get(&put.key).cloned();
         let kv = KeyValue {
             key: put.key.clone(),
@@ -256,29 +245,28 @@ impl Model {
             .collect();
         let zero = KeyValue::default();
         let check = |kv: &KeyValue| {
-            let (actual, expected): (Vec<u8>, Vec<u8>) =
-                match (&compare.target, &compare.target_union) {
-                    (CompareTarget::Value, TargetUnion::Value(v)) => (kv.value.clone(), v.clone()),
-                    (CompareTarget::Value, _) => (kv.value.clone(), vec![]),
-                    (target, union) => {
-                        let actual = match target {
-                            CompareTarget::Version => kv.version,
-                            CompareTarget::Create => kv.create_revision,
-                            CompareTarget::Mod => kv.mod_revision,
-                            _ => kv.lease,
-                        };
-                        let expected = match (target, union) {
-                            (CompareTarget::Version, TargetUnion::Version(v))
-                            | (CompareTarget::Create, TargetUnion::CreateRevision(v))
-                            | (CompareTarget::Mod, TargetUnion::ModRevision(v))
-                            | (CompareTarget::Lease, TargetUnion::Lease(v)) => *v,
-                            _ => 0,
-                        };
-                        // Order-preserving encoding of i64.
-                        let encode = |v: i64| ((v as u64) ^ (1 << 63)).to_be_bytes().to_vec();
-                        (encode(actual), encode(expected))
-                    }
-                };
+            let (actual, expected): (Vec<u8>, Vec<u8>) = match (&compare.target, &compare.target_union) {
+                (CompareTarget::Value, TargetUnion::Value(v)) => (kv.value.clone(), v.clone()),
+                (CompareTarget::Value, _) => (kv.value.clone(), vec![]),
+                (target, union) => {
+                    let actual = match target {
+                        CompareTarget::Version => kv.version,
+                        CompareTarget::Create => kv.create_revision,
+                        CompareTarget::Mod => kv.mod_revision,
+                        _ => kv.lease,
+                    };
+                    let expected = match (target, union) {
+                        (CompareTarget::Version, TargetUnion::Version(v))
+                        | (CompareTarget::Create, TargetUnion::CreateRevision(v))
+                        | (CompareTarget::Mod, TargetUnion::ModRevision(v))
+                        | (CompareTarget::Lease, TargetUnion::Lease(v)) => *v,
+                        _ => 0,
+                    };
+                    // Order-preserving encoding of i64.
+                    let encode = |v: i64| ((v as u64) ^ (1 << 63)).to_be_bytes().to_vec();
+                    (encode(actual), encode(expected))
+                }
+            };
             match compare.result {
                 CompareResult::Equal => actual == expected,
                 CompareResult::NotEqual => actual != expected,
@@ -357,24 +345,14 @@ impl Model {
 
     /// Branch choices, all decided on the state before the txn.
     fn path(&self, txn: &TxnRequest) -> (bool, Vec<(bool, Vec<bool>)>) {
-        let succeeded = txn
-            .compare
-            .iter()
-            .all(|compare| self.compare_holds(compare));
-        let branch = if succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
+        let succeeded = txn.compare.iter().all(|compare| self.compare_holds(compare));
+        let branch = if succeeded { &txn.success } else { &txn.failure };
         let nested = branch
             .iter()
             .filter_map(|op| match op {
                 // Nesting is one level deep in the generator.
                 RequestOp::Txn(nested) => Some((
-                    nested
-                        .compare
-                        .iter()
-                        .all(|compare| self.compare_holds(compare)),
+                    nested.compare.iter().all(|compare| self.compare_holds(compare)),
                     Vec::new(),
                 )),
                 _ => None,
@@ -383,11 +361,7 @@ impl Model {
         (succeeded, nested)
     }
 
-    fn check_chosen(
-        &self,
-        ops: &[RequestOp],
-        nested: &mut dyn Iterator<Item = bool>,
-    ) -> Result<(), KvError> {
+    fn check_chosen(&self, ops: &[RequestOp], nested: &mut dyn Iterator<Item = bool>) -> Result<(), KvError> {
         for op in ops {
             match op {
                 RequestOp::Put(put) => self.check_put_state(put)?,
@@ -397,11 +371,7 @@ impl Model {
                 RequestOp::DeleteRange(_) => {}
                 RequestOp::Txn(txn) => {
                     let succeeded = nested.next().unwrap();
-                    let branch = if succeeded {
-                        &txn.success
-                    } else {
-                        &txn.failure
-                    };
+                    let branch = if succeeded { &txn.success } else { &txn.failure };
                     self.check_chosen(branch, &mut std::iter::empty())?;
                 }
             }
@@ -424,21 +394,14 @@ impl Model {
                 RequestOp::DeleteRange(delete) => {
                     ResponseOp::DeleteRange(Self::do_delete(state, events, revision, delete))
                 }
-                RequestOp::Range(range) if range.revision > 0 => ResponseOp::Range(Self::range_of(
-                    &self.states[range.revision as usize],
-                    range,
-                    0,
-                )),
+                RequestOp::Range(range) if range.revision > 0 => {
+                    ResponseOp::Range(Self::range_of(&self.states[range.revision as usize], range, 0))
+                }
                 RequestOp::Range(range) => ResponseOp::Range(Self::range_of(state, range, 0)),
                 RequestOp::Txn(txn) => {
                     let succeeded = nested.next().unwrap();
-                    let branch = if succeeded {
-                        &txn.success
-                    } else {
-                        &txn.failure
-                    };
-                    let responses =
-                        self.run_ops(branch, &mut std::iter::empty(), state, events, revision);
+                    let branch = if succeeded { &txn.success } else { &txn.failure };
+                    let responses = self.run_ops(branch, &mut std::iter::empty(), state, events, revision);
                     ResponseOp::Txn(TxnResponse {
                         header: ResponseHeader::default(),
                         succeeded,
@@ -475,11 +438,7 @@ impl Model {
             return Err(KvError::DuplicateKey);
         }
         let (succeeded, nested) = self.path(txn);
-        let branch = if succeeded {
-            &txn.success
-        } else {
-            &txn.failure
-        };
+        let branch = if succeeded { &txn.success } else { &txn.failure };
         self.check_chosen(branch, &mut nested.iter().map(|(s, _)| *s))?;
         let revision = self.revision() + 1;
         let mut state = self.current().clone();
@@ -535,18 +494,11 @@ impl Model {
             );
         }
         self.commit(state, events);
-        Ok(Response::LeaseRevoke(LeaseRevokeResponse {
-            header: self.header(),
-        }))
+        Ok(Response::LeaseRevoke(LeaseRevokeResponse { header: self.header() }))
     }
 
     /// Applies a request; `chosen_lease_id` is what the store picked for an ID-0 grant.
-    fn apply(
-        &mut self,
-        request: &Request,
-        chosen_lease_id: i64,
-        now_ms: u64,
-    ) -> Result<Response, KvError> {
+    fn apply(&mut self, request: &Request, chosen_lease_id: i64, now_ms: u64) -> Result<Response, KvError> {
         match request {
             Request::Put(put) => {
                 self.check_put(put)?;
@@ -561,8 +513,7 @@ impl Model {
             Request::DeleteRange(delete) => {
                 let mut state = self.current().clone();
                 let mut events = Vec::new();
-                let mut response =
-                    Self::do_delete(&mut state, &mut events, self.revision() + 1, delete);
+                let mut response = Self::do_delete(&mut state, &mut events, self.revision() + 1, delete);
                 self.commit(state, events);
                 response.header = self.header();
                 Ok(Response::DeleteRange(response))
@@ -576,16 +527,10 @@ impl Model {
                     return Err(KvError::FutureRevision);
                 }
                 self.compact_revision = compaction.revision;
-                Ok(Response::Compaction(CompactionResponse {
-                    header: self.header(),
-                }))
+                Ok(Response::Compaction(CompactionResponse { header: self.header() }))
             }
             Request::LeaseGrant(grant) => {
-                let id = if grant.id == 0 {
-                    chosen_lease_id
-                } else {
-                    grant.id
-                };
+                let id = if grant.id == 0 { chosen_lease_id } else { grant.id };
                 if self.leases.contains_key(&id) {
                     return Err(KvError::LeaseExists);
                 }
@@ -655,16 +600,14 @@ fn put_request() -> impl Strategy<Value = PutRequest> {
         0u8..8,
         0u8..8,
     )
-        .prop_map(
-            |(key, value, lease, prev_kv, ignore_value, ignore_lease)| PutRequest {
-                key,
-                value,
-                lease,
-                prev_kv,
-                ignore_value: ignore_value == 0,
-                ignore_lease: ignore_lease == 0,
-            },
-        )
+        .prop_map(|(key, value, lease, prev_kv, ignore_value, ignore_lease)| PutRequest {
+            key,
+            value,
+            lease,
+            prev_kv,
+            ignore_value: ignore_value == 0,
+            ignore_lease: ignore_lease == 0,
+        })
 }
 
 fn delete_request() -> impl Strategy<Value = DeleteRangeRequest> {
@@ -681,17 +624,13 @@ fn range_request() -> impl Strategy<Value = RangeRequest> {
         (0u8..6, 0i64..5, 0i64..5, 0i64..5, 0i64..5),
     )
         .prop_map(
-            |(
-                (key, range_end, limit, order, target),
-                (flags, min_mod, max_mod, min_create, max_create),
-            )| {
+            |((key, range_end, limit, order, target), (flags, min_mod, max_mod, min_create, max_create))| {
                 RangeRequest {
                     key,
                     range_end,
                     limit,
                     revision: 0,
-                    sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend]
-                        [order as usize],
+                    sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend][order as usize],
                     sort_target: [
                         SortTarget::Key,
                         SortTarget::Version,
@@ -843,11 +782,7 @@ fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
     let mut watches: Vec<WatchRecord> = Vec::new();
     let collect = |hub: &mut WatchHub, store: &Store, watches: &mut Vec<WatchRecord>| {
         for response in hub.poll(store) {
-            if let Some(record) = watches
-                .iter_mut()
-                .rev()
-                .find(|w| w.watch_id == response.watch_id)
-            {
+            if let Some(record) = watches.iter_mut().rev().find(|w| w.watch_id == response.watch_id) {
                 record.responses.push(response);
             }
         }
@@ -954,29 +889,14 @@ fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
                 }
             }
             Op::Range(mut range, back) => {
-                range.revision = if back == 0 {
-                    0
-                } else {
-                    model.revision() - back + 1
-                };
-                prop_assert_eq!(
-                    store.range(&range),
-                    model.range(&range),
-                    "range {:?}",
-                    range
-                );
+                range.revision = if back == 0 { 0 } else { model.revision() - back + 1 };
+                prop_assert_eq!(store.range(&range), model.range(&range), "range {:?}", range);
             }
             Op::Watch(mut request, back) => {
                 let revision = model.revision();
-                request.start_revision = if back < 0 {
-                    0
-                } else {
-                    (revision - back).max(1)
-                };
+                request.start_revision = if back < 0 { 0 } else { (revision - back).max(1) };
                 let watch_id = hub.create(&store, &request).unwrap();
-                let start = if request.start_revision > 0
-                    && request.start_revision < model.compact_revision
-                {
+                let start = if request.start_revision > 0 && request.start_revision < model.compact_revision {
                     None
                 } else if request.start_revision > 0 {
                     Some(request.start_revision)
@@ -1001,9 +921,8 @@ fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
             }
             Op::Snapshot(chunk_bytes_max) => {
                 let chunks: Vec<Vec<u8>> = store.snapshot_chunks(chunk_bytes_max).collect();
-                let restored =
-                    Store::restore_chunks(config.clone(), chunks.iter().map(|c| c.as_slice()))
-                        .map_err(|error| TestCaseError::fail(error.to_string()))?;
+                let restored = Store::restore_chunks(config.clone(), chunks.iter().map(|c| c.as_slice()))
+                    .map_err(|error| TestCaseError::fail(error.to_string()))?;
                 prop_assert_eq!(restored.state_hash(), store.state_hash());
                 replica = Some(restored);
             }
@@ -1037,23 +956,16 @@ fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
             prop_assert!(record.responses[1].canceled);
             prop_assert_eq!(
                 record.responses[1].compact_revision,
-                store
-                    .compact_revision()
-                    .min(record.responses[1].compact_revision)
+                store.compact_revision().min(record.responses[1].compact_revision)
             );
             prop_assert!(record.responses[1].compact_revision > 0);
             continue;
         };
         let end = record.cancelled_by_client_at.unwrap_or(model.revision());
         let wants = |event: &Event| {
-            in_range(
-                &record.request.key,
-                &record.request.range_end,
-                &event.kv.key,
-            ) && !(event.r#type == EventType::Put
-                && record.request.filters.contains(&WatchFilter::NoPut))
-                && !(event.r#type == EventType::Delete
-                    && record.request.filters.contains(&WatchFilter::NoDelete))
+            in_range(&record.request.key, &record.request.range_end, &event.kv.key)
+                && !(event.r#type == EventType::Put && record.request.filters.contains(&WatchFilter::NoPut))
+                && !(event.r#type == EventType::Delete && record.request.filters.contains(&WatchFilter::NoDelete))
         };
         let expected: Vec<Event> = (start..=end)
             .filter(|revision| *revision <= model.revision())
@@ -1061,11 +973,7 @@ fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
             .filter(|event| wants(event))
             .cloned()
             .collect();
-        let received: Vec<&Event> = record
-            .responses
-            .iter()
-            .flat_map(|r| r.events.iter())
-            .collect();
+        let received: Vec<&Event> = record.responses.iter().flat_map(|r| r.events.iter()).collect();
         let compacted = record.responses.iter().any(|r| r.compact_revision > 0);
         if compacted {
             prop_assert!(received.len() <= expected.len());
@@ -1077,9 +985,9 @@ fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
             prop_assert_eq!(got.r#type, want.r#type);
             match (&got.prev_kv, record.request.prev_kv) {
                 (Some(prev), true) => prop_assert_eq!(Some(prev), want.prev_kv.as_ref()),
-                (None, true) => prop_assert!(
-                    want.prev_kv.is_none() || want.kv.mod_revision <= store.compact_revision()
-                ),
+                (None, true) => {
+                    prop_assert!(want.prev_kv.is_none() || want.kv.mod_revision <= store.compact_revision())
+                }
                 (got_prev, false) => prop_assert!(got_prev.is_none()),
             }
         }

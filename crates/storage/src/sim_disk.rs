@@ -159,6 +159,8 @@ struct State {
     inode_next: u64,
     generation: u64,
     scheduled_errors: Vec<(String, Operation)>,
+    /// Files whose next sync loses power instead of completing.
+    power_failures: Vec<String>,
     /// Latent sector errors: reads overlapping these ranges always fail.
     unreadable: Vec<(String, u64, u64)>,
     syncs: u64,
@@ -217,6 +219,7 @@ impl SimDisk {
                 inode_next: 1,
                 generation: 0,
                 scheduled_errors: Vec::new(),
+                power_failures: Vec::new(),
                 unreadable: Vec::new(),
                 syncs: 0,
             })),
@@ -302,6 +305,13 @@ impl SimDisk {
         }
         state.counts.stored_bit_flips += 1;
         Ok(())
+    }
+
+    /// Makes the next sync of `name` lose power part-way: the whole disk
+    /// [`crash`](SimDisk::crash)es (unsynced writes kept in part, possibly torn)
+    /// and the sync returns an error.
+    pub fn schedule_power_failure(&self, name: &str) {
+        self.lock().power_failures.push(name.to_string());
     }
 
     /// Makes the next `operation` on `name` fail with EIO.
@@ -529,6 +539,15 @@ impl File for SimFile {
     fn sync(&mut self) -> Result<()> {
         let mut guard = self.disk.lock();
         self.check(&guard)?;
+        if let Some(position) = guard.power_failures.iter().position(|name| *name == self.name) {
+            guard.power_failures.remove(position);
+            drop(guard);
+            self.disk.crash();
+            return Err(StorageError::SyncFailed {
+                file: self.name.clone(),
+                source: io::Error::other("power lost during fdatasync"),
+            });
+        }
         let state = &mut *guard;
         if state.take_scheduled(&self.name, Operation::Sync) || state.rng.chance(state.faults.sync_error_probability) {
             state.counts.sync_errors += 1;
