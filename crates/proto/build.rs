@@ -23,10 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("cargo:rerun-if-changed=build.rs");
     for file in PROTO_FILES {
-        println!(
-            "cargo:rerun-if-changed={}",
-            include_directory.join(file).display()
-        );
+        println!("cargo:rerun-if-changed={}", include_directory.join(file).display());
     }
 
     let file_descriptor_set = protox::compile(PROTO_FILES, [&include_directory])?;

@@ -13,6 +13,7 @@
 //!
 //! # Layout
 //! - `ballot`: ballots `(round, incarnation, node)` and instance numbers.
+//! - `codec`: the binary encoding of messages (wire) and batches (log).
 //! - `config`: every tunable with its unit, and [`Config::validate`].
 //! - `lease`: PaxosLease, the diskless master lease.
 //! - `message`: what replicas say to each other; batches and epochs.
@@ -20,6 +21,7 @@
 //! - `replica`: acceptor, learner and master in one state machine.
 
 mod ballot;
+mod codec;
 mod config;
 mod lease;
 mod message;
@@ -28,6 +30,7 @@ mod replica;
 mod time;
 
 pub use ballot::{Ballot, Instance, NodeId};
+pub use codec::{decode_batch, decode_message, encode_batch, encode_message, CodecError, CODEC_VERSION};
 pub use config::{Config, ConfigError};
 pub use message::{Batch, BatchId, Entry, Epoch, Message, PromiseEntry, RefuseReason};
 pub use output::{

@@ -38,10 +38,7 @@ pub mod authpb {
 /// The etcd v3 client services (`etcdserverpb`).
 pub mod etcdserverpb {
     #![allow(missing_docs, reason = "generated code; documented in the .proto file")]
-    #![allow(
-        clippy::large_enum_variant,
-        reason = "generated oneof enums mirror the wire format"
-    )]
+    #![allow(clippy::large_enum_variant, reason = "generated oneof enums mirror the wire format")]
     tonic::include_proto!("etcdserverpb");
 }
 

@@ -7,9 +7,8 @@
 use prost::bytes::Bytes;
 use prost::Message;
 use synod_proto::etcdserverpb::{
-    compare, request_op, watch_request, Compare, LeaseGrantRequest, PutRequest, RangeRequest,
-    RequestOp, ResponseHeader, StatusResponse, TxnRequest, WatchCreateRequest, WatchRequest,
-    WatchResponse,
+    compare, request_op, watch_request, Compare, LeaseGrantRequest, PutRequest, RangeRequest, RequestOp,
+    ResponseHeader, StatusResponse, TxnRequest, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use synod_proto::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -120,14 +119,7 @@ fn watch_response_events_are_field_eleven() {
     let encoded = response.encode_to_vec();
     assert_eq!(
         encoded,
-        [
-            tag(2, VARINT),
-            1,
-            tag(11, LENGTH_DELIMITED),
-            2,
-            tag(1, VARINT),
-            1
-        ]
+        [tag(2, VARINT), 1, tag(11, LENGTH_DELIMITED), 2, tag(1, VARINT), 1]
     );
     assert_eq!(WatchResponse::decode(encoded.as_slice()).unwrap(), response);
 }
@@ -135,14 +127,12 @@ fn watch_response_events_are_field_eleven() {
 #[test]
 fn watch_create_request_round_trips_inside_the_oneof() {
     let request = WatchRequest {
-        request_union: Some(watch_request::RequestUnion::CreateRequest(
-            WatchCreateRequest {
-                key: Bytes::from_static(b"a"),
-                start_revision: 5,
-                watch_id: 9,
-                ..Default::default()
-            },
-        )),
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key: Bytes::from_static(b"a"),
+            start_revision: 5,
+            watch_id: 9,
+            ..Default::default()
+        })),
     };
     let encoded = request.encode_to_vec();
     assert_eq!(
@@ -202,10 +192,7 @@ fn nested_txn_round_trips() {
 #[test]
 fn lease_and_status_fields_use_etcd_numbers() {
     let grant = LeaseGrantRequest { ttl: 60, id: 1 };
-    assert_eq!(
-        grant.encode_to_vec(),
-        [tag(1, VARINT), 60, tag(2, VARINT), 1]
-    );
+    assert_eq!(grant.encode_to_vec(), [tag(1, VARINT), 60, tag(2, VARINT), 1]);
 
     let status = StatusResponse {
         leader: 1,
@@ -238,10 +225,7 @@ fn grpc_service_names_match_etcd_paths() {
     assert_eq!(cluster_server::SERVICE_NAME, "etcdserverpb.Cluster");
     assert_eq!(maintenance_server::SERVICE_NAME, "etcdserverpb.Maintenance");
     assert_eq!(auth_server::SERVICE_NAME, "etcdserverpb.Auth");
-    assert_eq!(
-        synod_proto::v3lockpb::lock_server::SERVICE_NAME,
-        "v3lockpb.Lock"
-    );
+    assert_eq!(synod_proto::v3lockpb::lock_server::SERVICE_NAME, "v3lockpb.Lock");
     assert_eq!(
         synod_proto::v3electionpb::election_server::SERVICE_NAME,
         "v3electionpb.Election"

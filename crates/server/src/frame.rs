@@ -36,9 +36,7 @@ mod codec;
 mod handshake;
 
 pub use codec::FrameCodec;
-pub use handshake::{
-    Handshake, HandshakeError, LocalMember, HANDSHAKE_PROTOCOL_VERSION, NAME_BYTES_MAX,
-};
+pub use handshake::{Handshake, HandshakeError, LocalMember, HANDSHAKE_PROTOCOL_VERSION, NAME_BYTES_MAX};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -155,9 +153,7 @@ pub enum FrameError {
         frame_bytes_max: u32,
     },
     /// The frame was damaged in transit or written by a broken peer.
-    #[error(
-        "frame checksum mismatch: header says {expected:#010x}, contents hash to {actual:#010x}"
-    )]
+    #[error("frame checksum mismatch: header says {expected:#010x}, contents hash to {actual:#010x}")]
     ChecksumMismatch {
         /// Checksum carried in the header.
         expected: u32,
@@ -218,8 +214,7 @@ impl Encoder {
                 frame_bytes_max: self.frame_bytes_max,
             });
         }
-        let length = u32::try_from(frame.payload.len())
-            .expect("a payload within frame_bytes_max fits in u32");
+        let length = u32::try_from(frame.payload.len()).expect("a payload within frame_bytes_max fits in u32");
 
         let mut covered = [0u8; CHECKSUM_OFFSET - VERSION_OFFSET];
         covered[0] = FRAME_VERSION;
@@ -232,10 +227,7 @@ impl Encoder {
         buffer.put_slice(&covered);
         buffer.put_u32(checksum(&covered, &frame.payload));
         buffer.put_slice(&frame.payload);
-        debug_assert_eq!(
-            buffer.len() - start_bytes,
-            HEADER_BYTES + frame.payload.len()
-        );
+        debug_assert_eq!(buffer.len() - start_bytes, HEADER_BYTES + frame.payload.len());
         Ok(())
     }
 }

@@ -144,9 +144,7 @@ impl Handshake {
         let name_bytes = u8::try_from(name.len())
             .ok()
             .filter(|_| name.len() <= NAME_BYTES_MAX)
-            .ok_or(HandshakeError::NameTooLong {
-                name_bytes: name.len(),
-            })?;
+            .ok_or(HandshakeError::NameTooLong { name_bytes: name.len() })?;
         let mut buffer = BytesMut::with_capacity(FIXED_BYTES + name.len());
         buffer.put_u16(self.protocol_version);
         buffer.put_u64(self.cluster_id);

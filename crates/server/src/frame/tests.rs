@@ -7,9 +7,7 @@ const FRAME_BYTES_MAX_TEST: u32 = 4096;
 
 fn encode(frame: &Frame) -> BytesMut {
     let mut buffer = BytesMut::new();
-    Encoder::new(FRAME_BYTES_MAX_TEST)
-        .encode(frame, &mut buffer)
-        .unwrap();
+    Encoder::new(FRAME_BYTES_MAX_TEST).encode(frame, &mut buffer).unwrap();
     buffer
 }
 
@@ -102,27 +100,18 @@ fn frames_arrive_one_byte_at_a_time() {
 #[test]
 fn bad_magic_is_rejected_from_the_first_four_bytes() {
     let mut buffer = BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]);
-    let error = Decoder::new(FRAME_BYTES_MAX_TEST)
-        .decode(&mut buffer)
-        .unwrap_err();
+    let error = Decoder::new(FRAME_BYTES_MAX_TEST).decode(&mut buffer).unwrap_err();
     assert!(matches!(error, FrameError::BadMagic { found } if &found == b"GET "));
-    assert!(error
-        .to_string()
-        .contains("not speaking the synod peer protocol"));
+    assert!(error.to_string().contains("not speaking the synod peer protocol"));
 
     let mut short = BytesMut::from(&b"GET"[..]);
-    assert!(Decoder::new(FRAME_BYTES_MAX_TEST)
-        .decode(&mut short)
-        .unwrap()
-        .is_none());
+    assert!(Decoder::new(FRAME_BYTES_MAX_TEST).decode(&mut short).unwrap().is_none());
 }
 
 #[test]
 fn unsupported_version_is_rejected_before_the_rest_arrives() {
     let mut buffer = BytesMut::from(&b"SYNP\x02"[..]);
-    let error = Decoder::new(FRAME_BYTES_MAX_TEST)
-        .decode(&mut buffer)
-        .unwrap_err();
+    let error = Decoder::new(FRAME_BYTES_MAX_TEST).decode(&mut buffer).unwrap_err();
     assert!(matches!(error, FrameError::UnsupportedVersion { found: 2 }));
     assert_eq!(
         error.to_string(),
@@ -134,9 +123,7 @@ fn unsupported_version_is_rejected_before_the_rest_arrives() {
 fn unknown_flags_are_rejected() {
     let mut buffer = encode(&Frame::message(Bytes::from_static(b"x")));
     buffer[5] = 0b1000_0000;
-    let error = Decoder::new(FRAME_BYTES_MAX_TEST)
-        .decode(&mut buffer)
-        .unwrap_err();
+    let error = Decoder::new(FRAME_BYTES_MAX_TEST).decode(&mut buffer).unwrap_err();
     assert!(matches!(error, FrameError::UnknownFlags { flags: 0x80 }));
 }
 
@@ -149,9 +136,7 @@ fn oversize_length_is_rejected_before_reserving() {
     buffer.put_u32(u32::MAX);
     let capacity_before = buffer.capacity();
 
-    let error = Decoder::new(FRAME_BYTES_MAX_TEST)
-        .decode(&mut buffer)
-        .unwrap_err();
+    let error = Decoder::new(FRAME_BYTES_MAX_TEST).decode(&mut buffer).unwrap_err();
     assert!(matches!(
         error,
         FrameError::Oversize {
@@ -191,10 +176,7 @@ fn frame_exactly_at_the_bound_is_accepted_and_one_byte_more_is_not() {
     Encoder::new(65).encode(&too_big, &mut buffer).unwrap();
     assert!(matches!(
         decode_stream(&buffer, frame_bytes_max),
-        Err(FrameError::Oversize {
-            frame_bytes: 65,
-            ..
-        })
+        Err(FrameError::Oversize { frame_bytes: 65, .. })
     ));
 }
 
@@ -203,21 +185,15 @@ fn corrupted_payload_fails_the_checksum() {
     let mut buffer = encode(&Frame::message(Bytes::from_static(b"promise")));
     let last = buffer.len() - 1;
     buffer[last] ^= 0x01;
-    let error = Decoder::new(FRAME_BYTES_MAX_TEST)
-        .decode(&mut buffer)
-        .unwrap_err();
-    assert!(
-        matches!(error, FrameError::ChecksumMismatch { expected, actual } if expected != actual)
-    );
+    let error = Decoder::new(FRAME_BYTES_MAX_TEST).decode(&mut buffer).unwrap_err();
+    assert!(matches!(error, FrameError::ChecksumMismatch { expected, actual } if expected != actual));
 }
 
 #[test]
 fn flipped_kind_fails_the_checksum() {
     let mut buffer = encode(&Frame::message(Bytes::from_static(b"promise")));
     buffer[5] = FLAG_HANDSHAKE;
-    let error = Decoder::new(FRAME_BYTES_MAX_TEST)
-        .decode(&mut buffer)
-        .unwrap_err();
+    let error = Decoder::new(FRAME_BYTES_MAX_TEST).decode(&mut buffer).unwrap_err();
     assert!(matches!(error, FrameError::ChecksumMismatch { .. }));
 }
 
@@ -240,12 +216,7 @@ fn stream_ending_inside_a_frame_is_truncated() {
 fn partial_frame_reserves_room_for_the_rest_only() {
     let whole = encode(&Frame::message(Bytes::from(vec![1; 1000])));
     let mut buffer = BytesMut::from(&whole[..HEADER_BYTES]);
-    assert_eq!(
-        Decoder::new(FRAME_BYTES_MAX_TEST)
-            .decode(&mut buffer)
-            .unwrap(),
-        None
-    );
+    assert_eq!(Decoder::new(FRAME_BYTES_MAX_TEST).decode(&mut buffer).unwrap(), None);
     assert!(buffer.capacity() >= whole.len());
     assert!(buffer.capacity() <= 2 * FRAME_BYTES_MAX_TEST as usize);
 }
@@ -265,9 +236,7 @@ fn local() -> LocalMember {
 
 #[test]
 fn handshake_from_a_known_member_is_accepted() {
-    sample_handshake()
-        .validate(local(), &[0xa, 0xb, 0xc])
-        .unwrap();
+    sample_handshake().validate(local(), &[0xa, 0xb, 0xc]).unwrap();
     // The local member need not be in the list.
     sample_handshake().validate(local(), &[0xa]).unwrap();
 }
@@ -381,10 +350,7 @@ fn malformed_handshakes_are_refused() {
     let mut not_utf8 = payload.to_vec();
     let last = not_utf8.len() - 1;
     not_utf8[last] = 0xff;
-    assert_eq!(
-        Handshake::decode(&not_utf8).unwrap_err(),
-        HandshakeError::NameNotUtf8
-    );
+    assert_eq!(Handshake::decode(&not_utf8).unwrap_err(), HandshakeError::NameNotUtf8);
 }
 
 #[test]
@@ -406,18 +372,14 @@ fn overlong_name_is_refused_when_encoding() {
 }
 
 fn arbitrary_frame() -> impl Strategy<Value = Frame> {
-    (
-        any::<bool>(),
-        proptest::collection::vec(any::<u8>(), 0..512),
-    )
-        .prop_map(|(handshake, payload)| Frame {
-            kind: if handshake {
-                FrameKind::Handshake
-            } else {
-                FrameKind::Message
-            },
-            payload: Bytes::from(payload),
-        })
+    (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..512)).prop_map(|(handshake, payload)| Frame {
+        kind: if handshake {
+            FrameKind::Handshake
+        } else {
+            FrameKind::Message
+        },
+        payload: Bytes::from(payload),
+    })
 }
 
 proptest! {
@@ -576,9 +538,7 @@ mod over_tokio {
                     &members,
                 )
                 .unwrap();
-            a.send(Frame::message(Bytes::from_static(b"prepare")))
-                .await
-                .unwrap();
+            a.send(Frame::message(Bytes::from_static(b"prepare"))).await.unwrap();
             a.send(Frame::message(large.clone())).await.unwrap();
             a.next().await.unwrap().unwrap()
         };
@@ -591,9 +551,7 @@ mod over_tokio {
             b.send(b_hello.to_frame().unwrap()).await.unwrap();
             let first = b.next().await.unwrap().unwrap();
             let second = b.next().await.unwrap().unwrap();
-            b.send(Frame::message(Bytes::from_static(b"promise")))
-                .await
-                .unwrap();
+            b.send(Frame::message(Bytes::from_static(b"promise"))).await.unwrap();
             (first, second)
         };
         let (reply, (first, second)) = tokio::join!(a_side, b_side);
@@ -606,10 +564,7 @@ mod over_tokio {
     async fn oversize_frame_is_refused_by_the_sender() {
         let (a_stream, _b_stream) = tokio::io::duplex(256);
         let mut a = Framed::new(a_stream, FrameCodec::new(64));
-        let error = a
-            .send(Frame::message(Bytes::from(vec![0; 64])))
-            .await
-            .unwrap_err();
+        let error = a.send(Frame::message(Bytes::from(vec![0; 64]))).await.unwrap_err();
         assert!(matches!(error, FrameError::Oversize { .. }));
     }
 
@@ -621,20 +576,14 @@ mod over_tokio {
         a_stream.write_all(&whole[..10]).await.unwrap();
         drop(a_stream);
         let error = b.next().await.unwrap().unwrap_err();
-        assert!(matches!(
-            error,
-            FrameError::Truncated { buffered_bytes: 10 }
-        ));
+        assert!(matches!(error, FrameError::Truncated { buffered_bytes: 10 }));
     }
 
     #[tokio::test]
     async fn stranger_speaking_http_is_refused() {
         let (mut a_stream, b_stream) = tokio::io::duplex(256);
         let mut b = Framed::new(b_stream, FrameCodec::new(FRAME_BYTES_MAX_STREAM));
-        a_stream
-            .write_all(b"GET /health HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
+        a_stream.write_all(b"GET /health HTTP/1.1\r\n\r\n").await.unwrap();
         let error = b.next().await.unwrap().unwrap_err();
         assert!(matches!(error, FrameError::BadMagic { .. }));
     }
