@@ -15,6 +15,8 @@ use crate::{Ballot, NodeId, Time};
 /// stays silent until any lease it may have granted before has run out.
 #[derive(Debug)]
 pub(crate) struct LeaseAcceptor {
+    /// Planted bug (simulator tests only): accept proposals below the promise.
+    pub(crate) accept_lower_ballot: bool,
     promised: Ballot,
     accepted: Option<Grant>,
     silent_until: Time,
@@ -29,6 +31,7 @@ struct Grant {
 impl LeaseAcceptor {
     pub(crate) fn new(silent_until: Time) -> LeaseAcceptor {
         LeaseAcceptor {
+            accept_lower_ballot: false,
             promised: Ballot::ZERO,
             accepted: None,
             silent_until,
@@ -91,7 +94,7 @@ impl LeaseAcceptor {
         if self.is_silent(now) {
             return None;
         }
-        if ballot < self.promised {
+        if ballot < self.promised && !self.accept_lower_ballot {
             return Some(Message::LeaseProposeReply {
                 ballot,
                 granted: false,
@@ -99,7 +102,7 @@ impl LeaseAcceptor {
             });
         }
         debug_assert_eq!(ballot.node, from, "a lease is proposed by its owner");
-        self.promised = ballot;
+        self.promised = self.promised.max(ballot);
         self.accepted = Some(Grant {
             owner: from,
             expires_at: now + duration.min(duration_max),
@@ -107,8 +110,42 @@ impl LeaseAcceptor {
         Some(Message::LeaseProposeReply {
             ballot,
             granted: true,
-            promised: ballot,
+            promised: self.promised,
         })
+    }
+}
+
+/// Answers to one phase of an attempt, one bit per member.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Tally {
+    granted: u64,
+    refused: u64,
+}
+
+/// Where a phase stands after an answer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TallyResult {
+    Pending,
+    /// A quorum granted.
+    Granted,
+    /// So many refused that no quorum can grant.
+    Refused,
+}
+
+impl Tally {
+    pub(crate) fn record(&mut self, member_bit: u64, granted: bool, quorum: usize, members: usize) -> TallyResult {
+        if granted {
+            self.granted |= member_bit;
+        } else {
+            self.refused |= member_bit;
+        }
+        if self.granted.count_ones() as usize >= quorum {
+            TallyResult::Granted
+        } else if self.refused.count_ones() as usize > members - quorum {
+            TallyResult::Refused
+        } else {
+            TallyResult::Pending
+        }
     }
 }
 
@@ -118,15 +155,13 @@ pub(crate) enum Attempt {
     Preparing {
         ballot: Ballot,
         started_at: Time,
-        granted: u64,
-        refused: u64,
+        tally: Tally,
         open_other: bool,
     },
     Proposing {
         ballot: Ballot,
         started_at: Time,
-        granted: u64,
-        refused: u64,
+        tally: Tally,
     },
 }
 
@@ -203,8 +238,7 @@ impl LeaseProposer {
         self.attempt = Attempt::Preparing {
             ballot,
             started_at: now,
-            granted: 0,
-            refused: 0,
+            tally: Tally::default(),
             open_other: false,
         };
         ballot
@@ -243,8 +277,7 @@ impl LeaseProposer {
         self.observe_round(promised.round);
         let Attempt::Preparing {
             ballot: current,
-            granted,
-            refused,
+            tally,
             open_other,
             ..
         } = &mut self.attempt
@@ -254,35 +287,32 @@ impl LeaseProposer {
         if *current != ballot {
             return LeaseEvent::None;
         }
-        if granted_reply {
-            *granted |= member_bit;
-            if open_owner.is_some_and(|owner| owner != node) {
-                *open_other = true;
-            }
-        } else {
-            *refused |= member_bit;
+        if granted_reply && open_owner.is_some_and(|owner| owner != node) {
+            *open_other = true;
         }
-        if granted.count_ones() as usize >= quorum {
-            if *open_other {
+        match tally.record(member_bit, granted_reply, quorum, members) {
+            TallyResult::Pending => LeaseEvent::None,
+            TallyResult::Refused => {
                 self.attempt = Attempt::Idle;
-                return LeaseEvent::HeldElsewhere;
+                LeaseEvent::Failed
             }
-            let Attempt::Preparing { ballot, started_at, .. } = self.attempt else {
-                unreachable!()
-            };
-            self.attempt = Attempt::Proposing {
-                ballot,
-                started_at,
-                granted: 0,
-                refused: 0,
-            };
-            return LeaseEvent::Propose { ballot };
+            TallyResult::Granted if *open_other => {
+                self.attempt = Attempt::Idle;
+                LeaseEvent::HeldElsewhere
+            }
+            TallyResult::Granted => {
+                let ballot = *current;
+                let Attempt::Preparing { started_at, .. } = self.attempt else {
+                    unreachable!("matched above")
+                };
+                self.attempt = Attempt::Proposing {
+                    ballot,
+                    started_at,
+                    tally: Tally::default(),
+                };
+                LeaseEvent::Propose { ballot }
+            }
         }
-        if refused.count_ones() as usize > members - quorum {
-            self.attempt = Attempt::Idle;
-            return LeaseEvent::Failed;
-        }
-        LeaseEvent::None
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -301,8 +331,7 @@ impl LeaseProposer {
         let Attempt::Proposing {
             ballot: current,
             started_at,
-            granted,
-            refused,
+            tally,
         } = &mut self.attempt
         else {
             return LeaseEvent::None;
@@ -310,29 +339,26 @@ impl LeaseProposer {
         if *current != ballot {
             return LeaseEvent::None;
         }
-        if granted_reply {
-            *granted |= member_bit;
-        } else {
-            *refused |= member_bit;
-        }
-        if granted.count_ones() as usize >= quorum {
-            let until = *started_at + holder_duration;
-            let started = *started_at;
-            self.attempt = Attempt::Idle;
-            if now >= until {
-                return LeaseEvent::Failed;
+        let started = *started_at;
+        match tally.record(member_bit, granted_reply, quorum, members) {
+            TallyResult::Pending => LeaseEvent::None,
+            TallyResult::Refused => {
+                self.attempt = Attempt::Idle;
+                LeaseEvent::Failed
             }
-            let was_held = self.is_held(now);
-            self.failures = 0;
-            self.held_until = Some(until);
-            self.held_since = started;
-            return LeaseEvent::Acquired { was_held };
+            TallyResult::Granted => {
+                self.attempt = Attempt::Idle;
+                let until = started + holder_duration;
+                if now >= until {
+                    return LeaseEvent::Failed;
+                }
+                let was_held = self.is_held(now);
+                self.failures = 0;
+                self.held_until = Some(until);
+                self.held_since = started;
+                LeaseEvent::Acquired { was_held }
+            }
         }
-        if refused.count_ones() as usize > members - quorum {
-            self.attempt = Attempt::Idle;
-            return LeaseEvent::Failed;
-        }
-        LeaseEvent::None
     }
 }
 

@@ -20,7 +20,8 @@ use crate::{Ballot, Config, Instance, NodeId, Time};
 pub struct PlantedBugs {
     /// Count a majority as `n / 2` instead of `n / 2 + 1`.
     pub quorum_of_half: bool,
-    /// Accept proposals whose ballot is lower than the promise.
+    /// Accept proposals whose ballot is lower than the promise (both the log's
+    /// acceptor and the PaxosLease acceptor).
     pub accept_lower_ballot: bool,
     /// A restarted PaxosLease acceptor answers at once instead of staying silent.
     pub no_lease_silence_after_restart: bool,
@@ -252,6 +253,7 @@ impl Replica {
         if bugs.no_lease_silence_after_restart {
             self.lease_acceptor = LeaseAcceptor::new(Time::ZERO);
         }
+        self.lease_acceptor.accept_lower_ballot = bugs.accept_lower_ballot;
     }
 
     // ----- Queries -----
@@ -649,15 +651,21 @@ impl Replica {
             | Message::Promise { ballot, .. } => *ballot,
             Message::Refuse { promised, .. } => *promised,
             Message::LeasePrepare { ballot } | Message::LeasePropose { ballot, .. } => {
-                let seen = self.incarnations_seen.entry(ballot.node).or_default();
-                *seen = (*seen).max(ballot.incarnation);
+                self.note_incarnation(*ballot);
                 return;
             }
             _ => return,
         };
         self.round_seen = self.round_seen.max(ballot.round);
-        let seen = self.incarnations_seen.entry(ballot.node).or_default();
-        *seen = (*seen).max(ballot.incarnation);
+        self.note_incarnation(ballot);
+    }
+
+    /// Bounded by the membership: ballots naming non-members are not remembered.
+    fn note_incarnation(&mut self, ballot: Ballot) {
+        if self.member_bit(ballot.node).is_some() {
+            let seen = self.incarnations_seen.entry(ballot.node).or_default();
+            *seen = (*seen).max(ballot.incarnation);
+        }
     }
 
     // ----- PaxosLease -----
@@ -848,9 +856,6 @@ impl Replica {
         chosen_through: Instance,
         proposed_through: Instance,
     ) {
-        if ballot < self.meta.promised {
-            return;
-        }
         if self.meta.voting == Voting::AwaitMaster && ballot >= self.meta.promised {
             self.meta.voting = Voting::LearnUntil(proposed_through);
             self.persist_meta();
@@ -861,23 +866,24 @@ impl Replica {
 
     /// `from`, master at `ballot`, says every instance up to `through` is chosen.
     fn learn_commit(&mut self, now: Time, from: NodeId, ballot: Ballot, through: Instance) {
-        if ballot < self.meta.promised {
-            return;
-        }
+        // What a master said was chosen stays true after it is deposed, so the
+        // commit point is learned from any ballot; only a current master is
+        // followed as master.
         if let Role::Master(master) = &self.role {
-            if master.ballot < ballot {
-                self.step_down(now);
-            } else {
+            if master.ballot >= ballot {
                 return;
             }
+            self.step_down(now);
         }
-        self.master_hint = Some(from);
-        self.last_master_contact = now;
-        let wait = self
-            .config
-            .election_timeout
-            .saturating_add(self.rng.duration_below(self.config.backoff_max));
-        self.lease_proposer.next_attempt_at = self.lease_proposer.next_attempt_at.max(now + wait);
+        if ballot >= self.meta.promised {
+            self.master_hint = Some(from);
+            self.last_master_contact = now;
+            let wait = self
+                .config
+                .election_timeout
+                .saturating_add(self.rng.duration_below(self.config.backoff_max));
+            self.lease_proposer.next_attempt_at = self.lease_proposer.next_attempt_at.max(now + wait);
+        }
         self.commit_hint = self.commit_hint.max(through);
         let upto = through.min(Instance(self.chosen_through.0 + self.config.accept_ahead_instances_max));
         let mut newly_chosen = Vec::new();
@@ -1309,6 +1315,12 @@ impl Replica {
 
     /// Forms batches from the submit queue while the pipelining window has room.
     fn propose_queued(&mut self, now: Time) {
+        if self.is_master() && !self.lease_proposer.is_held(now) {
+            // Only the lease holder proposes: a master that was paused past its
+            // lease finds out here, before it sends anything.
+            self.step_down(now);
+            return;
+        }
         loop {
             let Role::Master(master) = &mut self.role else { return };
             if self.queue.is_empty() || master.next.0 > self.chosen_through.0 + self.config.window_instances_max {
@@ -1542,5 +1554,144 @@ fn decide_instance(reports: &[&PromiseEntry], replied: usize, quorum: usize) -> 
     match (best, faulty_best) {
         (Some((ballot, batch)), Some(faulty)) if ballot >= faulty => Decision::Value(batch.clone()),
         _ => Decision::Unresolved,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::Meta;
+
+    fn acceptor(bugs: PlantedBugs) -> Replica {
+        let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let durable = DurableState {
+            meta: Meta {
+                promised: Ballot::new(1, 1, NodeId(2)),
+                incarnation: 1,
+                voting: Voting::Voter,
+            },
+            ..DurableState::default()
+        };
+        let mut replica = Replica::restart(Config::new(NodeId(1), members), durable, Time::ZERO, 7);
+        replica.plant_bugs(bugs);
+        replica.take_ready();
+        replica
+    }
+
+    fn batch(ballot: Ballot, instance: u64) -> Batch {
+        Batch::noop(BatchId {
+            ballot,
+            instance: Instance(instance),
+        })
+    }
+
+    /// Past the restart silence, so prepares are answered.
+    const LATER: Time = Time(10_000_000_000);
+
+    #[test]
+    fn acceptor_keeps_both_promises() {
+        let mut replica = acceptor(PlantedBugs::default());
+        let low = Ballot::new(1, 1, NodeId(3));
+        let high = Ballot::new(2, 1, NodeId(2));
+        replica.step(
+            LATER,
+            NodeId(2),
+            Message::Prepare {
+                ballot: high,
+                from: Instance(1),
+            },
+        );
+        let ready = replica.take_ready();
+        assert_eq!(
+            ready.persist[0],
+            Persist::Meta(replica.meta()),
+            "the promise is persisted"
+        );
+        assert!(matches!(ready.messages[0].message, Message::Promise { ballot, .. } if ballot == high));
+        // No promise for a ballot <= the promise, no accept for a ballot < it.
+        replica.step(
+            LATER,
+            NodeId(3),
+            Message::Prepare {
+                ballot: high,
+                from: Instance(1),
+            },
+        );
+        assert!(matches!(
+            replica.take_ready().messages[0].message,
+            Message::Refuse { .. }
+        ));
+        let accept = Message::Accept {
+            ballot: low,
+            instance: Instance(1),
+            batch: batch(low, 1),
+            chosen_through: Instance::ZERO,
+        };
+        replica.step(LATER, NodeId(3), accept.clone());
+        let ready = replica.take_ready();
+        assert!(ready.persist.is_empty());
+        assert!(matches!(
+            ready.messages[0].message,
+            Message::Refuse {
+                reason: RefuseReason::Promised,
+                ..
+            }
+        ));
+        // The planted bug accepts it: this is what the simulator must catch.
+        let mut buggy = acceptor(PlantedBugs {
+            accept_lower_ballot: true,
+            ..PlantedBugs::default()
+        });
+        buggy.step(
+            LATER,
+            NodeId(2),
+            Message::Prepare {
+                ballot: high,
+                from: Instance(1),
+            },
+        );
+        buggy.take_ready();
+        buggy.step(LATER, NodeId(3), accept);
+        assert!(matches!(
+            buggy.take_ready().messages[0].message,
+            Message::Accepted { .. }
+        ));
+    }
+
+    #[test]
+    fn recovery_rule_uses_faulty_ballots() {
+        let b1 = Ballot::new(1, 1, NodeId(1));
+        let b2 = Ballot::new(2, 1, NodeId(2));
+        let good = PromiseEntry::Accepted {
+            instance: Instance(1),
+            ballot: b1,
+            batch: batch(b1, 1),
+        };
+        let faulty_higher = PromiseEntry::Faulty {
+            instance: Instance(1),
+            ballot: Some(b2),
+        };
+        let faulty_same = PromiseEntry::Faulty {
+            instance: Instance(1),
+            ballot: Some(b1),
+        };
+        // Two good answers of three: the classic rule.
+        assert!(matches!(decide_instance(&[&good], 2, 2), Decision::Value(_)));
+        assert!(matches!(decide_instance(&[], 2, 2), Decision::Free));
+        // One good, one faulty of the same ballot: the good copy is that value.
+        assert!(matches!(
+            decide_instance(&[&good, &faulty_same], 2, 2),
+            Decision::Value(_)
+        ));
+        // The faulty copy has the higher ballot: its value may be the chosen one.
+        assert!(matches!(
+            decide_instance(&[&good, &faulty_higher], 2, 2),
+            Decision::Unresolved
+        ));
+        // Every copy bad: never invent a value.
+        assert!(matches!(
+            decide_instance(&[&faulty_same, &faulty_same], 2, 2),
+            Decision::Unresolved
+        ));
     }
 }

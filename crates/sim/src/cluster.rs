@@ -14,7 +14,7 @@ use synod_paxos::{
 };
 
 use crate::disk::{SimDisk, Snapshot};
-use crate::history::{History, OperationKind};
+use crate::history::{History, OperationKind, Verdict};
 use crate::network::{Network, PartitionKind};
 use crate::swarm::{FaultMix, SimBugs};
 
@@ -45,6 +45,7 @@ pub struct Stats {
     pub messages_sent: u64,
     pub messages_dropped: u64,
     pub messages_duplicated: u64,
+    pub messages_long_delayed: u64,
     pub partitions: [u64; 4],
     pub crashes: u64,
     pub wipes: u64,
@@ -54,6 +55,10 @@ pub struct Stats {
     pub reads_answered: u64,
     pub operations: u64,
     pub instances_chosen: u64,
+    /// Client histories found linearizable.
+    pub histories_checked: u64,
+    /// Histories whose check ran out of its step budget.
+    pub histories_inconclusive: u64,
 }
 
 impl Stats {
@@ -62,6 +67,7 @@ impl Stats {
         self.messages_sent += other.messages_sent;
         self.messages_dropped += other.messages_dropped;
         self.messages_duplicated += other.messages_duplicated;
+        self.messages_long_delayed += other.messages_long_delayed;
         for (mine, theirs) in self.partitions.iter_mut().zip(other.partitions) {
             *mine += theirs;
         }
@@ -73,6 +79,8 @@ impl Stats {
         self.reads_answered += other.reads_answered;
         self.operations += other.operations;
         self.instances_chosen += other.instances_chosen;
+        self.histories_checked += other.histories_checked;
+        self.histories_inconclusive += other.histories_inconclusive;
     }
 }
 
@@ -282,10 +290,14 @@ impl Simulation {
             self.nodes[index].disk.sync();
         }
         let latency = (self.mix.latency_min_ms * 1_000, self.mix.latency_max_ms * 1_000);
-        let (drop, duplicate) = if self.in_liveness_phase() {
-            (0.0, 0.0)
+        let (drop, duplicate, long_delay) = if self.in_liveness_phase() {
+            (0.0, 0.0, (0.0, 0))
         } else {
-            (self.mix.drop_probability, self.mix.duplicate_probability)
+            (
+                self.mix.drop_probability,
+                self.mix.duplicate_probability,
+                (self.mix.long_delay_probability, self.mix.long_delay_ms_max * 1_000),
+            )
         };
         for envelope in ready.messages {
             self.network.send(
@@ -297,6 +309,7 @@ impl Simulation {
                 drop,
                 duplicate,
                 latency,
+                long_delay,
             );
         }
         for committed in ready.committed {
@@ -448,8 +461,10 @@ impl Simulation {
             self.check_liveness();
         }
         if self.failure.is_none() {
-            if let Err(message) = self.history.check() {
-                self.fail(message);
+            match self.history.check() {
+                Verdict::Linearizable => self.stats.histories_checked += 1,
+                Verdict::Inconclusive => self.stats.histories_inconclusive += 1,
+                Verdict::Violation(message) => self.fail(message),
             }
         }
         if self.failure.is_some() {
@@ -465,6 +480,7 @@ impl Simulation {
         self.stats.messages_sent = self.network.counters.sent;
         self.stats.messages_dropped = self.network.counters.dropped;
         self.stats.messages_duplicated = self.network.counters.duplicated;
+        self.stats.messages_long_delayed = self.network.counters.long_delays;
         self.stats.partitions = self.network.counters.partitions;
         self.stats.operations = self.history.len() as u64;
         RunReport {

@@ -1,6 +1,21 @@
 //! The clients' history: every write and lease read with its call and return
 //! times, checked for linearizability at the end of a run.
 
+use crate::linearizability::{
+    check, Budget, CheckResult, Operation as Checked, RegisterInput, RegisterModel, RegisterOutput,
+};
+
+type Operation<I, O> = Checked<I, O>;
+
+/// The linearizability checker's answer for one history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Linearizable,
+    Violation(String),
+    /// The search ran out of its step budget: neither pass nor fail.
+    Inconclusive,
+}
+
 /// What an operation did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OperationKind {
@@ -10,7 +25,7 @@ pub enum OperationKind {
 }
 
 #[derive(Clone, Debug)]
-pub struct Operation {
+pub struct Recorded {
     pub client: usize,
     pub key: String,
     pub kind: OperationKind,
@@ -25,7 +40,7 @@ pub struct Operation {
 /// order in the simulation is exact.
 #[derive(Debug, Default)]
 pub struct History {
-    operations: Vec<Operation>,
+    operations: Vec<Recorded>,
     clock: u64,
     liveness_mark: Option<u64>,
 }
@@ -44,12 +59,12 @@ impl History {
         self.operations.is_empty()
     }
 
-    pub fn operations(&self) -> &[Operation] {
+    pub fn operations(&self) -> &[Recorded] {
         &self.operations
     }
 
     pub fn invoke(&mut self, client: usize, key: &str, kind: OperationKind, call: u64) -> usize {
-        self.operations.push(Operation {
+        self.operations.push(Recorded {
             client,
             key: key.to_string(),
             kind,
@@ -86,8 +101,51 @@ impl History {
         })
     }
 
-    /// Checks the history for linearizability, per key.
-    pub fn check(&self) -> Result<(), String> {
-        Ok(())
+    /// Checks the history for linearizability, per key, against a register model.
+    /// Writes that definitely failed are left out; writes whose outcome is unknown
+    /// may or may not have happened.
+    pub fn check(&self) -> Verdict {
+        let model = RegisterModel::<String, String>::new();
+        let mut operations = Vec::with_capacity(self.operations.len());
+        for op in self.operations.iter().filter(|op| !op.failed) {
+            let client = op.client as u64;
+            let key = op.key.clone();
+            let operation = match (&op.kind, op.returned) {
+                (OperationKind::Write(value), Some(returned)) => Operation::returned(
+                    client,
+                    RegisterInput::Write {
+                        key,
+                        value: value.clone(),
+                    },
+                    op.call,
+                    returned,
+                    RegisterOutput::Write,
+                ),
+                (OperationKind::Write(value), None) => Operation::unknown_outcome(
+                    client,
+                    RegisterInput::Write {
+                        key,
+                        value: value.clone(),
+                    },
+                    op.call,
+                ),
+                (OperationKind::Read(Some(value)), Some(returned)) => Operation::returned(
+                    client,
+                    RegisterInput::Read { key },
+                    op.call,
+                    returned,
+                    RegisterOutput::Read(value.clone()),
+                ),
+                // A read with no answer constrains nothing.
+                (OperationKind::Read(_), _) => continue,
+            };
+            operations.push(operation);
+        }
+        match check(&model, &operations, Budget::default()) {
+            Ok(CheckResult::Ok) => Verdict::Linearizable,
+            Ok(CheckResult::Illegal(report)) => Verdict::Violation(format!("not linearizable: {report}")),
+            Ok(CheckResult::Unknown { .. }) => Verdict::Inconclusive,
+            Err(error) => Verdict::Violation(format!("malformed history: {error:?}")),
+        }
     }
 }

@@ -92,11 +92,12 @@ fn main() -> ExitCode {
         failures
     );
     println!(
-        "simulated {:.1} s; messages sent {}, dropped {}, duplicated {}",
+        "simulated {:.1} s; messages sent {}, dropped {}, duplicated {}, long-delayed {}",
         total.simulated_ms as f64 / 1000.0,
         total.messages_sent,
         total.messages_dropped,
-        total.messages_duplicated
+        total.messages_duplicated,
+        total.messages_long_delayed
     );
     println!(
         "faults: partitions symmetric {} one-way {} majority/minority {} bridge {}; crashes {} (disk wiped {}); pauses {}; snapshots installed {}",
@@ -110,12 +111,13 @@ fn main() -> ExitCode {
         total.snapshots_installed
     );
     println!(
-        "operations {} (reads answered {}), values committed {}, instances chosen {}, histories checked {}",
+        "operations {} (reads answered {}), values committed {}, instances chosen {}, histories checked {} (inconclusive {})",
         total.operations,
         total.reads_answered,
         total.values_committed,
         total.instances_chosen,
-        seeds.len()
+        total.histories_checked,
+        total.histories_inconclusive
     );
     if failures > 0 {
         ExitCode::FAILURE

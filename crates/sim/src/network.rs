@@ -55,6 +55,7 @@ pub struct NetworkCounters {
     pub delivered: u64,
     pub dropped: u64,
     pub duplicated: u64,
+    pub long_delays: u64,
     pub partitions: [u64; 4],
 }
 
@@ -88,6 +89,7 @@ impl Network {
         drop_probability: f64,
         duplicate_probability: f64,
         latency_us: (u64, u64),
+        long_delay: (f64, u64),
     ) {
         self.counters.sent += 1;
         if drop_probability > 0.0 && rng.random_bool(drop_probability) {
@@ -101,7 +103,11 @@ impl Network {
             1
         };
         for _ in 0..copies {
-            let latency = rng.random_range(latency_us.0..=latency_us.1);
+            let mut latency = rng.random_range(latency_us.0..=latency_us.1);
+            if long_delay.0 > 0.0 && rng.random_bool(long_delay.0) {
+                latency += rng.random_range(0..=long_delay.1);
+                self.counters.long_delays += 1;
+            }
             self.sequence += 1;
             let message = message.clone();
             self.queue.push(Reverse(InFlight {

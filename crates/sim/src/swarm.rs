@@ -15,6 +15,10 @@ pub struct FaultMix {
     pub duplicate_probability: f64,
     pub latency_min_ms: u64,
     pub latency_max_ms: u64,
+    /// Chance that a message is held up far longer than usual (a congested link):
+    /// it may then arrive after a master change.
+    pub long_delay_probability: f64,
+    pub long_delay_ms_max: u64,
     /// Chance per simulated millisecond that a new partition starts (when none is active).
     pub partition_per_ms: f64,
     pub partition_length_ms_max: u64,
@@ -44,6 +48,8 @@ impl FaultMix {
             duplicate_probability: scale * rng.random_range(0.0..0.1),
             latency_min_ms,
             latency_max_ms: latency_min_ms + rng.random_range(1..=60),
+            long_delay_probability: scale * rng.random_range(0.0..0.05),
+            long_delay_ms_max: rng.random_range(100..=3_000),
             partition_per_ms: scale * rng.random_range(0.0..0.001),
             partition_length_ms_max: rng.random_range(200..=4_000),
             crash_per_ms: scale * rng.random_range(0.0..0.0005),

@@ -1,1 +1,260 @@
-//! synod-storage.
+//! synod-storage: the only crate that touches files.
+//!
+//! It persists what a Multi-Paxos acceptor must not forget and what the
+//! replicated state machine needs to restart quickly:
+//!
+//! * [`Wal`]: a write-ahead log of checksummed [`Record`]s (accepted values
+//!   and commit points) in rotating segments, each with a separate identifier
+//!   file so recovery tells a torn tail (discarded) from corruption (reported
+//!   for repair from peers), as Protocol-Aware Recovery (CTRL) prescribes;
+//! * [`GroupCommit`]: the server's writer thread, one `fdatasync` per batch;
+//! * [`MetadataStore`]: the promised ballot and incarnation in two
+//!   checksummed copies;
+//! * [`SnapshotStore`]: Paxos Made Live snapshots in checksummed chunks, read
+//!   chunk by chunk for transfer and installed from peers with resumption;
+//! * [`Disk`]: the file abstraction, with [`FsDisk`] (real files) and
+//!   [`SimDisk`] (in memory, deterministic, with fault injection).
+//!
+//! # Layout
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | `disk` | [`Disk`], [`File`], [`FsDisk`] |
+//! | `sim_disk` | [`SimDisk`], [`FaultConfig`], [`FaultCounts`] |
+//! | `wal` | [`Wal`], [`Record`], [`Recovery`]; the log's write ordering |
+//! | `group_commit` | [`GroupCommit`], the writer thread |
+//! | `metadata` | [`MetadataStore`], [`AcceptorMetadata`] |
+//! | `snapshot` | [`SnapshotStore`], [`SnapshotWriter`], [`SnapshotReader`], [`SnapshotInstaller`] |
+//! | `fatal` | [`fatal_sync_error`] |
+//! | `codec` | bounded little-endian decoding, file headers |
+//!
+//! One replica's files live in one flat directory:
+//!
+//! ```text
+//! acceptor-a.meta, acceptor-b.meta     metadata copies
+//! wal-<segment>.log, wal-<segment>.ids segments and their identifiers
+//! snapshot-<instance>.snap             the newest finished snapshot
+//! snapshot-<instance>.tmp              a snapshot being written
+//! snapshot-incoming.partial            a snapshot being received
+//! ```
+//!
+//! # Write ordering, and why it is crash-safe
+//!
+//! Each file kind has one rule, and recovery relies on nothing else.
+//!
+//! **Log.** A batch is made durable as: (1) write its frames to the active
+//! `.log`, (2) `fdatasync` the `.log`, (3) write the frames' identifiers to
+//! the `.ids`, (4) `fdatasync` the `.ids`, (5) report the batch durable. An
+//! identifier therefore reaches the disk only after its frame is durable.
+//! [`GroupCommit`] runs steps 1-2 on its writer thread and 3-5 on an
+//! identifier thread, in batch order, so batch `n + 1`'s frames sync while
+//! batch `n`'s identifiers do; the rule holds per batch.
+//!
+//! Recovery reads each segment's identifiers and frames in order (frame `k`
+//! belongs to identifier `k`):
+//!
+//! * frames after the last identifier of the last segment never had step 3
+//!   finish, so they were never reported durable: a **torn tail**, cut off
+//!   silently ([`Recovery::torn_tail_bytes`]);
+//! * an identifier whose frame is missing, fails its checksum or names a
+//!   different record cannot come from a crash (step 2 finished before step 3
+//!   began): **corruption**, listed in [`Recovery::corrupted`] with the
+//!   instance and ballot from the identifier, and never truncated;
+//! * a frame that fails its checksum with later identifiers or frames after
+//!   it is corruption too (instance unknown if its identifier is also bad).
+//!
+//! Segment files are extended with zeros ahead of the writes
+//! ([`WalConfig::preallocate_bytes`]) so most syncs change no file size; the
+//! zeros go only beyond the current end of a file and are written in the same
+//! batch, before the same sync. Recovery reads trailing zeros as space never
+//! written (trailing all-zero identifier slots as absent), so preallocation
+//! changes none of the rules above. A frame that verifies but whose
+//! identifier is damaged gets its identifier rewritten by recovery, so that
+//! the next recovery reaches the same verdict.
+//!
+//! A segment is rotated only after every identifier in it is synced, and a
+//! new segment's two headers are synced before any frame goes into it, so
+//! only the last segment can have a torn tail; a last segment whose headers
+//! are incomplete and which holds no frames is a rotation that crashed, and
+//! is replaced. Trimming removes a segment's `.log` before its `.ids`; an
+//! `.ids` left without its `.log` is removed on open.
+//!
+//! **Metadata.** Each write goes to the copy with the older sequence number
+//! and is synced before it is reported, so a torn write damages only that
+//! copy and the other still holds the previous value.
+//!
+//! **Snapshots.** Written to a `.tmp` file (chunks, then the manifest),
+//! synced, renamed to `.snap` (directory fsynced); older snapshots are removed
+//! after the rename. An incoming transfer syncs after every chunk and is
+//! renamed into place when complete. The log is trimmed only after that.
+//!
+//! **Syncs are never retried.** After a failed `fdatasync` the kernel may have
+//! dropped the dirty pages and marked them clean, so a retry can succeed with
+//! the data gone ([`SimDisk`] models exactly that). Every store stops for good
+//! after a failed write or sync.
+//!
+//! # The simulator
+//!
+//! [`SimDisk`] keeps a durable and a current image of every file; `sync`
+//! moves writes from one to the other and [`SimDisk::crash`] keeps only a
+//! random prefix of the unsynced writes (tearing the first one dropped with
+//! probability [`FaultConfig::torn_write_probability`]). Random faults come
+//! from the rates in [`FaultConfig`] and the seed; targeted ones from
+//! [`SimDisk::flip_bit`] and [`SimDisk::schedule_error`]:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use synod_paxos::{Ballot, Instance, NodeId};
+//! use synod_storage::*;
+//!
+//! let sim = SimDisk::new(42, FaultConfig::default());
+//! let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+//! let (mut wal, _) = Wal::open(disk.clone(), WalConfig::default())?;
+//! for instance in 1..=3 {
+//!     wal.append(&Record::Accepted {
+//!         instance: Instance(instance),
+//!         ballot: Ballot::new(1, 0, NodeId(2)),
+//!         value: bytes::Bytes::from_static(b"batch"),
+//!     })?;
+//! }
+//! wal.sync()?;
+//!
+//! // Corrupt exactly instance 2's record on this replica, then restart it.
+//! let location = wal.locate_accepted(Instance(2))?.expect("written");
+//! sim.flip_bit(&location.file, location.offset + location.frame_bytes - 1, 0)?;
+//! drop(wal);
+//! sim.crash();
+//! let (_, recovery) = Wal::open(disk, WalConfig::default())?;
+//! assert_eq!(recovery.corrupted[0].instance, Some(Instance(2)));
+//! assert_eq!(recovery.accepted.len(), 2);
+//! assert_eq!(sim.fault_counts().stored_bit_flips, 1);
+//! # Ok::<(), StorageError>(())
+//! ```
+//!
+//! A [`StorageError::SyncFailed`] from a [`SimDisk`] (from any call,
+//! [`Wal::open`] included, since recovery repairs files) should be handled by
+//! the simulator as a crash of that replica: call [`SimDisk::crash`] and
+//! restart it.
+//!
+//! Only [`SnapshotWriter::finish`] and [`SnapshotInstaller::install`] make a
+//! [`FinishedSnapshot`], so the log cannot be trimmed for a snapshot that is
+//! not durably installed:
+//!
+//! ```compile_fail
+//! let forged = synod_storage::FinishedSnapshot { instance: synod_paxos::Instance(9) };
+//! ```
+//!
+//! # Rules for the host
+//!
+//! * Persist before you send: an accept reply goes out only after the
+//!   `Accepted` record's completion reports `Ok`; a promise only after
+//!   [`MetadataStore::write`] returns.
+//! * A [`StorageError::SyncFailed`] is never retried: the server aborts
+//!   ([`fatal_sync_error`]); the simulator treats it as a crash.
+//! * Instances in [`Recovery::corrupted`] are faulty: repair them from peers
+//!   before this replica serves them.
+//! * The log is trimmed only with the [`FinishedSnapshot`] that
+//!   [`SnapshotWriter::finish`] or [`SnapshotInstaller::install`] returns.
+//!
+//! # Starting a replica
+//!
+//! ```
+//! use std::sync::Arc;
+//! use synod_paxos::{Ballot, Instance, NodeId};
+//! use synod_storage::*;
+//!
+//! // A server uses FsDisk::open(directory); the simulator a SimDisk.
+//! let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(7, FaultConfig::default()));
+//!
+//! // 1. Metadata first: the promise and the incarnation, bumped on restart.
+//! let has_state = disk
+//!     .list()?
+//!     .iter()
+//!     .any(|name| name.starts_with("wal-") || name.starts_with("snapshot-"));
+//! let (mut metadata, load) = MetadataStore::open(disk.clone(), has_state)?;
+//! let incarnation = load.metadata.incarnation + 1;
+//! metadata.write(&AcceptorMetadata { incarnation, ..load.metadata })?;
+//!
+//! // 2. The newest snapshot, every chunk verified.
+//! let snapshots = SnapshotStore::open(disk.clone(), 1 << 20)?;
+//! let restored = snapshots.load_latest()?; // Some((instance, state)) or None
+//! let snapshot_instance = restored.map_or(Instance::ZERO, |(instance, _)| instance);
+//!
+//! // 3. The log: accepted values, the commit point, and what needs repair.
+//! let (wal, recovery) = Wal::open(disk.clone(), WalConfig::default())?;
+//! let committed_through = recovery.committed_through.max(snapshot_instance);
+//! for damaged in &recovery.corrupted {
+//!     // Ask the peers for damaged.instance before serving it.
+//!     let _ = damaged;
+//! }
+//! # assert_eq!(committed_through, Instance::ZERO);
+//!
+//! // 4. The server appends through the group-commit writer thread.
+//! let log = GroupCommit::start(wal, GroupCommitConfig::default())?;
+//! let (sender, receiver) = std::sync::mpsc::channel();
+//! let accepted = Record::Accepted {
+//!     instance: Instance(1),
+//!     ballot: Ballot::new(1, incarnation, NodeId(1)),
+//!     value: bytes::Bytes::from_static(b"put x 1"),
+//! };
+//! // From async code, send on a tokio oneshot here instead.
+//! let completion: Completion = Box::new(move |outcome| {
+//!     let _ = sender.send(outcome);
+//! });
+//! if let Err(rejected) = log.try_submit(accepted, completion) {
+//!     // Queue full: the record comes back; retry later or shed load.
+//!     let _ = rejected.record;
+//! }
+//! receiver.recv().expect("completed")?; // durable: now send the accept reply
+//!
+//! // 5. Snapshots are written off the hot path, then trim the log.
+//! let mut writer = snapshots.begin(Instance(1))?;
+//! writer.write(b"x=1")?;
+//! let finished = writer.finish()?;
+//! log.trim(finished, Box::new(|removed| drop(removed)))?;
+//! let (_wal, _stats) = log.stop();
+//! # Ok::<(), StorageError>(())
+//! ```
+//!
+//! # Transferring a snapshot
+//!
+//! The sender opens [`SnapshotStore::latest`] and sends its
+//! [`SnapshotManifest`] and then [`SnapshotReader::chunk`]s (each carries its
+//! CRC32C). The receiver calls [`SnapshotStore::installer`] (which resumes a
+//! transfer an earlier run left), [`SnapshotInstaller::begin`] with the
+//! manifest (a different manifest, e.g. a newer snapshot from another peer,
+//! restarts the transfer), [`SnapshotInstaller::accept`] for each chunk it is
+//! told it needs, and [`SnapshotInstaller::install`] when the step is
+//! [`InstallStep::Complete`]; the [`FinishedSnapshot`] it returns trims the
+//! log.
+
+#![deny(missing_debug_implementations)]
+#![deny(missing_docs)]
+
+mod codec;
+mod disk;
+mod error;
+mod fatal;
+mod group_commit;
+mod metadata;
+mod sim_disk;
+mod snapshot;
+mod wal;
+
+pub use disk::{Disk, File, FsDisk, FsFile};
+pub use error::{Result, StorageError};
+pub use fatal::fatal_sync_error;
+pub use group_commit::{
+    Completion, GroupCommit, GroupCommitConfig, GroupCommitStats, RejectReason, Rejected,
+    SyncFailurePolicy, TrimCompletion,
+};
+pub use metadata::{AcceptorMetadata, MetadataLoad, MetadataStore, METADATA_FILES};
+pub use sim_disk::{FaultConfig, FaultCounts, Operation, SimDisk, SimFile, SimRng};
+pub use snapshot::{
+    FinishedSnapshot, InstallStep, SnapshotChunk, SnapshotInstaller, SnapshotManifest,
+    SnapshotReader, SnapshotStore, SnapshotWriter, CHUNK_BYTES_MAX,
+};
+pub use wal::{
+    AcceptedValue, CorruptEntry, Record, RecordKind, RecordLocation, Recovery, Wal, WalConfig,
+    IDENTIFIER_BYTES,
+};

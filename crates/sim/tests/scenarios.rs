@@ -1,0 +1,147 @@
+//! Scripted scenarios on a fault-free group: the submit API's definite answers,
+//! epochs, master leases under a pause, and rejoining with an empty disk.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use synod_paxos::{Epoch, FreshStart, ReadError, RejectReason, Replica, Voting};
+use synod_sim::cluster::sim_paxos_config;
+use synod_sim::group::Group;
+
+fn elected(size: usize) -> (Group, usize) {
+    let mut group = Group::new(size, |_| {});
+    assert!(group.run_until(Duration::from_millis(1), Duration::from_secs(30), |g| g
+        .serving_master()
+        .is_some()));
+    let master = group.serving_master().expect("a master");
+    (group, master)
+}
+
+#[test]
+fn a_follower_refuses_submits_and_names_the_master() {
+    let (mut group, master) = elected(3);
+    let follower = (master + 1) % 3;
+    let now = group.now;
+    let rejected = group.replicas[follower]
+        .submit(now, Bytes::from_static(b"v"), None)
+        .expect_err("followers do not take submits");
+    assert_eq!(
+        rejected.reason,
+        RejectReason::NotMaster {
+            master: Some(group.replicas[master].node())
+        }
+    );
+    assert_eq!(rejected.value, Bytes::from_static(b"v"), "the value is handed back");
+}
+
+#[test]
+fn oversize_values_and_a_full_queue_are_refused_with_the_value() {
+    let mut group = Group::new(3, |config| {
+        config.submit_queue_values_max = config.batch_values_max;
+    });
+    assert!(group.run_until(Duration::from_millis(1), Duration::from_secs(30), |g| g
+        .serving_master()
+        .is_some()));
+    let master = group.serving_master().unwrap();
+    let now = group.now;
+    let too_large = Bytes::from(vec![0u8; group.replicas[master].config().value_bytes_max + 1]);
+    let rejected = group.replicas[master].submit(now, too_large, None).unwrap_err();
+    assert!(matches!(rejected.reason, RejectReason::TooLarge { .. }));
+    // Without pumping messages nothing commits, so the window and then the queue fill.
+    let mut queue_full = false;
+    for index in 0..100_000u32 {
+        match group.replicas[master].submit(now, Bytes::from(index.to_string()), None) {
+            Ok(_) => {}
+            Err(rejected) => {
+                assert_eq!(rejected.reason, RejectReason::QueueFull);
+                assert_eq!(rejected.value, Bytes::from(index.to_string()));
+                queue_full = true;
+                break;
+            }
+        }
+    }
+    assert!(queue_full, "the submit queue is bounded");
+}
+
+#[test]
+fn a_stale_epoch_is_refused_and_a_current_one_commits() {
+    let (mut group, master) = elected(3);
+    let now = group.now;
+    let epoch = group.replicas[master].epoch().expect("the master has an epoch");
+    let stale = Epoch(synod_paxos::Ballot::ZERO);
+    let rejected = group.replicas[master]
+        .submit(now, Bytes::from_static(b"a"), Some(stale))
+        .unwrap_err();
+    assert!(matches!(rejected.reason, RejectReason::EpochChanged { .. }));
+    group.replicas[master]
+        .submit(now, Bytes::from_static(b"b"), Some(epoch))
+        .unwrap();
+    group.drain(master);
+    group.pump();
+    let chosen_through = group.replicas[master].chosen_through();
+    let found = (1..=chosen_through.0).any(|instance| {
+        group.replicas[master]
+            .chosen_value(synod_paxos::Instance(instance))
+            .is_some_and(|batch| {
+                batch
+                    .entries
+                    .iter()
+                    .any(|entry| entry.value == Bytes::from_static(b"b"))
+            })
+    });
+    assert!(found, "a value with the current epoch commits");
+}
+
+#[test]
+fn a_master_paused_past_its_lease_refuses_reads_on_resume() {
+    let (group, master) = elected(3);
+    let replica = &group.replicas[master];
+    assert!(replica.read_lease(group.now).is_ok());
+    let expiry = replica.lease_expires_at().expect("the master holds a lease");
+    // Resumes after a pause longer than the lease: its own clock tells it at once.
+    let resumed = expiry + Duration::from_millis(1);
+    assert!(matches!(replica.read_lease(resumed), Err(ReadError::NotMaster { .. })));
+    assert!(!replica.holds_lease(resumed));
+}
+
+#[test]
+fn a_replica_with_an_empty_disk_learns_before_it_votes() {
+    let (mut group, master) = elected(3);
+    // Commit some values.
+    for index in 0..50u32 {
+        let now = group.now;
+        group.replicas[master]
+            .submit(now, Bytes::from(index.to_string()), None)
+            .unwrap();
+        group.drain(master);
+        group.pump();
+    }
+    assert!(group.run_until(Duration::from_millis(1), Duration::from_secs(5), |g| {
+        g.replicas
+            .iter()
+            .all(|r| r.chosen_through() >= synod_paxos::Instance(2))
+    }));
+    // Replica `wiped` loses its disk and comes back empty.
+    let wiped = (master + 1) % 3;
+    let members = group.replicas[wiped].config().members.clone();
+    let config = sim_paxos_config(group.replicas[wiped].node(), members);
+    group.replicas[wiped] = Replica::fresh(config, FreshStart::Rejoin, group.now, 99);
+    group.drain(wiped);
+    assert!(matches!(
+        group.replicas[wiped].meta().voting,
+        Voting::ProbePending { new_group: false }
+    ));
+    let target = group.replicas[master].chosen_through();
+    assert!(group.run_until(Duration::from_millis(1), Duration::from_secs(20), |g| {
+        g.replicas[wiped].meta().voting == Voting::Voter
+    }));
+    let rejoined = &group.replicas[wiped];
+    assert!(
+        rejoined.chosen_through() >= target,
+        "it learned everything chosen before voting"
+    );
+    assert!(
+        rejoined.meta().promised > synod_paxos::Ballot::ZERO,
+        "it adopted its peers' promise instead of starting from nothing"
+    );
+}

@@ -1,0 +1,1272 @@
+//! The write-ahead log: checksummed records in segment files, each segment
+//! paired with an identifier file.
+//!
+//! # Files
+//!
+//! Segment `n` is two files: `wal-<n>.log` holds record frames, `wal-<n>.ids`
+//! holds one fixed-size identifier per frame, in the same order. Both start
+//! with a checksummed 32-byte header.
+//!
+//! A frame is `magic u32 | payload length u32 | crc32c u32 | payload`, the
+//! checksum covering the length and the payload. An identifier is 64 bytes:
+//! the record's kind, its frame checksum, instance, ballot, offset and frame
+//! length, and a checksum of its own.
+//!
+//! # Write ordering
+//!
+//! [`Wal::sync`] makes a batch durable in this order:
+//!
+//! 1. write the batch's frames to `.log`, then `fdatasync` it;
+//! 2. write their identifiers to `.ids`, then `fdatasync` it;
+//! 3. only now report the batch durable.
+//!
+//! So an identifier is on disk only if its frame was durable first. After a
+//! crash, recovery reads it back:
+//!
+//! * a frame with no identifier was never reported durable (step 2 did not
+//!   finish): it is a torn tail and is discarded;
+//! * an identifier whose frame is missing or fails its checksum cannot come
+//!   from a crash: that is corruption, and the instance (with its ballot from
+//!   the identifier) is reported for repair from peers, never silently
+//!   dropped;
+//! * a bad frame followed by later frames or identifiers is corruption too.
+//!
+//! Segments rotate only at batch boundaries, after both files are synced, so
+//! every segment but the last is complete and a torn tail can only be in the
+//! last one. A new segment's files are created (directory fsynced) and their
+//! headers synced before any record goes into them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use synod_paxos::{Ballot, Instance, NodeId};
+
+use crate::codec::{
+    decode_file_header, encode_file_header, put_u32, put_u64, Decoder, FILE_HEADER_BYTES,
+};
+use crate::disk::{Disk, File};
+use crate::error::{Result, StorageError};
+use crate::snapshot::FinishedSnapshot;
+
+const LOG_MAGIC: u64 = u64::from_le_bytes(*b"SYNODLOG");
+const IDS_MAGIC: u64 = u64::from_le_bytes(*b"SYNODIDS");
+const FORMAT_VERSION: u32 = 1;
+const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SREC");
+const FRAME_HEADER_BYTES: usize = 12;
+/// The bytes of one identifier in an `.ids` file.
+pub const IDENTIFIER_BYTES: usize = 64;
+const KIND_ACCEPTED: u8 = 1;
+const KIND_COMMITTED: u8 = 2;
+/// Accepted payload without the value: kind, instance, ballot.
+const ACCEPTED_FIXED_BYTES: usize = 1 + 8 + 24;
+const COMMITTED_BYTES: usize = 1 + 8;
+
+/// One thing the acceptor persists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// The acceptor accepted `value` for `instance` at `ballot` (phase 2b).
+    /// The value is opaque: a batch of client values.
+    Accepted {
+        /// The Paxos instance.
+        instance: Instance,
+        /// The ballot of the accepted proposal.
+        ballot: Ballot,
+        /// The accepted value, at most `value_bytes_max` bytes.
+        value: Bytes,
+    },
+    /// Every instance up to and including `through` is chosen. Later records
+    /// supersede earlier ones, so these may be coalesced.
+    Committed {
+        /// The highest chosen instance with all before it chosen too.
+        through: Instance,
+    },
+}
+
+impl Record {
+    fn kind(&self) -> u8 {
+        match self {
+            Record::Accepted { .. } => KIND_ACCEPTED,
+            Record::Committed { .. } => KIND_COMMITTED,
+        }
+    }
+
+    fn instance(&self) -> Instance {
+        match self {
+            Record::Accepted { instance, .. } => *instance,
+            Record::Committed { through } => *through,
+        }
+    }
+
+    fn ballot(&self) -> Ballot {
+        match self {
+            Record::Accepted { ballot, .. } => *ballot,
+            Record::Committed { .. } => Ballot::ZERO,
+        }
+    }
+
+    /// The payload bytes of this record's frame.
+    fn payload_bytes(&self) -> usize {
+        match self {
+            Record::Accepted { value, .. } => ACCEPTED_FIXED_BYTES + value.len(),
+            Record::Committed { .. } => COMMITTED_BYTES,
+        }
+    }
+
+    /// The bytes this record takes in a segment.
+    pub fn frame_bytes(&self) -> usize {
+        FRAME_HEADER_BYTES + self.payload_bytes()
+    }
+}
+
+/// Which kind of record an identifier or a frame describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// [`Record::Accepted`].
+    Accepted,
+    /// [`Record::Committed`].
+    Committed,
+}
+
+/// A record that recovery found damaged. The Paxos layer repairs these from
+/// peers (or learns that they were never chosen); it must not treat the
+/// instance as accepted by this replica in the meantime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptEntry {
+    /// The segment's `.log` file.
+    pub file: String,
+    /// Where the frame should start, when known.
+    pub offset: Option<u64>,
+    /// From the identifier, when it survived.
+    pub kind: Option<RecordKind>,
+    /// The instance the damaged record was about, if its identifier survived.
+    pub instance: Option<Instance>,
+    /// The ballot it was accepted at, if its identifier survived.
+    pub ballot: Option<Ballot>,
+}
+
+/// A value the acceptor accepted, as recovered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptedValue {
+    /// The ballot of the proposal accepted.
+    pub ballot: Ballot,
+    /// The value accepted.
+    pub value: Bytes,
+}
+
+/// What [`Wal::open`] found.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// For each instance, the value accepted last (later records supersede
+    /// earlier ones). Instances whose newest record is corrupt are absent.
+    pub accepted: BTreeMap<Instance, AcceptedValue>,
+    /// The highest commit point found.
+    pub committed_through: Instance,
+    /// Damaged records, in log order: instances here need repair.
+    pub corrupted: Vec<CorruptEntry>,
+    /// Unreported tail bytes discarded from the last segment (records whose
+    /// identifiers were never written, i.e. never reported durable).
+    pub torn_tail_bytes: u64,
+    /// Identifier slots that failed their own checksum.
+    pub corrupt_identifiers: u64,
+    /// Bytes of log and identifier files that failed to read (EIO) and were
+    /// treated as damaged.
+    pub unreadable_bytes: u64,
+    /// Segment file headers that failed their checksum (their frames were
+    /// still read).
+    pub damaged_headers: u64,
+    /// Damaged identifiers of frames that verify, rewritten from the frames.
+    pub repaired_identifiers: u64,
+    /// Good records read.
+    pub records: u64,
+    /// Bytes of `.log` files read and verified.
+    pub bytes_scanned: u64,
+}
+
+/// Sizes and bounds of the log.
+#[derive(Clone, Debug)]
+pub struct WalConfig {
+    /// A segment rotates before a batch would take it past this size.
+    pub segment_bytes_max: u64,
+    /// The largest value an `Accepted` record may carry.
+    pub value_bytes_max: u32,
+    /// When a write would pass the end of a segment's `.log` file, the file
+    /// is extended with this many zero bytes beyond it (a quarter of it for
+    /// the `.ids` file), so that most syncs change no file size and need no
+    /// file-system journal commit. Never past the longest segment file.
+    /// 0 turns preallocation off.
+    pub preallocate_bytes: u64,
+}
+
+impl Default for WalConfig {
+    fn default() -> WalConfig {
+        WalConfig {
+            segment_bytes_max: 64 << 20,
+            value_bytes_max: 16 << 20,
+            preallocate_bytes: 1 << 20,
+        }
+    }
+}
+
+impl WalConfig {
+    /// Checks the bounds are usable.
+    pub fn validate(&self) -> Result<()> {
+        if self.segment_bytes_max < 4096 {
+            return Err(StorageError::InvalidConfig {
+                what: format!("segment_bytes_max {} is below 4096", self.segment_bytes_max),
+            });
+        }
+        if self.value_bytes_max == 0 || self.value_bytes_max > 1 << 30 {
+            return Err(StorageError::InvalidConfig {
+                what: format!(
+                    "value_bytes_max {} is not in 1..=1 GiB",
+                    self.value_bytes_max
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn frame_bytes_max(&self) -> u64 {
+        (FRAME_HEADER_BYTES + ACCEPTED_FIXED_BYTES) as u64 + self.value_bytes_max as u64
+    }
+
+    /// The longest `.log` file recovery will read.
+    fn segment_file_bytes_max(&self) -> u64 {
+        FILE_HEADER_BYTES as u64 + self.segment_bytes_max.max(self.frame_bytes_max())
+    }
+}
+
+/// Where a record lies, for tests and the simulator to aim faults at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordLocation {
+    /// The segment's `.log` file.
+    pub file: String,
+    /// Where the frame starts.
+    pub offset: u64,
+    /// The frame's length, header included.
+    pub frame_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identifier {
+    kind: u8,
+    record_crc: u32,
+    instance: Instance,
+    ballot: Ballot,
+    offset: u64,
+    frame_bytes: u32,
+}
+
+impl Identifier {
+    fn encode(&self, buffer: &mut Vec<u8>) {
+        let start = buffer.len();
+        buffer.push(self.kind);
+        buffer.extend_from_slice(&[0; 3]);
+        put_u32(buffer, self.record_crc);
+        put_u64(buffer, self.instance.0);
+        put_ballot(buffer, &self.ballot);
+        put_u64(buffer, self.offset);
+        put_u32(buffer, self.frame_bytes);
+        put_u32(buffer, 0);
+        let crc = crc32c::crc32c(&buffer[start..]);
+        put_u32(buffer, crc);
+        put_u32(buffer, 0);
+        debug_assert_eq!(buffer.len() - start, IDENTIFIER_BYTES);
+    }
+
+    fn decode(slot: &[u8]) -> Option<Identifier> {
+        let mut decoder = Decoder::new(slot);
+        let kind = decoder.u8()?;
+        decoder.take(3)?;
+        let record_crc = decoder.u32()?;
+        let instance = Instance(decoder.u64()?);
+        let ballot = get_ballot(&mut decoder)?;
+        let offset = decoder.u64()?;
+        let frame_bytes = decoder.u32()?;
+        decoder.u32()?;
+        let covered = decoder.position();
+        let crc = decoder.u32()?;
+        if crc != crc32c::crc32c(&slot[..covered]) {
+            return None;
+        }
+        if kind != KIND_ACCEPTED && kind != KIND_COMMITTED {
+            return None;
+        }
+        Some(Identifier {
+            kind,
+            record_crc,
+            instance,
+            ballot,
+            offset,
+            frame_bytes,
+        })
+    }
+}
+
+fn put_ballot(buffer: &mut Vec<u8>, ballot: &Ballot) {
+    put_u64(buffer, ballot.round);
+    put_u64(buffer, ballot.incarnation);
+    put_u64(buffer, ballot.node.0);
+}
+
+fn get_ballot(decoder: &mut Decoder<'_>) -> Option<Ballot> {
+    Some(Ballot::new(
+        decoder.u64()?,
+        decoder.u64()?,
+        NodeId(decoder.u64()?),
+    ))
+}
+
+fn kind_of(kind: u8) -> Option<RecordKind> {
+    match kind {
+        KIND_ACCEPTED => Some(RecordKind::Accepted),
+        KIND_COMMITTED => Some(RecordKind::Committed),
+        _ => None,
+    }
+}
+
+/// Appends `record`'s frame to `buffer`, returning the frame checksum.
+fn encode_frame(record: &Record, buffer: &mut Vec<u8>) -> u32 {
+    let payload_bytes = record.payload_bytes();
+    let start = buffer.len();
+    put_u32(buffer, FRAME_MAGIC);
+    put_u32(buffer, payload_bytes as u32);
+    put_u32(buffer, 0);
+    buffer.push(record.kind());
+    put_u64(buffer, record.instance().0);
+    if let Record::Accepted { ballot, value, .. } = record {
+        put_ballot(buffer, ballot);
+        buffer.extend_from_slice(value);
+    }
+    assert_eq!(buffer.len() - start, FRAME_HEADER_BYTES + payload_bytes);
+    let crc = crc32c::crc32c(&buffer[start + 4..start + 8]);
+    let crc = crc32c::crc32c_append(crc, &buffer[start + FRAME_HEADER_BYTES..]);
+    buffer[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    crc
+}
+
+/// Decodes the frame at `offset` of `segment`, if it is whole and verifies.
+/// Returns the record, its checksum and its length.
+fn decode_frame(
+    segment: &Bytes,
+    offset: usize,
+    payload_bytes_max: u64,
+) -> Option<(Record, u32, usize)> {
+    let mut decoder = Decoder::new(segment.get(offset..)?);
+    if decoder.u32()? != FRAME_MAGIC {
+        return None;
+    }
+    let payload_bytes = decoder.u32()?;
+    if payload_bytes as u64 > payload_bytes_max {
+        return None;
+    }
+    let crc = decoder.u32()?;
+    let payload = decoder.take(payload_bytes as usize)?;
+    let computed = crc32c::crc32c_append(crc32c::crc32c(&payload_bytes.to_le_bytes()), payload);
+    if computed != crc {
+        return None;
+    }
+    let mut fields = Decoder::new(payload);
+    let record = match fields.u8()? {
+        KIND_ACCEPTED => {
+            let instance = Instance(fields.u64()?);
+            let ballot = get_ballot(&mut fields)?;
+            let value_start = offset + FRAME_HEADER_BYTES + fields.position();
+            let value_end = offset + FRAME_HEADER_BYTES + payload.len();
+            Record::Accepted {
+                instance,
+                ballot,
+                value: segment.slice(value_start..value_end),
+            }
+        }
+        KIND_COMMITTED => {
+            let through = Instance(fields.u64()?);
+            if !fields.rest().is_empty() {
+                return None;
+            }
+            Record::Committed { through }
+        }
+        _ => return None,
+    };
+    Some((record, crc, FRAME_HEADER_BYTES + payload.len()))
+}
+
+fn log_name(sequence: u64) -> String {
+    format!("wal-{sequence:020}.log")
+}
+
+fn ids_name(sequence: u64) -> String {
+    format!("wal-{sequence:020}.ids")
+}
+
+fn parse_segment_name(name: &str) -> Option<(u64, &'static str)> {
+    let rest = name.strip_prefix("wal-")?;
+    let (number, extension) = rest.split_once('.')?;
+    if number.len() != 20 || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let extension = match extension {
+        "log" => "log",
+        "ids" => "ids",
+        _ => return None,
+    };
+    Some((number.parse().ok()?, extension))
+}
+
+#[derive(Clone, Debug)]
+struct SegmentInfo {
+    sequence: u64,
+    /// The highest instance named by any record in the segment.
+    instance_max: Instance,
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct ActiveSegment {
+    sequence: u64,
+    log: Box<dyn File>,
+    ids: Box<dyn File>,
+    /// Durable bytes of each file.
+    log_bytes: u64,
+    ids_bytes: u64,
+}
+
+/// The write-ahead log, with a synchronous API: [`Wal::append`] stages
+/// records in memory, [`Wal::sync`] makes everything staged durable. The
+/// server wraps it in a [`crate::GroupCommit`] writer thread; the simulator
+/// calls it directly on a [`crate::SimDisk`].
+#[derive(Debug)]
+pub struct Wal {
+    disk: Arc<dyn Disk>,
+    config: WalConfig,
+    /// Closed segments, oldest first.
+    closed: Vec<SegmentInfo>,
+    active: ActiveSegment,
+    active_instance_max: Instance,
+    staged_log: Vec<u8>,
+    staged_ids: Vec<u8>,
+    staged_records: u64,
+    staged_instance_max: Instance,
+    /// Set after a failed write or sync: the log then refuses all work.
+    failure: Option<String>,
+    syncs: u64,
+}
+
+impl Wal {
+    /// Opens the log in `disk`, creating it if there is none, and recovers
+    /// its contents. Damaged records are reported in
+    /// [`Recovery::corrupted`]; damaged headers and missing segments are
+    /// errors. A torn tail in the last segment is cut off.
+    pub fn open(disk: Arc<dyn Disk>, config: WalConfig) -> Result<(Wal, Recovery)> {
+        config.validate()?;
+        let mut logs = Vec::new();
+        let mut ids = Vec::new();
+        for name in disk.list()? {
+            match parse_segment_name(&name) {
+                Some((sequence, "log")) => logs.push(sequence),
+                Some((sequence, _)) => ids.push(sequence),
+                None => {}
+            }
+        }
+        // Identifier files without a log are left over from a trim that
+        // crashed between its two removals, or from a rotation that crashed
+        // before creating the log. They describe nothing.
+        for sequence in &ids {
+            if !logs.contains(sequence) && logs.first().is_none_or(|first| sequence < first) {
+                disk.remove(&ids_name(*sequence))?;
+            }
+        }
+        for pair in logs.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                return Err(StorageError::Malformed {
+                    file: log_name(pair[0] + 1),
+                    what: format!(
+                        "segment missing between {} and {}",
+                        log_name(pair[0]),
+                        log_name(pair[1])
+                    ),
+                });
+            }
+        }
+
+        let mut recovery = Recovery::default();
+        let mut corrupt_by_instance: BTreeMap<Instance, CorruptEntry> = BTreeMap::new();
+        let mut corrupt_unknown = Vec::new();
+        let mut closed = Vec::new();
+        let mut active = None;
+        let mut active_instance_max = Instance::ZERO;
+        let count = logs.len();
+        let mut next_sequence = logs.last().map_or(1, |last| last + 1);
+        for (index, sequence) in logs.iter().copied().enumerate() {
+            let last = index + 1 == count;
+            let scan = scan_segment(disk.as_ref(), &config, sequence, last)?;
+            let Some(scan) = scan else {
+                // The last segment's creation never finished; it holds
+                // nothing and its files are gone. A new one takes its number.
+                assert!(last);
+                next_sequence = sequence;
+                continue;
+            };
+            recovery.bytes_scanned += scan.log_file_bytes;
+            recovery.torn_tail_bytes += scan.torn_tail_bytes;
+            recovery.corrupt_identifiers += scan.corrupt_identifiers;
+            recovery.unreadable_bytes += scan.unreadable_bytes;
+            recovery.damaged_headers += scan.damaged_headers;
+            recovery.repaired_identifiers += scan.repaired_identifiers;
+            let mut instance_max = Instance::ZERO;
+            for item in scan.items {
+                match item {
+                    Scanned::Good(record) => {
+                        recovery.records += 1;
+                        instance_max = instance_max.max(record.instance());
+                        match record {
+                            Record::Accepted {
+                                instance,
+                                ballot,
+                                value,
+                            } => {
+                                corrupt_by_instance.remove(&instance);
+                                recovery
+                                    .accepted
+                                    .insert(instance, AcceptedValue { ballot, value });
+                            }
+                            Record::Committed { through } => {
+                                recovery.committed_through =
+                                    recovery.committed_through.max(through);
+                            }
+                        }
+                    }
+                    Scanned::Corrupt(entry) => match (entry.kind, entry.instance) {
+                        (Some(RecordKind::Accepted), Some(instance)) => {
+                            instance_max = instance_max.max(instance);
+                            recovery.accepted.remove(&instance);
+                            corrupt_by_instance.insert(instance, entry);
+                        }
+                        _ => corrupt_unknown.push(entry),
+                    },
+                }
+            }
+            if last {
+                active_instance_max = instance_max;
+                active = Some(scan.files);
+            } else {
+                closed.push(SegmentInfo {
+                    sequence,
+                    instance_max,
+                });
+            }
+        }
+        recovery.corrupted = corrupt_unknown;
+        recovery.corrupted.extend(corrupt_by_instance.into_values());
+
+        let active = match active {
+            Some(active) => active,
+            None => create_segment(disk.as_ref(), next_sequence)?,
+        };
+        let wal = Wal {
+            disk,
+            config,
+            closed,
+            active,
+            active_instance_max,
+            staged_log: Vec::new(),
+            staged_ids: Vec::new(),
+            staged_records: 0,
+            staged_instance_max: Instance::ZERO,
+            failure: None,
+            syncs: 0,
+        };
+        Ok((wal, recovery))
+    }
+
+    fn check_running(&self) -> Result<()> {
+        match &self.failure {
+            Some(reason) => Err(StorageError::Stopped {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn fail<T>(&mut self, error: StorageError) -> Result<T> {
+        self.failure = Some(error.to_string());
+        Err(error)
+    }
+
+    /// Stages `record`. It is durable only after a later [`Wal::sync`]
+    /// returns `Ok`. May write and sync what is already staged first, when
+    /// the record would take the segment past `segment_bytes_max`.
+    pub fn append(&mut self, record: &Record) -> Result<()> {
+        self.check_running()?;
+        if let Record::Accepted { value, .. } = record {
+            if value.len() as u64 > self.config.value_bytes_max as u64 {
+                return Err(StorageError::TooLarge {
+                    file: log_name(self.active.sequence),
+                    what: "accepted value",
+                    length: value.len() as u64,
+                    limit: self.config.value_bytes_max as u64,
+                });
+            }
+        }
+        let frame_bytes = record.frame_bytes() as u64;
+        if self.is_full_for(record) {
+            self.sync()?;
+            self.rotate()?;
+        }
+        let offset = self.active.log_bytes + self.staged_log.len() as u64;
+        let record_crc = encode_frame(record, &mut self.staged_log);
+        Identifier {
+            kind: record.kind(),
+            record_crc,
+            instance: record.instance(),
+            ballot: record.ballot(),
+            offset,
+            frame_bytes: frame_bytes as u32,
+        }
+        .encode(&mut self.staged_ids);
+        self.staged_records += 1;
+        self.staged_instance_max = self.staged_instance_max.max(record.instance());
+        Ok(())
+    }
+
+    /// Records staged and not yet synced.
+    pub fn staged_records(&self) -> u64 {
+        self.staged_records
+    }
+
+    /// Bytes staged and not yet synced.
+    pub fn staged_bytes(&self) -> usize {
+        self.staged_log.len()
+    }
+
+    /// Makes every staged record durable, in the order the module docs
+    /// describe: frames, sync, identifiers, sync. A failure stops the log for
+    /// good; a [`StorageError::SyncFailed`] must stop the process (server) or
+    /// count as a crash (simulator), never be retried.
+    pub fn sync(&mut self) -> Result<()> {
+        let Some(identifiers) = self.sync_frames()? else {
+            return Ok(());
+        };
+        // The frames are durable; only now may their identifiers be written.
+        assert_eq!(identifiers.sequence, self.active.sequence);
+        if let Err(error) = identifiers.write_to(self.active.ids.as_mut()) {
+            return self.fail(error);
+        }
+        self.rotate_if_full()
+    }
+
+    /// The first half of [`Wal::sync`]: writes the staged frames and syncs
+    /// the log file. Returns the identifiers that may now be written; the
+    /// batch is durable only once they are synced too.
+    pub(crate) fn sync_frames(&mut self) -> Result<Option<IdentifierBatch>> {
+        self.check_running()?;
+        if self.staged_records == 0 {
+            return Ok(None);
+        }
+        if let Err(error) = write_preallocated(
+            self.active.log.as_mut(),
+            self.active.log_bytes,
+            &self.staged_log,
+            self.config.preallocate_bytes,
+            self.config.segment_file_bytes_max(),
+        ) {
+            return self.fail(error);
+        }
+        if let Err(error) = self.active.log.sync() {
+            return self.fail(error);
+        }
+        let identifiers = IdentifierBatch {
+            sequence: self.active.sequence,
+            offset: self.active.ids_bytes,
+            bytes: std::mem::take(&mut self.staged_ids),
+            preallocate_bytes: self.config.preallocate_bytes / 4,
+            length_cap: self.config.segment_file_bytes_max(),
+        };
+        self.active.log_bytes += self.staged_log.len() as u64;
+        self.active.ids_bytes += identifiers.bytes.len() as u64;
+        assert_eq!(
+            (self.active.ids_bytes - FILE_HEADER_BYTES as u64) % IDENTIFIER_BYTES as u64,
+            0
+        );
+        self.active_instance_max = self.active_instance_max.max(self.staged_instance_max);
+        self.staged_log.clear();
+        self.staged_records = 0;
+        self.staged_instance_max = Instance::ZERO;
+        self.syncs += 1;
+        Ok(Some(identifiers))
+    }
+
+    /// Whether appending `record` now would take the active segment past
+    /// `segment_bytes_max` (so the batch must end and the segment rotate).
+    pub(crate) fn is_full_for(&self, record: &Record) -> bool {
+        let segment_bytes = self.active.log_bytes + self.staged_log.len() as u64;
+        segment_bytes + record.frame_bytes() as u64 > self.config.segment_bytes_max
+            && segment_bytes > FILE_HEADER_BYTES as u64
+    }
+
+    /// Whether the active segment reached `segment_bytes_max`.
+    pub(crate) fn is_full(&self) -> bool {
+        self.active.log_bytes >= self.config.segment_bytes_max
+    }
+
+    /// Starts a new segment if the active one reached `segment_bytes_max`.
+    /// Only when every identifier of the active segment is synced, so that
+    /// every segment but the last is complete.
+    pub(crate) fn rotate_if_full(&mut self) -> Result<()> {
+        if self.is_full() {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Stops the log after a failure elsewhere (the identifier writer).
+    pub(crate) fn stop_after(&mut self, reason: String) {
+        self.failure.get_or_insert(reason);
+    }
+
+    /// How many batches [`Wal::sync`] has made durable.
+    pub fn sync_count(&self) -> u64 {
+        self.syncs
+    }
+
+    pub(crate) fn rotate(&mut self) -> Result<()> {
+        assert_eq!(self.staged_records, 0, "rotate only at a batch boundary");
+        let next = match create_segment(self.disk.as_ref(), self.active.sequence + 1) {
+            Ok(next) => next,
+            Err(error) => return self.fail(error),
+        };
+        let previous = std::mem::replace(&mut self.active, next);
+        self.closed.push(SegmentInfo {
+            sequence: previous.sequence,
+            instance_max: self.active_instance_max,
+        });
+        self.active_instance_max = Instance::ZERO;
+        Ok(())
+    }
+
+    /// Deletes the oldest segments whose records all concern instances the
+    /// snapshot covers. Taking a [`FinishedSnapshot`] means the snapshot is
+    /// durably installed before any log it replaces goes away. The active
+    /// segment is never deleted.
+    pub fn trim(&mut self, snapshot: &FinishedSnapshot) -> Result<u64> {
+        self.check_running()?;
+        let covered = snapshot.instance();
+        let mut removed = 0;
+        while let Some(oldest) = self.closed.first() {
+            if oldest.instance_max > covered {
+                break;
+            }
+            let sequence = oldest.sequence;
+            // Log first: a crash between the removals leaves an identifier
+            // file with no log, which open() removes.
+            self.disk.remove(&log_name(sequence))?;
+            self.disk.remove(&ids_name(sequence))?;
+            self.closed.remove(0);
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// The `.log` and `.ids` files of the segment being appended to: where
+    /// the simulator aims faults at the next sync.
+    pub fn active_files(&self) -> (String, String) {
+        (
+            log_name(self.active.sequence),
+            ids_name(self.active.sequence),
+        )
+    }
+
+    /// The number of segments, the active one included.
+    pub fn segment_count(&self) -> usize {
+        self.closed.len() + 1
+    }
+
+    /// Finds the newest durable `Accepted` record for `instance`, by reading
+    /// the identifier files: lets a test or the simulator corrupt exactly
+    /// that record.
+    pub fn locate_accepted(&self, instance: Instance) -> Result<Option<RecordLocation>> {
+        let mut sequences: Vec<u64> = self.closed.iter().map(|s| s.sequence).collect();
+        sequences.push(self.active.sequence);
+        for sequence in sequences.into_iter().rev() {
+            let name = ids_name(sequence);
+            let file = self.disk.open(&name)?;
+            let bytes = file.read_all(self.config.segment_file_bytes_max(), "identifier file")?;
+            let slots = bytes.get(FILE_HEADER_BYTES..).unwrap_or_default();
+            for slot in slots.chunks_exact(IDENTIFIER_BYTES).rev() {
+                if let Some(identifier) = Identifier::decode(slot) {
+                    if identifier.kind == KIND_ACCEPTED && identifier.instance == instance {
+                        return Ok(Some(RecordLocation {
+                            file: log_name(sequence),
+                            offset: identifier.offset,
+                            frame_bytes: identifier.frame_bytes as u64,
+                        }));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Identifiers of one synced batch of frames, to be written to the
+/// segment's `.ids` file and synced before the batch is reported durable.
+#[derive(Debug)]
+pub(crate) struct IdentifierBatch {
+    sequence: u64,
+    offset: u64,
+    bytes: Vec<u8>,
+    preallocate_bytes: u64,
+    length_cap: u64,
+}
+
+impl IdentifierBatch {
+    fn write_to(&self, file: &mut dyn File) -> Result<()> {
+        write_preallocated(
+            file,
+            self.offset,
+            &self.bytes,
+            self.preallocate_bytes,
+            self.length_cap,
+        )?;
+        file.sync()
+    }
+}
+
+/// Writes `data` at `offset`; if that passes the end of the file, also
+/// writes `preallocate_bytes` zeros after it (never past `length_cap`), so
+/// the next batches land inside the file and their syncs change no size.
+/// The zeros only ever go beyond the file's current end, never over data,
+/// and recovery reads trailing zeros as space never written.
+fn write_preallocated(
+    file: &mut dyn File,
+    offset: u64,
+    data: &[u8],
+    preallocate_bytes: u64,
+    length_cap: u64,
+) -> Result<()> {
+    let end = offset + data.len() as u64;
+    let extends = preallocate_bytes > 0 && end > file.len()?;
+    file.write_at(offset, data)?;
+    if extends {
+        let target = (end + preallocate_bytes).min(length_cap);
+        if target > end {
+            file.write_at(end, &vec![0u8; (target - end) as usize])?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes identifier batches on a thread of its own, so the group-commit
+/// writer can sync the next batch's frames meanwhile. Batches must arrive
+/// in the order [`Wal::sync_frames`] produced them.
+#[derive(Debug)]
+pub(crate) struct IdentifierWriter {
+    disk: Arc<dyn Disk>,
+    file: Option<(u64, Box<dyn File>)>,
+}
+
+impl IdentifierWriter {
+    pub(crate) fn new(disk: Arc<dyn Disk>) -> IdentifierWriter {
+        IdentifierWriter { disk, file: None }
+    }
+
+    pub(crate) fn write(&mut self, batch: &IdentifierBatch) -> Result<()> {
+        if self.file.as_ref().map(|(sequence, _)| *sequence) != Some(batch.sequence) {
+            self.file = Some((batch.sequence, self.disk.open(&ids_name(batch.sequence))?));
+        }
+        let (_, file) = self.file.as_mut().expect("opened above");
+        batch.write_to(file.as_mut())
+    }
+}
+
+impl Wal {
+    pub(crate) fn disk(&self) -> Arc<dyn Disk> {
+        self.disk.clone()
+    }
+}
+
+fn create_segment(disk: &dyn Disk, sequence: u64) -> Result<ActiveSegment> {
+    let mut log = disk.create(&log_name(sequence))?;
+    log.write_at(
+        0,
+        &encode_file_header(LOG_MAGIC, FORMAT_VERSION, sequence, 0),
+    )?;
+    log.sync()?;
+    let mut ids = disk.create(&ids_name(sequence))?;
+    ids.write_at(
+        0,
+        &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0),
+    )?;
+    ids.sync()?;
+    Ok(ActiveSegment {
+        sequence,
+        log,
+        ids,
+        log_bytes: FILE_HEADER_BYTES as u64,
+        ids_bytes: FILE_HEADER_BYTES as u64,
+    })
+}
+
+enum Scanned {
+    Good(Record),
+    Corrupt(CorruptEntry),
+}
+
+struct SegmentScan {
+    items: Vec<Scanned>,
+    files: ActiveSegment,
+    torn_tail_bytes: u64,
+    corrupt_identifiers: u64,
+    unreadable_bytes: u64,
+    damaged_headers: u64,
+    repaired_identifiers: u64,
+    log_file_bytes: u64,
+}
+
+/// Checks a segment file's header. A header that fails its checksum is
+/// damage: it holds nothing the frames after it need (their position is
+/// fixed, their sequence is in the file name), so it is counted and the
+/// frames are still read. A header that verifies but names another format
+/// or segment is an error. Returns how many headers were damaged (0 or 1).
+fn check_segment_header(file: &str, bytes: &[u8], magic: u64, sequence: u64) -> Result<u64> {
+    match decode_file_header(file, bytes, magic, FORMAT_VERSION) {
+        Ok((number, _)) if number == sequence => Ok(0),
+        Ok((number, _)) => Err(StorageError::Malformed {
+            file: file.to_string(),
+            what: format!("header names segment {number}"),
+        }),
+        Err(StorageError::ChecksumMismatch { .. }) => {
+            tracing::warn!(
+                file,
+                "segment header fails its checksum; reading the frames anyway"
+            );
+            Ok(1)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Reads and verifies one segment. For the last segment, also cuts off its
+/// torn tail and returns `None` if its creation never finished.
+fn scan_segment(
+    disk: &dyn Disk,
+    config: &WalConfig,
+    sequence: u64,
+    last: bool,
+) -> Result<Option<SegmentScan>> {
+    let log_file_name = log_name(sequence);
+    let ids_file_name = ids_name(sequence);
+    let mut log = disk.open(&log_file_name)?;
+    let (log_bytes, log_unreadable) = read_tolerant(
+        log.as_ref(),
+        config.segment_file_bytes_max(),
+        "segment",
+        UNREADABLE_LOG_FILL,
+    )?;
+    let log_bytes = Bytes::from(log_bytes);
+
+    if last && log_bytes.len() <= FILE_HEADER_BYTES {
+        let complete_header =
+            decode_file_header(&log_file_name, &log_bytes, LOG_MAGIC, FORMAT_VERSION).is_ok();
+        let ids_exists = disk.exists(&ids_file_name)?;
+        if !complete_header || !ids_exists {
+            // Rotation crashed while creating this segment: nothing was ever
+            // written to it. Remove it so a fresh one can take its place.
+            disk.remove(&log_file_name)?;
+            if ids_exists {
+                disk.remove(&ids_file_name)?;
+            }
+            return Ok(None);
+        }
+    }
+    let mut damaged_headers =
+        check_segment_header(&log_file_name, &log_bytes, LOG_MAGIC, sequence)?;
+
+    // The identifier file's header is synced before any frame is written,
+    // so it may be missing or torn only while the log holds no frames.
+    let log_has_frames = log_bytes.len() > FILE_HEADER_BYTES;
+    let mut ids = match disk.open(&ids_file_name) {
+        Ok(file) => file,
+        Err(StorageError::NotFound { .. }) if last && !log_has_frames => {
+            let mut file = disk.create(&ids_file_name)?;
+            file.write_at(
+                0,
+                &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0),
+            )?;
+            file.sync()?;
+            file
+        }
+        Err(error) => return Err(error),
+    };
+    let (mut ids_bytes, ids_unreadable) = read_tolerant(
+        ids.as_ref(),
+        config.segment_file_bytes_max(),
+        "identifier file",
+        UNREADABLE_IDENTIFIER_FILL,
+    )?;
+    if last && !log_has_frames && ids_bytes.len() < FILE_HEADER_BYTES {
+        // Torn while the segment was created: rewrite the header.
+        ids.truncate(0)?;
+        ids_bytes = encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0);
+        ids.write_at(0, &ids_bytes)?;
+        ids.sync()?;
+    }
+    damaged_headers += check_segment_header(&ids_file_name, &ids_bytes, IDS_MAGIC, sequence)?;
+
+    // Slots, without trailing all-zero ones (space allocated, never written)
+    // and without a trailing partial slot (a torn identifier write).
+    let mut slot_bytes = &ids_bytes[FILE_HEADER_BYTES..];
+    slot_bytes = &slot_bytes[..slot_bytes.len() - slot_bytes.len() % IDENTIFIER_BYTES];
+    let mut slots: Vec<&[u8]> = slot_bytes.chunks_exact(IDENTIFIER_BYTES).collect();
+    while slots
+        .last()
+        .is_some_and(|slot| slot.iter().all(|b| *b == 0))
+    {
+        slots.pop();
+    }
+    let identifiers: Vec<Option<Identifier>> =
+        slots.iter().map(|slot| Identifier::decode(slot)).collect();
+    let corrupt_identifiers = identifiers.iter().filter(|i| i.is_none()).count() as u64;
+
+    let payload_bytes_max = config.frame_bytes_max() - FRAME_HEADER_BYTES as u64;
+    let mut items = Vec::with_capacity(identifiers.len());
+    let mut position = FILE_HEADER_BYTES;
+    let log_written_end = log_bytes
+        .iter()
+        .rposition(|byte| *byte != 0)
+        .map_or(0, |last| last + 1);
+    // Frames and identifiers are in the same order: frame `k` is described by
+    // identifier `k`.
+    let mut index = 0;
+    let mut repairs = Vec::new();
+    while index < identifiers.len() {
+        let identifier = identifiers[index];
+        if let Some(identifier) = identifier {
+            position = identifier.offset as usize;
+        }
+        let decoded = decode_frame(&log_bytes, position, payload_bytes_max);
+        let matches = match (&decoded, &identifier) {
+            (Some((record, crc, length)), Some(identifier)) => {
+                *crc == identifier.record_crc
+                    && record.kind() == identifier.kind
+                    && record.instance() == identifier.instance
+                    && *length as u32 == identifier.frame_bytes
+            }
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if matches {
+            let (record, record_crc, length) = decoded.expect("matched");
+            if identifier.is_none() {
+                repairs.push((
+                    index,
+                    Identifier {
+                        kind: record.kind(),
+                        record_crc,
+                        instance: record.instance(),
+                        ballot: record.ballot(),
+                        offset: position as u64,
+                        frame_bytes: length as u32,
+                    },
+                ));
+            }
+            items.push(Scanned::Good(record));
+            position += length;
+            index += 1;
+            continue;
+        }
+        if identifier.is_none()
+            && position >= log_written_end
+            && identifiers[index..].iter().all(Option::is_none)
+        {
+            // Only damaged identifier slots remain, and the log holds
+            // nothing past this point: no frame was ever written for them
+            // (e.g. unreadable preallocated space).
+            break;
+        }
+        items.push(Scanned::Corrupt(CorruptEntry {
+            file: log_file_name.clone(),
+            offset: identifier.map(|i| i.offset).or(Some(position as u64)),
+            kind: identifier.and_then(|i| kind_of(i.kind)),
+            instance: identifier.map(|i| i.instance),
+            ballot: identifier
+                .filter(|i| i.kind == KIND_ACCEPTED)
+                .map(|i| i.ballot),
+        }));
+        match identifier {
+            Some(identifier) => {
+                position =
+                    (identifier.offset as usize).saturating_add(identifier.frame_bytes as usize)
+            }
+            None => {
+                // Neither the frame nor its identifier survived. The next
+                // good identifier says where to resume; without one, look
+                // for the next frame that verifies.
+                let next_known = identifiers[index + 1..].iter().flatten().next();
+                position = match next_known {
+                    Some(next) => next.offset as usize,
+                    None => next_frame(&log_bytes, position + 1, payload_bytes_max)
+                        .unwrap_or(log_bytes.len()),
+                };
+            }
+        }
+        index += 1;
+    }
+
+    // Frames beyond the last identifier.
+    let mut torn_tail_bytes = 0;
+    // In the last segment, new frames go right after the last identified
+    // one, even if a damaged file ended before it.
+    let mut log_end = if (position as u64) <= config.segment_file_bytes_max() {
+        position
+    } else {
+        log_bytes.len()
+    };
+    // Trailing zeros are preallocated space, never written.
+    let written_end = log_bytes
+        .get(position..)
+        .and_then(|tail| tail.iter().rposition(|byte| *byte != 0))
+        .map_or(position, |last| position + last + 1);
+    if position < log_bytes.len() {
+        if last {
+            // Their identifiers were never written, so they were never
+            // reported durable: a torn tail. Cut it off.
+            torn_tail_bytes = (written_end - position) as u64;
+            log.truncate(position as u64)?;
+            log.sync()?;
+        } else {
+            // Every segment but the last was complete when the next one was
+            // created; frames without identifiers mean the identifier file
+            // was damaged. Keep what verifies, report the rest.
+            let mut scan = position;
+            while scan < written_end {
+                match decode_frame(&log_bytes, scan, payload_bytes_max) {
+                    Some((record, _, length)) => {
+                        items.push(Scanned::Good(record));
+                        scan += length;
+                    }
+                    None => {
+                        items.push(Scanned::Corrupt(CorruptEntry {
+                            file: log_file_name.clone(),
+                            offset: Some(scan as u64),
+                            kind: None,
+                            instance: None,
+                            ballot: None,
+                        }));
+                        scan = next_frame(&log_bytes, scan + 1, payload_bytes_max)
+                            .unwrap_or(written_end);
+                    }
+                }
+            }
+            log_end = log_bytes.len();
+        }
+    }
+    if last {
+        let slots_bytes = (FILE_HEADER_BYTES + slots.len() * IDENTIFIER_BYTES) as u64;
+        if (ids_bytes.len() as u64) != slots_bytes {
+            ids.truncate(slots_bytes)?;
+            ids.sync()?;
+        }
+    }
+    // A frame that verifies but whose identifier is damaged gets its
+    // identifier rewritten, so the next recovery sees what this one saw
+    // (and keeps telling corruption from a torn tail for it).
+    for (index, identifier) in &repairs {
+        let mut slot = Vec::with_capacity(IDENTIFIER_BYTES);
+        identifier.encode(&mut slot);
+        ids.write_at((FILE_HEADER_BYTES + index * IDENTIFIER_BYTES) as u64, &slot)?;
+    }
+    if !repairs.is_empty() {
+        ids.sync()?;
+    }
+    let ids_end = (FILE_HEADER_BYTES + slots.len() * IDENTIFIER_BYTES) as u64;
+    Ok(Some(SegmentScan {
+        items,
+        files: ActiveSegment {
+            sequence,
+            log,
+            ids,
+            log_bytes: log_end.max(FILE_HEADER_BYTES) as u64,
+            ids_bytes: ids_end,
+        },
+        torn_tail_bytes,
+        corrupt_identifiers,
+        unreadable_bytes: log_unreadable + ids_unreadable,
+        damaged_headers,
+        repaired_identifiers: repairs.len() as u64,
+        log_file_bytes: log_bytes.len() as u64,
+    }))
+}
+
+/// What unreadable log bytes are replaced with: frames there fail their
+/// checksums and are reported like any other damage.
+const UNREADABLE_LOG_FILL: u8 = 0;
+/// What unreadable identifier bytes are replaced with: not zero, so the slots
+/// count as damaged identifiers rather than as never written.
+const UNREADABLE_IDENTIFIER_FILL: u8 = 0xFF;
+/// The unit in which a file that failed to read whole is read again.
+const REREAD_BLOCK_BYTES: usize = 4096;
+
+/// Reads a whole file, treating EIO like a checksum mismatch (as CTRL
+/// prescribes): if the file cannot be read at once, it is read again block
+/// by block, and blocks that still fail are replaced with `fill` so that
+/// what they held fails verification. Returns the bytes and how many were
+/// unreadable.
+fn read_tolerant(
+    file: &dyn File,
+    length_max: u64,
+    what: &'static str,
+    fill: u8,
+) -> Result<(Vec<u8>, u64)> {
+    match file.read_all(length_max, what) {
+        Ok(bytes) => return Ok((bytes, 0)),
+        Err(StorageError::Io { .. }) => {}
+        Err(error) => return Err(error),
+    }
+    let length = file.len()?;
+    if length > length_max {
+        return Err(StorageError::TooLarge {
+            file: file.name().to_string(),
+            what,
+            length,
+            limit: length_max,
+        });
+    }
+    let mut bytes = vec![0u8; length as usize];
+    let mut unreadable = 0;
+    for (index, block) in bytes.chunks_mut(REREAD_BLOCK_BYTES).enumerate() {
+        let offset = (index * REREAD_BLOCK_BYTES) as u64;
+        match file.read_at(offset, block) {
+            Ok(read) if read == block.len() => {}
+            Ok(_) | Err(StorageError::Io { .. }) => {
+                block.fill(fill);
+                unreadable += block.len() as u64;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    tracing::warn!(
+        file = file.name(),
+        unreadable,
+        "read errors in a log file; the bytes count as damaged"
+    );
+    Ok((bytes, unreadable))
+}
+
+/// The offset of the next frame at or after `from` that verifies.
+fn next_frame(segment: &Bytes, from: usize, payload_bytes_max: u64) -> Option<usize> {
+    let magic = FRAME_MAGIC.to_le_bytes();
+    let mut start = from;
+    while start + magic.len() <= segment.len() {
+        let found = segment[start..]
+            .windows(magic.len())
+            .position(|window| window == magic)?;
+        let candidate = start + found;
+        if decode_frame(segment, candidate, payload_bytes_max).is_some() {
+            return Some(candidate);
+        }
+        start = candidate + 1;
+    }
+    None
+}

@@ -1,0 +1,363 @@
+//! Group commit: batching, durability before completion, failure handling.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use synod_paxos::{Ballot, Instance, NodeId};
+use synod_storage::*;
+
+/// Wraps a disk, counting syncs, holding each sync for `sync_delay` (as a
+/// real disk would) and optionally stalling syncs until a gate opens.
+#[derive(Debug, Clone)]
+struct CountingDisk {
+    inner: Arc<dyn Disk>,
+    probe: Arc<Probe>,
+}
+
+#[derive(Debug, Default)]
+struct Probe {
+    syncs: AtomicU64,
+    sync_delay_micros: AtomicU64,
+    gate_closed: Mutex<bool>,
+    gate: Condvar,
+    fail_syncs: AtomicBool,
+}
+
+impl Probe {
+    fn close_gate(&self) {
+        *self.gate_closed.lock().unwrap() = true;
+    }
+
+    fn open_gate(&self) {
+        *self.gate_closed.lock().unwrap() = false;
+        self.gate.notify_all();
+    }
+}
+
+#[derive(Debug)]
+struct CountingFile {
+    inner: Box<dyn File>,
+    probe: Arc<Probe>,
+}
+
+impl Disk for CountingDisk {
+    fn create(&self, name: &str) -> Result<Box<dyn File>> {
+        Ok(Box::new(CountingFile {
+            inner: self.inner.create(name)?,
+            probe: self.probe.clone(),
+        }))
+    }
+    fn open(&self, name: &str) -> Result<Box<dyn File>> {
+        Ok(Box::new(CountingFile {
+            inner: self.inner.open(name)?,
+            probe: self.probe.clone(),
+        }))
+    }
+    fn exists(&self, name: &str) -> Result<bool> {
+        self.inner.exists(name)
+    }
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, name: &str) -> Result<()> {
+        self.inner.remove(name)
+    }
+    fn list(&self) -> Result<Vec<String>> {
+        self.inner.list()
+    }
+}
+
+impl File for CountingFile {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn read_at(&self, offset: u64, buffer: &mut [u8]) -> Result<usize> {
+        self.inner.read_at(offset, buffer)
+    }
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.inner.write_at(offset, data)
+    }
+    fn sync(&mut self) -> Result<()> {
+        {
+            let mut closed = self.probe.gate_closed.lock().unwrap();
+            while *closed {
+                closed = self.probe.gate.wait(closed).unwrap();
+            }
+        }
+        let delay = self.probe.sync_delay_micros.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_micros(delay));
+        }
+        if self.probe.fail_syncs.load(Ordering::SeqCst) {
+            return Err(StorageError::SyncFailed {
+                file: self.name().to_string(),
+                source: std::io::Error::other("test EIO"),
+            });
+        }
+        self.probe.syncs.fetch_add(1, Ordering::SeqCst);
+        self.inner.sync()
+    }
+    fn len(&self) -> Result<u64> {
+        self.inner.len()
+    }
+    fn truncate(&mut self, length: u64) -> Result<()> {
+        self.inner.truncate(length)
+    }
+}
+
+fn counting_disk() -> (SimDisk, CountingDisk) {
+    let sim = SimDisk::new(5, FaultConfig::default());
+    let disk = CountingDisk {
+        inner: Arc::new(sim.clone()),
+        probe: Arc::new(Probe::default()),
+    };
+    (sim, disk)
+}
+
+fn record(instance: u64) -> Record {
+    Record::Accepted {
+        instance: Instance(instance),
+        ballot: Ballot::new(1, 1, NodeId(1)),
+        value: Bytes::from(vec![7u8; 256]),
+    }
+}
+
+fn test_config() -> GroupCommitConfig {
+    GroupCommitConfig {
+        queue_records_max: 1024,
+        batch_bytes_max: 1 << 20,
+        pipeline_batches_max: 2,
+        sync_failure_policy: SyncFailurePolicy::Stop,
+    }
+}
+
+#[test]
+fn concurrent_submitters_share_syncs() {
+    let (_, disk) = counting_disk();
+    disk.probe.sync_delay_micros.store(2000, Ordering::SeqCst);
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let config = WalConfig {
+        segment_bytes_max: 64 << 10,
+        ..WalConfig::default()
+    };
+    let (wal, _) = Wal::open(shared.clone(), config.clone()).unwrap();
+    let syncs_before = disk.probe.syncs.load(Ordering::SeqCst);
+    let group = Arc::new(GroupCommit::start(wal, test_config()).unwrap());
+    let submitters = 64u64;
+    let per_submitter = 20u64;
+    let threads: Vec<_> = (0..submitters)
+        .map(|submitter| {
+            let group = group.clone();
+            std::thread::spawn(move || {
+                for i in 0..per_submitter {
+                    let receiver = group
+                        .submit_and_receive(record(1 + submitter * per_submitter + i))
+                        .unwrap();
+                    receiver.recv().unwrap().unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let group = Arc::into_inner(group).unwrap();
+    let (_, stats) = group.stop();
+    let records = submitters * per_submitter;
+    let syncs = disk.probe.syncs.load(Ordering::SeqCst) - syncs_before;
+    assert_eq!(stats.records, records);
+    // Two syncs (log, identifiers) per batch, and two per segment created.
+    let (wal, _) = Wal::open(shared.clone(), config.clone()).unwrap();
+    let segments = wal.segment_count() as u64;
+    drop(wal);
+    assert!(segments > 3, "segments rotated under the pipeline");
+    assert_eq!(syncs, 2 * stats.batches + 2 * (segments - 1));
+    assert!(
+        stats.batches * 8 < records,
+        "{} batches for {records} records",
+        stats.batches
+    );
+    let (_, recovery) = Wal::open(shared, config).unwrap();
+    assert_eq!(recovery.accepted.len() as u64, records);
+    assert!(recovery.corrupted.is_empty());
+    assert_eq!(recovery.torn_tail_bytes, 0);
+    assert_eq!(recovery.corrupt_identifiers, 0);
+}
+
+#[test]
+fn nothing_is_reported_durable_before_its_sync_returns() {
+    let (sim, disk) = counting_disk();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
+    let group = GroupCommit::start(wal, test_config()).unwrap();
+    disk.probe.close_gate();
+    let receiver = group.submit_and_receive(record(1)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(matches!(
+        receiver.try_recv(),
+        Err(mpsc::TryRecvError::Empty)
+    ));
+    disk.probe.open_gate();
+    receiver.recv().unwrap().unwrap();
+    // Once reported, it survives a crash.
+    let (_, _) = group.stop();
+    sim.crash();
+    let (_, recovery) = Wal::open(Arc::new(sim), WalConfig::default()).unwrap();
+    assert!(recovery.accepted.contains_key(&Instance(1)));
+}
+
+#[test]
+fn a_full_queue_hands_the_record_back() {
+    let (_, disk) = counting_disk();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
+    let config = GroupCommitConfig {
+        queue_records_max: 2,
+        ..test_config()
+    };
+    let group = GroupCommit::start(wal, config).unwrap();
+    disk.probe.close_gate();
+    let done = Arc::new(AtomicU64::new(0));
+    let mut rejected = None;
+    for instance in 1..100 {
+        let done = done.clone();
+        match group.try_submit(
+            record(instance),
+            Box::new(move |outcome| {
+                outcome.unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+            }),
+        ) {
+            Ok(()) => {}
+            Err(error) => {
+                rejected = Some((instance, error));
+                break;
+            }
+        }
+    }
+    let (instance, error) = rejected.expect("the queue fills");
+    assert_eq!(error.reason, RejectReason::QueueFull);
+    assert_eq!(error.record, record(instance));
+    disk.probe.open_gate();
+    let _ = group.stop();
+    assert_eq!(done.load(Ordering::SeqCst), instance - 1);
+}
+
+#[test]
+fn a_failed_sync_fails_the_batch_and_stops_the_writer() {
+    let (_, disk) = counting_disk();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
+    let group = GroupCommit::start(wal, test_config()).unwrap();
+    group
+        .submit_and_receive(record(1))
+        .unwrap()
+        .recv()
+        .unwrap()
+        .unwrap();
+    disk.probe.fail_syncs.store(true, Ordering::SeqCst);
+    let outcome = group.submit_and_receive(record(2)).unwrap().recv().unwrap();
+    assert!(matches!(
+        outcome,
+        Err(StorageError::GroupCommitFailed { .. })
+    ));
+    disk.probe.fail_syncs.store(false, Ordering::SeqCst);
+    let outcome = group.submit_and_receive(record(3)).unwrap().recv().unwrap();
+    assert!(
+        matches!(outcome, Err(StorageError::Stopped { .. })),
+        "never retried"
+    );
+    let (mut wal, _) = group.stop();
+    assert!(matches!(wal.sync(), Err(StorageError::Stopped { .. })));
+}
+
+#[test]
+fn trim_through_the_writer() {
+    let sim = SimDisk::new(9, FaultConfig::default());
+    let disk: Arc<dyn Disk> = Arc::new(sim);
+    let config = WalConfig {
+        segment_bytes_max: 8192,
+        ..WalConfig::default()
+    };
+    let (wal, _) = Wal::open(disk.clone(), config.clone()).unwrap();
+    let group = GroupCommit::start(wal, test_config()).unwrap();
+    for instance in 1..=200 {
+        group
+            .submit(record(instance), Box::new(|outcome| outcome.unwrap()))
+            .unwrap();
+    }
+    let snapshots = SnapshotStore::open(disk.clone(), 4096).unwrap();
+    let mut writer = snapshots.begin(Instance(150)).unwrap();
+    writer.write(b"state").unwrap();
+    let finished = writer.finish().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    group
+        .trim(
+            finished,
+            Box::new(move |removed| sender.send(removed).unwrap()),
+        )
+        .unwrap();
+    assert!(receiver.recv().unwrap().unwrap() > 0);
+    let (wal, stats) = group.stop();
+    assert_eq!(stats.records, 200);
+    drop(wal);
+    let (_, recovery) = Wal::open(disk, config).unwrap();
+    assert!(recovery.accepted.contains_key(&Instance(200)));
+    assert!(!recovery.accepted.contains_key(&Instance(1)));
+}
+
+#[test]
+fn a_snapshot_is_written_off_the_hot_path_while_appends_go_on() {
+    let sim = SimDisk::new(13, FaultConfig::default());
+    let disk: Arc<dyn Disk> = Arc::new(sim);
+    let config = WalConfig {
+        segment_bytes_max: 8192,
+        ..WalConfig::default()
+    };
+    let (wal, _) = Wal::open(disk.clone(), config.clone()).unwrap();
+    let group = GroupCommit::start(wal, test_config()).unwrap();
+    for instance in 1..=100 {
+        group
+            .submit_and_receive(record(instance))
+            .unwrap()
+            .recv()
+            .unwrap()
+            .unwrap();
+    }
+    let snapshots = SnapshotStore::open(disk.clone(), 512).unwrap();
+    let writer = snapshots.begin(Instance(100)).unwrap();
+    let snapshot_thread = std::thread::spawn(move || {
+        let mut writer = writer;
+        for piece in 0..64u8 {
+            writer.write(&[piece; 1000]).unwrap();
+        }
+        writer.finish().unwrap()
+    });
+    for instance in 101..=200 {
+        group
+            .submit_and_receive(record(instance))
+            .unwrap()
+            .recv()
+            .unwrap()
+            .unwrap();
+    }
+    let finished = snapshot_thread.join().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    group
+        .trim(
+            finished,
+            Box::new(move |removed| sender.send(removed).unwrap()),
+        )
+        .unwrap();
+    assert!(receiver.recv().unwrap().unwrap() > 0);
+    drop(group.stop());
+    let (_, recovery) = Wal::open(disk, config).unwrap();
+    assert!((101..=200).all(|i| recovery.accepted.contains_key(&Instance(i))));
+    assert!(recovery.corrupted.is_empty());
+    let (instance, state) = snapshots.load_latest().unwrap().unwrap();
+    assert_eq!(instance, Instance(100));
+    assert_eq!(state.len(), 64_000);
+}

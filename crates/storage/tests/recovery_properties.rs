@@ -1,0 +1,351 @@
+//! Property tests: recovery after random crash points on SimDisk, and
+//! decoders fed damaged files.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use synod_paxos::{Ballot, Instance, NodeId};
+use synod_storage::*;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Append {
+        value_bytes: usize,
+    },
+    Commit,
+    Sync,
+    Crash,
+    /// The next sync hits EIO on the log or identifier file, on the write or
+    /// the sync; the replica then crashes.
+    FailingSync {
+        identifiers: bool,
+        on_sync: bool,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0usize..400).prop_map(|value_bytes| Step::Append { value_bytes }),
+        1 => Just(Step::Commit),
+        3 => Just(Step::Sync),
+        1 => Just(Step::Crash),
+        1 => (any::<bool>(), any::<bool>())
+            .prop_map(|(identifiers, on_sync)| Step::FailingSync { identifiers, on_sync }),
+    ]
+}
+
+fn config() -> WalConfig {
+    WalConfig {
+        segment_bytes_max: 4096,
+        value_bytes_max: 4096,
+        preallocate_bytes: 1024,
+    }
+}
+
+fn value_of(instance: u64, value_bytes: usize) -> Bytes {
+    Bytes::from(
+        (0..value_bytes)
+            .map(|i| (instance as u8) ^ (i as u8))
+            .collect::<Vec<u8>>(),
+    )
+}
+
+struct Model {
+    /// Everything ever appended (each instance once, so values are unique).
+    appended: BTreeMap<Instance, Bytes>,
+    /// What a sync reported durable, or a recovery found.
+    durable: BTreeMap<Instance, Bytes>,
+    staged: Vec<(Instance, Bytes)>,
+    committed_durable: Instance,
+    committed_staged: Instance,
+}
+
+fn check_recovery(
+    model: &mut Model,
+    recovery: &Recovery,
+) -> std::result::Result<(), TestCaseError> {
+    prop_assert!(
+        recovery.corrupted.is_empty(),
+        "crashes alone corrupt nothing: {:?}",
+        recovery.corrupted
+    );
+    for (instance, value) in &model.durable {
+        let found = recovery.accepted.get(instance);
+        prop_assert!(found.is_some(), "synced instance {instance} lost");
+        prop_assert_eq!(&found.unwrap().value, value);
+    }
+    for (instance, found) in &recovery.accepted {
+        prop_assert_eq!(
+            model.appended.get(instance),
+            Some(&found.value),
+            "instance {} invented",
+            instance
+        );
+    }
+    prop_assert!(recovery.committed_through >= model.committed_durable);
+    prop_assert!(recovery.committed_through <= model.committed_staged.max(model.committed_durable));
+    model.durable = recovery
+        .accepted
+        .iter()
+        .map(|(instance, accepted)| (*instance, accepted.value.clone()))
+        .collect();
+    model.committed_durable = recovery.committed_through;
+    model.committed_staged = recovery.committed_through;
+    model.staged.clear();
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn synced_records_survive_crashes_and_nothing_is_invented(
+        seed in any::<u64>(),
+        steps in proptest::collection::vec(step(), 1..120),
+    ) {
+        let faults = FaultConfig { torn_write_probability: 0.7, ..FaultConfig::default() };
+        let sim = SimDisk::new(seed, faults);
+        let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+        let (mut wal, recovery) = Wal::open(disk.clone(), config()).unwrap();
+        prop_assert!(recovery.accepted.is_empty());
+        let mut model = Model {
+            appended: BTreeMap::new(),
+            durable: BTreeMap::new(),
+            staged: Vec::new(),
+            committed_durable: Instance::ZERO,
+            committed_staged: Instance::ZERO,
+        };
+        let mut next_instance = 1u64;
+        let ballot = Ballot::new(1, 1, NodeId(1));
+        let mut steps = steps;
+        steps.push(Step::Crash);
+        for step in steps {
+            let crash = match step {
+                Step::Append { value_bytes } => {
+                    let instance = Instance(next_instance);
+                    next_instance += 1;
+                    let value = value_of(instance.0, value_bytes);
+                    wal.append(&Record::Accepted { instance, ballot, value: value.clone() }).unwrap();
+                    model.appended.insert(instance, value.clone());
+                    model.staged.push((instance, value));
+                    false
+                }
+                Step::Commit => {
+                    let through = Instance(next_instance - 1);
+                    wal.append(&Record::Committed { through }).unwrap();
+                    model.committed_staged = model.committed_staged.max(through);
+                    false
+                }
+                Step::Sync => {
+                    wal.sync().unwrap();
+                    model.durable.extend(model.staged.drain(..));
+                    model.committed_durable = model.committed_staged;
+                    false
+                }
+                Step::Crash => true,
+                Step::FailingSync { identifiers, on_sync } => {
+                    if wal.staged_records() > 0 {
+                        let (log, ids) = wal.active_files();
+                        let file = if identifiers { ids } else { log };
+                        let operation = if on_sync { Operation::Sync } else { Operation::Write };
+                        sim.schedule_error(&file, operation);
+                        prop_assert!(wal.sync().is_err());
+                    }
+                    true
+                }
+            };
+            if crash {
+                drop(wal);
+                sim.crash();
+                let (reopened, recovery) = Wal::open(disk.clone(), config()).unwrap();
+                check_recovery(&mut model, &recovery)?;
+                wal = reopened;
+            }
+        }
+    }
+
+    #[test]
+    fn under_random_faults_damage_is_reported_and_nothing_is_invented(
+        seed in any::<u64>(),
+        steps in proptest::collection::vec(step(), 1..120),
+        write_bit_flip_probability in 0.0..0.05f64,
+        read_bit_flip_probability in 0.0..0.05f64,
+        sync_error_probability in 0.0..0.05f64,
+        torn_write_probability in 0.0..1.0f64,
+    ) {
+        let faults = FaultConfig {
+            write_bit_flip_probability,
+            read_bit_flip_probability,
+            sync_error_probability,
+            torn_write_probability,
+            ..FaultConfig::default()
+        };
+        let sim = SimDisk::new(seed, faults);
+        let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+        let open = |disk: &Arc<dyn Disk>| {
+            // A failed open (a sync error while it repairs files, or a read
+            // bit flip in a header) stops the process, which the simulator
+            // models as a crash; the restart reads again.
+            let mut last = None;
+            for _ in 0..5 {
+                match Wal::open(disk.clone(), config()) {
+                    Ok(opened) => return Ok(opened),
+                    Err(error) => {
+                        sim.crash();
+                        last = Some(error);
+                    }
+                }
+            }
+            Err(last.expect("tried"))
+        };
+        let (mut wal, _) = open(&disk).unwrap();
+        let mut appended: BTreeMap<Instance, Bytes> = BTreeMap::new();
+        let mut durable: BTreeMap<Instance, Bytes> = BTreeMap::new();
+        let mut staged: Vec<(Instance, Bytes)> = Vec::new();
+        let mut next_instance = 1u64;
+        let ballot = Ballot::new(1, 1, NodeId(1));
+        let mut steps = steps;
+        steps.push(Step::Crash);
+        for step in steps {
+            let crash = match step {
+                Step::Append { value_bytes } => {
+                    let instance = Instance(next_instance);
+                    next_instance += 1;
+                    let value = value_of(instance.0, value_bytes);
+                    appended.insert(instance, value.clone());
+                    match wal.append(&Record::Accepted { instance, ballot, value: value.clone() }) {
+                        Ok(()) => {
+                            staged.push((instance, value));
+                            false
+                        }
+                        Err(_) => true,
+                    }
+                }
+                Step::Commit => wal
+                    .append(&Record::Committed { through: Instance(next_instance - 1) })
+                    .is_err(),
+                Step::Sync => match wal.sync() {
+                    Ok(()) => {
+                        durable.extend(staged.drain(..));
+                        false
+                    }
+                    Err(_) => true,
+                },
+                Step::Crash | Step::FailingSync { .. } => true,
+            };
+            if crash {
+                drop(wal);
+                sim.crash();
+                let opened = open(&disk);
+                prop_assert!(opened.is_ok(), "recovery failed: {:?}", opened.err());
+                let (reopened, recovery) = opened.unwrap();
+                for (instance, found) in &recovery.accepted {
+                    prop_assert_eq!(appended.get(instance), Some(&found.value), "instance {} invented", instance);
+                    prop_assert_eq!(found.ballot, ballot);
+                }
+                let unknown_damage = recovery.corrupted.iter().any(|c| c.instance.is_none());
+                for instance in durable.keys() {
+                    let reported = recovery.corrupted.iter().any(|c| c.instance == Some(*instance));
+                    prop_assert!(
+                        recovery.accepted.contains_key(instance) || reported || unknown_damage,
+                        "synced instance {} silently lost; faults {:?}",
+                        instance,
+                        sim.fault_counts()
+                    );
+                }
+                durable = recovery
+                    .accepted
+                    .iter()
+                    .map(|(instance, accepted)| (*instance, accepted.value.clone()))
+                    .collect();
+                staged.clear();
+                wal = reopened;
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_log_files_never_panic(
+        seed in any::<u64>(),
+        damage in proptest::collection::vec((any::<bool>(), any::<prop::sample::Index>(), any::<u8>()), 1..20),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+    ) {
+        let sim = SimDisk::new(seed, FaultConfig::default());
+        let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+        let (mut wal, _) = Wal::open(disk.clone(), config()).unwrap();
+        for instance in 1..=30u64 {
+            wal.append(&Record::Accepted {
+                instance: Instance(instance),
+                ballot: Ballot::new(instance, 0, NodeId(2)),
+                value: value_of(instance, 100),
+            }).unwrap();
+            if instance % 4 == 0 {
+                wal.sync().unwrap();
+            }
+        }
+        wal.sync().unwrap();
+        drop(wal);
+        let names: Vec<String> = disk.list().unwrap();
+        for (identifiers, position, byte) in damage {
+            let wanted = if identifiers { ".ids" } else { ".log" };
+            let candidates: Vec<&String> = names.iter().filter(|n| n.ends_with(wanted)).collect();
+            let name = candidates[position.index(candidates.len())];
+            let mut bytes = sim.contents(name).unwrap();
+            let at = position.index(bytes.len());
+            bytes[at] ^= byte | 1;
+            sim.put(name, &bytes);
+        }
+        if let Some(cut) = cut {
+            let name = &names[cut.index(names.len())];
+            let bytes = sim.contents(name).unwrap();
+            sim.put(name, &bytes[..cut.index(bytes.len() + 1)]);
+        }
+        match Wal::open(disk.clone(), config()) {
+            Ok((_, recovery)) => {
+                // Whatever survived is what was written.
+                for (instance, accepted) in &recovery.accepted {
+                    prop_assert_eq!(&accepted.value, &value_of(instance.0, 100));
+                    prop_assert_eq!(accepted.ballot.round, instance.0);
+                }
+            }
+            Err(error) => {
+                let _ = error.to_string();
+            }
+        }
+    }
+
+    #[test]
+    fn damaged_metadata_and_snapshots_never_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        flips in proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+    ) {
+        let sim = SimDisk::new(1, FaultConfig::default());
+        let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+        sim.put(METADATA_FILES[0], &bytes);
+        sim.put(METADATA_FILES[1], &bytes);
+        let _ = MetadataStore::open(disk.clone(), true);
+
+        let store = SnapshotStore::open(disk.clone(), 64).unwrap();
+        let mut writer = store.begin(Instance(9)).unwrap();
+        writer.write(&[5u8; 300]).unwrap();
+        writer.finish().unwrap();
+        let name = "snapshot-00000000000000000009.snap";
+        let mut file = sim.contents(name).unwrap();
+        for flip in flips {
+            let at = flip.index(file.len());
+            file[at] ^= 0x55;
+        }
+        sim.put(name, &file);
+        if let Ok(Some(reader)) = store.latest() {
+            for index in 0..reader.manifest().chunk_count.min(100) {
+                let _ = reader.chunk(index);
+            }
+        }
+        sim.put("snapshot-incoming.partial", &file);
+        let _ = store.installer().map(|installer| installer.progress());
+        sim.put("snapshot-incoming.partial", &bytes);
+        let _ = store.installer().map(|installer| installer.progress());
+    }
+}
