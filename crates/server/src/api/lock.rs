@@ -294,8 +294,14 @@ impl Election for Api {
     }
 
     async fn leader(&self, request: GrpcRequest<LeaderRequest>) -> Result<GrpcResponse<LeaderResponse>, Status> {
+        if let Some(channel) = self.route(&request)? {
+            return ElectionClient::new(channel)
+                .leader(forwarded(request.into_inner()))
+                .await;
+        }
         let name = request.into_inner().name;
         check_name(&name)?;
+        self.linearizable_point().await?;
         let holder = self
             .holder(&prefix_of(&name))?
             .ok_or_else(|| Status::not_found("election: no leader"))?;
