@@ -1,20 +1,202 @@
-//! The synod server process: the peer transport between members and, later,
-//! the etcd-compatible client API.
+//! The synod server process: one member of a Multi-Paxos group, serving the
+//! etcd v3 client API.
 //!
-//! The consensus core (`synod-paxos`) does no I/O; this crate owns the sockets
-//! and turns bytes into the core's inputs and the core's outputs into bytes.
+//! The consensus core (`synod-paxos`) does no I/O; this crate owns the clock,
+//! the sockets and the files, turns bytes into the core's inputs and the
+//! core's outputs into bytes, and applies what the log chooses to the
+//! key-value store (`synod-kv`).
 //!
 //! # Layout
 //!
+//! Read top-down, the way a request travels:
+//!
+//! - [`config`]: flags and tunables (each with its unit), cluster and member
+//!   IDs derived from the initial cluster.
+//! - [`identity`]: the member file that marks a data directory as a member's.
+//! - [`api`]: the client port. gRPC services (KV, Watch, Lease, Cluster,
+//!   Maintenance, Lock, Election, Health) and `/health`, `/version`,
+//!   `/metrics`; followers forward to the master what only it may answer.
+//! - [`node`]: the core task that owns the [`synod_paxos::Replica`]: ticks,
+//!   peer messages and client commands in; persist, send, apply out, in that order.
+//! - [`disk`]: acceptor records made durable on a dedicated thread with group commit.
+//! - [`peer`]: TCP connections between members; handshake, bounded queues,
+//!   reconnection with back-off.
 //! - [`frame`]: the peer wire format. Bytes become [`frame::Frame`]s (magic,
 //!   version, flags, length, CRC32C, opaque payload) with a pure incremental
-//!   [`frame::Decoder`]; the first frame each way is a [`frame::Handshake`]
-//!   that proves both ends belong to the same cluster. [`frame::FrameCodec`]
-//!   adapts the decoder to `tokio_util::codec::Framed` for TCP streams.
+//!   [`frame::Decoder`]; the first frame each way is a [`frame::Handshake`].
+//! - [`metrics`]: counters and histograms for `/metrics`.
 //!
-//! **The frame layer never allocates more than `frame_bytes_max` for one
-//! frame, whatever the peer sends, and never panics on any input.**
+//! **No async task ever blocks on a file or a lock held across I/O; every
+//! queue has a named bound; nothing a peer or a client sends can panic the
+//! server or make it allocate beyond a configured bound.**
 
-#![deny(missing_docs)]
-
+pub mod api;
+pub mod config;
+pub mod disk;
 pub mod frame;
+pub mod identity;
+pub mod metrics;
+pub mod node;
+pub mod peer;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use synod_paxos::{FreshStart, NodeId, Replica};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ClusterState, ServerConfig};
+use crate::disk::{DiskWriter, FileLog};
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::node::{Core, CoreInputs};
+
+/// Why the server could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
+    #[error("data directory {data_dir} belongs to member {found:?}, not {expected:?}")]
+    WrongMember {
+        data_dir: String,
+        found: String,
+        expected: String,
+    },
+    #[error("cannot listen on {address} for {purpose}: {source}")]
+    Listen {
+        address: String,
+        purpose: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the disk thread: {0}")]
+    DiskThread(std::io::Error),
+    #[error(transparent)]
+    Core(#[from] node::CoreError),
+    #[error("client API server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Loads this member's identity from its data directory, or creates it from
+/// the flags if the directory holds no member yet.
+fn load_identity(config: &ServerConfig) -> Result<Identity, ServerError> {
+    if let Some(identity) = Identity::load(&config.data_dir)? {
+        if identity.name != config.name {
+            return Err(ServerError::WrongMember {
+                data_dir: config.data_dir.display().to_string(),
+                found: identity.name,
+                expected: config.name.clone(),
+            });
+        }
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            "data directory holds this member's state; --initial-cluster flags are ignored"
+        );
+        return Ok(identity);
+    }
+    let identity = Identity::from_flags(&config.name, &config.initial_cluster)?;
+    identity.store(&config.data_dir)?;
+    Ok(identity)
+}
+
+async fn bind(address: std::net::SocketAddr, purpose: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(address).await.map_err(|source| ServerError::Listen {
+        address: address.to_string(),
+        purpose,
+        source,
+    })
+}
+
+/// Runs one member until `shutdown` is cancelled (or a fatal error).
+pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let identity = load_identity(&config)?;
+    let (log, durable) = FileLog::open(&config.data_dir)?;
+    let members: Vec<NodeId> = identity.members.iter().map(|member| NodeId(member.id)).collect();
+    let paxos = config.paxos_config(NodeId(identity.member_id), members)?;
+    let message_bytes_max = paxos.message_bytes_max;
+
+    let client_listener = bind(config.listen_client, "clients").await?;
+    let peer_listener = bind(config.listen_peer, "peers").await?;
+
+    let origin = Instant::now();
+    let now = node::core_time(origin);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    let restarted = durable.is_some();
+    let replica = match durable {
+        Some(durable) => Replica::restart(paxos, durable, now, seed),
+        None => {
+            let start = match config.initial_cluster_state {
+                ClusterState::New => FreshStart::NewGroup,
+                ClusterState::Existing => FreshStart::Rejoin,
+            };
+            Replica::fresh(paxos, start, now, seed)
+        }
+    };
+    tracing::info!(
+        name = %identity.name,
+        member_id = %format!("{:x}", identity.member_id),
+        cluster_id = %format!("{:x}", identity.cluster_id),
+        client = %config.advertise_client_url,
+        peer = %config.listen_peer,
+        restarted,
+        "starting member"
+    );
+
+    let metrics = Arc::new(Metrics::default());
+    let store = synod_kv::Store::new(synod_kv::Config::default());
+    let (shared, commands, status) = node::shared(
+        identity.clone(),
+        config.advertise_client_url.clone(),
+        config.tunables.clone(),
+        metrics.clone(),
+        store,
+    );
+    let (inbound_sender, inbound) = tokio::sync::mpsc::channel(config.tunables.inbound_queue_messages_max);
+    let peers = peer::start(
+        &identity,
+        peer_listener,
+        peer::TransportConfig {
+            frame_bytes_max: config.tunables.frame_bytes_max,
+            message_bytes_max,
+            peer_queue_messages_max: config.tunables.peer_queue_messages_max,
+            client_url: config.advertise_client_url.clone(),
+        },
+        inbound_sender,
+        shared.clone(),
+        metrics,
+        shutdown.clone(),
+    );
+    let disk = DiskWriter::start(Box::new(log)).map_err(ServerError::DiskThread)?;
+    let core = Core::new(replica, shared.clone(), peers, disk, status, origin);
+    let core_shutdown = shutdown.clone();
+    let mut core_task = tokio::spawn(core.run(CoreInputs { commands, inbound }, core_shutdown));
+    let api = api::Api::new(shared);
+    let serve = api::serve(api, client_listener, shutdown.clone());
+    tokio::select! {
+        result = &mut core_task => {
+            shutdown.cancel();
+            match result {
+                Ok(result) => result?,
+                Err(join) => tracing::error!(error = %join, "core task failed"),
+            }
+            Ok(())
+        }
+        result = serve => {
+            shutdown.cancel();
+            let core_result = core_task.await;
+            result.map_err(ServerError::Serve)?;
+            if let Ok(result) = core_result {
+                result?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,2 +1,302 @@
-//! The `synod` command line.
-fn main() {}
+//! The `synod` command line: `synod server` runs one member, `synod dev` a
+//! whole group on loopback for trying it out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use synod_server::config::{ClusterState, ServerConfig, Tunables};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "synod",
+    version,
+    about = "A Multi-Paxos coordination service that speaks the etcd v3 API"
+)]
+struct Command {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "human", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Run one member of a group.
+    Server(ServerFlags),
+    /// Run a whole group on loopback (client ports 2379, 2479, 2579, ...).
+    Dev(DevFlags),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum InitialClusterState {
+    /// Every member starts for the first time.
+    New,
+    /// The group exists; this member rejoins with an empty data directory.
+    Existing,
+}
+
+#[derive(Args, Debug)]
+struct ServerFlags {
+    /// This member's name; must appear in --initial-cluster.
+    #[arg(long)]
+    name: String,
+    /// Where this member keeps its state. If it already holds a member, the
+    /// --initial-cluster* flags are ignored and the member restarts from it.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// HOST:PORT for clients (gRPC and HTTP on one port).
+    #[arg(long)]
+    listen_client: SocketAddr,
+    /// HOST:PORT for the other members.
+    #[arg(long)]
+    listen_peer: SocketAddr,
+    /// Every member's peer address: NAME=HOST:PORT,NAME=HOST:PORT,...
+    #[arg(long)]
+    initial_cluster: String,
+    /// `new` for a group being created, `existing` for a member rejoining with an empty data directory.
+    #[arg(long, value_enum, default_value = "new")]
+    initial_cluster_state: InitialClusterState,
+    #[command(flatten)]
+    tunables: TunableFlags,
+}
+
+#[derive(Args, Debug)]
+struct DevFlags {
+    /// Members to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=9))]
+    nodes: u16,
+    /// Keep the members' data here (a fresh temporary directory otherwise, removed on exit).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    tunables: TunableFlags,
+}
+
+/// Every tunable, with its unit in its name.
+#[derive(Args, Debug, Clone)]
+struct TunableFlags {
+    /// Master lease length (PaxosLease), in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    lease_duration_ms: u64,
+    /// How often the master renews its lease, in milliseconds (at most half the lease).
+    #[arg(long, default_value_t = 500)]
+    lease_renew_interval_ms: u64,
+    /// How long a member hearing no master waits before it tries to become master, in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    election_timeout_ms: u64,
+    /// How often the master sends its commit point, in milliseconds (at most half the election timeout).
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval_ms: u64,
+    /// Bound on clock rate differences between members, in parts per million.
+    #[arg(long, default_value_t = 10_000)]
+    clock_drift_max_ppm: u64,
+    /// Pipelining window (alpha): instances the master may propose beyond its commit point.
+    #[arg(long, default_value_t = 32)]
+    alpha: u64,
+    /// Client requests one Paxos instance may carry.
+    #[arg(long, default_value_t = 4_096)]
+    batch_values_max: usize,
+    /// Bytes of client requests one Paxos instance may carry.
+    #[arg(long, default_value_t = 4 << 20)]
+    batch_bytes_max: usize,
+    /// Applied instances between two state machine snapshots, in instances (0: never).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_interval_instances: u64,
+    /// How long a client request may wait for its commit, in milliseconds.
+    #[arg(long, default_value_t = 7_000)]
+    request_timeout_ms: u64,
+}
+
+impl TunableFlags {
+    fn tunables(&self) -> Tunables {
+        Tunables {
+            lease_duration: Duration::from_millis(self.lease_duration_ms),
+            lease_renew_interval: Duration::from_millis(self.lease_renew_interval_ms),
+            election_timeout: Duration::from_millis(self.election_timeout_ms),
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            clock_drift_max_ppm: self.clock_drift_max_ppm,
+            window_instances_max: self.alpha,
+            batch_values_max: self.batch_values_max,
+            batch_bytes_max: self.batch_bytes_max,
+            snapshot_interval_instances: self.snapshot_interval_instances,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            ..Tunables::default()
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM or Ctrl-C.
+fn on_signals(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut terminate = match signal(SignalKind::terminate()) {
+                Ok(terminate) => terminate,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM");
+                    let _ = tokio::signal::ctrl_c().await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        shutdown.cancel();
+    });
+}
+
+fn main() -> ExitCode {
+    let command = Command::parse();
+    init_logging(command.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("synod: error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        on_signals(shutdown.clone());
+        match command.mode {
+            Mode::Server(flags) => server(flags, shutdown).await,
+            Mode::Dev(flags) => dev(flags, shutdown).await,
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("synod: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn server(flags: ServerFlags, shutdown: CancellationToken) -> Result<(), String> {
+    let config = ServerConfig {
+        name: flags.name,
+        data_dir: flags.data_dir,
+        listen_client: flags.listen_client,
+        listen_peer: flags.listen_peer,
+        advertise_client_url: format!("http://{}", flags.listen_client),
+        initial_cluster: flags.initial_cluster,
+        initial_cluster_state: match flags.initial_cluster_state {
+            InitialClusterState::New => ClusterState::New,
+            InitialClusterState::Existing => ClusterState::Existing,
+        },
+        tunables: flags.tunables.tunables(),
+    };
+    synod_server::run(config, shutdown)
+        .await
+        .map_err(|error| error.to_string())
+}
+
+async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String> {
+    let (root, temporary) = match flags.data_dir {
+        Some(directory) => (directory, false),
+        None => (
+            std::env::temp_dir().join(format!("synod-dev-{}", std::process::id())),
+            true,
+        ),
+    };
+    let nodes = flags.nodes;
+    let client = |index: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], 2379 + 100 * index)) };
+    let peer = |index: u16| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], 2380 + 100 * index)) };
+    let initial_cluster = (0..nodes)
+        .map(|index| format!("node{}={}", index + 1, peer(index)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let endpoints = (0..nodes)
+        .map(|index| client(index).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    println!("synod dev: {nodes} members, data in {}", root.display());
+    for index in 0..nodes {
+        println!(
+            "  node{}: client http://{}  peer {}",
+            index + 1,
+            client(index),
+            peer(index)
+        );
+    }
+    println!();
+    println!("Try:");
+    println!("  export ETCDCTL_API=3 ENDPOINTS={endpoints}");
+    println!("  etcdctl --endpoints=$ENDPOINTS put greeting hello");
+    println!("  etcdctl --endpoints=$ENDPOINTS get greeting");
+    println!("  etcdctl --endpoints=$ENDPOINTS watch greeting");
+    println!("  etcdctl --endpoints=$ENDPOINTS endpoint status -w table");
+    println!("  etcdctl --endpoints=$ENDPOINTS member list -w table");
+    println!("  curl http://{}/metrics", client(0));
+    println!("Ctrl-C stops every member.");
+    let mut members = tokio::task::JoinSet::new();
+    for index in 0..nodes {
+        let name = format!("node{}", index + 1);
+        let config = ServerConfig {
+            name: name.clone(),
+            data_dir: root.join(&name),
+            listen_client: client(index),
+            listen_peer: peer(index),
+            advertise_client_url: format!("http://{}", client(index)),
+            initial_cluster: initial_cluster.clone(),
+            initial_cluster_state: ClusterState::New,
+            tunables: flags.tunables.tunables(),
+        };
+        let span = tracing::info_span!("member", name = %name);
+        let shutdown = shutdown.clone();
+        members.spawn(
+            async move {
+                synod_server::run(config, shutdown)
+                    .await
+                    .map_err(|error| format!("{name}: {error}"))
+            }
+            .instrument(span),
+        );
+    }
+    let mut first_error = None;
+    while let Some(result) = members.join_next().await {
+        let result = result.map_err(|error| error.to_string()).and_then(|result| result);
+        if let Err(error) = result {
+            shutdown.cancel();
+            first_error.get_or_insert(error);
+        }
+    }
+    if temporary {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    first_error.map_or(Ok(()), Err)
+}

@@ -1,0 +1,158 @@
+//! `etcdserverpb.Lease`: grant and revoke through the log; keep-alive and
+//! time-to-live at the master, which alone tracks deadlines.
+
+use std::pin::Pin;
+
+use futures_util::{Stream, StreamExt};
+use synod_kv::{LeaseGrantRequest as KvGrant, LeaseRevokeRequest as KvRevoke, Request, Response};
+use synod_proto::etcdserverpb::lease_client::LeaseClient;
+use synod_proto::etcdserverpb::lease_server::Lease;
+use synod_proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseTimeToLiveResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
+
+use super::{convert, forwarded, no_leader, Api};
+use crate::node::Command;
+
+/// Keep-alive responses queued for one client stream before it stops reading requests.
+const KEEP_ALIVE_QUEUE_MAX: usize = 64;
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
+
+impl Api {
+    /// One keep-alive: at the master, refresh the deadline; elsewhere, ask the master.
+    async fn keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+        let probe = GrpcRequest::new(());
+        if let Some(channel) = self.route(&probe)? {
+            let (sender, receiver) = mpsc::channel(1);
+            let _ = sender.send(LeaseKeepAliveRequest { id }).await;
+            let mut responses = LeaseClient::new(channel)
+                .lease_keep_alive(forwarded(ReceiverStream::new(receiver)))
+                .await?
+                .into_inner();
+            return responses.message().await?.ok_or_else(no_leader);
+        }
+        let identity = self.identity();
+        let ttl = self
+            .ask(|reply| Command::KeepAlive { id, reply })
+            .await?
+            .ok_or_else(no_leader)?;
+        let revision = self.shared.store().revision();
+        Ok(LeaseKeepAliveResponse {
+            header: identity.header(revision),
+            id,
+            ttl,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for Api {
+    async fn lease_grant(
+        &self,
+        request: GrpcRequest<LeaseGrantRequest>,
+    ) -> Result<GrpcResponse<LeaseGrantResponse>, Status> {
+        if let Some(channel) = self.route(&request)? {
+            return LeaseClient::new(channel)
+                .lease_grant(forwarded(request.into_inner()))
+                .await;
+        }
+        let identity = self.identity();
+        let grant = request.into_inner();
+        match self
+            .write(Request::LeaseGrant(KvGrant {
+                ttl: grant.ttl,
+                id: grant.id,
+            }))
+            .await?
+        {
+            Response::LeaseGrant(response) => Ok(GrpcResponse::new(LeaseGrantResponse {
+                header: identity.header(response.header.revision),
+                id: response.id,
+                ttl: response.ttl,
+                error: response.error,
+            })),
+            _ => Err(Status::internal("synod: unexpected response to a lease grant")),
+        }
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: GrpcRequest<LeaseRevokeRequest>,
+    ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
+        if let Some(channel) = self.route(&request)? {
+            return LeaseClient::new(channel)
+                .lease_revoke(forwarded(request.into_inner()))
+                .await;
+        }
+        let identity = self.identity();
+        let id = request.into_inner().id;
+        match self.write(Request::LeaseRevoke(KvRevoke { id })).await? {
+            Response::LeaseRevoke(response) => Ok(GrpcResponse::new(LeaseRevokeResponse {
+                header: identity.header(response.header.revision),
+            })),
+            _ => Err(Status::internal("synod: unexpected response to a lease revoke")),
+        }
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(
+        &self,
+        request: GrpcRequest<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<GrpcResponse<Self::LeaseKeepAliveStream>, Status> {
+        let is_forwarded = request.metadata().contains_key(super::FORWARDED_HEADER);
+        let mut incoming = request.into_inner();
+        let (sender, receiver) = mpsc::channel(KEEP_ALIVE_QUEUE_MAX);
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(keep_alive)) = incoming.next().await {
+                let answer = if is_forwarded && !api.shared.current_status().is_master {
+                    Err(no_leader())
+                } else {
+                    api.keep_alive_once(keep_alive.id).await
+                };
+                let failed = answer.is_err();
+                if sender.send(answer).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: GrpcRequest<LeaseTimeToLiveRequest>,
+    ) -> Result<GrpcResponse<LeaseTimeToLiveResponse>, Status> {
+        if let Some(channel) = self.route(&request)? {
+            return LeaseClient::new(channel)
+                .lease_time_to_live(forwarded(request.into_inner()))
+                .await;
+        }
+        let identity = self.identity();
+        let LeaseTimeToLiveRequest { id, keys } = request.into_inner();
+        let response = self
+            .ask(|reply| Command::TimeToLive { id, keys, reply })
+            .await?
+            .ok_or_else(no_leader)?;
+        Ok(GrpcResponse::new(convert::time_to_live_response(identity, response)))
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: GrpcRequest<LeaseLeasesRequest>,
+    ) -> Result<GrpcResponse<LeaseLeasesResponse>, Status> {
+        let identity = self.identity();
+        let leases = self.shared.store().lease_leases();
+        Ok(GrpcResponse::new(LeaseLeasesResponse {
+            header: identity.header(leases.header.revision),
+            leases: leases.leases.into_iter().map(|id| LeaseStatus { id }).collect(),
+        }))
+    }
+}

@@ -1,0 +1,390 @@
+//! `v3lockpb.Lock` and `v3electionpb.Election`: etcd's lock and election
+//! recipes, run at the master on top of the same log and store.
+//!
+//! A lock or candidacy is a key `name/<lease in hex>` attached to the
+//! caller's lease, created only if absent. The holder (the leader) is the key
+//! with the lowest create revision under `name/`; a waiter waits until no key
+//! under `name/` was created before its own. The key's create revision is a
+//! fencing token: it only grows from holder to holder.
+//!
+//! Waiting re-checks the store each time the core applies something, so a
+//! holder's key deleted by unlock, resign or lease expiry wakes the next one.
+//! Followers forward these calls to the master.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::Stream;
+use synod_kv::{
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest, Request, RequestOp,
+    Response, ResponseOp, SortOrder, SortTarget, TargetUnion, TxnRequest, TxnResponse,
+};
+use synod_proto::v3electionpb::election_client::ElectionClient;
+use synod_proto::v3electionpb::election_server::Election;
+use synod_proto::v3electionpb::{
+    CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest, ProclaimResponse,
+    ResignRequest, ResignResponse,
+};
+use synod_proto::v3lockpb::lock_client::LockClient;
+use synod_proto::v3lockpb::lock_server::Lock;
+use synod_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+
+use super::{convert, forwarded, Api};
+
+/// Observe responses queued for one client before its task waits.
+const OBSERVE_QUEUE_MAX: usize = 16;
+/// A waiter re-checks at least this often even if nothing is applied.
+const WAIT_RECHECK: Duration = Duration::from_millis(500);
+/// Longest lock or election name, in bytes.
+const NAME_BYTES_MAX: usize = 4_096;
+
+/// The end of the range of keys that start with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn candidate_key(name: &[u8], lease: i64) -> Vec<u8> {
+    let mut key = name.to_vec();
+    key.extend_from_slice(format!("/{lease:x}").as_bytes());
+    key
+}
+
+fn check_name(name: &[u8]) -> Result<(), Status> {
+    if name.is_empty() {
+        return Err(Status::invalid_argument("etcdserver: key is not provided"));
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(Status::invalid_argument("etcdserver: request is too large"));
+    }
+    Ok(())
+}
+
+fn prefix_of(name: &[u8]) -> Vec<u8> {
+    let mut prefix = name.to_vec();
+    prefix.push(b'/');
+    prefix
+}
+
+impl Api {
+    async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse, Status> {
+        match self.write(Request::Txn(txn)).await? {
+            Response::Txn(response) => Ok(response),
+            _ => Err(Status::internal("synod: unexpected response to a txn")),
+        }
+    }
+
+    /// Creates `key` on `lease` with `value` unless it exists; returns its create revision.
+    async fn create_candidate(&self, key: &[u8], lease: i64, value: &[u8]) -> Result<i64, Status> {
+        if self.shared.store().lease(lease).is_none() {
+            return Err(Status::not_found("etcdserver: requested lease not found"));
+        }
+        let response = self
+            .txn(TxnRequest {
+                compare: vec![Compare {
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Create,
+                    key: key.to_vec(),
+                    target_union: TargetUnion::CreateRevision(0),
+                    range_end: Vec::new(),
+                }],
+                success: vec![RequestOp::Put(PutRequest {
+                    key: key.to_vec(),
+                    value: value.to_vec(),
+                    lease,
+                    ..PutRequest::default()
+                })],
+                failure: vec![RequestOp::Range(RangeRequest {
+                    key: key.to_vec(),
+                    ..RangeRequest::default()
+                })],
+            })
+            .await?;
+        if response.succeeded {
+            return Ok(response.header.revision);
+        }
+        match response.responses.first() {
+            Some(ResponseOp::Range(range)) => range
+                .kvs
+                .first()
+                .map(|kv| kv.create_revision)
+                .ok_or_else(|| Status::aborted("synod: candidate key vanished; retry")),
+            _ => Err(Status::internal("synod: unexpected txn response")),
+        }
+    }
+
+    /// The key under `prefix` created last before `revision`, if any.
+    fn predecessor(&self, prefix: &[u8], revision: i64) -> Result<Option<KeyValue>, Status> {
+        let request = RangeRequest {
+            key: prefix.to_vec(),
+            range_end: prefix_end(prefix),
+            limit: 1,
+            sort_order: SortOrder::Descend,
+            sort_target: SortTarget::Create,
+            max_create_revision: revision - 1,
+            keys_only: true,
+            ..RangeRequest::default()
+        };
+        let response = self.shared.store().range(&request).map_err(convert::kv_error)?;
+        Ok(response.kvs.into_iter().next())
+    }
+
+    /// The oldest key under `prefix`: the holder.
+    fn holder(&self, prefix: &[u8]) -> Result<Option<KeyValue>, Status> {
+        let request = RangeRequest {
+            key: prefix.to_vec(),
+            range_end: prefix_end(prefix),
+            limit: 1,
+            sort_order: SortOrder::Ascend,
+            sort_target: SortTarget::Create,
+            ..RangeRequest::default()
+        };
+        let response = self.shared.store().range(&request).map_err(convert::kv_error)?;
+        Ok(response.kvs.into_iter().next())
+    }
+
+    fn exists(&self, key: &[u8]) -> Result<bool, Status> {
+        let request = RangeRequest {
+            key: key.to_vec(),
+            count_only: true,
+            ..RangeRequest::default()
+        };
+        let response = self.shared.store().range(&request).map_err(convert::kv_error)?;
+        Ok(response.count > 0)
+    }
+
+    /// Waits until no key under `prefix` was created before `revision`, while
+    /// `key` (the caller's) still exists.
+    async fn wait_turn(&self, prefix: &[u8], key: &[u8], revision: i64) -> Result<(), Status> {
+        let mut status = self.shared.status.clone();
+        loop {
+            status.borrow_and_update();
+            if !self.exists(key)? {
+                return Err(Status::not_found("etcdserver: requested lease not found"));
+            }
+            if self.predecessor(prefix, revision)?.is_none() {
+                return Ok(());
+            }
+            if !self.shared.current_status().is_master {
+                return Err(super::no_leader());
+            }
+            let _ = tokio::time::timeout(WAIT_RECHECK, status.changed()).await;
+        }
+    }
+
+    async fn delete_key(&self, key: Vec<u8>) -> Result<i64, Status> {
+        match self
+            .write(Request::DeleteRange(DeleteRangeRequest {
+                key,
+                ..DeleteRangeRequest::default()
+            }))
+            .await?
+        {
+            Response::DeleteRange(response) => Ok(response.header.revision),
+            _ => Err(Status::internal("synod: unexpected response to a delete")),
+        }
+    }
+
+    /// A txn guarded by the leader key's create revision.
+    async fn as_leader(&self, leader: &LeaderKey, op: RequestOp) -> Result<i64, Status> {
+        let response = self
+            .txn(TxnRequest {
+                compare: vec![Compare {
+                    result: CompareResult::Equal,
+                    target: CompareTarget::Create,
+                    key: leader.key.to_vec(),
+                    target_union: TargetUnion::CreateRevision(leader.rev),
+                    range_end: Vec::new(),
+                }],
+                success: vec![op],
+                failure: Vec::new(),
+            })
+            .await?;
+        if !response.succeeded {
+            return Err(Status::failed_precondition("election: not leader"));
+        }
+        Ok(response.header.revision)
+    }
+}
+
+#[tonic::async_trait]
+impl Lock for Api {
+    async fn lock(&self, request: GrpcRequest<LockRequest>) -> Result<GrpcResponse<LockResponse>, Status> {
+        if let Some(channel) = self.route(&request)? {
+            return LockClient::new(channel).lock(forwarded(request.into_inner())).await;
+        }
+        let LockRequest { name, lease } = request.into_inner();
+        check_name(&name)?;
+        let key = candidate_key(&name, lease);
+        let revision = self.create_candidate(&key, lease, b"").await?;
+        self.wait_turn(&prefix_of(&name), &key, revision).await?;
+        let current = self.shared.store().revision();
+        Ok(GrpcResponse::new(LockResponse {
+            header: self.identity().header(current),
+            key: key.into(),
+        }))
+    }
+
+    async fn unlock(&self, request: GrpcRequest<UnlockRequest>) -> Result<GrpcResponse<UnlockResponse>, Status> {
+        if let Some(channel) = self.route(&request)? {
+            return LockClient::new(channel).unlock(forwarded(request.into_inner())).await;
+        }
+        let key = request.into_inner().key.to_vec();
+        let revision = self.delete_key(key).await?;
+        Ok(GrpcResponse::new(UnlockResponse {
+            header: self.identity().header(revision),
+        }))
+    }
+}
+
+type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Election for Api {
+    async fn campaign(&self, request: GrpcRequest<CampaignRequest>) -> Result<GrpcResponse<CampaignResponse>, Status> {
+        if let Some(channel) = self.route(&request)? {
+            return ElectionClient::new(channel)
+                .campaign(forwarded(request.into_inner()))
+                .await;
+        }
+        let CampaignRequest { name, lease, value } = request.into_inner();
+        check_name(&name)?;
+        let key = candidate_key(&name, lease);
+        let revision = self.create_candidate(&key, lease, &value).await?;
+        self.wait_turn(&prefix_of(&name), &key, revision).await?;
+        let current = self.shared.store().revision();
+        Ok(GrpcResponse::new(CampaignResponse {
+            header: self.identity().header(current),
+            leader: Some(LeaderKey {
+                name,
+                key: key.into(),
+                rev: revision,
+                lease,
+            }),
+        }))
+    }
+
+    async fn proclaim(&self, request: GrpcRequest<ProclaimRequest>) -> Result<GrpcResponse<ProclaimResponse>, Status> {
+        if let Some(channel) = self.route(&request)? {
+            return ElectionClient::new(channel)
+                .proclaim(forwarded(request.into_inner()))
+                .await;
+        }
+        let ProclaimRequest { leader, value } = request.into_inner();
+        let leader = leader.ok_or_else(|| Status::invalid_argument("election: no leader key given"))?;
+        let put = RequestOp::Put(PutRequest {
+            key: leader.key.to_vec(),
+            value: value.to_vec(),
+            lease: leader.lease,
+            ..PutRequest::default()
+        });
+        let revision = self.as_leader(&leader, put).await?;
+        Ok(GrpcResponse::new(ProclaimResponse {
+            header: self.identity().header(revision),
+        }))
+    }
+
+    async fn leader(&self, request: GrpcRequest<LeaderRequest>) -> Result<GrpcResponse<LeaderResponse>, Status> {
+        if let Some(channel) = self.route(&request)? {
+            return ElectionClient::new(channel)
+                .leader(forwarded(request.into_inner()))
+                .await;
+        }
+        let name = request.into_inner().name;
+        check_name(&name)?;
+        self.linearizable_point().await?;
+        let holder = self
+            .holder(&prefix_of(&name))?
+            .ok_or_else(|| Status::not_found("election: no leader"))?;
+        let revision = self.shared.store().revision();
+        Ok(GrpcResponse::new(LeaderResponse {
+            header: self.identity().header(revision),
+            kv: Some(convert::key_value(holder)),
+        }))
+    }
+
+    type ObserveStream = ObserveStream;
+
+    async fn observe(&self, request: GrpcRequest<LeaderRequest>) -> Result<GrpcResponse<ObserveStream>, Status> {
+        let name = request.into_inner().name;
+        check_name(&name)?;
+        let prefix = prefix_of(&name);
+        let (sender, receiver) = mpsc::channel(OBSERVE_QUEUE_MAX);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut status = api.shared.status.clone();
+            let mut last: Option<(Vec<u8>, i64)> = None;
+            loop {
+                status.borrow_and_update();
+                let holder = match api.holder(&prefix) {
+                    Ok(holder) => holder,
+                    Err(error) => {
+                        let _ = sender.send(Err(error)).await;
+                        return;
+                    }
+                };
+                if let Some(holder) = holder {
+                    let seen = (holder.key.clone(), holder.mod_revision);
+                    if last.as_ref() != Some(&seen) {
+                        last = Some(seen);
+                        let revision = api.shared.store().revision();
+                        let response = LeaderResponse {
+                            header: api.identity().header(revision),
+                            kv: Some(convert::key_value(holder)),
+                        };
+                        if sender.send(Ok(response)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = sender.closed() => return,
+                    _ = tokio::time::timeout(WAIT_RECHECK, status.changed()) => {}
+                }
+            }
+        });
+        Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn resign(&self, request: GrpcRequest<ResignRequest>) -> Result<GrpcResponse<ResignResponse>, Status> {
+        if let Some(channel) = self.route(&request)? {
+            return ElectionClient::new(channel)
+                .resign(forwarded(request.into_inner()))
+                .await;
+        }
+        let leader = request
+            .into_inner()
+            .leader
+            .ok_or_else(|| Status::invalid_argument("election: no leader key given"))?;
+        let delete = RequestOp::DeleteRange(DeleteRangeRequest {
+            key: leader.key.to_vec(),
+            ..DeleteRangeRequest::default()
+        });
+        let revision = self.as_leader(&leader, delete).await?;
+        Ok(GrpcResponse::new(ResignResponse {
+            header: self.identity().header(revision),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
+        assert_eq!(prefix_end(&[b'a', 0xff]), b"b".to_vec());
+        assert_eq!(prefix_end(&[0xff]), vec![0]);
+        assert_eq!(candidate_key(b"job", 255), b"job/ff".to_vec());
+    }
+}

@@ -1,0 +1,197 @@
+//! `etcdserverpb.Cluster` (member list), `etcdserverpb.Maintenance` (status,
+//! alarms, hashes) and `grpc.health.v1.Health`.
+//!
+//! Membership is fixed for a group's life, so member add, remove, update and
+//! promote are refused; so are snapshot download, leader moves and downgrades.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use synod_proto::etcdserverpb::cluster_server::Cluster;
+use synod_proto::etcdserverpb::maintenance_server::Maintenance;
+use synod_proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest, DowngradeResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, Member, MemberAddRequest, MemberAddResponse,
+    MemberListRequest, MemberListResponse, MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest,
+    MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+};
+use synod_proto::grpc::health::v1::health_check_response::ServingStatus;
+use synod_proto::grpc::health::v1::health_server::Health;
+use synod_proto::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+
+use super::Api;
+
+/// The etcd server version reported to clients (the API level synod speaks).
+pub const ETCD_VERSION: &str = "3.5.0";
+
+fn fixed_membership() -> Status {
+    Status::unimplemented("synod: membership is fixed for the group's life")
+}
+
+impl Api {
+    fn members(&self) -> Vec<Member> {
+        let identity = &self.shared.identity;
+        identity
+            .members
+            .iter()
+            .map(|member| Member {
+                id: member.id,
+                name: member.name.clone(),
+                peer_urls: vec![format!("http://{}", member.peer_address)],
+                client_urls: self.shared.client_url_of(member.id).into_iter().collect(),
+                is_learner: false,
+            })
+            .collect()
+    }
+
+    fn revision(&self) -> i64 {
+        self.shared.store().revision()
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for Api {
+    async fn member_add(&self, _: GrpcRequest<MemberAddRequest>) -> Result<GrpcResponse<MemberAddResponse>, Status> {
+        Err(fixed_membership())
+    }
+
+    async fn member_remove(
+        &self,
+        _: GrpcRequest<MemberRemoveRequest>,
+    ) -> Result<GrpcResponse<MemberRemoveResponse>, Status> {
+        Err(fixed_membership())
+    }
+
+    async fn member_update(
+        &self,
+        _: GrpcRequest<MemberUpdateRequest>,
+    ) -> Result<GrpcResponse<MemberUpdateResponse>, Status> {
+        Err(fixed_membership())
+    }
+
+    async fn member_list(&self, _: GrpcRequest<MemberListRequest>) -> Result<GrpcResponse<MemberListResponse>, Status> {
+        Ok(GrpcResponse::new(MemberListResponse {
+            header: self.identity().header(self.revision()),
+            members: self.members(),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        _: GrpcRequest<MemberPromoteRequest>,
+    ) -> Result<GrpcResponse<MemberPromoteResponse>, Status> {
+        Err(fixed_membership())
+    }
+}
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Maintenance for Api {
+    async fn alarm(&self, request: GrpcRequest<AlarmRequest>) -> Result<GrpcResponse<AlarmResponse>, Status> {
+        // No alarms are raised: the space quota refuses writes directly.
+        let _ = request;
+        Ok(GrpcResponse::new(AlarmResponse {
+            header: self.identity().header(self.revision()),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(&self, _: GrpcRequest<StatusRequest>) -> Result<GrpcResponse<StatusResponse>, Status> {
+        let status = self.shared.current_status();
+        let (revision, bytes) = {
+            let store = self.shared.store();
+            (store.revision(), store.retained_bytes() as i64)
+        };
+        Ok(GrpcResponse::new(StatusResponse {
+            header: self.identity().header(revision),
+            version: ETCD_VERSION.to_string(),
+            db_size: bytes,
+            leader: status.master.unwrap_or(0),
+            raft_index: status.chosen_through,
+            raft_term: status.round,
+            raft_applied_index: status.applied_instance,
+            errors: Vec::new(),
+            db_size_in_use: bytes,
+            is_learner: false,
+            ..StatusResponse::default()
+        }))
+    }
+
+    async fn defragment(&self, _: GrpcRequest<DefragmentRequest>) -> Result<GrpcResponse<DefragmentResponse>, Status> {
+        // The store is in memory; there is nothing to defragment.
+        Ok(GrpcResponse::new(DefragmentResponse {
+            header: self.identity().header(self.revision()),
+        }))
+    }
+
+    async fn hash(&self, _: GrpcRequest<HashRequest>) -> Result<GrpcResponse<HashResponse>, Status> {
+        let (revision, hash) = {
+            let store = self.shared.store();
+            (store.revision(), store.state_hash())
+        };
+        Ok(GrpcResponse::new(HashResponse {
+            header: self.identity().header(revision),
+            hash: (hash ^ (hash >> 32)) as u32,
+        }))
+    }
+
+    async fn hash_kv(&self, _: GrpcRequest<HashKvRequest>) -> Result<GrpcResponse<HashKvResponse>, Status> {
+        let (revision, compact, hash) = {
+            let store = self.shared.store();
+            (store.revision(), store.compact_revision(), store.state_hash())
+        };
+        Ok(GrpcResponse::new(HashKvResponse {
+            header: self.identity().header(revision),
+            hash: (hash ^ (hash >> 32)) as u32,
+            compact_revision: compact,
+            hash_revision: revision,
+        }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(&self, _: GrpcRequest<SnapshotRequest>) -> Result<GrpcResponse<SnapshotStream>, Status> {
+        Err(Status::unimplemented("synod: snapshot download is not supported"))
+    }
+
+    async fn move_leader(&self, _: GrpcRequest<MoveLeaderRequest>) -> Result<GrpcResponse<MoveLeaderResponse>, Status> {
+        Err(Status::unimplemented(
+            "synod: the master is chosen by PaxosLease; it cannot be moved",
+        ))
+    }
+
+    async fn downgrade(&self, _: GrpcRequest<DowngradeRequest>) -> Result<GrpcResponse<DowngradeResponse>, Status> {
+        Err(Status::unimplemented("synod: downgrade is not supported"))
+    }
+}
+
+type HealthStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send + 'static>>;
+
+impl Api {
+    fn serving(&self) -> HealthCheckResponse {
+        let healthy = self.shared.current_status().master.is_some();
+        let status = if healthy {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        HealthCheckResponse { status: status as i32 }
+    }
+}
+
+#[tonic::async_trait]
+impl Health for Api {
+    async fn check(&self, _: GrpcRequest<HealthCheckRequest>) -> Result<GrpcResponse<HealthCheckResponse>, Status> {
+        Ok(GrpcResponse::new(self.serving()))
+    }
+
+    type WatchStream = HealthStream;
+
+    async fn watch(&self, _: GrpcRequest<HealthCheckRequest>) -> Result<GrpcResponse<HealthStream>, Status> {
+        let current = self.serving();
+        Ok(GrpcResponse::new(Box::pin(futures_util::stream::iter([Ok(current)]))))
+    }
+}

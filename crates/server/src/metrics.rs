@@ -1,0 +1,182 @@
+//! Counters and histograms, rendered in the Prometheus text format at `/metrics`.
+//!
+//! Plain atomics: recording never blocks and never allocates.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
+];
+/// Upper bounds of the batch size buckets, in values.
+const BATCH_BUCKETS_VALUES: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 4096.0];
+
+/// A histogram with fixed buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// Sum of observations, in millionths of the unit.
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        if let Some(index) = self.bounds.iter().position(|bound| value <= *bound) {
+            self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn observe_duration(&self, duration: Duration) {
+        self.observe(duration.as_secs_f64());
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    pub commit_latency: Histogram,
+    pub fsync_latency: Histogram,
+    pub batch_values: Histogram,
+    pub master_changes: AtomicU64,
+    pub proposals_committed: AtomicU64,
+    pub proposals_rejected: AtomicU64,
+    pub proposals_unknown: AtomicU64,
+    pub proposals_timed_out: AtomicU64,
+    pub proposals_forwarded: AtomicU64,
+    pub applied_instance: AtomicU64,
+    pub is_master: AtomicU64,
+    pub watch_streams: AtomicI64,
+    pub watchers: AtomicI64,
+    pub peer_messages_dropped: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            commit_latency: Histogram::new(&LATENCY_BUCKETS_SECONDS),
+            fsync_latency: Histogram::new(&LATENCY_BUCKETS_SECONDS),
+            batch_values: Histogram::new(&BATCH_BUCKETS_VALUES),
+            master_changes: AtomicU64::new(0),
+            proposals_committed: AtomicU64::new(0),
+            proposals_rejected: AtomicU64::new(0),
+            proposals_unknown: AtomicU64::new(0),
+            proposals_timed_out: AtomicU64::new(0),
+            proposals_forwarded: AtomicU64::new(0),
+            applied_instance: AtomicU64::new(0),
+            is_master: AtomicU64::new(0),
+            watch_streams: AtomicI64::new(0),
+            watchers: AtomicI64::new(0),
+            peer_messages_dropped: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.commit_latency.render(
+            &mut out,
+            "synod_commit_latency_seconds",
+            "Time from a write's submit at the master to its applied outcome.",
+        );
+        self.fsync_latency.render(
+            &mut out,
+            "synod_fsync_latency_seconds",
+            "Time to make one group of acceptor records durable.",
+        );
+        self.batch_values.render(
+            &mut out,
+            "synod_batch_values",
+            "Client requests per chosen Paxos instance.",
+        );
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, value: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        };
+        counter(
+            &mut out,
+            "synod_master_changes_total",
+            "Times this member saw the master change.",
+            self.master_changes.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP synod_proposals_total Client writes submitted here, by outcome.\n# TYPE synod_proposals_total counter"
+        );
+        for (outcome, value) in [
+            ("committed", &self.proposals_committed),
+            ("rejected", &self.proposals_rejected),
+            ("unknown", &self.proposals_unknown),
+            ("timed_out", &self.proposals_timed_out),
+            ("forwarded", &self.proposals_forwarded),
+        ] {
+            let _ = writeln!(
+                out,
+                "synod_proposals_total{{outcome=\"{outcome}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        gauge(
+            &mut out,
+            "synod_applied_instance",
+            "Highest Paxos instance applied to the state machine.",
+            self.applied_instance.load(Ordering::Relaxed) as i64,
+        );
+        gauge(
+            &mut out,
+            "synod_is_master",
+            "1 if this member is the Multi-Paxos master.",
+            self.is_master.load(Ordering::Relaxed) as i64,
+        );
+        gauge(
+            &mut out,
+            "synod_watch_streams",
+            "Open client watch streams.",
+            self.watch_streams.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "synod_watchers",
+            "Watchers across all watch streams.",
+            self.watchers.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "synod_peer_messages_dropped_total",
+            "Peer messages dropped because a peer's send queue was full.",
+            self.peer_messages_dropped.load(Ordering::Relaxed),
+        );
+        out
+    }
+}

@@ -1,0 +1,526 @@
+//! The core task: one tokio task that owns the Paxos [`Replica`] and drives it.
+//!
+//! Every input (a tick of the clock, a peer's message, a client's command)
+//! goes through this one task, so the replica and the order of its outputs
+//! need no lock. After each burst of inputs the task takes the replica's
+//! [`synod_paxos::Ready`] and acts on it in the documented order:
+//!
+//! 1. hand the persist records to the disk thread and **wait until they are
+//!    durable** (an async wait: the task yields, it never blocks a thread);
+//! 2. queue the messages to the peers;
+//! 3. apply the committed values to the key-value store, feed the watch hubs
+//!    and the lessor, then answer the clients whose submits ended.
+//!
+//! The store sits behind a mutex shared with the client API, which reads it
+//! directly (serializable reads, watches); only this task writes it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use synod_kv::{Applied, LeaseRevokeRequest, LeaseTimeToLiveResponse, Lessor, Request, Store, WatchHub};
+use synod_paxos::{NodeId, Outcome, Ready, RejectReason, Replica, SubmitId, Time};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Tunables;
+use crate::disk::DiskWriter;
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::peer::{PeerEvents, PeerSender};
+
+/// How often the core's timers are advanced.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(5);
+/// How often the master looks for expired client leases.
+const LEASE_EXPIRY_INTERVAL: Duration = Duration::from_millis(250);
+/// Expired leases revoked per expiry check.
+const LEASE_REVOKES_PER_CHECK_MAX: usize = 64;
+/// A revoke that has not taken effect is proposed again after this long, in milliseconds.
+const LEASE_REVOKE_RETRY_MS: u64 = 2_000;
+/// Inputs handled before the Ready is processed, so one slow stream of input
+/// cannot starve the others and every Ready stays bounded.
+const INPUTS_PER_ROUND_MAX: usize = 512;
+
+/// Why a write was not applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteError {
+    /// This member is not the master (the one it last heard of, if any).
+    NotMaster(Option<NodeId>),
+    /// The master changed before the write was committed: it was not applied.
+    MasterChanged,
+    TooLarge,
+    QueueFull,
+    /// The write may or may not have been applied.
+    Unknown,
+    /// The server is stopping.
+    Stopped,
+}
+
+/// A snapshot of the core's state, published after every round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Highest instance applied to the store.
+    pub applied_instance: u64,
+    /// Highest instance known chosen.
+    pub chosen_through: u64,
+    pub is_master: bool,
+    /// The master as far as this member knows.
+    pub master: Option<u64>,
+    /// The highest ballot round seen (etcd's raft_term).
+    pub round: u64,
+}
+
+/// What the client API asks of the core task.
+#[derive(Debug)]
+pub enum Command {
+    /// Append a kv request to the log; answered when applied here.
+    Submit {
+        value: Bytes,
+        reply: oneshot::Sender<Result<Applied, WriteError>>,
+    },
+    /// A linearizable read point: the instance to have applied, if this member
+    /// holds the master lease now.
+    ReadIndex {
+        reply: oneshot::Sender<Result<u64, WriteError>>,
+    },
+    /// Refresh a client lease's deadline. `None`: not the master.
+    KeepAlive {
+        id: i64,
+        reply: oneshot::Sender<Option<i64>>,
+    },
+    /// A client lease's remaining time. `None`: not the master.
+    TimeToLive {
+        id: i64,
+        keys: bool,
+        reply: oneshot::Sender<Option<LeaseTimeToLiveResponse>>,
+    },
+}
+
+/// One registered watch stream's hub.
+#[derive(Clone, Debug)]
+pub struct HubEntry {
+    pub hub: Arc<Mutex<WatchHub>>,
+    pub notify: Arc<Notify>,
+}
+
+/// State shared between the core task and the client API.
+pub struct Shared {
+    pub identity: Identity,
+    pub client_url: String,
+    pub tunables: Tunables,
+    pub metrics: Arc<Metrics>,
+    store: Mutex<Store>,
+    pub status: watch::Receiver<Status>,
+    pub commands: mpsc::Sender<Command>,
+    client_urls: Mutex<HashMap<u64, String>>,
+    hubs: Mutex<HashMap<u64, HubEntry>>,
+    next_hub_id: AtomicU64,
+}
+
+/// Locks a mutex, taking over a poisoned one: the state it guards is only
+/// written by the core task, which stops the server if it panics.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    /// The store, for reads. Lock order: store, then the hub map, then a hub.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    pub fn client_url_of(&self, member_id: u64) -> Option<String> {
+        if member_id == self.identity.member_id {
+            return Some(self.client_url.clone());
+        }
+        lock(&self.client_urls).get(&member_id).cloned()
+    }
+
+    /// Registers a watch stream's hub; events applied from now on reach it.
+    pub fn register_hub(&self, hub: HubEntry) -> u64 {
+        let id = self.next_hub_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.hubs).insert(id, hub);
+        id
+    }
+
+    pub fn unregister_hub(&self, id: u64) {
+        lock(&self.hubs).remove(&id);
+    }
+
+    pub fn current_status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    /// Waits until the store has applied `instance`, or `timeout` passes.
+    pub async fn wait_applied(&self, instance: u64, timeout: Duration) -> bool {
+        let mut status = self.status.clone();
+        let reached = tokio::time::timeout(timeout, async {
+            status
+                .wait_for(|status| status.applied_instance >= instance)
+                .await
+                .is_ok()
+        })
+        .await;
+        matches!(reached, Ok(true))
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Shared")
+            .field("member", &self.identity.name)
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerEvents for Shared {
+    fn client_url(&self, peer: NodeId, url: String) {
+        let previous = lock(&self.client_urls).insert(peer.0, url.clone());
+        if previous.as_deref() != Some(url.as_str()) {
+            tracing::info!(peer = %format!("{:x}", peer.0), %url, "learned a peer's client URL");
+        }
+    }
+}
+
+/// The core task's state.
+pub struct Core {
+    replica: Replica,
+    shared: Arc<Shared>,
+    peers: PeerSender,
+    disk: DiskWriter,
+    lessor: Lessor,
+    pending: HashMap<SubmitId, (oneshot::Sender<Result<Applied, WriteError>>, Instant)>,
+    status: watch::Sender<Status>,
+    origin: Instant,
+    was_master: bool,
+    last_master: Option<NodeId>,
+    next_expiry_check: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("making acceptor state durable failed (never retried): {0}")]
+    Persist(std::io::Error),
+}
+
+/// Channels into a core that is not started yet.
+pub struct CoreInputs {
+    pub commands: mpsc::Receiver<Command>,
+    pub inbound: mpsc::Receiver<(NodeId, synod_paxos::Message)>,
+}
+
+/// Builds the shared state and the command channel.
+pub fn shared(
+    identity: Identity,
+    client_url: String,
+    tunables: Tunables,
+    metrics: Arc<Metrics>,
+    store: Store,
+) -> (Arc<Shared>, mpsc::Receiver<Command>, watch::Sender<Status>) {
+    let (commands, command_receiver) = mpsc::channel(tunables.command_queue_max);
+    let (status_sender, status) = watch::channel(Status::default());
+    let shared = Arc::new(Shared {
+        identity,
+        client_url,
+        tunables,
+        metrics,
+        store: Mutex::new(store),
+        status,
+        commands,
+        client_urls: Mutex::new(HashMap::new()),
+        hubs: Mutex::new(HashMap::new()),
+        next_hub_id: AtomicU64::new(1),
+    });
+    (shared, command_receiver, status_sender)
+}
+
+impl Core {
+    pub fn new(
+        replica: Replica,
+        shared: Arc<Shared>,
+        peers: PeerSender,
+        disk: DiskWriter,
+        status: watch::Sender<Status>,
+        origin: Instant,
+    ) -> Core {
+        Core {
+            replica,
+            shared,
+            peers,
+            disk,
+            lessor: Lessor::new(LEASE_REVOKE_RETRY_MS),
+            pending: HashMap::new(),
+            status,
+            origin,
+            was_master: false,
+            last_master: None,
+            next_expiry_check: Instant::now(),
+        }
+    }
+
+    /// The core's clock: monotonic, from the server's start.
+    fn now(&self) -> Time {
+        core_time(self.origin)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// Runs until `shutdown` is cancelled or the disk fails.
+    pub async fn run(mut self, mut inputs: CoreInputs, shutdown: CancellationToken) -> Result<(), CoreError> {
+        let mut ticker = tokio::time::interval(TICK_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.process_ready().await?;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {
+                    let now = self.now();
+                    self.replica.tick(now);
+                    self.expire_leases();
+                }
+                Some((from, message)) = inputs.inbound.recv() => {
+                    let now = self.now();
+                    self.replica.step(now, from, message);
+                    for _ in 0..INPUTS_PER_ROUND_MAX {
+                        let Ok((from, message)) = inputs.inbound.try_recv() else { break };
+                        self.replica.step(now, from, message);
+                    }
+                }
+                Some(command) = inputs.commands.recv() => {
+                    self.handle(command);
+                    for _ in 0..INPUTS_PER_ROUND_MAX {
+                        let Ok(command) = inputs.commands.try_recv() else { break };
+                        self.handle(command);
+                    }
+                }
+            }
+            self.process_ready().await?;
+        }
+        for (_, (reply, _)) in self.pending.drain() {
+            let _ = reply.send(Err(WriteError::Stopped));
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Submit { value, reply } => {
+                let epoch = self.replica.epoch();
+                match self.replica.submit(now, value, epoch) {
+                    Ok(id) => {
+                        self.pending.insert(id, (reply, Instant::now()));
+                    }
+                    Err(rejected) => {
+                        self.shared.metrics.proposals_rejected.fetch_add(1, Ordering::Relaxed);
+                        let _ = reply.send(Err(write_error(rejected.reason)));
+                    }
+                }
+            }
+            Command::ReadIndex { reply } => {
+                let result = match self.replica.read_lease(self.now()) {
+                    Ok(instance) => Ok(instance.0),
+                    Err(synod_paxos::ReadError::NotMaster { master }) => Err(WriteError::NotMaster(master)),
+                    Err(synod_paxos::ReadError::Recovering) => Err(WriteError::NotMaster(None)),
+                };
+                let _ = reply.send(result);
+            }
+            Command::KeepAlive { id, reply } => {
+                let answer = self.replica.is_master().then(|| {
+                    let store = self.shared.store();
+                    self.lessor.keep_alive(&store, id, self.now_ms())
+                });
+                let _ = reply.send(answer);
+            }
+            Command::TimeToLive { id, keys, reply } => {
+                let answer = self.replica.is_master().then(|| {
+                    let store = self.shared.store();
+                    self.lessor.time_to_live(&store, id, keys, self.now_ms())
+                });
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// The master proposes a revoke for each client lease past its deadline.
+    fn expire_leases(&mut self) {
+        if Instant::now() < self.next_expiry_check || !self.replica.is_master() {
+            return;
+        }
+        self.next_expiry_check = Instant::now() + LEASE_EXPIRY_INTERVAL;
+        let now = self.now();
+        if self.replica.read_lease(now).is_err() {
+            return;
+        }
+        let now_ms = self.now_ms();
+        let revokes: Vec<Vec<u8>> = {
+            let store = self.shared.store();
+            self.lessor
+                .expired(&store, now_ms, LEASE_REVOKES_PER_CHECK_MAX)
+                .into_iter()
+                .filter_map(|id| store.prepare(&Request::LeaseRevoke(LeaseRevokeRequest { id })).ok())
+                .collect()
+        };
+        for bytes in revokes {
+            let epoch = self.replica.epoch();
+            // The outcome is not awaited: a revoke that fails is proposed again.
+            let _ = self.replica.submit(now, Bytes::from(bytes), epoch);
+        }
+    }
+
+    async fn process_ready(&mut self) -> Result<(), CoreError> {
+        loop {
+            let ready = self.replica.take_ready();
+            if ready.is_empty() {
+                break;
+            }
+            self.act(ready).await?;
+        }
+        self.publish_status();
+        Ok(())
+    }
+
+    async fn act(&mut self, ready: Ready) -> Result<(), CoreError> {
+        // 1. Persist durably.
+        if !ready.persist.is_empty() {
+            let started = Instant::now();
+            self.disk.persist(ready.persist).await.map_err(CoreError::Persist)?;
+            self.shared.metrics.fsync_latency.observe_duration(started.elapsed());
+        }
+        // 2. Then send.
+        for envelope in &ready.messages {
+            self.peers.send(envelope.to, &envelope.message);
+        }
+        // 3. Then apply, and answer.
+        let mut results: HashMap<(u64, u32), Applied> = HashMap::new();
+        if !ready.committed.is_empty() {
+            let now_ms = self.now_ms();
+            let mut store = self.shared.store();
+            let hubs: Vec<HubEntry> = lock(&self.shared.hubs).values().cloned().collect();
+            let mut events = false;
+            for committed in &ready.committed {
+                self.shared
+                    .metrics
+                    .batch_values
+                    .observe(committed.batch.entries.len() as f64);
+                for (index, entry) in committed.batch.entries.iter().enumerate() {
+                    if committed.rejected.contains(&(index as u32)) {
+                        continue;
+                    }
+                    let applied = store.apply_bytes(&entry.value);
+                    self.lessor.observe(&applied, now_ms);
+                    if !applied.events.is_empty() {
+                        events = true;
+                        for entry in &hubs {
+                            lock(&entry.hub).observe(&applied);
+                        }
+                    }
+                    results.insert((committed.instance.0, index as u32), applied);
+                }
+                self.shared
+                    .metrics
+                    .applied_instance
+                    .store(committed.instance.0, Ordering::Relaxed);
+                self.status
+                    .send_modify(|status| status.applied_instance = committed.instance.0);
+            }
+            drop(store);
+            if events {
+                for entry in &hubs {
+                    entry.notify.notify_one();
+                }
+            }
+        }
+        for outcome in ready.outcomes {
+            let Some((reply, started)) = self.pending.remove(&outcome.id) else {
+                continue;
+            };
+            let metrics = &self.shared.metrics;
+            let answer = match outcome.outcome {
+                Outcome::Committed { instance, index } => match results.remove(&(instance.0, index)) {
+                    Some(applied) => {
+                        metrics.proposals_committed.fetch_add(1, Ordering::Relaxed);
+                        metrics.commit_latency.observe_duration(started.elapsed());
+                        Ok(applied)
+                    }
+                    None => {
+                        metrics.proposals_unknown.fetch_add(1, Ordering::Relaxed);
+                        Err(WriteError::Unknown)
+                    }
+                },
+                Outcome::Rejected(rejected) => {
+                    metrics.proposals_rejected.fetch_add(1, Ordering::Relaxed);
+                    Err(write_error(rejected.reason))
+                }
+                Outcome::Unknown => {
+                    metrics.proposals_unknown.fetch_add(1, Ordering::Relaxed);
+                    Err(WriteError::Unknown)
+                }
+            };
+            let _ = reply.send(answer);
+        }
+        if let Some((peer, instance)) = ready.snapshot_needed {
+            tracing::warn!(%peer, %instance, "behind every peer's log and snapshot transfer is not available");
+        }
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let is_master = self.replica.is_master();
+        let master = self.replica.master_hint();
+        if is_master != self.was_master {
+            if is_master {
+                tracing::info!(round = self.replica.round(), "became master");
+                let store = self.shared.store();
+                self.lessor.promote(&store, self.now_ms());
+            } else {
+                tracing::info!("no longer master");
+                self.lessor.demote();
+            }
+            self.was_master = is_master;
+        }
+        if master.is_some() && master != self.last_master {
+            self.shared.metrics.master_changes.fetch_add(1, Ordering::Relaxed);
+            self.last_master = master;
+        }
+        self.shared
+            .metrics
+            .is_master
+            .store(u64::from(is_master), Ordering::Relaxed);
+        let chosen_through = self.replica.chosen_through().0;
+        let round = self.replica.round();
+        self.status.send_if_modified(|status| {
+            let next = Status {
+                applied_instance: status.applied_instance,
+                chosen_through,
+                is_master,
+                master: master.map(|node| node.0),
+                round,
+            };
+            let changed = *status != next;
+            *status = next;
+            changed
+        });
+    }
+}
+
+/// A reading of the monotonic clock as the core's [`Time`]. Starts at one
+/// second so that "zero" never means "now".
+pub fn core_time(origin: Instant) -> Time {
+    Time::from_nanos(origin.elapsed().as_nanos() as u64 + 1_000_000_000)
+}
+
+fn write_error(reason: RejectReason) -> WriteError {
+    match reason {
+        RejectReason::NotMaster { master } => WriteError::NotMaster(master),
+        RejectReason::EpochChanged { .. } => WriteError::MasterChanged,
+        RejectReason::TooLarge { .. } => WriteError::TooLarge,
+        RejectReason::QueueFull => WriteError::QueueFull,
+    }
+}

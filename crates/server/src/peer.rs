@@ -1,0 +1,405 @@
+//! Peer transport: Paxos messages between members over TCP.
+//!
+//! Each member dials every other member and uses that connection only to
+//! send; it reads only from connections others dialed to it. So there is one
+//! connection per direction per pair, and no tie-breaking between two
+//! simultaneous dials.
+//!
+//! A connection opens with a [`Handshake`] each way ([`crate::frame`]); a
+//! peer from another cluster, an unknown member, or anything that is not a
+//! synod peer is refused with one log line naming both sides' IDs, and the
+//! connection is closed. After the handshake every frame's payload is a
+//! [`Payload`]: a kind byte, then a Paxos message ([`synod_paxos::encode_message`])
+//! or this member's client URL (so followers know where to forward writes).
+//!
+//! # Bounds and back-pressure
+//!
+//! - Outbound: one queue per peer of `peer_queue_messages_max` messages.
+//!   **When it is full, new messages are dropped** (and counted): the core
+//!   retransmits whatever matters, and a dead peer must not grow memory.
+//! - Inbound: all readers share one queue of `inbound_queue_messages_max`
+//!   messages into the core. **When it is full, readers wait**, stop reading
+//!   their sockets, and TCP flow control slows the senders.
+//! - Frames are at most `frame_bytes_max` bytes; accepted connections at most
+//!   [`PEER_CONNECTIONS_MAX`]; a handshake must arrive within
+//!   [`HANDSHAKE_TIMEOUT`].
+//! - A failed dial is retried after a back-off from [`DIAL_BACKOFF_MIN`],
+//!   doubling up to [`DIAL_BACKOFF_MAX`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use synod_paxos::{decode_message, encode_message, Message, NodeId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::{Frame, FrameCodec, FrameKind, Handshake, LocalMember, HANDSHAKE_PROTOCOL_VERSION};
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+
+/// Connections accepted at once on the peer port.
+pub const PEER_CONNECTIONS_MAX: usize = 64;
+/// How long a new connection may take to send its handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// First wait before re-dialing a peer.
+pub const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest wait before re-dialing a peer.
+pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Longest client URL announced, in bytes.
+const CLIENT_URL_BYTES_MAX: usize = 1_024;
+
+const PAYLOAD_MESSAGE: u8 = 1;
+const PAYLOAD_CLIENT_URL: u8 = 2;
+
+/// What one frame after the handshake carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Payload {
+    Message(Message),
+    /// The sender's client URL.
+    ClientUrl(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("empty payload")]
+    Empty,
+    #[error("unknown payload kind {0}")]
+    UnknownKind(u8),
+    #[error("bad client URL announcement")]
+    BadClientUrl,
+    #[error("undecodable Paxos message: {0}")]
+    Message(#[from] synod_paxos::CodecError),
+}
+
+impl Payload {
+    pub fn encode_message(message: &Message) -> Bytes {
+        let encoded = encode_message(message);
+        let mut buffer = BytesMut::with_capacity(1 + encoded.len());
+        buffer.put_u8(PAYLOAD_MESSAGE);
+        buffer.put_slice(&encoded);
+        buffer.freeze()
+    }
+
+    pub fn encode_client_url(url: &str) -> Bytes {
+        let mut buffer = BytesMut::with_capacity(1 + url.len());
+        buffer.put_u8(PAYLOAD_CLIENT_URL);
+        buffer.put_slice(url.as_bytes());
+        buffer.freeze()
+    }
+
+    pub fn decode(payload: Bytes, message_bytes_max: usize) -> Result<Payload, PayloadError> {
+        let Some(&kind) = payload.first() else {
+            return Err(PayloadError::Empty);
+        };
+        let body = payload.slice(1..);
+        match kind {
+            PAYLOAD_MESSAGE => Ok(Payload::Message(decode_message(&body, message_bytes_max)?)),
+            PAYLOAD_CLIENT_URL => {
+                if body.len() > CLIENT_URL_BYTES_MAX {
+                    return Err(PayloadError::BadClientUrl);
+                }
+                let url = std::str::from_utf8(&body).map_err(|_| PayloadError::BadClientUrl)?;
+                Ok(Payload::ClientUrl(url.to_string()))
+            }
+            kind => Err(PayloadError::UnknownKind(kind)),
+        }
+    }
+}
+
+/// Where the transport reports what it learns.
+pub trait PeerEvents: Send + Sync + 'static {
+    /// A peer announced its client URL.
+    fn client_url(&self, peer: NodeId, url: String);
+}
+
+/// The sending side, used by the core task.
+#[derive(Debug)]
+pub struct PeerSender {
+    queues: HashMap<NodeId, mpsc::Sender<Bytes>>,
+    metrics: Arc<Metrics>,
+}
+
+impl PeerSender {
+    /// Queues `message` for `to`; drops it if that peer's queue is full.
+    pub fn send(&self, to: NodeId, message: &Message) {
+        let Some(queue) = self.queues.get(&to) else {
+            return;
+        };
+        if queue.try_send(Payload::encode_message(message)).is_err() {
+            self.metrics.peer_messages_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Settings of the transport.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    pub frame_bytes_max: u32,
+    pub message_bytes_max: usize,
+    pub peer_queue_messages_max: usize,
+    pub client_url: String,
+}
+
+/// Starts dialing every peer and accepting on `listener`. Messages received go
+/// to `inbound`; everything stops when `shutdown` is cancelled.
+pub fn start(
+    identity: &Identity,
+    listener: TcpListener,
+    config: TransportConfig,
+    inbound: mpsc::Sender<(NodeId, Message)>,
+    events: Arc<dyn PeerEvents>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> PeerSender {
+    let local = LocalMember {
+        cluster_id: identity.cluster_id,
+        member_id: identity.member_id,
+    };
+    let member_ids: Arc<[u64]> = identity.members.iter().map(|member| member.id).collect();
+    let mut queues = HashMap::new();
+    for peer in identity.members.iter().filter(|member| member.id != identity.member_id) {
+        let (sender, receiver) = mpsc::channel(config.peer_queue_messages_max);
+        queues.insert(NodeId(peer.id), sender);
+        let dialer = Dialer {
+            local,
+            member_ids: member_ids.clone(),
+            name: identity.name.clone(),
+            peer_id: peer.id,
+            peer_name: peer.name.clone(),
+            address: peer.peer_address.clone(),
+            config: config.clone(),
+        };
+        tokio::spawn(dialer.run(receiver, shutdown.clone()));
+    }
+    let acceptor = Acceptor {
+        local,
+        member_ids,
+        name: identity.name.clone(),
+        config,
+        inbound,
+        events,
+        connections: Arc::new(Semaphore::new(PEER_CONNECTIONS_MAX)),
+    };
+    tokio::spawn(acceptor.run(listener, shutdown));
+    PeerSender { queues, metrics }
+}
+
+struct Dialer {
+    local: LocalMember,
+    member_ids: Arc<[u64]>,
+    name: String,
+    peer_id: u64,
+    peer_name: String,
+    address: String,
+    config: TransportConfig,
+}
+
+impl Dialer {
+    async fn run(self, mut queue: mpsc::Receiver<Bytes>, shutdown: CancellationToken) {
+        let mut backoff = DIAL_BACKOFF_MIN;
+        let mut last_error = String::new();
+        loop {
+            let connection = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                connection = self.connect() => connection,
+            };
+            match connection {
+                Ok(mut framed) => {
+                    tracing::info!(peer = %self.peer_name, address = %self.address, "connected to peer");
+                    backoff = DIAL_BACKOFF_MIN;
+                    last_error.clear();
+                    let error = loop {
+                        let payload = tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            payload = queue.recv() => payload,
+                        };
+                        let Some(payload) = payload else { return };
+                        if let Err(error) = framed.feed(Frame::message(payload)).await {
+                            break error.to_string();
+                        }
+                        // Send everything already queued before one flush.
+                        let mut failed = None;
+                        while let Ok(payload) = queue.try_recv() {
+                            if let Err(error) = framed.feed(Frame::message(payload)).await {
+                                failed = Some(error.to_string());
+                                break;
+                            }
+                        }
+                        if let Some(error) = failed {
+                            break error;
+                        }
+                        if let Err(error) = framed.flush().await {
+                            break error.to_string();
+                        }
+                    };
+                    tracing::info!(peer = %self.peer_name, %error, "lost connection to peer; redialing");
+                }
+                Err(error) => {
+                    if error != last_error {
+                        tracing::warn!(peer = %self.peer_name, address = %self.address, %error, "cannot reach peer; retrying with back-off");
+                        last_error = error;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(DIAL_BACKOFF_MAX);
+        }
+    }
+
+    async fn connect(&self) -> Result<Framed<TcpStream, FrameCodec>, String> {
+        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&self.address))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|error| error.to_string())?;
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, FrameCodec::new(self.config.frame_bytes_max));
+        let hello = Handshake {
+            protocol_version: HANDSHAKE_PROTOCOL_VERSION,
+            cluster_id: self.local.cluster_id,
+            sender_member_id: self.local.member_id,
+            receiver_member_id: self.peer_id,
+            sender_name: self.name.clone(),
+        };
+        let frame = hello.to_frame().map_err(|error| error.to_string())?;
+        framed.send(frame).await.map_err(|error| error.to_string())?;
+        let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next())
+            .await
+            .map_err(|_| "no handshake reply".to_string())?
+            .ok_or_else(|| "peer closed the connection during the handshake".to_string())?
+            .map_err(|error| error.to_string())?;
+        let reply = Handshake::from_frame(&reply).map_err(|error| error.to_string())?;
+        reply
+            .validate(self.local, &self.member_ids)
+            .map_err(|error| format!("refusing peer: {error}"))?;
+        if reply.sender_member_id != self.peer_id {
+            return Err(format!(
+                "address {} answers as member {:x}, expected {:x}",
+                self.address, reply.sender_member_id, self.peer_id
+            ));
+        }
+        let announce = Frame::message(Payload::encode_client_url(&self.config.client_url));
+        framed.send(announce).await.map_err(|error| error.to_string())?;
+        Ok(framed)
+    }
+}
+
+struct Acceptor {
+    local: LocalMember,
+    member_ids: Arc<[u64]>,
+    name: String,
+    config: TransportConfig,
+    inbound: mpsc::Sender<(NodeId, Message)>,
+    events: Arc<dyn PeerEvents>,
+    connections: Arc<Semaphore>,
+}
+
+impl Acceptor {
+    async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, address) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "peer accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = this.connections.clone().try_acquire_owned() else {
+                tracing::warn!(%address, limit = PEER_CONNECTIONS_MAX, "refusing peer connection: too many connections");
+                continue;
+            };
+            let this = this.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    result = this.serve(stream, address) => {
+                        if let Err(error) = result {
+                            tracing::warn!(%address, %error, "closing peer connection");
+                        }
+                    }
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    async fn serve(&self, stream: TcpStream, address: SocketAddr) -> Result<(), String> {
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, FrameCodec::new(self.config.frame_bytes_max));
+        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next())
+            .await
+            .map_err(|_| "no handshake within the timeout".to_string())?
+            .ok_or_else(|| "closed before the handshake".to_string())?
+            .map_err(|error| format!("bad first frame: {error}"))?;
+        let hello = Handshake::from_frame(&first).map_err(|error| error.to_string())?;
+        if let Err(error) = hello.validate(self.local, &self.member_ids) {
+            return Err(format!("refusing peer: {error}"));
+        }
+        let reply = Handshake {
+            protocol_version: HANDSHAKE_PROTOCOL_VERSION,
+            cluster_id: self.local.cluster_id,
+            sender_member_id: self.local.member_id,
+            receiver_member_id: hello.sender_member_id,
+            sender_name: self.name.clone(),
+        };
+        framed
+            .send(reply.to_frame().map_err(|error| error.to_string())?)
+            .await
+            .map_err(|error| error.to_string())?;
+        let peer = NodeId(hello.sender_member_id);
+        tracing::debug!(%address, peer = %hello.sender_name, "peer connection accepted");
+        while let Some(frame) = framed.next().await {
+            let frame = frame.map_err(|error| format!("from {}: {error}", hello.sender_name))?;
+            if frame.kind != FrameKind::Message {
+                return Err(format!("{} sent a second handshake", hello.sender_name));
+            }
+            match Payload::decode(frame.payload, self.config.message_bytes_max) {
+                Ok(Payload::Message(message)) => {
+                    if self.inbound.send((peer, message)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(Payload::ClientUrl(url)) => self.events.client_url(peer, url),
+                Err(error) => return Err(format!("from {}: {error}", hello.sender_name)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_and_garbage_is_refused() {
+        let message = Message::Probe;
+        let bytes = Payload::encode_message(&message);
+        assert_eq!(Payload::decode(bytes, 1 << 20).unwrap(), Payload::Message(message));
+        let bytes = Payload::encode_client_url("http://127.0.0.1:2379");
+        assert_eq!(
+            Payload::decode(bytes, 1 << 20).unwrap(),
+            Payload::ClientUrl("http://127.0.0.1:2379".into())
+        );
+        assert!(Payload::decode(Bytes::new(), 1 << 20).is_err());
+        assert!(Payload::decode(Bytes::from_static(&[9, 1, 2]), 1 << 20).is_err());
+        assert!(Payload::decode(Bytes::from_static(&[1, 1, 200]), 1 << 20).is_err());
+        assert!(Payload::decode(Bytes::from_static(&[2, 0xff, 0xfe]), 1 << 20).is_err());
+    }
+}

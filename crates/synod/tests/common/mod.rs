@@ -1,0 +1,293 @@
+//! Real `synod server` processes on loopback, and `etcdctl` against them.
+
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Timing flags that make elections quick on loopback.
+pub const FAST_TIMING: [&str; 8] = [
+    "--election-timeout-ms",
+    "500",
+    "--lease-duration-ms",
+    "1000",
+    "--lease-renew-interval-ms",
+    "250",
+    "--heartbeat-interval-ms",
+    "50",
+];
+
+pub fn synod_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_synod")
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "synod-test-{tag}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Ports nobody listens on right now (bound, then released).
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("local address").port())
+        .collect()
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A group of real server processes.
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub initial_cluster: String,
+    pub root: TempDir,
+}
+
+impl Cluster {
+    pub fn start(size: usize, tag: &str) -> Cluster {
+        let root = TempDir::new(tag);
+        let ports = free_ports(size * 2);
+        let members: Vec<Member> = (0..size)
+            .map(|index| {
+                let name = format!("m{}", index + 1);
+                Member {
+                    data_dir: root.0.join(&name),
+                    log: root.0.join(format!("{name}.log")),
+                    name,
+                    client_port: ports[index * 2],
+                    peer_port: ports[index * 2 + 1],
+                    child: None,
+                }
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|member| format!("{}=127.0.0.1:{}", member.name, member.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            members,
+            initial_cluster,
+            root,
+        };
+        for index in 0..size {
+            cluster.launch(index);
+        }
+        cluster.wait_for_master(Duration::from_secs(20));
+        cluster
+    }
+
+    pub fn launch(&mut self, index: usize) {
+        let member = &self.members[index];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&member.log)
+            .expect("open member log");
+        let child = Command::new(synod_binary())
+            .args(["server", "--name", &member.name])
+            .arg("--data-dir")
+            .arg(&member.data_dir)
+            .args(["--listen-client", &member.endpoint()])
+            .args(["--listen-peer", &format!("127.0.0.1:{}", member.peer_port)])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(FAST_TIMING)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn synod");
+        self.members[index].child = Some(child);
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.members[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self, index: usize) -> Option<std::process::ExitStatus> {
+        let mut child = self.members[index].child.take()?;
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .filter(|member| member.child.is_some())
+            .map(Member::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The index of the member that reports itself master, if exactly one does.
+    pub fn master(&self) -> Option<usize> {
+        let masters: Vec<usize> = (0..self.members.len())
+            .filter(|index| self.members[*index].child.is_some())
+            .filter(|index| {
+                let status = etcdctl(&["--endpoints", &self.members[*index].endpoint(), "endpoint", "status"]);
+                // "endpoint, id, version, db size, is leader, ..."
+                String::from_utf8_lossy(&status.stdout)
+                    .split(", ")
+                    .nth(4)
+                    .is_some_and(|field| field == "true")
+            })
+            .collect();
+        (masters.len() == 1).then(|| masters[0])
+    }
+
+    pub fn wait_for_master(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(master) = self.master() {
+                return master;
+            }
+            if Instant::now() > deadline {
+                for member in &self.members {
+                    eprintln!("---- {} ----\n{}", member.name, member.log_text());
+                }
+                panic!("no master within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
+        if std::thread::panicking() {
+            for member in &self.members {
+                eprintln!("---- {} log ----\n{}", member.name, member.log_text());
+            }
+        }
+    }
+}
+
+/// Runs etcdctl (API v3) with `args`.
+pub fn etcdctl(args: &[&str]) -> Output {
+    etcdctl_with_input(args, None)
+}
+
+pub fn etcdctl_with_input(args: &[&str], input: Option<&[u8]>) -> Output {
+    let mut command = Command::new("etcdctl");
+    command
+        .env("ETCDCTL_API", "3")
+        .args(["--dial-timeout", "2s", "--command-timeout", "10s"])
+        .args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .expect("etcdctl must be installed (Debian package etcd-client); scripts/test.sh installs it");
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(input).expect("write etcdctl input");
+    }
+    child.wait_with_output().expect("wait for etcdctl")
+}
+
+/// Runs etcdctl and returns its standard output, failing the test on an error exit.
+pub fn etcdctl_ok(args: &[&str]) -> String {
+    let output = etcdctl(args);
+    assert!(
+        output.status.success(),
+        "etcdctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A plain HTTP/1.1 GET; returns (status code, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Runs `synod` with `args` to completion (for flag and data directory errors).
+pub fn synod(args: &[&str], data_dir: Option<&Path>) -> Output {
+    let mut command = Command::new(synod_binary());
+    command.args(args);
+    if let Some(directory) = data_dir {
+        command.arg("--data-dir").arg(directory);
+    }
+    command.output().expect("run synod")
+}
