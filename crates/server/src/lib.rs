@@ -47,7 +47,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterState, ServerConfig};
-use crate::disk::{DiskWriter, FileLog};
+use crate::disk::DiskWriter;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::node::{Core, CoreInputs};
@@ -115,9 +115,10 @@ async fn bind(address: std::net::SocketAddr, purpose: &'static str) -> Result<Tc
 /// Runs one member until `shutdown` is cancelled (or a fatal error).
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     let identity = load_identity(&config)?;
-    let (log, durable) = FileLog::open(&config.data_dir)?;
     let members: Vec<NodeId> = identity.members.iter().map(|member| NodeId(member.id)).collect();
     let paxos = config.paxos_config(NodeId(identity.member_id), members)?;
+    let (log, recovered) = disk::open_store(&config.data_dir, paxos.batch_bytes_max + (1 << 20))?;
+    let durable = recovered.durable;
     let message_bytes_max = paxos.message_bytes_max;
 
     let client_listener = bind(config.listen_client, "clients").await?;
