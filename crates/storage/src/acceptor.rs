@@ -164,6 +164,13 @@ impl AcceptorStore {
         Ok(finished)
     }
 
+    /// A snapshot received from a peer (through [`SnapshotStore::installer`]) is
+    /// installed: the log below it may go.
+    pub fn installed(&mut self, snapshot: &FinishedSnapshot) -> Result<()> {
+        self.wal.trim(snapshot)?;
+        Ok(())
+    }
+
     /// The snapshot files, for serving chunks to peers and installing theirs.
     pub fn snapshots(&self) -> &SnapshotStore {
         &self.snapshots
