@@ -211,18 +211,13 @@ impl NodeDisk {
             InstallStep::Complete => reader.manifest().chunk_count,
         };
         let mut sent = 0;
-        loop {
-            match step {
-                InstallStep::NeedChunk(index) => {
-                    if chunks_before_interruption.is_some_and(|limit| sent >= limit) {
-                        return Ok((Transfer::Interrupted, resumed_from));
-                    }
-                    let chunk = reader.chunk(index).map_err(text)?;
-                    step = installer.accept(&chunk).map_err(text)?;
-                    sent += 1;
-                }
-                InstallStep::Complete => break,
+        while let InstallStep::NeedChunk(index) = step {
+            if chunks_before_interruption.is_some_and(|limit| sent >= limit) {
+                return Ok((Transfer::Interrupted, resumed_from));
             }
+            let chunk = reader.chunk(index).map_err(text)?;
+            step = installer.accept(&chunk).map_err(text)?;
+            sent += 1;
         }
         let finished = installer.install().map_err(text)?;
         self.store()?.installed(&finished).map_err(text)?;
