@@ -428,6 +428,12 @@ impl Disk for SimDisk {
     fn list(&self) -> Result<Vec<String>> {
         Ok(self.lock().names.keys().cloned().collect())
     }
+
+    fn supports_parallel_reads(&self) -> bool {
+        // Reads draw faults from the one PRNG: their order must be the
+        // program's, not the scheduler's.
+        false
+    }
 }
 
 /// A handle to a file on a [`SimDisk`].

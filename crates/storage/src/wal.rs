@@ -37,7 +37,8 @@
 //! headers synced before any record goes into them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 
 use bytes::Bytes;
 use synod_paxos::{Ballot, Instance, NodeId};
@@ -498,9 +499,11 @@ impl Wal {
         let mut active_instance_max = Instance::ZERO;
         let count = logs.len();
         let mut next_sequence = logs.last().map_or(1, |last| last + 1);
+        let mut prefetch = SegmentPrefetch::start(disk.clone(), &config, &logs);
         for (index, sequence) in logs.iter().copied().enumerate() {
             let last = index + 1 == count;
-            let scan = scan_segment(disk.as_ref(), &config, sequence, last)?;
+            let prefetched = prefetch.take(index);
+            let scan = scan_segment(disk.as_ref(), &config, sequence, last, prefetched)?;
             let Some(scan) = scan else {
                 // The last segment's creation never finished; it holds
                 // nothing and its files are gone. A new one takes its number.
@@ -954,16 +957,15 @@ fn scan_segment(
     config: &WalConfig,
     sequence: u64,
     last: bool,
+    prefetched: Option<Result<(Vec<u8>, u64)>>,
 ) -> Result<Option<SegmentScan>> {
     let log_file_name = log_name(sequence);
     let ids_file_name = ids_name(sequence);
     let mut log = disk.open(&log_file_name)?;
-    let (log_bytes, log_unreadable) = read_tolerant(
-        log.as_ref(),
-        config.segment_file_bytes_max(),
-        "segment",
-        UNREADABLE_LOG_FILL,
-    )?;
+    let (log_bytes, log_unreadable) = match prefetched {
+        Some(result) => result?,
+        None => read_log_file(log.as_ref(), config)?,
+    };
     let log_bytes = Bytes::from(log_bytes);
 
     if last && log_bytes.len() <= FILE_HEADER_BYTES {
@@ -1197,6 +1199,90 @@ fn scan_segment(
         repaired_identifiers: repairs.len() as u64,
         log_file_bytes: log_bytes.len() as u64,
     }))
+}
+
+fn read_log_file(file: &dyn File, config: &WalConfig) -> Result<(Vec<u8>, u64)> {
+    read_tolerant(
+        file,
+        config.segment_file_bytes_max(),
+        "segment",
+        UNREADABLE_LOG_FILL,
+    )
+}
+
+/// Reader threads recovery uses to read segments ahead of the one it
+/// verifies, so reading and verifying overlap.
+const RECOVERY_READER_THREADS: usize = 2;
+/// Segments read ahead and waiting in the channel to the verifier.
+const RECOVERY_READ_AHEAD_SEGMENTS: usize = 2;
+
+type SegmentRead = Result<(Vec<u8>, u64)>;
+
+/// Reads `.log` files ahead on [`RECOVERY_READER_THREADS`] threads, handing
+/// them to recovery in segment order. Recovery keeps every segment it reads
+/// (values are slices of them), so reading ahead adds no memory beyond what
+/// recovery holds anyway.
+struct SegmentPrefetch {
+    receiver: Option<mpsc::Receiver<(usize, SegmentRead)>>,
+    ready: BTreeMap<usize, SegmentRead>,
+}
+
+impl SegmentPrefetch {
+    fn start(disk: Arc<dyn Disk>, config: &WalConfig, sequences: &[u64]) -> SegmentPrefetch {
+        let mut prefetch = SegmentPrefetch {
+            receiver: None,
+            ready: BTreeMap::new(),
+        };
+        if !disk.supports_parallel_reads() || sequences.len() < 2 {
+            return prefetch;
+        }
+        let (sender, receiver) = mpsc::sync_channel(RECOVERY_READ_AHEAD_SEGMENTS);
+        let next = Arc::new(AtomicUsize::new(0));
+        let names: Arc<Vec<String>> = Arc::new(sequences.iter().map(|s| log_name(*s)).collect());
+        for _ in 0..RECOVERY_READER_THREADS {
+            let disk = disk.clone();
+            let config = config.clone();
+            let sender = sender.clone();
+            let next = next.clone();
+            let names = names.clone();
+            let spawned = std::thread::Builder::new()
+                .name("synod-wal-recovery-reader".to_string())
+                .spawn(move || loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(name) = names.get(index) else {
+                        break;
+                    };
+                    let read = disk
+                        .open(name)
+                        .and_then(|file| read_log_file(file.as_ref(), &config));
+                    if sender.send((index, read)).is_err() {
+                        break;
+                    }
+                });
+            if spawned.is_err() {
+                // Without reader threads, recovery reads each segment itself.
+                return prefetch;
+            }
+        }
+        prefetch.receiver = Some(receiver);
+        prefetch
+    }
+
+    /// The contents of segment `index`, or `None` to read it directly.
+    fn take(&mut self, index: usize) -> Option<SegmentRead> {
+        let receiver = self.receiver.as_ref()?;
+        loop {
+            if let Some(read) = self.ready.remove(&index) {
+                return Some(read);
+            }
+            match receiver.recv() {
+                Ok((arrived, read)) => {
+                    self.ready.insert(arrived, read);
+                }
+                Err(_) => return None,
+            }
+        }
+    }
 }
 
 /// What unreadable log bytes are replaced with: frames there fail their

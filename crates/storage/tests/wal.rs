@@ -413,9 +413,22 @@ fn fs_disk_round_trip() {
         disk.create("a/b"),
         Err(StorageError::InvalidName { .. })
     ));
-    drop(write_records(&disk, small_segments(), 100));
+    let wal = write_records(&disk, small_segments(), 200);
+    assert!(wal.segment_count() > 2, "recovery reads segments ahead");
+    let location = wal.locate_accepted(Instance(50)).unwrap().unwrap();
+    drop(wal);
     let (_, recovery) = Wal::open(disk.clone(), small_segments()).unwrap();
-    assert_eq!(recovery.accepted.len(), 100);
+    assert_eq!(recovery.accepted.len(), 200);
+    assert!(recovery.corrupted.is_empty());
+    // A flipped bit in a middle segment, on real files.
+    let path = directory.join(&location.file);
+    let mut contents = std::fs::read(&path).unwrap();
+    contents[(location.offset + location.frame_bytes - 1) as usize] ^= 0x10;
+    std::fs::write(&path, &contents).unwrap();
+    let (_, recovery) = Wal::open(disk.clone(), small_segments()).unwrap();
+    assert_eq!(recovery.accepted.len(), 199);
+    assert_eq!(recovery.corrupted.len(), 1);
+    assert_eq!(recovery.corrupted[0].instance, Some(Instance(50)));
     let mut file = disk.create("x").unwrap();
     file.write_at(0, b"hello").unwrap();
     file.sync().unwrap();
