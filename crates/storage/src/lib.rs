@@ -7,7 +7,8 @@
 //!   and commit points) in rotating segments, each with a separate identifier
 //!   file so recovery tells a torn tail (discarded) from corruption (reported
 //!   for repair from peers), as Protocol-Aware Recovery (CTRL) prescribes;
-//! * [`GroupCommit`]: the server's writer thread, one `fdatasync` per batch;
+//! * [`GroupCommit`]: the server's writer threads, one `fdatasync` of the
+//!   log and one of the identifier file per batch, pipelined;
 //! * [`MetadataStore`]: the promised ballot and incarnation in two
 //!   checksummed copies;
 //! * [`SnapshotStore`]: Paxos Made Live snapshots in checksummed chunks, read
@@ -61,7 +62,12 @@
 //!   began): **corruption**, listed in [`Recovery::corrupted`] with the
 //!   instance and ballot from the identifier, and never truncated;
 //! * a frame that fails its checksum with later identifiers or frames after
-//!   it is corruption too (instance unknown if its identifier is also bad).
+//!   it is corruption too (instance unknown if its identifier is also bad);
+//! * a read error (EIO) counts as a checksum mismatch for the bytes that
+//!   cannot be read ([`Recovery::unreadable_bytes`]), and a segment header
+//!   that fails its checksum is counted ([`Recovery::damaged_headers`]) while
+//!   the frames after it are still read: neither stops the replica, only a
+//!   header that verifies but names another format does.
 //!
 //! Segment files are extended with zeros ahead of the writes
 //! ([`WalConfig::preallocate_bytes`]) so most syncs change no file size; the

@@ -470,11 +470,11 @@ impl Wal {
                 None => {}
             }
         }
-        // Identifier files without a log are left over from a trim that
-        // crashed between its two removals, or from a rotation that crashed
-        // before creating the log. They describe nothing.
+        // A segment's log is created before its identifier file and removed
+        // before it, so an identifier file without a log is left over from a
+        // trim that crashed between its two removals. It describes nothing.
         for sequence in &ids {
-            if !logs.contains(sequence) && logs.first().is_none_or(|first| sequence < first) {
+            if !logs.contains(sequence) {
                 disk.remove(&ids_name(*sequence))?;
             }
         }
