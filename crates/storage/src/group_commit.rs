@@ -368,10 +368,19 @@ impl Writer {
                 return;
             }
         }
+        let syncs = self.wal.sync_count();
         match self.wal.append(&record) {
             Ok(()) => self.waiters.push(completion),
             Err(error) => completion(Err(error)),
         }
+        // The segment was rotated above if needed, so the append staged the
+        // record without syncing: every identifier goes through the
+        // identifier thread, in order.
+        assert_eq!(
+            self.wal.sync_count(),
+            syncs,
+            "an append inside the writer synced"
+        );
     }
 }
 
