@@ -26,6 +26,7 @@
 //! | `group_commit` | [`GroupCommit`], the writer thread |
 //! | `metadata` | [`MetadataStore`], [`AcceptorMetadata`] |
 //! | `snapshot` | [`SnapshotStore`], [`SnapshotWriter`], [`SnapshotReader`], [`SnapshotInstaller`] |
+//! | `replica` | [`open_replica`]: metadata, snapshots and log opened in order |
 //! | `fatal` | [`fatal_sync_error`] |
 //! | `codec` | bounded little-endian decoding, file headers |
 //!
@@ -164,6 +165,10 @@
 //!
 //! # Starting a replica
 //!
+//! [`open_replica`] opens the metadata, the snapshots and the log in that
+//! order (each is also usable on its own: [`MetadataStore::open`],
+//! [`SnapshotStore::open`], [`Wal::open`]).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use synod_paxos::{Ballot, Instance, NodeId};
@@ -171,31 +176,25 @@
 //!
 //! // A server uses FsDisk::open(directory); the simulator a SimDisk.
 //! let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(7, FaultConfig::default()));
+//! let storage = open_replica(disk.clone(), &StorageConfig::default())?;
+//! let ReplicaStorage { mut metadata, metadata_load, snapshots, snapshot, wal, recovery, .. } =
+//!     storage;
 //!
-//! // 1. Metadata first: the promise and the incarnation, bumped on restart.
-//! let has_state = disk
-//!     .list()?
-//!     .iter()
-//!     .any(|name| name.starts_with("wal-") || name.starts_with("snapshot-"));
-//! let (mut metadata, load) = MetadataStore::open(disk.clone(), has_state)?;
-//! let incarnation = load.metadata.incarnation + 1;
-//! metadata.write(&AcceptorMetadata { incarnation, ..load.metadata })?;
+//! // 1. Bump the incarnation before proposing anything.
+//! let incarnation = metadata_load.metadata.incarnation + 1;
+//! metadata.write(&AcceptorMetadata { incarnation, ..metadata_load.metadata })?;
 //!
-//! // 2. The newest snapshot, every chunk verified.
-//! let snapshots = SnapshotStore::open(disk.clone(), 1 << 20)?;
-//! let restored = snapshots.load_latest()?; // Some((instance, state)) or None
-//! let snapshot_instance = restored.map_or(Instance::ZERO, |(instance, _)| instance);
-//!
-//! // 3. The log: accepted values, the commit point, and what needs repair.
-//! let (wal, recovery) = Wal::open(disk.clone(), WalConfig::default())?;
-//! let committed_through = recovery.committed_through.max(snapshot_instance);
+//! // 2. Restore the state machine from the snapshot (every chunk verified),
+//! //    then re-apply committed instances above it from recovery.accepted.
+//! if snapshot.is_some() {
+//!     let (_instance, _state) = snapshots.load_latest()?.expect("listed");
+//! }
 //! for damaged in &recovery.corrupted {
-//!     // Ask the peers for damaged.instance before serving it.
+//!     // Repair damaged.instance from peers before serving it.
 //!     let _ = damaged;
 //! }
-//! # assert_eq!(committed_through, Instance::ZERO);
 //!
-//! // 4. The server appends through the group-commit writer thread.
+//! // 3. The server appends through the group-commit writer threads.
 //! let log = GroupCommit::start(wal, GroupCommitConfig::default())?;
 //! let (sender, receiver) = std::sync::mpsc::channel();
 //! let accepted = Record::Accepted {
@@ -213,7 +212,7 @@
 //! }
 //! receiver.recv().expect("completed")?; // durable: now send the accept reply
 //!
-//! // 5. Snapshots are written off the hot path, then trim the log.
+//! // 4. Snapshots are written off the hot path, then trim the log.
 //! let mut writer = snapshots.begin(Instance(1))?;
 //! writer.write(b"x=1")?;
 //! let finished = writer.finish()?;
@@ -243,6 +242,7 @@ mod error;
 mod fatal;
 mod group_commit;
 mod metadata;
+mod replica;
 mod sim_disk;
 mod snapshot;
 mod wal;
@@ -255,6 +255,7 @@ pub use group_commit::{
     SyncFailurePolicy, TrimCompletion,
 };
 pub use metadata::{AcceptorMetadata, MetadataLoad, MetadataStore, METADATA_FILES};
+pub use replica::{open_replica, ReplicaStorage, StorageConfig};
 pub use sim_disk::{FaultConfig, FaultCounts, Operation, SimDisk, SimFile, SimRng};
 pub use snapshot::{
     FinishedSnapshot, InstallStep, SnapshotChunk, SnapshotInstaller, SnapshotManifest,
