@@ -349,3 +349,92 @@ proptest! {
         let _ = store.installer().map(|installer| installer.progress());
     }
 }
+
+#[derive(Clone, Debug)]
+enum TransferStep {
+    /// Deliver this many chunks from the current peer.
+    Deliver(u8),
+    /// The receiver crashes and restarts.
+    Crash,
+    /// The current peer dies; switch to the other one.
+    SwitchPeer,
+}
+
+fn transfer_step() -> impl Strategy<Value = TransferStep> {
+    prop_oneof![
+        4 => (1u8..6).prop_map(TransferStep::Deliver),
+        1 => Just(TransferStep::Crash),
+        1 => Just(TransferStep::SwitchPeer),
+    ]
+}
+
+fn peer(seed: u64, instance: u64, state: &[u8]) -> SnapshotReader {
+    let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(seed, FaultConfig::default()));
+    let store = SnapshotStore::open(disk, 64).unwrap();
+    let mut writer = store.begin(Instance(instance)).unwrap();
+    writer.write(state).unwrap();
+    writer.finish().unwrap();
+    store.latest().unwrap().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_transfer_survives_crashes_and_peer_switches(
+        seed in any::<u64>(),
+        first_bytes in 0usize..2000,
+        second_bytes in 0usize..2000,
+        steps in proptest::collection::vec(transfer_step(), 0..40),
+    ) {
+        let first_state: Vec<u8> = (0..first_bytes).map(|i| (i % 251) as u8).collect();
+        let second_state: Vec<u8> = (0..second_bytes).map(|i| (i % 241) as u8 ^ 0x5a).collect();
+        // Two peers: one with an older snapshot, one that moved on.
+        let peers = [peer(1, 40, &first_state), peer(2, 90, &second_state)];
+        let states = [&first_state, &second_state];
+        let mut current = 0usize;
+
+        let sim = SimDisk::new(seed, FaultConfig { torn_write_probability: 0.5, ..FaultConfig::default() });
+        let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+        let mut store = SnapshotStore::open(disk.clone(), 64).unwrap();
+        let mut installer = store.installer().unwrap();
+        let mut step = installer.begin(peers[current].manifest()).unwrap();
+        let mut steps = steps;
+        // Finally deliver everything from whichever peer is current.
+        steps.push(TransferStep::Deliver(u8::MAX));
+        for transfer in steps {
+            match transfer {
+                TransferStep::Deliver(count) => {
+                    for _ in 0..count {
+                        let InstallStep::NeedChunk(index) = step else { break };
+                        step = installer.accept(&peers[current].chunk(index).unwrap()).unwrap();
+                    }
+                }
+                TransferStep::Crash => {
+                    drop(installer);
+                    sim.crash();
+                    store = SnapshotStore::open(disk.clone(), 64).unwrap();
+                    installer = store.installer().unwrap();
+                    // The restarted replica asks its peer again; progress
+                    // on disk is kept when the peer offers the same snapshot.
+                    step = installer.begin(peers[current].manifest()).unwrap();
+                }
+                TransferStep::SwitchPeer => {
+                    current = 1 - current;
+                    step = installer.begin(peers[current].manifest()).unwrap();
+                    if let InstallStep::NeedChunk(index) = step {
+                        prop_assert_eq!(index, 0, "a different snapshot starts over");
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(step, InstallStep::Complete);
+        let finished = installer.install().unwrap();
+        prop_assert_eq!(finished.instance(), peers[current].manifest().instance);
+        sim.crash();
+        let store = SnapshotStore::open(disk, 64).unwrap();
+        let (instance, state) = store.load_latest().unwrap().unwrap();
+        prop_assert_eq!(instance, peers[current].manifest().instance);
+        prop_assert_eq!(&state, states[current]);
+    }
+}
