@@ -37,6 +37,7 @@
 //! headers synced before any record goes into them.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
@@ -53,6 +54,8 @@ use crate::snapshot::FinishedSnapshot;
 const LOG_MAGIC: u64 = u64::from_le_bytes(*b"SYNODLOG");
 const IDS_MAGIC: u64 = u64::from_le_bytes(*b"SYNODIDS");
 const FORMAT_VERSION: u32 = 1;
+/// Every file magic of this crate starts with these bytes.
+const OWN_MAGIC_PREFIX: &[u8] = b"SYNOD";
 const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SREC");
 const FRAME_HEADER_BYTES: usize = 12;
 /// The bytes of one identifier in an `.ids` file.
@@ -930,8 +933,9 @@ struct SegmentScan {
 /// Checks a segment file's header. A header that fails its checksum is
 /// damage: it holds nothing the frames after it need (their position is
 /// fixed, their sequence is in the file name), so it is counted and the
-/// frames are still read. A header that verifies but names another format
-/// or segment is an error. Returns how many headers were damaged (0 or 1).
+/// frames are still read, as is a sound header of another of this crate's
+/// files (a misdirected write). A header that verifies but names a foreign
+/// format, a newer version or another segment is an error. Returns how many headers were damaged (0 or 1).
 fn check_segment_header(file: &str, bytes: &[u8], magic: u64, sequence: u64) -> Result<u64> {
     match decode_file_header(file, bytes, magic, FORMAT_VERSION) {
         Ok((number, _)) if number == sequence => Ok(0),
@@ -943,6 +947,17 @@ fn check_segment_header(file: &str, bytes: &[u8], magic: u64, sequence: u64) -> 
             tracing::warn!(
                 file,
                 "segment header fails its checksum; reading the frames anyway"
+            );
+            Ok(1)
+        }
+        // A sound header of another of this crate's files landed here: a
+        // misdirected write, damage like any other.
+        Err(StorageError::BadMagic { found, .. })
+            if found.to_le_bytes().starts_with(OWN_MAGIC_PREFIX) =>
+        {
+            tracing::warn!(
+                file,
+                "segment header belongs to another file; reading the frames anyway"
             );
             Ok(1)
         }
@@ -1032,12 +1047,23 @@ fn scan_segment(
     let corrupt_identifiers = identifiers.iter().filter(|i| i.is_none()).count() as u64;
 
     let payload_bytes_max = config.frame_bytes_max() - FRAME_HEADER_BYTES as u64;
-    let mut items = Vec::with_capacity(identifiers.len());
+    // Every item with the range of the log it covers, so that items can be
+    // put in log order and the bytes no identifier led to can be checked.
+    let mut items: Vec<(Range<usize>, Scanned)> = Vec::with_capacity(identifiers.len());
     let mut position = FILE_HEADER_BYTES;
     let log_written_end = log_bytes
         .iter()
         .rposition(|byte| *byte != 0)
         .map_or(0, |last| last + 1);
+    let corrupt_at = |offset: usize, identifier: Option<Identifier>| CorruptEntry {
+        file: log_file_name.clone(),
+        offset: Some(offset as u64),
+        kind: identifier.and_then(|i| kind_of(i.kind)),
+        instance: identifier.map(|i| i.instance),
+        ballot: identifier
+            .filter(|i| i.kind == KIND_ACCEPTED)
+            .map(|i| i.ballot),
+    };
     // Frames and identifiers are in the same order: frame `k` is described by
     // identifier `k`.
     let mut index = 0;
@@ -1045,7 +1071,7 @@ fn scan_segment(
     while index < identifiers.len() {
         let identifier = identifiers[index];
         if let Some(identifier) = identifier {
-            position = identifier.offset as usize;
+            position = usize::try_from(identifier.offset).unwrap_or(usize::MAX);
         }
         let decoded = decode_frame(&log_bytes, position, payload_bytes_max);
         let matches = match (&decoded, &identifier) {
@@ -1073,7 +1099,7 @@ fn scan_segment(
                     },
                 ));
             }
-            items.push(Scanned::Good(record));
+            items.push((position..position + length, Scanned::Good(record)));
             position += length;
             index += 1;
             continue;
@@ -1087,19 +1113,10 @@ fn scan_segment(
             // (e.g. unreadable preallocated space).
             break;
         }
-        items.push(Scanned::Corrupt(CorruptEntry {
-            file: log_file_name.clone(),
-            offset: identifier.map(|i| i.offset).or(Some(position as u64)),
-            kind: identifier.and_then(|i| kind_of(i.kind)),
-            instance: identifier.map(|i| i.instance),
-            ballot: identifier
-                .filter(|i| i.kind == KIND_ACCEPTED)
-                .map(|i| i.ballot),
-        }));
+        let start = position;
         match identifier {
             Some(identifier) => {
-                position =
-                    (identifier.offset as usize).saturating_add(identifier.frame_bytes as usize)
+                position = position.saturating_add(identifier.frame_bytes as usize);
             }
             None => {
                 // Neither the frame nor its identifier survived. The next
@@ -1107,63 +1124,82 @@ fn scan_segment(
                 // for the next frame that verifies.
                 let next_known = identifiers[index + 1..].iter().flatten().next();
                 position = match next_known {
-                    Some(next) => next.offset as usize,
+                    Some(next) => usize::try_from(next.offset).unwrap_or(usize::MAX),
                     None => next_frame(&log_bytes, position + 1, payload_bytes_max)
                         .unwrap_or(log_bytes.len()),
                 };
             }
         }
+        let covered = start..position.max(start).min(log_bytes.len().max(start));
+        items.push((covered, Scanned::Corrupt(corrupt_at(start, identifier))));
         index += 1;
     }
 
-    // Frames beyond the last identifier.
+    // Where identified frames end. Frames are written in order, so bytes up
+    // to here that no identifier led to (a gap) mean an identifier went
+    // missing, e.g. overwritten by a misdirected write: the frames there are
+    // checked on their own checksums, kept if they verify, reported if not.
+    let identified_end = items
+        .iter()
+        .map(|(range, _)| range.end)
+        .max()
+        .unwrap_or(FILE_HEADER_BYTES)
+        .max(FILE_HEADER_BYTES);
+    let mut covered: Vec<Range<usize>> = items.iter().map(|(range, _)| range.clone()).collect();
+    covered.sort_by_key(|range| range.start);
+    let mut gaps = Vec::new();
+    let mut cursor = FILE_HEADER_BYTES;
+    for range in &covered {
+        if range.start > cursor {
+            gaps.push(cursor..range.start.min(identified_end));
+        }
+        cursor = cursor.max(range.end);
+    }
+    for gap in gaps {
+        scan_unidentified(&log_bytes, gap, payload_bytes_max, &mut items, |offset| {
+            corrupt_at(offset, None)
+        });
+    }
+
+    // Frames beyond the last identified one.
     let mut torn_tail_bytes = 0;
+    let tail_start = identified_end.min(log_bytes.len());
+    // Trailing zeros are preallocated space, never written.
+    let written_end = log_bytes[tail_start..]
+        .iter()
+        .rposition(|byte| *byte != 0)
+        .map_or(tail_start, |last| tail_start + last + 1);
     // In the last segment, new frames go right after the last identified
     // one, even if a damaged file ended before it.
-    let mut log_end = if (position as u64) <= config.segment_file_bytes_max() {
-        position
+    let mut log_end = if (identified_end as u64) <= config.segment_file_bytes_max() {
+        identified_end
     } else {
         log_bytes.len()
     };
-    // Trailing zeros are preallocated space, never written.
-    let written_end = log_bytes
-        .get(position..)
-        .and_then(|tail| tail.iter().rposition(|byte| *byte != 0))
-        .map_or(position, |last| position + last + 1);
-    if position < log_bytes.len() {
+    if tail_start < log_bytes.len() {
         if last {
             // Their identifiers were never written, so they were never
             // reported durable: a torn tail. Cut it off.
-            torn_tail_bytes = (written_end - position) as u64;
-            log.truncate(position as u64)?;
+            torn_tail_bytes = (written_end - tail_start) as u64;
+            log.truncate(tail_start as u64)?;
             log.sync()?;
         } else {
             // Every segment but the last was complete when the next one was
             // created; frames without identifiers mean the identifier file
             // was damaged. Keep what verifies, report the rest.
-            let mut scan = position;
-            while scan < written_end {
-                match decode_frame(&log_bytes, scan, payload_bytes_max) {
-                    Some((record, _, length)) => {
-                        items.push(Scanned::Good(record));
-                        scan += length;
-                    }
-                    None => {
-                        items.push(Scanned::Corrupt(CorruptEntry {
-                            file: log_file_name.clone(),
-                            offset: Some(scan as u64),
-                            kind: None,
-                            instance: None,
-                            ballot: None,
-                        }));
-                        scan = next_frame(&log_bytes, scan + 1, payload_bytes_max)
-                            .unwrap_or(written_end);
-                    }
-                }
-            }
+            scan_unidentified(
+                &log_bytes,
+                tail_start..written_end,
+                payload_bytes_max,
+                &mut items,
+                |offset| corrupt_at(offset, None),
+            );
             log_end = log_bytes.len();
         }
     }
+    // Log order decides which record of an instance is the newest.
+    items.sort_by_key(|(range, _)| range.start);
+    let items: Vec<Scanned> = items.into_iter().map(|(_, item)| item).collect();
     if last {
         let slots_bytes = (FILE_HEADER_BYTES + slots.len() * IDENTIFIER_BYTES) as u64;
         if (ids_bytes.len() as u64) != slots_bytes {
@@ -1338,6 +1374,37 @@ fn read_tolerant(
         "read errors in a log file; the bytes count as damaged"
     );
     Ok((bytes, unreadable))
+}
+
+/// Reads the frames in `range` that no identifier describes: those that
+/// verify are kept, anything else that is not zeros is reported.
+fn scan_unidentified(
+    log_bytes: &Bytes,
+    range: Range<usize>,
+    payload_bytes_max: u64,
+    items: &mut Vec<(Range<usize>, Scanned)>,
+    corrupt_at: impl Fn(usize) -> CorruptEntry,
+) {
+    let range = range.start..range.end.min(log_bytes.len());
+    let mut scan = range.start;
+    while scan < range.end {
+        if log_bytes[scan..range.end].iter().all(|byte| *byte == 0) {
+            break;
+        }
+        match decode_frame(log_bytes, scan, payload_bytes_max) {
+            Some((record, _, length)) if scan + length <= range.end => {
+                items.push((scan..scan + length, Scanned::Good(record)));
+                scan += length;
+            }
+            _ => {
+                let next = next_frame(log_bytes, scan + 1, payload_bytes_max)
+                    .filter(|next| *next < range.end)
+                    .unwrap_or(range.end);
+                items.push((scan..next, Scanned::Corrupt(corrupt_at(scan))));
+                scan = next;
+            }
+        }
+    }
 }
 
 /// The offset of the next frame at or after `from` that verifies.

@@ -246,6 +246,43 @@ fn a_damaged_identifier_alone_loses_nothing() {
 }
 
 #[test]
+fn identifiers_overwritten_by_misdirected_ones_lose_no_frame() {
+    let (sim, disk) = setup();
+    let (mut wal, _) = Wal::open(disk.clone(), WalConfig::default()).unwrap();
+    for instance in 1..=5 {
+        wal.append(&accepted(instance, 1, "first batch")).unwrap();
+    }
+    wal.sync().unwrap();
+    for instance in 6..=7 {
+        wal.append(&accepted(instance, 1, "second batch")).unwrap();
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    // The second batch's identifiers landed on slots 1 and 2 instead of 5
+    // and 6, which stay zero.
+    let ids = "wal-00000000000000000001.ids";
+    let mut bytes = sim.contents(ids).unwrap();
+    let slot = |k: usize| 32 + k * IDENTIFIER_BYTES;
+    let second: Vec<u8> = bytes[slot(5)..slot(7)].to_vec();
+    bytes[slot(1)..slot(3)].copy_from_slice(&second);
+    bytes[slot(5)..slot(7)].fill(0);
+    sim.put(ids, &bytes);
+    let (_, recovery) = Wal::open(disk.clone(), WalConfig::default()).unwrap();
+    assert_eq!(
+        recovery.accepted.keys().copied().collect::<Vec<_>>(),
+        (1..=7).map(Instance).collect::<Vec<_>>(),
+        "{recovery:?}"
+    );
+    assert!(recovery.corrupted.is_empty());
+    assert_eq!(
+        recovery.torn_tail_bytes, 0,
+        "no identified frame is cut off"
+    );
+    let (_, again) = Wal::open(disk, WalConfig::default()).unwrap();
+    assert_eq!(again.accepted.len(), 7);
+}
+
+#[test]
 fn a_misdirected_write_over_an_old_record_is_reported() {
     let (sim, disk) = setup();
     let wal = write_records(&disk, WalConfig::default(), 6);
@@ -309,6 +346,19 @@ fn foreign_and_damaged_files_give_typed_errors() {
         Wal::open(disk, WalConfig::default()),
         Err(StorageError::BadMagic { .. })
     ));
+
+    // A log header written over the identifier file's header (a misdirected
+    // write) is damage, not a foreign file.
+    let (sim, disk) = setup();
+    drop(write_records(&disk, WalConfig::default(), 3));
+    let log_header = sim.contents(log).unwrap()[..32].to_vec();
+    let ids = "wal-00000000000000000001.ids";
+    let mut ids_bytes = sim.contents(ids).unwrap();
+    ids_bytes[..32].copy_from_slice(&log_header);
+    sim.put(ids, &ids_bytes);
+    let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
+    assert_eq!(recovery.damaged_headers, 1);
+    assert_eq!(recovery.accepted.len(), 3);
 
     // A damaged header (checksum mismatch) is counted; the frames are read.
     let (sim, disk) = setup();
