@@ -179,6 +179,9 @@ pub struct Recovery {
     /// Segment file headers that failed their checksum (their frames were
     /// still read).
     pub damaged_headers: u64,
+    /// Bytes past the longest a segment's file can be (left by a misdirected
+    /// write): not read, since no frame or identifier was ever written there.
+    pub oversized_bytes: u64,
     /// Damaged identifiers of frames that verify, rewritten from the frames.
     pub repaired_identifiers: u64,
     /// Good records read.
@@ -519,6 +522,7 @@ impl Wal {
             recovery.corrupt_identifiers += scan.corrupt_identifiers;
             recovery.unreadable_bytes += scan.unreadable_bytes;
             recovery.damaged_headers += scan.damaged_headers;
+            recovery.oversized_bytes += scan.oversized_bytes;
             recovery.repaired_identifiers += scan.repaired_identifiers;
             let mut instance_max = Instance::ZERO;
             for item in scan.items {
@@ -568,7 +572,7 @@ impl Wal {
 
         let active = match active {
             Some(active) => active,
-            None => create_segment(disk.as_ref(), next_sequence)?,
+            None => create_segment(disk.as_ref(), &config, next_sequence)?,
         };
         let wal = Wal {
             disk,
@@ -738,7 +742,8 @@ impl Wal {
 
     pub(crate) fn rotate(&mut self) -> Result<()> {
         assert_eq!(self.staged_records, 0, "rotate only at a batch boundary");
-        let next = match create_segment(self.disk.as_ref(), self.active.sequence + 1) {
+        let next = match create_segment(self.disk.as_ref(), &self.config, self.active.sequence + 1)
+        {
             Ok(next) => next,
             Err(error) => return self.fail(error),
         };
@@ -797,7 +802,10 @@ impl Wal {
         for sequence in sequences.into_iter().rev() {
             let name = ids_name(sequence);
             let file = self.disk.open(&name)?;
-            let bytes = file.read_all(self.config.segment_file_bytes_max(), "identifier file")?;
+            let bytes = file.read_all(
+                ids_bytes_max(self.config.segment_file_bytes_max().max(file.len()?)),
+                "identifier file",
+            )?;
             let slots = bytes.get(FILE_HEADER_BYTES..).unwrap_or_default();
             for slot in slots.chunks_exact(IDENTIFIER_BYTES).rev() {
                 if let Some(identifier) = Identifier::decode(slot) {
@@ -892,17 +900,18 @@ impl Wal {
     }
 }
 
-fn create_segment(disk: &dyn Disk, sequence: u64) -> Result<ActiveSegment> {
+fn create_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64) -> Result<ActiveSegment> {
+    let bound = encode_bound(config.segment_file_bytes_max());
     let mut log = disk.create(&log_name(sequence))?;
     log.write_at(
         0,
-        &encode_file_header(LOG_MAGIC, FORMAT_VERSION, sequence, 0),
+        &encode_file_header(LOG_MAGIC, FORMAT_VERSION, sequence, bound),
     )?;
     log.sync()?;
     let mut ids = disk.create(&ids_name(sequence))?;
     ids.write_at(
         0,
-        &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0),
+        &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, bound),
     )?;
     ids.sync()?;
     Ok(ActiveSegment {
@@ -926,6 +935,7 @@ struct SegmentScan {
     corrupt_identifiers: u64,
     unreadable_bytes: u64,
     damaged_headers: u64,
+    oversized_bytes: u64,
     repaired_identifiers: u64,
     log_file_bytes: u64,
 }
@@ -972,15 +982,19 @@ fn scan_segment(
     config: &WalConfig,
     sequence: u64,
     last: bool,
-    prefetched: Option<Result<(Vec<u8>, u64)>>,
+    prefetched: Option<SegmentRead>,
 ) -> Result<Option<SegmentScan>> {
     let log_file_name = log_name(sequence);
     let ids_file_name = ids_name(sequence);
     let mut log = disk.open(&log_file_name)?;
-    let (log_bytes, log_unreadable) = match prefetched {
+    let log_read = match prefetched {
         Some(result) => result?,
         None => read_log_file(log.as_ref(), config)?,
     };
+    let log_unreadable = log_read.unreadable_bytes;
+    let mut oversized_bytes = log_read.oversized_bytes;
+    let log_bytes = log_read.bytes;
+    let log_bound = log_bytes_max(&log_bytes[..log_bytes.len().min(FILE_HEADER_BYTES)], config);
     let log_bytes = Bytes::from(log_bytes);
 
     if last && log_bytes.len() <= FILE_HEADER_BYTES {
@@ -1016,12 +1030,14 @@ fn scan_segment(
         }
         Err(error) => return Err(error),
     };
-    let (mut ids_bytes, ids_unreadable) = read_tolerant(
+    let ids_read = read_tolerant(
         ids.as_ref(),
-        config.segment_file_bytes_max(),
-        "identifier file",
+        ids_bytes_max(log_bound),
         UNREADABLE_IDENTIFIER_FILL,
     )?;
+    let ids_unreadable = ids_read.unreadable_bytes;
+    oversized_bytes += ids_read.oversized_bytes;
+    let mut ids_bytes = ids_read.bytes;
     if last && !log_has_frames && ids_bytes.len() < FILE_HEADER_BYTES {
         // Torn while the segment was created: rewrite the header.
         ids.truncate(0)?;
@@ -1171,7 +1187,7 @@ fn scan_segment(
         .map_or(tail_start, |last| tail_start + last + 1);
     // In the last segment, new frames go right after the last identified
     // one, even if a damaged file ended before it.
-    let mut log_end = if (identified_end as u64) <= config.segment_file_bytes_max() {
+    let mut log_end = if (identified_end as u64) <= log_bound {
         identified_end
     } else {
         log_bytes.len()
@@ -1232,18 +1248,44 @@ fn scan_segment(
         corrupt_identifiers,
         unreadable_bytes: log_unreadable + ids_unreadable,
         damaged_headers,
+        oversized_bytes,
         repaired_identifiers: repairs.len() as u64,
         log_file_bytes: log_bytes.len() as u64,
     }))
 }
 
-fn read_log_file(file: &dyn File, config: &WalConfig) -> Result<(Vec<u8>, u64)> {
-    read_tolerant(
-        file,
-        config.segment_file_bytes_max(),
-        "segment",
-        UNREADABLE_LOG_FILL,
-    )
+/// The unit in which a segment header records the longest its `.log` file
+/// may be.
+const BOUND_UNIT_BYTES: u64 = 4096;
+/// The shortest frame (a `Committed` record): bounds how many identifiers a
+/// `.log` file of a given length can have.
+const FRAME_BYTES_MIN: u64 = (FRAME_HEADER_BYTES + COMMITTED_BYTES) as u64;
+
+fn encode_bound(log_bytes_max: u64) -> u32 {
+    u32::try_from(log_bytes_max.div_ceil(BOUND_UNIT_BYTES)).unwrap_or(u32::MAX)
+}
+
+/// The longest the `.log` file with this header may be: what the segment was
+/// written with (its header says, if the header verifies), or what this
+/// configuration allows, whichever is larger. A smaller configured
+/// `segment_bytes_max` thus never cuts older segments short.
+fn log_bytes_max(header: &[u8], config: &WalConfig) -> u64 {
+    let written_with = decode_file_header("segment", header, LOG_MAGIC, FORMAT_VERSION)
+        .map_or(0, |(_, bound)| bound as u64 * BOUND_UNIT_BYTES);
+    written_with.max(config.segment_file_bytes_max())
+}
+
+/// The longest an `.ids` file may be beside a `.log` file of `log_bytes_max`.
+fn ids_bytes_max(log_bytes_max: u64) -> u64 {
+    FILE_HEADER_BYTES as u64 + (log_bytes_max / FRAME_BYTES_MIN + 1) * IDENTIFIER_BYTES as u64
+}
+
+/// Reads a `.log` file, bounded by what its header says it may hold.
+fn read_log_file(file: &dyn File, config: &WalConfig) -> Result<ReadFile> {
+    let mut header = [0u8; FILE_HEADER_BYTES];
+    let read = file.read_at(0, &mut header).unwrap_or(0);
+    let bound = log_bytes_max(&header[..read], config);
+    read_tolerant(file, bound, UNREADABLE_LOG_FILL)
 }
 
 /// Reader threads recovery uses to read segments ahead of the one it
@@ -1252,7 +1294,7 @@ const RECOVERY_READER_THREADS: usize = 2;
 /// Segments read ahead and waiting in the channel to the verifier.
 const RECOVERY_READ_AHEAD_SEGMENTS: usize = 2;
 
-type SegmentRead = Result<(Vec<u8>, u64)>;
+type SegmentRead = Result<ReadFile>;
 
 /// Reads `.log` files ahead on [`RECOVERY_READER_THREADS`] threads, handing
 /// them to recovery in segment order. Recovery keeps every segment it reads
@@ -1330,50 +1372,71 @@ const UNREADABLE_IDENTIFIER_FILL: u8 = 0xFF;
 /// The unit in which a file that failed to read whole is read again.
 const REREAD_BLOCK_BYTES: usize = 4096;
 
-/// Reads a whole file, treating EIO like a checksum mismatch (as CTRL
-/// prescribes): if the file cannot be read at once, it is read again block
-/// by block, and blocks that still fail are replaced with `fill` so that
-/// what they held fails verification. Returns the bytes and how many were
-/// unreadable.
-fn read_tolerant(
-    file: &dyn File,
-    length_max: u64,
-    what: &'static str,
-    fill: u8,
-) -> Result<(Vec<u8>, u64)> {
-    match file.read_all(length_max, what) {
-        Ok(bytes) => return Ok((bytes, 0)),
-        Err(StorageError::Io { .. }) => {}
-        Err(error) => return Err(error),
-    }
+/// A file as recovery read it.
+struct ReadFile {
+    bytes: Vec<u8>,
+    /// Bytes that failed to read and were replaced.
+    unreadable_bytes: u64,
+    /// Bytes past the bound, not read.
+    oversized_bytes: u64,
+}
+
+/// Reads a file up to `length_max` bytes (bytes past it cannot have been
+/// written by this crate, and are counted, never allocated for), treating
+/// EIO like a checksum mismatch (as CTRL prescribes): if the file cannot be
+/// read at once, it is read again block by block, and blocks that still
+/// fail are replaced with `fill` so that what they held fails verification.
+fn read_tolerant(file: &dyn File, length_max: u64, fill: u8) -> Result<ReadFile> {
     let length = file.len()?;
-    if length > length_max {
-        return Err(StorageError::TooLarge {
-            file: file.name().to_string(),
-            what,
+    let oversized_bytes = length.saturating_sub(length_max);
+    if oversized_bytes > 0 {
+        tracing::warn!(
+            file = file.name(),
             length,
-            limit: length_max,
-        });
+            length_max,
+            "file longer than it can be; the excess is ignored"
+        );
     }
-    let mut bytes = vec![0u8; length as usize];
-    let mut unreadable = 0;
+    let mut bytes = vec![0u8; length.min(length_max) as usize];
+    let read = match file.read_at(0, &mut bytes) {
+        Ok(read) if read == bytes.len() => {
+            return Ok(ReadFile {
+                bytes,
+                unreadable_bytes: 0,
+                oversized_bytes,
+            })
+        }
+        Ok(read) => read,
+        Err(StorageError::Io { .. }) => 0,
+        Err(error) => return Err(error),
+    };
+    let mut unreadable_bytes = 0;
     for (index, block) in bytes.chunks_mut(REREAD_BLOCK_BYTES).enumerate() {
         let offset = (index * REREAD_BLOCK_BYTES) as u64;
+        if offset + (block.len() as u64) <= read as u64 {
+            continue;
+        }
         match file.read_at(offset, block) {
-            Ok(read) if read == block.len() => {}
+            Ok(got) if got == block.len() => {}
             Ok(_) | Err(StorageError::Io { .. }) => {
                 block.fill(fill);
-                unreadable += block.len() as u64;
+                unreadable_bytes += block.len() as u64;
             }
             Err(error) => return Err(error),
         }
     }
-    tracing::warn!(
-        file = file.name(),
-        unreadable,
-        "read errors in a log file; the bytes count as damaged"
-    );
-    Ok((bytes, unreadable))
+    if unreadable_bytes > 0 {
+        tracing::warn!(
+            file = file.name(),
+            unreadable_bytes,
+            "read errors in a log file; the bytes count as damaged"
+        );
+    }
+    Ok(ReadFile {
+        bytes,
+        unreadable_bytes,
+        oversized_bytes,
+    })
 }
 
 /// Reads the frames in `range` that no identifier describes: those that

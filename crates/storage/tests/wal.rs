@@ -382,17 +382,31 @@ fn foreign_and_damaged_files_give_typed_errors() {
         Err(StorageError::UnsupportedVersion { found: 99, .. })
     ));
 
-    // A segment far larger than any segment can be is refused before reading.
+    // A segment far longer than any segment can be: the excess is never
+    // read (nor allocated for), the garbage within the bound is reported,
+    // the records are kept.
     let (sim, disk) = setup();
     drop(write_records(&disk, small_segments(), 3));
     let mut bytes = sim.contents(log).unwrap();
-    bytes.resize(1 << 20, 0xAB);
+    bytes.resize(4 << 20, 0xAB);
     sim.put(log, &bytes);
     sim.put("wal-00000000000000000002.log", &[]);
-    assert!(matches!(
-        Wal::open(disk, small_segments()),
-        Err(StorageError::TooLarge { .. })
-    ));
+    let (_, recovery) = Wal::open(disk, small_segments()).unwrap();
+    assert!(recovery.oversized_bytes > 3 << 20, "{recovery:?}");
+    assert_eq!(recovery.accepted.len(), 3);
+    assert!(recovery.corrupted.iter().any(|c| c.instance.is_none()));
+
+    // A smaller segment_bytes_max later never cuts an older segment short:
+    // its header records the bound it was written with.
+    let (_, disk) = setup();
+    let roomy = WalConfig {
+        segment_bytes_max: 1 << 20,
+        ..small_segments()
+    };
+    drop(write_records(&disk, roomy, 300));
+    let (_, recovery) = Wal::open(disk, small_segments()).unwrap();
+    assert_eq!(recovery.accepted.len(), 300);
+    assert_eq!(recovery.oversized_bytes, 0);
 
     // A missing middle segment.
     let (sim, disk) = setup();
@@ -541,4 +555,27 @@ fn an_unreadable_sector_is_treated_like_a_checksum_mismatch() {
     assert_eq!(recovery.accepted.len(), 100);
     assert!(recovery.corrupted.is_empty());
     assert!(recovery.corrupt_identifiers > 0);
+}
+
+#[test]
+fn segments_of_small_records_have_identifier_files_larger_than_the_log() {
+    let (_, disk) = setup();
+    let config = WalConfig {
+        segment_bytes_max: 8192,
+        value_bytes_max: 64,
+        preallocate_bytes: 0,
+    };
+    let (mut wal, _) = Wal::open(disk.clone(), config.clone()).unwrap();
+    for through in 1..=2000 {
+        wal.append(&Record::Committed {
+            through: Instance(through),
+        })
+        .unwrap();
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, recovery) = Wal::open(disk, config).unwrap();
+    assert_eq!(recovery.committed_through, Instance(2000));
+    assert_eq!(recovery.records, 2000);
+    assert_eq!(recovery.oversized_bytes, 0);
 }
