@@ -944,15 +944,20 @@ struct SegmentScan {
 /// damage: it holds nothing the frames after it need (their position is
 /// fixed, their sequence is in the file name), so it is counted and the
 /// frames are still read, as is a sound header of another of this crate's
-/// files (a misdirected write). A header that verifies but names a foreign
-/// format, a newer version or another segment is an error. Returns how many headers were damaged (0 or 1).
+/// files or of another segment (a misdirected write). A header that
+/// verifies but names a foreign format or a newer version is an error. Returns how many headers were damaged (0 or 1).
 fn check_segment_header(file: &str, bytes: &[u8], magic: u64, sequence: u64) -> Result<u64> {
     match decode_file_header(file, bytes, magic, FORMAT_VERSION) {
         Ok((number, _)) if number == sequence => Ok(0),
-        Ok((number, _)) => Err(StorageError::Malformed {
-            file: file.to_string(),
-            what: format!("header names segment {number}"),
-        }),
+        Ok((number, _)) => {
+            // Another segment's header: a misdirected write.
+            tracing::warn!(
+                file,
+                number,
+                "segment header names another segment; reading the frames anyway"
+            );
+            Ok(1)
+        }
         Err(StorageError::ChecksumMismatch { .. }) => {
             tracing::warn!(
                 file,
@@ -1038,14 +1043,22 @@ fn scan_segment(
     let ids_unreadable = ids_read.unreadable_bytes;
     oversized_bytes += ids_read.oversized_bytes;
     let mut ids_bytes = ids_read.bytes;
-    if last && !log_has_frames && ids_bytes.len() < FILE_HEADER_BYTES {
-        // Torn while the segment was created: rewrite the header.
-        ids.truncate(0)?;
+    if ids_bytes.len() < FILE_HEADER_BYTES {
+        // No identifier was ever written here (they all go past the
+        // header). Torn while the segment was created if the log holds no
+        // frames either; otherwise the header write went astray.
+        if log_has_frames {
+            damaged_headers += 1;
+        }
         ids_bytes = encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0);
-        ids.write_at(0, &ids_bytes)?;
-        ids.sync()?;
+        if last {
+            ids.truncate(0)?;
+            ids.write_at(0, &ids_bytes)?;
+            ids.sync()?;
+        }
+    } else {
+        damaged_headers += check_segment_header(&ids_file_name, &ids_bytes, IDS_MAGIC, sequence)?;
     }
-    damaged_headers += check_segment_header(&ids_file_name, &ids_bytes, IDS_MAGIC, sequence)?;
 
     // Slots, without trailing all-zero ones (space allocated, never written)
     // and without a trailing partial slot (a torn identifier write).
