@@ -525,7 +525,7 @@ impl Wal {
             recovery.oversized_bytes += scan.oversized_bytes;
             recovery.repaired_identifiers += scan.repaired_identifiers;
             let mut instance_max = Instance::ZERO;
-            for item in scan.items {
+            for (_, item) in scan.items {
                 match item {
                     Scanned::Good(record) => {
                         recovery.records += 1;
@@ -929,7 +929,8 @@ enum Scanned {
 }
 
 struct SegmentScan {
-    items: Vec<Scanned>,
+    /// Items in log order, with the log bytes each covers.
+    items: Vec<(Range<usize>, Scanned)>,
     files: ActiveSegment,
     torn_tail_bytes: u64,
     corrupt_identifiers: u64,
@@ -1174,15 +1175,25 @@ fn scan_segment(
         .max()
         .unwrap_or(FILE_HEADER_BYTES)
         .max(FILE_HEADER_BYTES);
-    let mut covered: Vec<Range<usize>> = items.iter().map(|(range, _)| range.clone()).collect();
-    covered.sort_by_key(|range| range.start);
+    // Normally each item starts where the one before ended: no gaps, and
+    // already in log order.
+    let contiguous = items
+        .iter()
+        .try_fold(FILE_HEADER_BYTES, |end, (range, _)| {
+            (range.start == end).then_some(range.end)
+        })
+        .is_some();
     let mut gaps = Vec::new();
-    let mut cursor = FILE_HEADER_BYTES;
-    for range in &covered {
-        if range.start > cursor {
-            gaps.push(cursor..range.start.min(identified_end));
+    if !contiguous {
+        let mut covered: Vec<Range<usize>> = items.iter().map(|(range, _)| range.clone()).collect();
+        covered.sort_by_key(|range| range.start);
+        let mut cursor = FILE_HEADER_BYTES;
+        for range in &covered {
+            if range.start > cursor {
+                gaps.push(cursor..range.start.min(identified_end));
+            }
+            cursor = cursor.max(range.end);
         }
-        cursor = cursor.max(range.end);
     }
     for gap in gaps {
         scan_unidentified(&log_bytes, gap, payload_bytes_max, &mut items, |offset| {
@@ -1227,8 +1238,9 @@ fn scan_segment(
         }
     }
     // Log order decides which record of an instance is the newest.
-    items.sort_by_key(|(range, _)| range.start);
-    let items: Vec<Scanned> = items.into_iter().map(|(_, item)| item).collect();
+    if !contiguous || !items.is_sorted_by_key(|(range, _)| range.start) {
+        items.sort_by_key(|(range, _)| range.start);
+    }
     if last {
         let slots_bytes = (FILE_HEADER_BYTES + slots.len() * IDENTIFIER_BYTES) as u64;
         if (ids_bytes.len() as u64) != slots_bytes {
