@@ -132,6 +132,10 @@ pub struct GroupCommitStats {
 /// A failed write or sync aborts the process ([`SyncFailurePolicy::Abort`],
 /// the default) or, for tests, fails the batch and stops the log for good
 /// ([`SyncFailurePolicy::Stop`]); it is never retried.
+///
+/// For servers. The deterministic simulator calls [`Wal::append`] and
+/// [`Wal::sync`] itself: with two threads, the order in which a
+/// [`crate::SimDisk`] draws its faults would depend on thread timing.
 #[derive(Debug)]
 pub struct GroupCommit {
     sender: Option<SyncSender<Command>>,

@@ -735,7 +735,8 @@ impl Wal {
         self.failure.get_or_insert(reason);
     }
 
-    /// How many batches [`Wal::sync`] has made durable.
+    /// How many batches of frames have been written and synced (by
+    /// [`Wal::sync`], or by the group-commit writer).
     pub fn sync_count(&self) -> u64 {
         self.syncs
     }
