@@ -221,6 +221,16 @@
 //! # Ok::<(), StorageError>(())
 //! ```
 //!
+//! # Limits
+//!
+//! * If the identifiers of the last batch before a crash are lost without a
+//!   trace (a misdirected write that left no damage behind), the batch looks
+//!   like a torn tail and is discarded; every other damage the tests inject
+//!   is reported or repaired.
+//! * Recovery holds every live segment in memory (values are slices of
+//!   them): trim the log with snapshots to bound it.
+//! * One process per directory: nothing locks it.
+//!
 //! # Transferring a snapshot
 //!
 //! The sender opens [`SnapshotStore::latest`] and sends its
