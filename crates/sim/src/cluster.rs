@@ -669,8 +669,9 @@ impl Simulation {
 
     fn crash(&mut self, index: usize) {
         self.stats.crashes += 1;
-        // A wipe is allowed only while every other replica is up and voting, so
-        // that the group never loses more than it can survive.
+        // Disks are lost only where the group can survive it: on the replicas
+        // whose disks may corrupt data (at most a minority), or, when there are
+        // none, on one replica at a time while every other is up and voting.
         let others_healthy = self.nodes.iter().enumerate().all(|(other, node)| {
             other == index
                 || node
@@ -678,7 +679,12 @@ impl Simulation {
                     .as_ref()
                     .is_some_and(|replica| replica.meta().voting == Voting::Voter)
         });
-        let wipe = others_healthy && self.mix.wipe_probability > 0.0 && self.rng.random_bool(self.mix.wipe_probability);
+        let may_lose_disk = if self.mix.corrupting_disks > 0 {
+            index < self.mix.corrupting_disks
+        } else {
+            others_healthy
+        };
+        let wipe = may_lose_disk && self.mix.wipe_probability > 0.0 && self.rng.random_bool(self.mix.wipe_probability);
         let node = &mut self.nodes[index];
         node.replica = None;
         node.submits.clear();
