@@ -114,6 +114,8 @@ async fn bind(address: std::net::SocketAddr, purpose: &'static str) -> Result<Tc
 
 /// Runs one member until `shutdown` is cancelled (or a fatal error).
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+    // Tunables are checked before anything is written to the data directory.
+    config.paxos_config(NodeId(1), vec![NodeId(1)])?;
     let identity = load_identity(&config)?;
     let (log, durable) = FileLog::open(&config.data_dir)?;
     let members: Vec<NodeId> = identity.members.iter().map(|member| NodeId(member.id)).collect();
