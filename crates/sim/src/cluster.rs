@@ -13,10 +13,11 @@ use synod_paxos::{
     Batch, BatchId, Config, Epoch, FreshStart, Instance, NodeId, Outcome, Ready, Replica, SubmitId, Time, Voting,
 };
 
-use crate::disk::{SimDisk, Snapshot};
+use crate::disk::{add_counts, NodeDisk, Snapshot};
 use crate::history::{History, OperationKind, Verdict};
 use crate::network::{Network, PartitionKind};
 use crate::swarm::{FaultMix, SimBugs};
+use synod_storage::{FaultConfig, FaultCounts};
 
 /// Simulated milliseconds between two ticks of a replica.
 const TICK_MS: u64 = 5;
@@ -55,6 +56,13 @@ pub struct Stats {
     pub reads_answered: u64,
     pub operations: u64,
     pub instances_chosen: u64,
+    /// Replicas that could not start from their disk and were given an empty one.
+    pub disks_replaced: u64,
+    /// Replicas stopped by a failed write or sync.
+    pub io_crashes: u64,
+    /// Power failures injected during a sync.
+    pub power_failures: u64,
+    pub disk_faults: FaultCounts,
     /// Client histories found linearizable.
     pub histories_checked: u64,
     /// Histories whose check ran out of its step budget.
@@ -80,6 +88,10 @@ impl Stats {
         self.operations += other.operations;
         self.instances_chosen += other.instances_chosen;
         self.histories_checked += other.histories_checked;
+        self.disks_replaced += other.disks_replaced;
+        self.io_crashes += other.io_crashes;
+        self.power_failures += other.power_failures;
+        self.disk_faults = add_counts(self.disk_faults, other.disk_faults);
         self.histories_inconclusive += other.histories_inconclusive;
     }
 }
@@ -100,7 +112,7 @@ pub struct RunReport {
 struct Node {
     id: NodeId,
     replica: Option<Replica>,
-    disk: SimDisk,
+    disk: NodeDisk,
     state: BTreeMap<String, String>,
     applied: Instance,
     /// Clock rate offset from real time, in ppm.
@@ -179,17 +191,23 @@ impl Simulation {
         let paxos = sim_paxos_config(members[0], members.clone());
         let mix = FaultMix::draw(&mut rng, config.replicas, paxos.clock_drift_max_ppm);
         let mut nodes = Vec::new();
-        for id in &members {
+        for (index, id) in members.iter().enumerate() {
             let drift = mix.clock_drift_ppm as i64;
             let clock_ppm = if drift == 0 {
                 0
             } else {
                 rng.random_range(-drift..=drift)
             };
+            let mut faults = if index < mix.corrupting_disks {
+                mix.disk_faults.clone()
+            } else {
+                FaultConfig::default()
+            };
+            faults.torn_write_probability = mix.torn_write_probability;
             nodes.push(Node {
                 id: *id,
                 replica: None,
-                disk: SimDisk::default(),
+                disk: NodeDisk::new(rng.random(), faults),
                 state: BTreeMap::new(),
                 applied: Instance::ZERO,
                 clock_ppm,
@@ -240,18 +258,29 @@ impl Simulation {
         let config = self.node_config(index);
         let now = self.nodes[index].local_now(self.now_us);
         let seed = self.rng.random();
-        let mut replica = if self.nodes[index].disk.is_empty() {
-            Replica::fresh(config, fresh.unwrap_or(FreshStart::Rejoin), now, seed)
-        } else {
-            let durable = self.nodes[index].disk.recover();
-            Replica::restart(config, durable, now, seed)
+        let opened = match self.nodes[index].disk.open() {
+            Ok(opened) => opened,
+            Err(_) => {
+                // The replica refuses to start from this disk (both metadata copies
+                // bad, say): the operator gives it an empty one and it rejoins.
+                self.stats.disks_replaced += 1;
+                self.nodes[index].disk.wipe();
+                match self.nodes[index].disk.open() {
+                    Ok(opened) => opened,
+                    Err(error) => return self.fail(format!("an empty disk failed to open: {error}")),
+                }
+            }
+        };
+        let mut replica = match opened.durable {
+            None => Replica::fresh(config, fresh.unwrap_or(FreshStart::Rejoin), now, seed),
+            Some(durable) => Replica::restart(config, durable, now, seed),
         };
         replica.plant_bugs(self.config.bugs.core);
         let node = &mut self.nodes[index];
         // The state machine restarts from the snapshot and replays the log.
-        match node.disk.snapshot() {
+        match opened.snapshot {
             Some(snapshot) => {
-                node.state = snapshot.state.clone();
+                node.state = snapshot.state;
                 node.applied = snapshot.instance;
             }
             None => {
@@ -263,6 +292,12 @@ impl Simulation {
         node.down_until_ms = None;
         node.paused_until_ms = None;
         self.process_ready(index);
+    }
+
+    /// A failed write or sync stops the process (a sync is never retried).
+    fn io_failure(&mut self, index: usize) {
+        self.stats.io_crashes += 1;
+        self.crash(index);
     }
 
     fn now_ms(&self) -> u64 {
@@ -285,9 +320,24 @@ impl Simulation {
             return;
         }
         let from = self.nodes[index].id;
-        self.nodes[index].disk.write(ready.persist);
-        if !self.config.bugs.send_before_sync {
-            self.nodes[index].disk.sync();
+        let mut written = self.nodes[index].disk.write(&ready.persist);
+        if written.is_ok()
+            && !ready.persist.is_empty()
+            && !self.in_liveness_phase()
+            && self.mix.crash_before_sync_probability > 0.0
+            && self.rng.random_bool(self.mix.crash_before_sync_probability)
+        {
+            // Power fails while the writes are on their way to the platters.
+            let identifiers = self.rng.random_bool(0.5);
+            self.nodes[index].disk.fail_next_sync(identifiers);
+            self.stats.power_failures += 1;
+        }
+        if written.is_ok() && !self.config.bugs.send_before_sync {
+            written = self.nodes[index].disk.sync();
+        }
+        if written.is_err() {
+            // Nothing of this Ready leaves the process.
+            return self.io_failure(index);
         }
         let latency = (self.mix.latency_min_ms * 1_000, self.mix.latency_max_ms * 1_000);
         let (drop, duplicate, long_delay) = if self.in_liveness_phase() {
@@ -385,20 +435,21 @@ impl Simulation {
         if !self.nodes[peer_index].is_up() {
             return;
         }
-        let Some(snapshot) = self.nodes[peer_index].disk.snapshot().cloned() else {
+        let Ok(Some(snapshot)) = self.nodes[peer_index].disk.latest_snapshot() else {
             return;
         };
         if snapshot.instance < instance || snapshot.instance <= self.nodes[index].applied {
             return;
         }
+        if self.nodes[index].disk.save_snapshot(&snapshot).is_err() {
+            return self.io_failure(index);
+        }
         let node = &mut self.nodes[index];
-        node.state = snapshot.state.clone();
         node.applied = snapshot.instance;
-        let (snapshot_instance, epoch) = (snapshot.instance, snapshot.epoch);
-        node.disk.install_snapshot(snapshot);
+        node.state = snapshot.state;
         self.stats.snapshots_installed += 1;
         if let Some(replica) = node.replica.as_mut() {
-            replica.install_snapshot(snapshot_instance, epoch);
+            replica.install_snapshot(snapshot.instance, snapshot.epoch);
         }
         self.process_ready(index);
     }
@@ -407,22 +458,28 @@ impl Simulation {
     /// back, so its log is trimmed.
     fn maybe_snapshot(&mut self, index: usize) {
         let node = &mut self.nodes[index];
-        let base = node.disk.snapshot().map_or(Instance::ZERO, |s| s.instance);
+        let base = node.disk.snapshot_instance();
         if node.applied.0 < base.0 + SNAPSHOT_EVERY_INSTANCES {
             return;
         }
-        let Some(replica) = node.replica.as_mut() else { return };
+        let Some(replica) = node.replica.as_mut() else {
+            return;
+        };
         let through = node.applied;
         if replica.chosen_through() < through {
             return;
         }
-        let epoch = replica.applied_epoch();
-        node.disk.install_snapshot(Snapshot {
+        let snapshot = Snapshot {
             instance: through,
-            epoch,
+            epoch: replica.applied_epoch(),
             state: node.state.clone(),
-        });
-        replica.trim(through);
+        };
+        if node.disk.save_snapshot(&snapshot).is_err() {
+            return self.io_failure(index);
+        }
+        if let Some(replica) = self.nodes[index].replica.as_mut() {
+            replica.trim(through);
+        }
     }
 
     fn in_liveness_phase(&self) -> bool {
@@ -439,6 +496,7 @@ impl Simulation {
                 self.history.mark_liveness();
                 self.heal_everything();
             }
+            self.restart_due_nodes();
             if !self.in_liveness_phase() {
                 self.inject_faults();
             }
@@ -483,6 +541,9 @@ impl Simulation {
         self.stats.messages_long_delayed = self.network.counters.long_delays;
         self.stats.partitions = self.network.counters.partitions;
         self.stats.operations = self.history.len() as u64;
+        for node in &self.nodes {
+            self.stats.disk_faults = add_counts(self.stats.disk_faults, node.disk.fault_counts());
+        }
         RunReport {
             seed: self.config.seed,
             replicas: self.config.replicas,
@@ -497,6 +558,7 @@ impl Simulation {
         self.network.heal();
         self.partition_heals_at_ms = None;
         for index in 0..self.nodes.len() {
+            self.nodes[index].disk.stop_faults();
             if !self.nodes[index].is_up() {
                 self.start_node(index, None);
             }
@@ -554,11 +616,7 @@ impl Simulation {
             self.partition_heals_at_ms = Some(now_ms + length);
         }
         for index in 0..self.nodes.len() {
-            // Restart what is due.
-            if let Some(until) = self.nodes[index].down_until_ms {
-                if now_ms >= until {
-                    self.start_node(index, None);
-                }
+            if self.nodes[index].down_until_ms.is_some() {
                 continue;
             }
             if let Some(until) = self.nodes[index].paused_until_ms {
@@ -573,6 +631,16 @@ impl Simulation {
                 let length = self.rng.random_range(100..=self.mix.pause_ms_max);
                 self.nodes[index].paused_until_ms = Some(now_ms + length);
                 self.stats.pauses += 1;
+            }
+        }
+    }
+
+    /// Restarts every crashed replica whose down time is over.
+    fn restart_due_nodes(&mut self) {
+        let now_ms = self.now_ms();
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].down_until_ms.is_some_and(|until| now_ms >= until) {
+                self.start_node(index, None);
             }
         }
     }
@@ -632,9 +700,13 @@ impl Simulation {
             if let Some(replica) = node.replica.as_mut() {
                 replica.tick(now);
             }
-            if self.config.bugs.send_before_sync && now_ms % LAZY_SYNC_MS < TICK_MS {
+            if self.config.bugs.send_before_sync
+                && now_ms % LAZY_SYNC_MS < TICK_MS
+                && self.nodes[index].disk.sync().is_err()
+            {
                 // The buggy host syncs lazily, now and then.
-                self.nodes[index].disk.sync();
+                self.io_failure(index);
+                continue;
             }
             self.process_ready(index);
         }

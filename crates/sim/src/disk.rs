@@ -1,9 +1,13 @@
-//! A simulated disk for one replica's Paxos state, with fsync semantics: writes
-//! sit in a volatile buffer until `sync`, and a crash loses what was not synced.
+//! One replica's disk in the simulator: the storage crate's log, metadata and
+//! snapshot files (the very code the server uses) on a simulated disk that
+//! loses unsynced writes on a crash, tears writes, flips bits, misdirects
+//! writes and fails with EIO, at rates drawn per seed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use synod_paxos::{DurableState, Epoch, Instance, Meta, Persist, StoredSlot};
+use synod_paxos::{DurableState, Epoch, Instance, Persist};
+use synod_storage::{AcceptorStore, AcceptorStoreConfig, Disk, FaultConfig, FaultCounts, SimDisk, WalConfig};
 
 /// A state-machine snapshot as the simulated host keeps it.
 #[derive(Clone, Debug, Default)]
@@ -13,107 +17,183 @@ pub struct Snapshot {
     pub state: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct SimDisk {
-    synced: Vec<Persist>,
-    unsynced: Vec<Persist>,
-    snapshot: Option<Snapshot>,
-    pub syncs: u64,
+fn encode_state(state: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for (key, value) in state {
+        bytes.extend_from_slice(key.as_bytes());
+        bytes.push(b'=');
+        bytes.extend_from_slice(value.as_bytes());
+        bytes.push(b'\n');
+    }
+    bytes
 }
 
-impl SimDisk {
-    pub fn write(&mut self, records: impl IntoIterator<Item = Persist>) {
-        self.unsynced.extend(records);
+fn decode_state(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|error| format!("snapshot is not UTF-8: {error}"))?;
+    let mut state = BTreeMap::new();
+    for line in text.lines() {
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| format!("snapshot line {line:?} has no '='"))?;
+        state.insert(key.to_string(), value.to_string());
     }
+    Ok(state)
+}
 
-    pub fn sync(&mut self) {
-        if !self.unsynced.is_empty() {
-            self.syncs += 1;
-            self.synced.append(&mut self.unsynced);
+/// What a start read back.
+pub struct Opened {
+    /// `None`: the disk is empty.
+    pub durable: Option<DurableState>,
+    pub snapshot: Option<Snapshot>,
+}
+
+/// The disk of one simulated replica and, while the replica runs, its open store.
+pub struct NodeDisk {
+    seed: u64,
+    faults: FaultConfig,
+    disk: SimDisk,
+    store: Option<AcceptorStore>,
+    snapshot_instance: Instance,
+    /// Fault counts of disks replaced since the run began.
+    retired_counts: FaultCounts,
+}
+
+fn store_config() -> AcceptorStoreConfig {
+    AcceptorStoreConfig {
+        wal: WalConfig {
+            // Small segments, so rotation and trimming happen in every run.
+            segment_bytes_max: 64 << 10,
+            value_bytes_max: 1 << 20,
+            preallocate_bytes: 0,
+        },
+        snapshot_chunk_bytes: 4 << 10,
+        batch_bytes_max: 1 << 20,
+    }
+}
+
+impl NodeDisk {
+    pub fn new(seed: u64, faults: FaultConfig) -> NodeDisk {
+        NodeDisk {
+            seed,
+            disk: SimDisk::new(seed, faults.clone()),
+            faults,
+            store: None,
+            snapshot_instance: Instance::ZERO,
+            retired_counts: FaultCounts::default(),
         }
     }
 
-    pub fn has_unsynced(&self) -> bool {
-        !self.unsynced.is_empty()
+    /// Opens the store: what a restarting replica reads back. An error means the
+    /// replica must not start from this disk (both metadata copies bad, say).
+    pub fn open(&mut self) -> Result<Opened, String> {
+        let disk: Arc<dyn Disk> = Arc::new(self.disk.clone());
+        let (store, recovered) = AcceptorStore::open(disk, &store_config()).map_err(|error| error.to_string())?;
+        let snapshot = match (&recovered.durable, recovered.snapshot_state) {
+            (Some(durable), Some(bytes)) => Some(Snapshot {
+                instance: durable.snapshot_instance,
+                epoch: durable.snapshot_epoch,
+                state: decode_state(&bytes)?,
+            }),
+            _ => None,
+        };
+        self.snapshot_instance = snapshot.as_ref().map_or(Instance::ZERO, |s| s.instance);
+        self.store = Some(store);
+        Ok(Opened {
+            durable: recovered.durable,
+            snapshot,
+        })
     }
 
-    /// Power loss: every write not covered by a completed sync is gone.
+    fn store(&mut self) -> Result<&mut AcceptorStore, String> {
+        self.store.as_mut().ok_or_else(|| "store is not open".to_string())
+    }
+
+    pub fn write(&mut self, records: &[Persist]) -> Result<(), String> {
+        self.store()?.write(records).map_err(|error| error.to_string())
+    }
+
+    pub fn sync(&mut self) -> Result<(), String> {
+        self.store()?.sync().map_err(|error| error.to_string())
+    }
+
+    /// Power fails during the next sync of the log (or the identifiers): the sync
+    /// returns an error, and the crash that follows keeps a torn prefix at most.
+    pub fn fail_next_sync(&mut self, identifiers: bool) {
+        if let Some(store) = &self.store {
+            let (log, ids) = store.wal().active_files();
+            let name = if identifiers { ids } else { log };
+            self.disk.schedule_power_failure(&name);
+        }
+    }
+
+    /// Power loss: the store is gone and unsynced writes with it (some torn).
     pub fn crash(&mut self) {
-        self.unsynced.clear();
+        self.store = None;
+        self.disk.crash();
     }
 
-    /// The disk is replaced by an empty one.
+    /// The disk is replaced by an empty one (an operator's answer to a disk
+    /// the replica cannot start from).
     pub fn wipe(&mut self) {
-        *self = SimDisk::default();
+        self.store = None;
+        let counts = self.disk.fault_counts();
+        self.retired_counts = add_counts(self.retired_counts, counts);
+        self.seed = self.seed.wrapping_add(0x9E37_79B9);
+        self.disk = SimDisk::new(self.seed, self.faults.clone());
+        self.snapshot_instance = Instance::ZERO;
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.synced.is_empty() && self.snapshot.is_none()
+    /// Stops injecting faults (the liveness phase): the disk only loses unsynced
+    /// writes on a crash from now on.
+    pub fn stop_faults(&mut self) {
+        self.faults = FaultConfig::default();
+        self.disk.set_faults(self.faults.clone());
     }
 
-    /// Stores a snapshot (durably: the simulated host writes snapshots synchronously)
-    /// and drops the log records it covers.
-    pub fn install_snapshot(&mut self, snapshot: Snapshot) {
-        let through = snapshot.instance;
-        self.sync();
-        let mut meta = None;
-        self.synced.retain(|record| match record {
-            Persist::Meta(m) => {
-                meta = Some(*m);
-                false
-            }
-            Persist::Accepted { instance, .. } | Persist::Chosen { instance, .. } => *instance > through,
-            Persist::ChosenThrough { through: t } => *t > through,
-        });
-        if let Some(meta) = meta {
-            self.synced.insert(0, Persist::Meta(meta));
+    pub fn snapshot_instance(&self) -> Instance {
+        self.snapshot_instance
+    }
+
+    /// Writes a snapshot and trims the log below it.
+    pub fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let bytes = encode_state(&snapshot.state);
+        self.store()?
+            .save_snapshot(snapshot.instance, snapshot.epoch, &bytes)
+            .map_err(|error| error.to_string())?;
+        self.snapshot_instance = snapshot.instance;
+        Ok(())
+    }
+
+    /// The newest snapshot, read back and verified chunk by chunk.
+    pub fn latest_snapshot(&mut self) -> Result<Option<Snapshot>, String> {
+        match self.store()?.latest_snapshot().map_err(|error| error.to_string())? {
+            Some((instance, epoch, bytes)) => Ok(Some(Snapshot {
+                instance,
+                epoch,
+                state: decode_state(&bytes)?,
+            })),
+            None => Ok(None),
         }
-        self.snapshot = Some(snapshot);
     }
 
-    pub fn snapshot(&self) -> Option<&Snapshot> {
-        self.snapshot.as_ref()
+    /// Faults injected into this replica's disks so far.
+    pub fn fault_counts(&self) -> FaultCounts {
+        add_counts(self.retired_counts, self.disk.fault_counts())
     }
+}
 
-    /// What a restarting replica reads back.
-    pub fn recover(&self) -> DurableState {
-        let mut meta = Meta::default();
-        let mut slots: BTreeMap<Instance, StoredSlot> = BTreeMap::new();
-        let mut chosen_through = Instance::ZERO;
-        for record in &self.synced {
-            match record {
-                Persist::Meta(m) => meta = *m,
-                Persist::Accepted {
-                    instance,
-                    ballot,
-                    batch,
-                } => {
-                    if !matches!(slots.get(instance), Some(StoredSlot::Chosen { .. })) {
-                        slots.insert(
-                            *instance,
-                            StoredSlot::Accepted {
-                                ballot: *ballot,
-                                batch: batch.clone(),
-                            },
-                        );
-                    }
-                }
-                Persist::Chosen { instance, batch } => {
-                    slots.insert(*instance, StoredSlot::Chosen { batch: batch.clone() });
-                }
-                Persist::ChosenThrough { through } => chosen_through = chosen_through.max(*through),
-            }
-        }
-        let (snapshot_instance, snapshot_epoch) = self
-            .snapshot
-            .as_ref()
-            .map_or((Instance::ZERO, Epoch::default()), |s| (s.instance, s.epoch));
-        DurableState {
-            meta,
-            snapshot_instance,
-            snapshot_epoch,
-            slots: slots.into_iter().collect(),
-            chosen_through,
-        }
+/// Sums two sets of fault counts.
+pub fn add_counts(a: FaultCounts, b: FaultCounts) -> FaultCounts {
+    FaultCounts {
+        read_bit_flips: a.read_bit_flips + b.read_bit_flips,
+        write_bit_flips: a.write_bit_flips + b.write_bit_flips,
+        stored_bit_flips: a.stored_bit_flips + b.stored_bit_flips,
+        misdirected_writes: a.misdirected_writes + b.misdirected_writes,
+        read_errors: a.read_errors + b.read_errors,
+        write_errors: a.write_errors + b.write_errors,
+        sync_errors: a.sync_errors + b.sync_errors,
+        torn_writes: a.torn_writes + b.torn_writes,
+        crashes: a.crashes + b.crashes,
+        unsynced_writes_lost: a.unsynced_writes_lost + b.unsynced_writes_lost,
     }
 }

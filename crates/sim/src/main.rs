@@ -110,6 +110,21 @@ fn main() -> ExitCode {
         total.pauses,
         total.snapshots_installed
     );
+    let disk = &total.disk_faults;
+    println!(
+        "disk faults: torn writes {}, unsynced writes lost {}, bit flips on read {} / on write {}, misdirected writes {}, EIO on read {} / write {} / sync {}; power failures during sync {}; processes stopped by EIO {}, disks replaced {}",
+        disk.torn_writes,
+        disk.unsynced_writes_lost,
+        disk.read_bit_flips,
+        disk.write_bit_flips,
+        disk.misdirected_writes,
+        disk.read_errors,
+        disk.write_errors,
+        disk.sync_errors,
+        total.power_failures,
+        total.io_crashes,
+        total.disks_replaced
+    );
     println!(
         "operations {} (reads answered {}), values committed {}, instances chosen {}, histories checked {} (inconclusive {})",
         total.operations,

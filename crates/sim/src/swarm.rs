@@ -5,6 +5,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use synod_paxos::PlantedBugs;
+use synod_storage::FaultConfig;
 
 /// The faults one run injects and how often; all rates are probabilities per
 /// opportunity (per message, or per node per simulated millisecond).
@@ -31,6 +32,15 @@ pub struct FaultMix {
     pub wipe_probability: f64,
     /// Each node's clock rate differs from real time by up to this, in ppm.
     pub clock_drift_ppm: u64,
+    /// Disk faults of the replicas whose disks may corrupt data: at most a
+    /// minority, so that every chosen value keeps a good copy on the others.
+    pub corrupting_disks: usize,
+    pub disk_faults: FaultConfig,
+    /// Every disk may tear its last unsynced write on a crash.
+    pub torn_write_probability: f64,
+    /// Chance per Ready that the process dies between its writes and their
+    /// sync: the writes are lost or torn, and nothing of the Ready was sent.
+    pub crash_before_sync_probability: f64,
     pub clients: usize,
     pub safety_ms: u64,
     pub liveness_ms: u64,
@@ -62,6 +72,22 @@ impl FaultMix {
                 0.0
             },
             clock_drift_ppm: rng.random_range(0..=drift_max_ppm),
+            corrupting_disks: if rng.random_bool(0.5) {
+                rng.random_range(0..=(replicas - 1) / 2)
+            } else {
+                0
+            },
+            disk_faults: FaultConfig {
+                read_bit_flip_probability: scale * rng.random_range(0.0..0.02),
+                write_bit_flip_probability: scale * rng.random_range(0.0..0.005),
+                misdirected_write_probability: scale * rng.random_range(0.0..0.002),
+                read_error_probability: scale * rng.random_range(0.0..0.02),
+                write_error_probability: scale * rng.random_range(0.0..0.0005),
+                sync_error_probability: scale * rng.random_range(0.0..0.0005),
+                torn_write_probability: 0.0,
+            },
+            torn_write_probability: rng.random_range(0.0..1.0),
+            crash_before_sync_probability: scale * rng.random_range(0.0..0.002),
             clients: rng.random_range(1..=4),
             safety_ms: rng.random_range(3_000..=12_000),
             liveness_ms: 8_000,

@@ -2,13 +2,17 @@
 //! log entries on 3 replicas, each of the 12 copies intact or corrupted, all
 //! 4,096 combinations. After a restart of the whole group every entry must come
 //! back with its chosen value if any copy of it survived, and otherwise stay
-//! unavailable: never a wrong value, never an invented one.
+//! unavailable: never a wrong value, never an invented one. The corruption is
+//! real: bits flipped in the log records on each replica's (simulated) disk,
+//! found by the log's checksums and identifiers at restart.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use synod_paxos::{Ballot, Batch, BatchId, DurableState, Entry, Instance, Meta, NodeId, StoredSlot, Time, Voting};
+use synod_paxos::{Ballot, Batch, BatchId, DurableState, Entry, Instance, Meta, NodeId, Persist, Time, Voting};
 use synod_sim::group::Group;
+use synod_storage::{AcceptorStore, AcceptorStoreConfig, Disk, FaultConfig, SimDisk};
 
 const REPLICAS: usize = 3;
 const ENTRIES: usize = 4;
@@ -27,32 +31,42 @@ fn chosen_batch(ballot: Ballot, instance: u64) -> Batch {
 }
 
 /// Every replica accepted all four entries at `ballot` (a quorum did, so they
-/// are chosen), but the master crashed before anyone learned that.
+/// are chosen), but the master crashed before anyone learned that. Each replica
+/// writes them through the storage layer onto its own simulated disk; then the
+/// copies marked in `corrupted` get one bit flipped inside their stored record,
+/// and the restart reads back whatever the log recovery makes of that.
 fn durable_state(ballot: Ballot, corrupted: u16, replica: usize) -> DurableState {
-    let slots = (1..=ENTRIES as u64)
-        .map(|instance| {
-            let bit = replica * ENTRIES + (instance as usize - 1);
-            let slot = if corrupted & (1 << bit) != 0 {
-                // The value failed its checksum; its identifier, kept apart, survived.
-                StoredSlot::Faulty { ballot: Some(ballot) }
-            } else {
-                StoredSlot::Accepted {
-                    ballot,
-                    batch: chosen_batch(ballot, instance),
-                }
-            };
-            (Instance(instance), slot)
-        })
-        .collect();
-    DurableState {
-        meta: Meta {
-            promised: ballot,
-            incarnation: 1,
-            voting: Voting::Voter,
-        },
-        slots,
-        ..DurableState::default()
+    let sim = SimDisk::new(replica as u64, FaultConfig::default());
+    let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+    let mut config = AcceptorStoreConfig::default();
+    config.wal.preallocate_bytes = 0;
+    let (mut store, _) = AcceptorStore::open(disk.clone(), &config).unwrap();
+    let mut records = vec![Persist::Meta(Meta {
+        promised: ballot,
+        incarnation: 1,
+        voting: Voting::Voter,
+    })];
+    for instance in 1..=ENTRIES as u64 {
+        records.push(Persist::Accepted {
+            instance: Instance(instance),
+            ballot,
+            batch: chosen_batch(ballot, instance),
+        });
     }
+    store.write(&records).unwrap();
+    store.sync().unwrap();
+    for instance in 1..=ENTRIES as u64 {
+        let bit = replica * ENTRIES + (instance as usize - 1);
+        if corrupted & (1 << bit) != 0 {
+            let location = store.wal().locate_accepted(Instance(instance)).unwrap().unwrap();
+            // A bit in the middle of the record: the value, not the header.
+            let offset = location.offset + location.frame_bytes / 2;
+            sim.flip_bit(&location.file, offset, 3).unwrap();
+        }
+    }
+    drop(store);
+    let (_, recovered) = AcceptorStore::open(disk, &config).unwrap();
+    recovered.durable.expect("the replica has state")
 }
 
 #[test]

@@ -49,6 +49,36 @@ fn every_seed_survives_its_faults() {
         total.values_committed > 0 && total.reads_answered > 0,
         "the runs did work"
     );
+    // Every fault the simulator can inject was injected, and survived.
+    let disk = &total.disk_faults;
+    let injected = [
+        ("message drops", total.messages_dropped),
+        ("message duplicates", total.messages_duplicated),
+        ("long message delays", total.messages_long_delayed),
+        ("symmetric partitions", total.partitions[0]),
+        ("one-way partitions", total.partitions[1]),
+        ("majority/minority partitions", total.partitions[2]),
+        ("bridge partitions", total.partitions[3]),
+        ("crashes", total.crashes),
+        ("wiped disks", total.wipes),
+        ("pauses", total.pauses),
+        ("snapshot installs", total.snapshots_installed),
+        ("torn writes", disk.torn_writes),
+        ("unsynced writes lost", disk.unsynced_writes_lost),
+        ("bit flips on read", disk.read_bit_flips),
+        ("bit flips on write", disk.write_bit_flips),
+        ("misdirected writes", disk.misdirected_writes),
+        ("EIO on read", disk.read_errors),
+        ("EIO on write", disk.write_errors),
+        ("EIO on sync", disk.sync_errors),
+        ("power failures during sync", total.power_failures),
+        ("unstartable disks replaced", total.disks_replaced),
+    ];
+    for (fault, count) in injected {
+        println!("{fault}: {count}");
+        assert!(count > 0, "no {fault} were injected");
+    }
+    assert_eq!(total.histories_inconclusive, 0, "every history was decided");
 }
 
 /// Runs seeds with a planted bug until one fails; returns how many seeds it took.

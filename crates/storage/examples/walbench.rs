@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use synod_paxos::{Ballot, Instance, NodeId};
-use synod_storage::{
-    Disk, FsDisk, GroupCommit, GroupCommitConfig, Record, SyncFailurePolicy, Wal, WalConfig,
-};
+use synod_storage::{Disk, FsDisk, GroupCommit, GroupCommitConfig, Record, SyncFailurePolicy, Wal, WalConfig};
 
 struct Options {
     command: String,
@@ -38,9 +36,7 @@ struct Options {
 
 fn parse() -> Result<Options, String> {
     let mut arguments = std::env::args().skip(1);
-    let command = arguments
-        .next()
-        .ok_or("missing command: append or recovery")?;
+    let command = arguments.next().ok_or("missing command: append or recovery")?;
     let mut options = Options {
         command,
         directory: String::new(),
@@ -61,15 +57,11 @@ fn parse() -> Result<Options, String> {
                     .map(|n| n.parse().map_err(|e| format!("--submitters: {e}")))
                     .collect::<Result<_, _>>()?
             }
-            "--value-bytes" => {
-                options.value_bytes = value()?.parse().map_err(|e| format!("{e}"))?
-            }
+            "--value-bytes" => options.value_bytes = value()?.parse().map_err(|e| format!("{e}"))?,
             "--seconds" => options.seconds = value()?.parse().map_err(|e| format!("{e}"))?,
             "--log-bytes" => options.log_bytes = value()?.parse().map_err(|e| format!("{e}"))?,
             "--reuse" => options.reuse = true,
-            "--driver-threads" => {
-                options.driver_threads = value()?.parse().map_err(|e| format!("{e}"))?
-            }
+            "--driver-threads" => options.driver_threads = value()?.parse().map_err(|e| format!("{e}"))?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -129,9 +121,7 @@ fn append(options: &Options) {
                         let mut instance = submitter as u64 * (1 << 32);
                         while !stop.load(Ordering::Relaxed) {
                             instance += 1;
-                            let receiver = group
-                                .submit_and_receive(record(instance, &value))
-                                .expect("submit");
+                            let receiver = group.submit_and_receive(record(instance, &value)).expect("submit");
                             receiver.recv().expect("completion").expect("durable");
                             completed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -149,13 +139,11 @@ fn append(options: &Options) {
                     let group = group.clone();
                     let stop = stop.clone();
                     let completed = completed.clone();
-                    let mine: Vec<usize> =
-                        (0..submitters).filter(|s| s % drivers == driver).collect();
+                    let mine: Vec<usize> = (0..submitters).filter(|s| s % drivers == driver).collect();
                     std::thread::spawn(move || {
                         let (sender, receiver) = std::sync::mpsc::channel::<(usize, bool)>();
                         let value = Bytes::from(vec![driver as u8; value_bytes]);
-                        let mut instances: Vec<u64> =
-                            mine.iter().map(|s| *s as u64 * (1 << 32)).collect();
+                        let mut instances: Vec<u64> = mine.iter().map(|s| *s as u64 * (1 << 32)).collect();
                         let submit = |slot: usize, instance: u64| {
                             let sender = sender.clone();
                             group

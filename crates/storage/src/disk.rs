@@ -107,9 +107,7 @@ pub trait File: Send + fmt::Debug {
 /// Checks that `name` is a plain file name inside the disk's directory.
 pub(crate) fn validate_name(name: &str) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
-        return Err(StorageError::InvalidName {
-            name: name.to_string(),
-        });
+        return Err(StorageError::InvalidName { name: name.to_string() });
     }
     Ok(())
 }
@@ -144,14 +142,10 @@ impl FsDisk {
 
     fn sync_directory(&self) -> Result<()> {
         let label = self.directory.display().to_string();
-        let directory =
-            fs::File::open(&self.directory).map_err(|e| StorageError::io(&label, "open_dir", e))?;
+        let directory = fs::File::open(&self.directory).map_err(|e| StorageError::io(&label, "open_dir", e))?;
         directory
             .sync_all()
-            .map_err(|source| StorageError::SyncFailed {
-                file: label,
-                source,
-            })
+            .map_err(|source| StorageError::SyncFailed { file: label, source })
     }
 }
 
@@ -186,8 +180,7 @@ impl Disk for FsDisk {
 
     fn exists(&self, name: &str) -> Result<bool> {
         let path = self.path(name)?;
-        path.try_exists()
-            .map_err(|e| StorageError::io(name, "exists", e))
+        path.try_exists().map_err(|e| StorageError::io(name, "exists", e))
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
@@ -206,8 +199,7 @@ impl Disk for FsDisk {
     fn list(&self) -> Result<Vec<String>> {
         let label = self.directory.display().to_string();
         let mut names = Vec::new();
-        let entries =
-            fs::read_dir(&self.directory).map_err(|e| StorageError::io(&label, "list", e))?;
+        let entries = fs::read_dir(&self.directory).map_err(|e| StorageError::io(&label, "list", e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StorageError::io(&label, "list", e))?;
             let is_file = entry
@@ -238,10 +230,7 @@ impl File for FsFile {
     fn read_at(&self, offset: u64, buffer: &mut [u8]) -> Result<usize> {
         let mut filled = 0;
         while filled < buffer.len() {
-            match self
-                .file
-                .read_at(&mut buffer[filled..], offset + filled as u64)
-            {
+            match self.file.read_at(&mut buffer[filled..], offset + filled as u64) {
                 Ok(0) => break,
                 Ok(read) => filled += read,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -258,12 +247,10 @@ impl File for FsFile {
     }
 
     fn sync(&mut self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|source| StorageError::SyncFailed {
-                file: self.name.clone(),
-                source,
-            })
+        self.file.sync_data().map_err(|source| StorageError::SyncFailed {
+            file: self.name.clone(),
+            source,
+        })
     }
 
     fn len(&self) -> Result<u64> {

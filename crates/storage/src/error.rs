@@ -5,10 +5,7 @@ use std::io;
 /// Every failure this crate reports. Bad input (corrupt, truncated or foreign
 /// files) always arrives here as a value, never as a panic.
 #[derive(Debug, thiserror::Error)]
-#[allow(
-    missing_docs,
-    reason = "each variant's message says what its fields hold"
-)]
+#[allow(missing_docs, reason = "each variant's message says what its fields hold")]
 pub enum StorageError {
     /// A read, write, truncate or directory operation failed.
     #[error("I/O error on {file} during {operation}: {source}")]
@@ -44,18 +41,10 @@ pub enum StorageError {
     StaleHandle { file: String },
 
     #[error("{file}: bad magic number {found:#x}, expected {expected:#x}")]
-    BadMagic {
-        file: String,
-        found: u64,
-        expected: u64,
-    },
+    BadMagic { file: String, found: u64, expected: u64 },
 
     #[error("{file}: unsupported format version {found}, this build reads {expected}")]
-    UnsupportedVersion {
-        file: String,
-        found: u32,
-        expected: u32,
-    },
+    UnsupportedVersion { file: String, found: u32, expected: u32 },
 
     #[error("{file}: truncated at offset {offset}: {what}")]
     Truncated {
@@ -87,7 +76,9 @@ pub enum StorageError {
     /// Neither metadata copy is usable. The promise the acceptor made cannot be
     /// recovered locally and must never be taken from peers: the replica
     /// refuses to start until an operator decides.
-    #[error("acceptor metadata is lost: {first_file}: {first_reason}; {second_file}: {second_reason}; refusing to start")]
+    #[error(
+        "acceptor metadata is lost: {first_file}: {first_reason}; {second_file}: {second_reason}; refusing to start"
+    )]
     MetadataUnrecoverable {
         first_file: String,
         first_reason: String,
@@ -100,14 +91,8 @@ pub enum StorageError {
     SnapshotChunkCorrupt { file: String, index: u64 },
 
     /// A peer sent a chunk the installer did not ask for.
-    #[error(
-        "snapshot transfer: expected chunk {expected} of instance {instance}, got chunk {got}"
-    )]
-    UnexpectedChunk {
-        instance: u64,
-        expected: u64,
-        got: u64,
-    },
+    #[error("snapshot transfer: expected chunk {expected} of instance {instance}, got chunk {got}")]
+    UnexpectedChunk { instance: u64, expected: u64, got: u64 },
 
     /// A transferred chunk did not match the checksum it came with.
     #[error("snapshot transfer: chunk {index} of instance {instance} failed its checksum")]
@@ -133,14 +118,10 @@ pub enum StorageError {
 impl StorageError {
     pub(crate) fn io(file: &str, operation: &'static str, source: io::Error) -> StorageError {
         if source.kind() == io::ErrorKind::NotFound {
-            return StorageError::NotFound {
-                file: file.to_string(),
-            };
+            return StorageError::NotFound { file: file.to_string() };
         }
         if source.kind() == io::ErrorKind::AlreadyExists {
-            return StorageError::AlreadyExists {
-                file: file.to_string(),
-            };
+            return StorageError::AlreadyExists { file: file.to_string() };
         }
         StorageError::Io {
             file: file.to_string(),

@@ -123,14 +123,9 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Starts the writer thread, which owns `wal` until [`GroupCommit::stop`].
     pub fn start(wal: Wal, config: GroupCommitConfig) -> Result<GroupCommit> {
-        if config.queue_records_max == 0
-            || config.batch_bytes_max == 0
-            || config.pipeline_batches_max == 0
-        {
+        if config.queue_records_max == 0 || config.batch_bytes_max == 0 || config.pipeline_batches_max == 0 {
             return Err(StorageError::InvalidConfig {
-                what:
-                    "queue_records_max, batch_bytes_max and pipeline_batches_max must be positive"
-                        .to_string(),
+                what: "queue_records_max, batch_bytes_max and pipeline_batches_max must be positive".to_string(),
             });
         }
         let (sender, receiver) = mpsc::sync_channel(config.queue_records_max);
@@ -146,11 +141,7 @@ impl GroupCommit {
 
     /// Queues `record`, never blocking. `completion` runs on the writer
     /// thread once the record is durable (or failed).
-    pub fn try_submit(
-        &self,
-        record: Record,
-        completion: Completion,
-    ) -> std::result::Result<(), Rejected> {
+    pub fn try_submit(&self, record: Record, completion: Completion) -> std::result::Result<(), Rejected> {
         let sender = self.sender.as_ref().expect("sender lives until stop");
         match sender.try_send(Command::Append(record, completion)) {
             Ok(()) => Ok(()),
@@ -170,11 +161,7 @@ impl GroupCommit {
 
     /// Queues `record`, blocking while the queue is full. For threads that
     /// may block; async callers use [`GroupCommit::try_submit`].
-    pub fn submit(
-        &self,
-        record: Record,
-        completion: Completion,
-    ) -> std::result::Result<(), Rejected> {
+    pub fn submit(&self, record: Record, completion: Completion) -> std::result::Result<(), Rejected> {
         let sender = self.sender.as_ref().expect("sender lives until stop");
         sender
             .send(Command::Append(record, completion))
@@ -190,10 +177,7 @@ impl GroupCommit {
 
     /// Queues `record` (blocking while full) and returns a receiver for the
     /// outcome.
-    pub fn submit_and_receive(
-        &self,
-        record: Record,
-    ) -> std::result::Result<Receiver<Result<()>>, Rejected> {
+    pub fn submit_and_receive(&self, record: Record) -> std::result::Result<Receiver<Result<()>>, Rejected> {
         let (sender, receiver) = mpsc::sync_channel(1);
         self.submit(
             record,
@@ -255,10 +239,7 @@ struct Shared {
 
 impl Shared {
     fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn set_failure(&self, reason: &str) {
@@ -305,10 +286,7 @@ impl Writer {
                 self.stats.batches += 1;
                 self.stats.records += self.waiters.len() as u64;
                 let waiters = std::mem::take(&mut self.waiters);
-                let stage = Stage::Batch {
-                    identifiers,
-                    waiters,
-                };
+                let stage = Stage::Batch { identifiers, waiters };
                 let sender = self.stages.as_ref().expect("stages live until stop");
                 if let Err(error) = sender.send(stage) {
                     if let Stage::Batch { mut waiters, .. } = error.0 {
@@ -375,11 +353,7 @@ impl Writer {
     }
 }
 
-fn run_writer(
-    wal: Wal,
-    receiver: Receiver<Command>,
-    config: GroupCommitConfig,
-) -> (Wal, GroupCommitStats) {
+fn run_writer(wal: Wal, receiver: Receiver<Command>, config: GroupCommitConfig) -> (Wal, GroupCommitStats) {
     let shared = Arc::new(Shared {
         failure: Mutex::new(None),
         identifier_sync_micros: AtomicU64::new(0),
@@ -390,14 +364,7 @@ fn run_writer(
     let identifier_config = config.clone();
     let identifier_thread = std::thread::Builder::new()
         .name("synod-wal-identifiers".to_string())
-        .spawn(move || {
-            run_identifiers(
-                identifier_writer,
-                stage_receiver,
-                identifier_shared,
-                identifier_config,
-            )
-        });
+        .spawn(move || run_identifiers(identifier_writer, stage_receiver, identifier_shared, identifier_config));
     let identifier_thread = match identifier_thread {
         Ok(thread) => thread,
         Err(error) => {
@@ -406,12 +373,8 @@ fn run_writer(
             wal.stop_after(reason.clone());
             for command in receiver {
                 match command {
-                    Command::Append(_, completion) => completion(Err(StorageError::Stopped {
-                        reason: reason.clone(),
-                    })),
-                    Command::Trim(_, completion) => completion(Err(StorageError::Stopped {
-                        reason: reason.clone(),
-                    })),
+                    Command::Append(_, completion) => completion(Err(StorageError::Stopped { reason: reason.clone() })),
+                    Command::Trim(_, completion) => completion(Err(StorageError::Stopped { reason: reason.clone() })),
                 }
             }
             return (wal, GroupCommitStats::default());

@@ -19,6 +19,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | `acceptor` | [`AcceptorStore`]: the Paxos replica's `Persist` records and restart state on one disk |
 //! | `disk` | [`Disk`], [`File`], [`FsDisk`] |
 //! | `sim_disk` | [`SimDisk`], [`FaultConfig`], [`FaultCounts`] |
 //! | `wal` | [`Wal`], [`Record`], [`Recovery`]; the log's write ordering |
@@ -231,6 +232,7 @@
 #![deny(missing_debug_implementations)]
 #![deny(missing_docs)]
 
+mod acceptor;
 mod codec;
 mod disk;
 mod error;
@@ -241,20 +243,20 @@ mod sim_disk;
 mod snapshot;
 mod wal;
 
+pub use acceptor::{AcceptorStore, AcceptorStoreConfig, Recovered};
 pub use disk::{Disk, File, FsDisk, FsFile};
 pub use error::{Result, StorageError};
 pub use fatal::fatal_sync_error;
 pub use group_commit::{
-    Completion, GroupCommit, GroupCommitConfig, GroupCommitStats, RejectReason, Rejected,
-    SyncFailurePolicy, TrimCompletion,
+    Completion, GroupCommit, GroupCommitConfig, GroupCommitStats, RejectReason, Rejected, SyncFailurePolicy,
+    TrimCompletion,
 };
 pub use metadata::{AcceptorMetadata, MetadataLoad, MetadataStore, METADATA_FILES};
 pub use sim_disk::{FaultConfig, FaultCounts, Operation, SimDisk, SimFile, SimRng};
 pub use snapshot::{
-    FinishedSnapshot, InstallStep, SnapshotChunk, SnapshotInstaller, SnapshotManifest,
-    SnapshotReader, SnapshotStore, SnapshotWriter, CHUNK_BYTES_MAX,
+    FinishedSnapshot, InstallStep, SnapshotChunk, SnapshotInstaller, SnapshotManifest, SnapshotReader, SnapshotStore,
+    SnapshotWriter, CHUNK_BYTES_MAX,
 };
 pub use wal::{
-    AcceptedValue, CorruptEntry, Record, RecordKind, RecordLocation, Recovery, Wal, WalConfig,
-    IDENTIFIER_BYTES,
+    AcceptedValue, CorruptEntry, Record, RecordKind, RecordLocation, Recovery, Wal, WalConfig, IDENTIFIER_BYTES,
 };

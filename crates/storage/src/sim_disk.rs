@@ -159,6 +159,8 @@ struct State {
     inode_next: u64,
     generation: u64,
     scheduled_errors: Vec<(String, Operation)>,
+    /// Files whose next sync loses power instead of completing.
+    power_failures: Vec<String>,
     /// Latent sector errors: reads overlapping these ranges always fail.
     unreadable: Vec<(String, u64, u64)>,
     syncs: u64,
@@ -217,6 +219,7 @@ impl SimDisk {
                 inode_next: 1,
                 generation: 0,
                 scheduled_errors: Vec::new(),
+                power_failures: Vec::new(),
                 unreadable: Vec::new(),
                 syncs: 0,
             })),
@@ -283,9 +286,7 @@ impl SimDisk {
         let id = *state
             .names
             .get(name)
-            .ok_or_else(|| StorageError::NotFound {
-                file: name.to_string(),
-            })?;
+            .ok_or_else(|| StorageError::NotFound { file: name.to_string() })?;
         let inode = state.inodes.get_mut(&id).expect("named inode exists");
         let mask = 1u8 << (bit % 8);
         let mut flipped = false;
@@ -306,19 +307,22 @@ impl SimDisk {
         Ok(())
     }
 
+    /// Makes the next sync of `name` lose power part-way: the whole disk
+    /// [`crash`](SimDisk::crash)es (unsynced writes kept in part, possibly torn)
+    /// and the sync returns an error.
+    pub fn schedule_power_failure(&self, name: &str) {
+        self.lock().power_failures.push(name.to_string());
+    }
+
     /// Makes the next `operation` on `name` fail with EIO.
     pub fn schedule_error(&self, name: &str, operation: Operation) {
-        self.lock()
-            .scheduled_errors
-            .push((name.to_string(), operation));
+        self.lock().scheduled_errors.push((name.to_string(), operation));
     }
 
     /// Makes every read of `name` that overlaps `offset..offset + length`
     /// fail with EIO from now on: a latent sector error.
     pub fn set_unreadable(&self, name: &str, offset: u64, length: u64) {
-        self.lock()
-            .unreadable
-            .push((name.to_string(), offset, offset + length));
+        self.lock().unreadable.push((name.to_string(), offset, offset + length));
     }
 
     /// The bytes reads of `name` currently see, without fault injection.
@@ -364,9 +368,7 @@ impl Disk for SimDisk {
         validate_name(name)?;
         let mut state = self.lock();
         if state.names.contains_key(name) {
-            return Err(StorageError::AlreadyExists {
-                file: name.to_string(),
-            });
+            return Err(StorageError::AlreadyExists { file: name.to_string() });
         }
         let id = state.inode_next;
         state.inode_next += 1;
@@ -383,9 +385,7 @@ impl Disk for SimDisk {
         let id = *state
             .names
             .get(name)
-            .ok_or_else(|| StorageError::NotFound {
-                file: name.to_string(),
-            })?;
+            .ok_or_else(|| StorageError::NotFound { file: name.to_string() })?;
         let generation = state.generation;
         drop(state);
         Ok(self.handle(name, id, generation))
@@ -403,9 +403,7 @@ impl Disk for SimDisk {
         let id = state
             .names
             .remove(from)
-            .ok_or_else(|| StorageError::NotFound {
-                file: from.to_string(),
-            })?;
+            .ok_or_else(|| StorageError::NotFound { file: from.to_string() })?;
         if let Some(replaced) = state.names.insert(to.to_string(), id) {
             state.inodes.remove(&replaced);
         }
@@ -418,9 +416,7 @@ impl Disk for SimDisk {
         let id = state
             .names
             .remove(name)
-            .ok_or_else(|| StorageError::NotFound {
-                file: name.to_string(),
-            })?;
+            .ok_or_else(|| StorageError::NotFound { file: name.to_string() })?;
         state.inodes.remove(&id);
         Ok(())
     }
@@ -500,8 +496,7 @@ impl File for SimFile {
         let mut guard = self.disk.lock();
         self.check(&guard)?;
         let state = &mut *guard;
-        if state.take_scheduled(&self.name, Operation::Write)
-            || state.rng.chance(state.faults.write_error_probability)
+        if state.take_scheduled(&self.name, Operation::Write) || state.rng.chance(state.faults.write_error_probability)
         {
             state.counts.write_errors += 1;
             return Err(eio(&self.name, "write"));
@@ -516,12 +511,7 @@ impl File for SimFile {
         let mut target_offset = offset;
         if !data.is_empty() && state.rng.chance(state.faults.misdirected_write_probability) {
             state.counts.misdirected_writes += 1;
-            let others: Vec<u64> = state
-                .inodes
-                .keys()
-                .copied()
-                .filter(|id| *id != self.inode)
-                .collect();
+            let others: Vec<u64> = state.inodes.keys().copied().filter(|id| *id != self.inode).collect();
             if !others.is_empty() && state.rng.chance(0.5) {
                 target = others[state.rng.below(others.len() as u64) as usize];
                 let length = state.inodes[&target].current.len() as u64;
@@ -549,10 +539,17 @@ impl File for SimFile {
     fn sync(&mut self) -> Result<()> {
         let mut guard = self.disk.lock();
         self.check(&guard)?;
+        if let Some(position) = guard.power_failures.iter().position(|name| *name == self.name) {
+            guard.power_failures.remove(position);
+            drop(guard);
+            self.disk.crash();
+            return Err(StorageError::SyncFailed {
+                file: self.name.clone(),
+                source: io::Error::other("power lost during fdatasync"),
+            });
+        }
         let state = &mut *guard;
-        if state.take_scheduled(&self.name, Operation::Sync)
-            || state.rng.chance(state.faults.sync_error_probability)
-        {
+        if state.take_scheduled(&self.name, Operation::Sync) || state.rng.chance(state.faults.sync_error_probability) {
             state.counts.sync_errors += 1;
             let inode = state.inodes.get_mut(&self.inode).expect("checked");
             state.counts.unsynced_writes_lost += inode.unsynced.len() as u64;
@@ -649,12 +646,7 @@ mod tests {
                 a.read_at(i * 4, &mut buffer).unwrap();
                 reads.push(buffer);
             }
-            (
-                disk.contents("a"),
-                disk.contents("b"),
-                reads,
-                disk.fault_counts(),
-            )
+            (disk.contents("a"), disk.contents("b"), reads, disk.fault_counts())
         };
         assert_eq!(run(42), run(42));
         assert_ne!(run(42).0, run(43).0);

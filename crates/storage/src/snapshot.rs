@@ -28,9 +28,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use synod_paxos::Instance;
 
-use crate::codec::{
-    decode_file_header, encode_file_header, put_u32, put_u64, Decoder, FILE_HEADER_BYTES,
-};
+use crate::codec::{decode_file_header, encode_file_header, put_u32, put_u64, Decoder, FILE_HEADER_BYTES};
 use crate::disk::{Disk, File};
 use crate::error::{Result, StorageError};
 
@@ -89,9 +87,7 @@ impl SnapshotManifest {
             .saturating_mul(self.chunk_bytes as u64);
         match capacity {
             None => malformed("chunk count overflows"),
-            Some(capacity) if self.total_bytes > capacity => {
-                malformed("more bytes than chunks hold")
-            }
+            Some(capacity) if self.total_bytes > capacity => malformed("more bytes than chunks hold"),
             Some(_) if self.chunk_count > 0 && self.total_bytes <= below => {
                 malformed("fewer bytes than the chunks before the last hold")
             }
@@ -118,12 +114,7 @@ impl SnapshotManifest {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut bytes = encode_file_header(
-            SNAPSHOT_MAGIC,
-            FORMAT_VERSION,
-            self.instance.0,
-            self.chunk_bytes,
-        );
+        let mut bytes = encode_file_header(SNAPSHOT_MAGIC, FORMAT_VERSION, self.instance.0, self.chunk_bytes);
         let start = bytes.len();
         put_u64(&mut bytes, self.chunk_count);
         put_u64(&mut bytes, self.total_bytes);
@@ -136,8 +127,7 @@ impl SnapshotManifest {
     fn read(file: &dyn File) -> Result<SnapshotManifest> {
         let mut bytes = [0u8; CHUNKS_OFFSET as usize];
         file.read_exact_at(0, &mut bytes, "snapshot header")?;
-        let (instance, chunk_bytes) =
-            decode_file_header(file.name(), &bytes, SNAPSHOT_MAGIC, FORMAT_VERSION)?;
+        let (instance, chunk_bytes) = decode_file_header(file.name(), &bytes, SNAPSHOT_MAGIC, FORMAT_VERSION)?;
         let mut decoder = Decoder::new(&bytes[FILE_HEADER_BYTES..]);
         let chunk_count = decoder.u64().expect("fixed size");
         let total_bytes = decoder.u64().expect("fixed size");
@@ -344,8 +334,7 @@ impl SnapshotWriter {
         file.sync()?;
         drop(file);
         let instance = self.manifest.instance;
-        self.disk
-            .rename(&temporary_name(instance), &snapshot_name(instance))?;
+        self.disk.rename(&temporary_name(instance), &snapshot_name(instance))?;
         remove_older_snapshots(self.disk.as_ref(), instance)?;
         Ok(FinishedSnapshot { instance })
     }
@@ -382,10 +371,7 @@ impl SnapshotReader {
         if length != manifest.file_bytes() {
             return Err(StorageError::Malformed {
                 file: name.to_string(),
-                what: format!(
-                    "{length} bytes long, the manifest says {}",
-                    manifest.file_bytes()
-                ),
+                what: format!("{length} bytes long, the manifest says {}", manifest.file_bytes()),
             });
         }
         Ok(SnapshotReader { file, manifest })
@@ -408,8 +394,7 @@ impl SnapshotReader {
         let offset = self.manifest.chunk_offset(index);
         let expected = self.manifest.chunk_length(index);
         let mut header = [0u8; CHUNK_HEADER_BYTES as usize];
-        self.file
-            .read_exact_at(offset, &mut header, "snapshot chunk header")?;
+        self.file.read_exact_at(offset, &mut header, "snapshot chunk header")?;
         let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
         let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
         if length != expected {
@@ -466,10 +451,7 @@ pub struct SnapshotInstaller {
 
 impl SnapshotInstaller {
     fn open(disk: Arc<dyn Disk>) -> Result<SnapshotInstaller> {
-        let mut installer = SnapshotInstaller {
-            disk,
-            incoming: None,
-        };
+        let mut installer = SnapshotInstaller { disk, incoming: None };
         if !installer.disk.exists(INCOMING_NAME)? {
             return Ok(installer);
         }
@@ -571,9 +553,7 @@ impl SnapshotInstaller {
         let offset = incoming.manifest.chunk_offset(chunk.index);
         let (header, _) = encode_chunk_header(&chunk.data);
         incoming.file.write_at(offset, &header)?;
-        incoming
-            .file
-            .write_at(offset + CHUNK_HEADER_BYTES, &chunk.data)?;
+        incoming.file.write_at(offset + CHUNK_HEADER_BYTES, &chunk.data)?;
         incoming.file.sync()?;
         incoming.next_chunk += 1;
         Ok(step(incoming))

@@ -42,9 +42,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use synod_paxos::{Ballot, Instance, NodeId};
 
-use crate::codec::{
-    decode_file_header, encode_file_header, put_u32, put_u64, Decoder, FILE_HEADER_BYTES,
-};
+use crate::codec::{decode_file_header, encode_file_header, put_u32, put_u64, Decoder, FILE_HEADER_BYTES};
 use crate::disk::{Disk, File};
 use crate::error::{Result, StorageError};
 use crate::snapshot::FinishedSnapshot;
@@ -218,10 +216,7 @@ impl WalConfig {
         }
         if self.value_bytes_max == 0 || self.value_bytes_max > 1 << 30 {
             return Err(StorageError::InvalidConfig {
-                what: format!(
-                    "value_bytes_max {} is not in 1..=1 GiB",
-                    self.value_bytes_max
-                ),
+                what: format!("value_bytes_max {} is not in 1..=1 GiB", self.value_bytes_max),
             });
         }
         Ok(())
@@ -311,11 +306,7 @@ fn put_ballot(buffer: &mut Vec<u8>, ballot: &Ballot) {
 }
 
 fn get_ballot(decoder: &mut Decoder<'_>) -> Option<Ballot> {
-    Some(Ballot::new(
-        decoder.u64()?,
-        decoder.u64()?,
-        NodeId(decoder.u64()?),
-    ))
+    Some(Ballot::new(decoder.u64()?, decoder.u64()?, NodeId(decoder.u64()?)))
 }
 
 fn kind_of(kind: u8) -> Option<RecordKind> {
@@ -348,11 +339,7 @@ fn encode_frame(record: &Record, buffer: &mut Vec<u8>) -> u32 {
 
 /// Decodes the frame at `offset` of `segment`, if it is whole and verifies.
 /// Returns the record, its checksum and its length.
-fn decode_frame(
-    segment: &Bytes,
-    offset: usize,
-    payload_bytes_max: u64,
-) -> Option<(Record, u32, usize)> {
+fn decode_frame(segment: &Bytes, offset: usize, payload_bytes_max: u64) -> Option<(Record, u32, usize)> {
     let mut decoder = Decoder::new(segment.get(offset..)?);
     if decoder.u32()? != FRAME_MAGIC {
         return None;
@@ -527,13 +514,10 @@ impl Wal {
                                 value,
                             } => {
                                 corrupt_by_instance.remove(&instance);
-                                recovery
-                                    .accepted
-                                    .insert(instance, AcceptedValue { ballot, value });
+                                recovery.accepted.insert(instance, AcceptedValue { ballot, value });
                             }
                             Record::Committed { through } => {
-                                recovery.committed_through =
-                                    recovery.committed_through.max(through);
+                                recovery.committed_through = recovery.committed_through.max(through);
                             }
                         }
                     }
@@ -551,10 +535,7 @@ impl Wal {
                 active_instance_max = instance_max;
                 active = Some(scan.files);
             } else {
-                closed.push(SegmentInfo {
-                    sequence,
-                    instance_max,
-                });
+                closed.push(SegmentInfo { sequence, instance_max });
             }
         }
         recovery.corrupted = corrupt_unknown;
@@ -582,9 +563,7 @@ impl Wal {
 
     fn check_running(&self) -> Result<()> {
         match &self.failure {
-            Some(reason) => Err(StorageError::Stopped {
-                reason: reason.clone(),
-            }),
+            Some(reason) => Err(StorageError::Stopped { reason: reason.clone() }),
             None => Ok(()),
         }
     }
@@ -771,10 +750,7 @@ impl Wal {
     /// The `.log` and `.ids` files of the segment being appended to: where
     /// the simulator aims faults at the next sync.
     pub fn active_files(&self) -> (String, String) {
-        (
-            log_name(self.active.sequence),
-            ids_name(self.active.sequence),
-        )
+        (log_name(self.active.sequence), ids_name(self.active.sequence))
     }
 
     /// The number of segments, the active one included.
@@ -822,13 +798,7 @@ pub(crate) struct IdentifierBatch {
 
 impl IdentifierBatch {
     fn write_to(&self, file: &mut dyn File) -> Result<()> {
-        write_preallocated(
-            file,
-            self.offset,
-            &self.bytes,
-            self.preallocate_bytes,
-            self.length_cap,
-        )?;
+        write_preallocated(file, self.offset, &self.bytes, self.preallocate_bytes, self.length_cap)?;
         file.sync()
     }
 }
@@ -888,16 +858,10 @@ impl Wal {
 
 fn create_segment(disk: &dyn Disk, sequence: u64) -> Result<ActiveSegment> {
     let mut log = disk.create(&log_name(sequence))?;
-    log.write_at(
-        0,
-        &encode_file_header(LOG_MAGIC, FORMAT_VERSION, sequence, 0),
-    )?;
+    log.write_at(0, &encode_file_header(LOG_MAGIC, FORMAT_VERSION, sequence, 0))?;
     log.sync()?;
     let mut ids = disk.create(&ids_name(sequence))?;
-    ids.write_at(
-        0,
-        &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0),
-    )?;
+    ids.write_at(0, &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0))?;
     ids.sync()?;
     Ok(ActiveSegment {
         sequence,
@@ -937,10 +901,7 @@ fn check_segment_header(file: &str, bytes: &[u8], magic: u64, sequence: u64) -> 
             what: format!("header names segment {number}"),
         }),
         Err(StorageError::ChecksumMismatch { .. }) => {
-            tracing::warn!(
-                file,
-                "segment header fails its checksum; reading the frames anyway"
-            );
+            tracing::warn!(file, "segment header fails its checksum; reading the frames anyway");
             Ok(1)
         }
         Err(error) => Err(error),
@@ -949,12 +910,7 @@ fn check_segment_header(file: &str, bytes: &[u8], magic: u64, sequence: u64) -> 
 
 /// Reads and verifies one segment. For the last segment, also cuts off its
 /// torn tail and returns `None` if its creation never finished.
-fn scan_segment(
-    disk: &dyn Disk,
-    config: &WalConfig,
-    sequence: u64,
-    last: bool,
-) -> Result<Option<SegmentScan>> {
+fn scan_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64, last: bool) -> Result<Option<SegmentScan>> {
     let log_file_name = log_name(sequence);
     let ids_file_name = ids_name(sequence);
     let mut log = disk.open(&log_file_name)?;
@@ -967,8 +923,7 @@ fn scan_segment(
     let log_bytes = Bytes::from(log_bytes);
 
     if last && log_bytes.len() <= FILE_HEADER_BYTES {
-        let complete_header =
-            decode_file_header(&log_file_name, &log_bytes, LOG_MAGIC, FORMAT_VERSION).is_ok();
+        let complete_header = decode_file_header(&log_file_name, &log_bytes, LOG_MAGIC, FORMAT_VERSION).is_ok();
         let ids_exists = disk.exists(&ids_file_name)?;
         if !complete_header || !ids_exists {
             // Rotation crashed while creating this segment: nothing was ever
@@ -980,8 +935,7 @@ fn scan_segment(
             return Ok(None);
         }
     }
-    let mut damaged_headers =
-        check_segment_header(&log_file_name, &log_bytes, LOG_MAGIC, sequence)?;
+    let mut damaged_headers = check_segment_header(&log_file_name, &log_bytes, LOG_MAGIC, sequence)?;
 
     // The identifier file's header is synced before any frame is written,
     // so it may be missing or torn only while the log holds no frames.
@@ -990,10 +944,7 @@ fn scan_segment(
         Ok(file) => file,
         Err(StorageError::NotFound { .. }) if last && !log_has_frames => {
             let mut file = disk.create(&ids_file_name)?;
-            file.write_at(
-                0,
-                &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0),
-            )?;
+            file.write_at(0, &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0))?;
             file.sync()?;
             file
         }
@@ -1019,23 +970,16 @@ fn scan_segment(
     let mut slot_bytes = &ids_bytes[FILE_HEADER_BYTES..];
     slot_bytes = &slot_bytes[..slot_bytes.len() - slot_bytes.len() % IDENTIFIER_BYTES];
     let mut slots: Vec<&[u8]> = slot_bytes.chunks_exact(IDENTIFIER_BYTES).collect();
-    while slots
-        .last()
-        .is_some_and(|slot| slot.iter().all(|b| *b == 0))
-    {
+    while slots.last().is_some_and(|slot| slot.iter().all(|b| *b == 0)) {
         slots.pop();
     }
-    let identifiers: Vec<Option<Identifier>> =
-        slots.iter().map(|slot| Identifier::decode(slot)).collect();
+    let identifiers: Vec<Option<Identifier>> = slots.iter().map(|slot| Identifier::decode(slot)).collect();
     let corrupt_identifiers = identifiers.iter().filter(|i| i.is_none()).count() as u64;
 
     let payload_bytes_max = config.frame_bytes_max() - FRAME_HEADER_BYTES as u64;
     let mut items = Vec::with_capacity(identifiers.len());
     let mut position = FILE_HEADER_BYTES;
-    let log_written_end = log_bytes
-        .iter()
-        .rposition(|byte| *byte != 0)
-        .map_or(0, |last| last + 1);
+    let log_written_end = log_bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last + 1);
     // Frames and identifiers are in the same order: frame `k` is described by
     // identifier `k`.
     let mut index = 0;
@@ -1076,10 +1020,7 @@ fn scan_segment(
             index += 1;
             continue;
         }
-        if identifier.is_none()
-            && position >= log_written_end
-            && identifiers[index..].iter().all(Option::is_none)
-        {
+        if identifier.is_none() && position >= log_written_end && identifiers[index..].iter().all(Option::is_none) {
             // Only damaged identifier slots remain, and the log holds
             // nothing past this point: no frame was ever written for them
             // (e.g. unreadable preallocated space).
@@ -1090,15 +1031,10 @@ fn scan_segment(
             offset: identifier.map(|i| i.offset).or(Some(position as u64)),
             kind: identifier.and_then(|i| kind_of(i.kind)),
             instance: identifier.map(|i| i.instance),
-            ballot: identifier
-                .filter(|i| i.kind == KIND_ACCEPTED)
-                .map(|i| i.ballot),
+            ballot: identifier.filter(|i| i.kind == KIND_ACCEPTED).map(|i| i.ballot),
         }));
         match identifier {
-            Some(identifier) => {
-                position =
-                    (identifier.offset as usize).saturating_add(identifier.frame_bytes as usize)
-            }
+            Some(identifier) => position = (identifier.offset as usize).saturating_add(identifier.frame_bytes as usize),
             None => {
                 // Neither the frame nor its identifier survived. The next
                 // good identifier says where to resume; without one, look
@@ -1106,8 +1042,7 @@ fn scan_segment(
                 let next_known = identifiers[index + 1..].iter().flatten().next();
                 position = match next_known {
                     Some(next) => next.offset as usize,
-                    None => next_frame(&log_bytes, position + 1, payload_bytes_max)
-                        .unwrap_or(log_bytes.len()),
+                    None => next_frame(&log_bytes, position + 1, payload_bytes_max).unwrap_or(log_bytes.len()),
                 };
             }
         }
@@ -1154,8 +1089,7 @@ fn scan_segment(
                             instance: None,
                             ballot: None,
                         }));
-                        scan = next_frame(&log_bytes, scan + 1, payload_bytes_max)
-                            .unwrap_or(written_end);
+                        scan = next_frame(&log_bytes, scan + 1, payload_bytes_max).unwrap_or(written_end);
                     }
                 }
             }
@@ -1213,12 +1147,7 @@ const REREAD_BLOCK_BYTES: usize = 4096;
 /// by block, and blocks that still fail are replaced with `fill` so that
 /// what they held fails verification. Returns the bytes and how many were
 /// unreadable.
-fn read_tolerant(
-    file: &dyn File,
-    length_max: u64,
-    what: &'static str,
-    fill: u8,
-) -> Result<(Vec<u8>, u64)> {
+fn read_tolerant(file: &dyn File, length_max: u64, what: &'static str, fill: u8) -> Result<(Vec<u8>, u64)> {
     match file.read_all(length_max, what) {
         Ok(bytes) => return Ok((bytes, 0)),
         Err(StorageError::Io { .. }) => {}

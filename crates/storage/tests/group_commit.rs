@@ -196,10 +196,7 @@ fn nothing_is_reported_durable_before_its_sync_returns() {
     disk.probe.close_gate();
     let receiver = group.submit_and_receive(record(1)).unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    assert!(matches!(
-        receiver.try_recv(),
-        Err(mpsc::TryRecvError::Empty)
-    ));
+    assert!(matches!(receiver.try_recv(), Err(mpsc::TryRecvError::Empty)));
     disk.probe.open_gate();
     receiver.recv().unwrap().unwrap();
     // Once reported, it survives a crash.
@@ -252,24 +249,13 @@ fn a_failed_sync_fails_the_batch_and_stops_the_writer() {
     let shared: Arc<dyn Disk> = Arc::new(disk.clone());
     let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
     let group = GroupCommit::start(wal, test_config()).unwrap();
-    group
-        .submit_and_receive(record(1))
-        .unwrap()
-        .recv()
-        .unwrap()
-        .unwrap();
+    group.submit_and_receive(record(1)).unwrap().recv().unwrap().unwrap();
     disk.probe.fail_syncs.store(true, Ordering::SeqCst);
     let outcome = group.submit_and_receive(record(2)).unwrap().recv().unwrap();
-    assert!(matches!(
-        outcome,
-        Err(StorageError::GroupCommitFailed { .. })
-    ));
+    assert!(matches!(outcome, Err(StorageError::GroupCommitFailed { .. })));
     disk.probe.fail_syncs.store(false, Ordering::SeqCst);
     let outcome = group.submit_and_receive(record(3)).unwrap().recv().unwrap();
-    assert!(
-        matches!(outcome, Err(StorageError::Stopped { .. })),
-        "never retried"
-    );
+    assert!(matches!(outcome, Err(StorageError::Stopped { .. })), "never retried");
     let (mut wal, _) = group.stop();
     assert!(matches!(wal.sync(), Err(StorageError::Stopped { .. })));
 }
@@ -295,10 +281,7 @@ fn trim_through_the_writer() {
     let finished = writer.finish().unwrap();
     let (sender, receiver) = mpsc::channel();
     group
-        .trim(
-            finished,
-            Box::new(move |removed| sender.send(removed).unwrap()),
-        )
+        .trim(finished, Box::new(move |removed| sender.send(removed).unwrap()))
         .unwrap();
     assert!(receiver.recv().unwrap().unwrap() > 0);
     let (wal, stats) = group.stop();
@@ -347,10 +330,7 @@ fn a_snapshot_is_written_off_the_hot_path_while_appends_go_on() {
     let finished = snapshot_thread.join().unwrap();
     let (sender, receiver) = mpsc::channel();
     group
-        .trim(
-            finished,
-            Box::new(move |removed| sender.send(removed).unwrap()),
-        )
+        .trim(finished, Box::new(move |removed| sender.send(removed).unwrap()))
         .unwrap();
     assert!(receiver.recv().unwrap().unwrap() > 0);
     drop(group.stop());

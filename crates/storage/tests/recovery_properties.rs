@@ -62,10 +62,7 @@ struct Model {
     committed_staged: Instance,
 }
 
-fn check_recovery(
-    model: &mut Model,
-    recovery: &Recovery,
-) -> std::result::Result<(), TestCaseError> {
+fn check_recovery(model: &mut Model, recovery: &Recovery) -> std::result::Result<(), TestCaseError> {
     prop_assert!(
         recovery.corrupted.is_empty(),
         "crashes alone corrupt nothing: {:?}",

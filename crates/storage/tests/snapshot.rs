@@ -13,9 +13,7 @@ fn setup(seed: u64) -> (SimDisk, Arc<dyn Disk>) {
 }
 
 fn state(length: usize, salt: u8) -> Vec<u8> {
-    (0..length)
-        .map(|i| (i as u8).wrapping_mul(31) ^ salt)
-        .collect()
+    (0..length).map(|i| (i as u8).wrapping_mul(31) ^ salt).collect()
 }
 
 fn take_snapshot(disk: &Arc<dyn Disk>, instance: u64, data: &[u8]) -> FinishedSnapshot {
@@ -47,10 +45,7 @@ fn an_empty_snapshot_round_trips() {
     let (_, disk) = setup(1);
     take_snapshot(&disk, 3, &[]);
     let store = SnapshotStore::open(disk, 100).unwrap();
-    assert_eq!(
-        store.load_latest().unwrap(),
-        Some((Instance(3), Vec::new()))
-    );
+    assert_eq!(store.load_latest().unwrap(), Some((Instance(3), Vec::new())));
 }
 
 #[test]
@@ -78,10 +73,7 @@ fn a_crash_before_finish_leaves_the_previous_snapshot() {
     sim.crash();
     drop(writer);
     let store = SnapshotStore::open(disk.clone(), 100).unwrap();
-    assert_eq!(
-        store.load_latest().unwrap(),
-        Some((Instance(10), state(300, 1)))
-    );
+    assert_eq!(store.load_latest().unwrap(), Some((Instance(10), state(300, 1))));
     assert!(!disk.list().unwrap().iter().any(|n| n.ends_with(".tmp")));
 }
 
@@ -94,10 +86,7 @@ fn a_corrupt_chunk_is_found_on_load() {
     sim.flip_bit(name, 64 + 4 * 108 + 8 + 50, 2).unwrap();
     let store = SnapshotStore::open(disk, 100).unwrap();
     let error = store.load_latest().unwrap_err();
-    assert!(matches!(
-        error,
-        StorageError::SnapshotChunkCorrupt { index: 4, .. }
-    ));
+    assert!(matches!(error, StorageError::SnapshotChunkCorrupt { index: 4, .. }));
     let reader = store.latest().unwrap().unwrap();
     assert!(reader.chunk(3).is_ok());
     assert!(reader.chunk(4).is_err());
@@ -112,22 +101,13 @@ fn damaged_snapshot_files_give_typed_errors() {
     let store = SnapshotStore::open(disk, 100).unwrap();
 
     sim.put(name, &good[..good.len() - 1]);
-    assert!(matches!(
-        store.latest(),
-        Err(StorageError::Malformed { .. })
-    ));
+    assert!(matches!(store.latest(), Err(StorageError::Malformed { .. })));
     sim.put(name, &good[..10]);
-    assert!(matches!(
-        store.latest(),
-        Err(StorageError::Truncated { .. })
-    ));
+    assert!(matches!(store.latest(), Err(StorageError::Truncated { .. })));
     let mut bad = good.clone();
     bad[0] = b'X';
     sim.put(name, &bad);
-    assert!(matches!(
-        store.latest(),
-        Err(StorageError::ChecksumMismatch { .. })
-    ));
+    assert!(matches!(store.latest(), Err(StorageError::ChecksumMismatch { .. })));
     let crc = crc32c::crc32c(&bad[..24]);
     bad[24..28].copy_from_slice(&crc.to_le_bytes());
     sim.put(name, &bad);
@@ -139,19 +119,11 @@ fn damaged_snapshot_files_give_typed_errors() {
     let crc = crc32c::crc32c(&bad[32..48]);
     bad[48..52].copy_from_slice(&crc.to_le_bytes());
     sim.put(name, &bad);
-    assert!(matches!(
-        store.latest(),
-        Err(StorageError::Malformed { .. })
-    ));
+    assert!(matches!(store.latest(), Err(StorageError::Malformed { .. })));
 }
 
 /// Sends chunks `from..until` of `reader` to `installer`.
-fn send(
-    reader: &SnapshotReader,
-    installer: &mut SnapshotInstaller,
-    from: u64,
-    until: u64,
-) -> InstallStep {
+fn send(reader: &SnapshotReader, installer: &mut SnapshotInstaller, from: u64, until: u64) -> InstallStep {
     let mut step = InstallStep::NeedChunk(from);
     for index in from..until {
         assert_eq!(step, InstallStep::NeedChunk(index));
@@ -173,24 +145,15 @@ fn transfer_resumes_after_the_receiver_crashes() {
     let receiver = SnapshotStore::open(receiver_disk.clone(), 100).unwrap();
     let mut installer = receiver.installer().unwrap();
     assert_eq!(installer.progress(), None);
-    assert_eq!(
-        installer.begin(manifest).unwrap(),
-        InstallStep::NeedChunk(0)
-    );
+    assert_eq!(installer.begin(manifest).unwrap(), InstallStep::NeedChunk(0));
     send(&reader, &mut installer, 0, 7);
     drop(installer);
     receiver_sim.crash();
 
     let receiver = SnapshotStore::open(receiver_disk.clone(), 100).unwrap();
     let mut installer = receiver.installer().unwrap();
-    assert_eq!(
-        installer.progress(),
-        Some((manifest, InstallStep::NeedChunk(7)))
-    );
-    assert_eq!(
-        installer.begin(manifest).unwrap(),
-        InstallStep::NeedChunk(7)
-    );
+    assert_eq!(installer.progress(), Some((manifest, InstallStep::NeedChunk(7))));
+    assert_eq!(installer.begin(manifest).unwrap(), InstallStep::NeedChunk(7));
     // Out-of-order and damaged chunks are refused.
     assert!(matches!(
         installer.accept(&reader.chunk(9).unwrap()),
@@ -220,11 +183,7 @@ fn transfer_resumes_after_the_receiver_crashes() {
 fn transfer_restarts_from_another_peers_newer_snapshot() {
     let (_, first_disk) = setup(1);
     take_snapshot(&first_disk, 50, &state(2000, 1));
-    let first = SnapshotStore::open(first_disk, 100)
-        .unwrap()
-        .latest()
-        .unwrap()
-        .unwrap();
+    let first = SnapshotStore::open(first_disk, 100).unwrap().latest().unwrap().unwrap();
     let (_, second_disk) = setup(3);
     let newer = state(2500, 2);
     take_snapshot(&second_disk, 80, &newer);
@@ -244,17 +203,11 @@ fn transfer_restarts_from_another_peers_newer_snapshot() {
     let mut installer = receiver.installer().unwrap();
     installer.begin(first.manifest()).unwrap();
     send(&first, &mut installer, 0, 5);
-    assert!(matches!(
-        installer.install(),
-        Err(StorageError::TransferState { .. })
-    ));
+    assert!(matches!(installer.install(), Err(StorageError::TransferState { .. })));
     let mut installer = receiver.installer().unwrap();
     assert_eq!(receiver.load_latest().unwrap().unwrap().0, Instance(5));
     // The first peer died; the second has moved on to instance 80.
-    assert_eq!(
-        installer.begin(second.manifest()).unwrap(),
-        InstallStep::NeedChunk(0)
-    );
+    assert_eq!(installer.begin(second.manifest()).unwrap(), InstallStep::NeedChunk(0));
     send(&second, &mut installer, 0, second.manifest().chunk_count);
     installer.install().unwrap();
     assert_eq!(receiver.load_latest().unwrap(), Some((Instance(80), newer)));

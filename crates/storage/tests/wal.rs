@@ -53,21 +53,14 @@ fn write_records(disk: &Arc<dyn Disk>, config: WalConfig, count: u64) -> Wal {
 fn records_survive_reopen_across_segments() {
     let (_, disk) = setup();
     let wal = write_records(&disk, small_segments(), 200);
-    assert!(
-        wal.segment_count() >= 3,
-        "segments rotated: {}",
-        wal.segment_count()
-    );
+    assert!(wal.segment_count() >= 3, "segments rotated: {}", wal.segment_count());
     drop(wal);
     let (_, recovery) = Wal::open(disk, small_segments()).unwrap();
     assert_eq!(recovery.accepted.len(), 200);
     assert_eq!(recovery.committed_through, Instance(200));
     assert!(recovery.corrupted.is_empty());
     assert_eq!(recovery.torn_tail_bytes, 0);
-    assert_eq!(
-        recovery.accepted[&Instance(77)].value,
-        Bytes::from_static(b"value-77")
-    );
+    assert_eq!(recovery.accepted[&Instance(77)].value, Bytes::from_static(b"value-77"));
 }
 
 #[test]
@@ -94,12 +87,7 @@ fn frames_without_identifiers_are_a_torn_tail_and_are_discarded() {
     // fails: the batch was never reported durable.
     wal.append(&accepted(2, 1, "never acknowledged")).unwrap();
     wal.append(&accepted(3, 1, "never acknowledged")).unwrap();
-    let log = disk
-        .list()
-        .unwrap()
-        .into_iter()
-        .find(|n| n.ends_with(".log"))
-        .unwrap();
+    let log = disk.list().unwrap().into_iter().find(|n| n.ends_with(".log")).unwrap();
     let ids = log.replace(".log", ".ids");
     sim.schedule_error(&ids, Operation::Write);
     assert!(wal.sync().is_err());
@@ -112,15 +100,9 @@ fn frames_without_identifiers_are_a_torn_tail_and_are_discarded() {
     let log_bytes_before = sim.contents(&log).unwrap().len();
 
     let (mut wal, recovery) = Wal::open(disk.clone(), WalConfig::default()).unwrap();
-    assert!(
-        recovery.corrupted.is_empty(),
-        "a torn tail is not corruption"
-    );
+    assert!(recovery.corrupted.is_empty(), "a torn tail is not corruption");
     assert!(recovery.torn_tail_bytes > 0);
-    assert_eq!(
-        recovery.accepted.keys().copied().collect::<Vec<_>>(),
-        vec![Instance(1)]
-    );
+    assert_eq!(recovery.accepted.keys().copied().collect::<Vec<_>>(), vec![Instance(1)]);
     assert!(sim.contents(&log).unwrap().len() < log_bytes_before);
     // Appending after recovery works and survives.
     wal.append(&accepted(2, 2, "again")).unwrap();
@@ -158,12 +140,8 @@ fn a_bit_flip_in_a_middle_entry_is_reported_and_nothing_is_truncated() {
     let wal = write_records(&disk, WalConfig::default(), 10);
     let location = wal.locate_accepted(Instance(5)).unwrap().unwrap();
     drop(wal);
-    sim.flip_bit(
-        &location.file,
-        location.offset + location.frame_bytes - 2,
-        3,
-    )
-    .unwrap();
+    sim.flip_bit(&location.file, location.offset + location.frame_bytes - 2, 3)
+        .unwrap();
     let contents = sim.contents(&location.file).unwrap();
     let written_end = contents.iter().rposition(|b| *b != 0).unwrap() + 1;
 
@@ -194,8 +172,7 @@ fn a_bit_flip_in_the_last_entry_is_corruption_not_a_torn_tail() {
     wal.sync().unwrap();
     let location = wal.locate_accepted(Instance(3)).unwrap().unwrap();
     drop(wal);
-    sim.flip_bit(&location.file, location.offset + 5, 0)
-        .unwrap();
+    sim.flip_bit(&location.file, location.offset + 5, 0).unwrap();
     let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
     assert_eq!(recovery.torn_tail_bytes, 0);
     assert_eq!(recovery.corrupted.len(), 1);
@@ -212,12 +189,8 @@ fn a_corrupt_newer_record_hides_the_older_good_one() {
     wal.sync().unwrap();
     let location = wal.locate_accepted(Instance(3)).unwrap().unwrap();
     drop(wal);
-    sim.flip_bit(
-        &location.file,
-        location.offset + location.frame_bytes - 1,
-        7,
-    )
-    .unwrap();
+    sim.flip_bit(&location.file, location.offset + location.frame_bytes - 1, 7)
+        .unwrap();
     let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
     assert!(!recovery.accepted.contains_key(&Instance(3)));
     assert_eq!(recovery.corrupted.len(), 1);
@@ -230,18 +203,14 @@ fn a_damaged_identifier_alone_loses_nothing() {
     let wal = write_records(&disk, WalConfig::default(), 6);
     drop(wal);
     let ids = "wal-00000000000000000001.ids";
-    sim.flip_bit(ids, 32 + 2 * IDENTIFIER_BYTES as u64 + 9, 1)
-        .unwrap();
+    sim.flip_bit(ids, 32 + 2 * IDENTIFIER_BYTES as u64 + 9, 1).unwrap();
     let (_, recovery) = Wal::open(disk.clone(), WalConfig::default()).unwrap();
     assert_eq!(recovery.corrupt_identifiers, 1);
     assert_eq!(recovery.repaired_identifiers, 1);
     assert!(recovery.corrupted.is_empty());
     assert_eq!(recovery.accepted.len(), 6);
     let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
-    assert_eq!(
-        recovery.corrupt_identifiers, 0,
-        "rewritten by the first recovery"
-    );
+    assert_eq!(recovery.corrupt_identifiers, 0, "rewritten by the first recovery");
     assert_eq!(recovery.accepted.len(), 6);
 }
 
@@ -259,10 +228,7 @@ fn a_misdirected_write_over_an_old_record_is_reported() {
     file.write_at(first.offset, frame).unwrap();
     file.sync().unwrap();
     let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
-    assert!(recovery
-        .corrupted
-        .iter()
-        .any(|c| c.instance == Some(Instance(1))));
+    assert!(recovery.corrupted.iter().any(|c| c.instance == Some(Instance(1))));
 }
 
 #[test]
@@ -403,16 +369,10 @@ fn trim_removes_only_segments_the_snapshot_covers() {
 
 #[test]
 fn fs_disk_round_trip() {
-    let directory = std::env::temp_dir().join(format!(
-        "synod-storage-test-{}-fs-round-trip",
-        std::process::id()
-    ));
+    let directory = std::env::temp_dir().join(format!("synod-storage-test-{}-fs-round-trip", std::process::id()));
     let _ = std::fs::remove_dir_all(&directory);
     let disk: Arc<dyn Disk> = Arc::new(FsDisk::open(&directory).unwrap());
-    assert!(matches!(
-        disk.create("a/b"),
-        Err(StorageError::InvalidName { .. })
-    ));
+    assert!(matches!(disk.create("a/b"), Err(StorageError::InvalidName { .. })));
     drop(write_records(&disk, small_segments(), 100));
     let (_, recovery) = Wal::open(disk.clone(), small_segments()).unwrap();
     assert_eq!(recovery.accepted.len(), 100);
@@ -423,10 +383,7 @@ fn fs_disk_round_trip() {
     assert!(!disk.exists("x").unwrap());
     let file = disk.open("y").unwrap();
     assert_eq!(file.read_all(100, "test").unwrap(), b"hello");
-    assert!(matches!(
-        file.read_all(2, "test"),
-        Err(StorageError::TooLarge { .. })
-    ));
+    assert!(matches!(file.read_all(2, "test"), Err(StorageError::TooLarge { .. })));
     disk.remove("y").unwrap();
     assert!(matches!(disk.open("y"), Err(StorageError::NotFound { .. })));
     std::fs::remove_dir_all(&directory).unwrap();
@@ -451,8 +408,7 @@ fn an_unreadable_sector_is_treated_like_a_checksum_mismatch() {
     let config = WalConfig::default();
     let (mut wal, _) = Wal::open(disk.clone(), config.clone()).unwrap();
     for instance in 1..=40 {
-        wal.append(&accepted(instance, 1, &"x".repeat(300)))
-            .unwrap();
+        wal.append(&accepted(instance, 1, &"x".repeat(300))).unwrap();
     }
     wal.sync().unwrap();
     let location = wal.locate_accepted(Instance(20)).unwrap().unwrap();

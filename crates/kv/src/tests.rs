@@ -1,0 +1,1023 @@
+//! Unit tests of the store, lessor, watch hub and snapshots, one behaviour each.
+
+use crate::*;
+
+fn store() -> Store {
+    Store::new(Config::default())
+}
+
+fn ok(store: &mut Store, request: Request) -> Response {
+    let bytes = store.prepare(&request).expect("valid request");
+    store.apply_bytes(&bytes).result.expect("request succeeds")
+}
+
+fn err(store: &mut Store, request: Request) -> KvError {
+    store.apply(&request).result.expect_err("request fails")
+}
+
+fn put(key: &str, value: &str) -> Request {
+    Request::Put(put_request(key, value))
+}
+
+fn put_request(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..PutRequest::default()
+    }
+}
+
+fn delete(key: &str, range_end: &str) -> Request {
+    Request::DeleteRange(DeleteRangeRequest {
+        key: key.into(),
+        range_end: range_end.into(),
+        prev_kv: true,
+    })
+}
+
+fn range(key: &str, range_end: &str) -> RangeRequest {
+    RangeRequest {
+        key: key.into(),
+        range_end: range_end.into(),
+        ..RangeRequest::default()
+    }
+}
+
+fn keys(response: &RangeResponse) -> Vec<String> {
+    response
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+        .collect()
+}
+
+fn get(store: &Store, key: &str) -> Option<KeyValue> {
+    store.range(&range(key, "")).unwrap().kvs.pop()
+}
+
+#[test]
+fn revisions_follow_etcd_rules() {
+    let mut store = store();
+    assert_eq!(store.revision(), 1);
+    ok(&mut store, put("a", "1"));
+    assert_eq!(store.revision(), 2);
+    ok(&mut store, put("a", "2"));
+    ok(&mut store, put("b", "1"));
+    let a = get(&store, "a").unwrap();
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (2, 3, 2));
+    // A delete matching nothing changes nothing.
+    let Response::DeleteRange(deleted) = ok(&mut store, delete("zzz", "")) else {
+        panic!()
+    };
+    assert_eq!((deleted.deleted, deleted.header.revision), (0, 4));
+    assert_eq!(store.revision(), 4);
+    // A read-only txn changes nothing.
+    ok(
+        &mut store,
+        Request::Txn(TxnRequest {
+            success: vec![RequestOp::Range(range("a", ""))],
+            ..TxnRequest::default()
+        }),
+    );
+    assert_eq!(store.revision(), 4);
+    // Delete then recreate resets version and create_revision.
+    ok(&mut store, delete("a", ""));
+    ok(&mut store, put("a", "3"));
+    let a = get(&store, "a").unwrap();
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (6, 6, 1));
+}
+
+#[test]
+fn a_txn_shares_one_revision() {
+    let mut store = store();
+    let Response::Txn(txn) = ok(
+        &mut store,
+        Request::Txn(TxnRequest {
+            success: vec![
+                RequestOp::Put(put_request("a", "1")),
+                RequestOp::Put(put_request("b", "1")),
+                RequestOp::Range(range("a", "c")),
+            ],
+            ..TxnRequest::default()
+        }),
+    ) else {
+        panic!()
+    };
+    assert_eq!(txn.header.revision, 2);
+    let ResponseOp::Range(read) = &txn.responses[2] else {
+        panic!()
+    };
+    // Reads inside the txn see its earlier writes.
+    assert_eq!(read.count, 2);
+    assert!(read.kvs.iter().all(|kv| kv.mod_revision == 2));
+}
+
+#[test]
+fn range_conventions_and_options() {
+    let mut store = store();
+    for (key, value) in [("a", "3"), ("ab", "1"), ("abc", "2"), ("b", "0"), ("c", "9")] {
+        ok(&mut store, put(key, value));
+    }
+    ok(&mut store, put("ab", "5"));
+    assert_eq!(keys(&store.range(&range("ab", "")).unwrap()), ["ab"]);
+    assert_eq!(keys(&store.range(&range("ab", "ac")).unwrap()), ["ab", "abc"]);
+    assert_eq!(keys(&store.range(&range("b", "\0")).unwrap()), ["b", "c"]);
+    assert_eq!(store.range(&range("\0", "\0")).unwrap().kvs.len(), 5);
+    let limited = store
+        .range(&RangeRequest {
+            limit: 2,
+            ..range("a", "\0")
+        })
+        .unwrap();
+    assert_eq!(
+        (keys(&limited), limited.more, limited.count),
+        (vec!["a".into(), "ab".into()], true, 5)
+    );
+    let counted = store
+        .range(&RangeRequest {
+            count_only: true,
+            ..range("a", "\0")
+        })
+        .unwrap();
+    assert!(counted.kvs.is_empty() && counted.count == 5 && !counted.more);
+    let keys_only = store
+        .range(&RangeRequest {
+            keys_only: true,
+            ..range("a", "")
+        })
+        .unwrap();
+    assert!(keys_only.kvs[0].value.is_empty());
+    let by_value_descending = store
+        .range(&RangeRequest {
+            sort_order: SortOrder::Descend,
+            sort_target: SortTarget::Value,
+            ..range("a", "\0")
+        })
+        .unwrap();
+    assert_eq!(keys(&by_value_descending), ["c", "ab", "a", "abc", "b"]);
+    let by_key_descending = store
+        .range(&RangeRequest {
+            sort_order: SortOrder::Descend,
+            limit: 2,
+            ..range("a", "\0")
+        })
+        .unwrap();
+    assert_eq!(keys(&by_key_descending), ["c", "b"]);
+    // Target without order sorts ascending (etcd).
+    let by_version = store
+        .range(&RangeRequest {
+            sort_target: SortTarget::Version,
+            ..range("a", "\0")
+        })
+        .unwrap();
+    assert_eq!(keys(&by_version).last().unwrap(), "ab");
+    let filtered = store
+        .range(&RangeRequest {
+            min_mod_revision: 4,
+            max_mod_revision: 6,
+            min_create_revision: 4,
+            ..range("a", "\0")
+        })
+        .unwrap();
+    assert_eq!(keys(&filtered), ["abc", "b", "c"]);
+    assert_eq!(filtered.count, 5, "count ignores filters, as in etcd");
+    let old = store
+        .range(&RangeRequest {
+            revision: 3,
+            ..range("a", "\0")
+        })
+        .unwrap();
+    assert_eq!(keys(&old), ["a", "ab"]);
+    assert_eq!(old.header.revision, store.revision());
+    assert_eq!(
+        store.range(&RangeRequest {
+            revision: 99,
+            ..range("a", "")
+        }),
+        Err(KvError::FutureRevision)
+    );
+    assert_eq!(store.range(&range("", "")), Err(KvError::KeyNotProvided));
+}
+
+#[test]
+fn range_keys_max_bounds_every_response() {
+    let mut store = Store::new(Config {
+        range_keys_max: 2,
+        ..Config::default()
+    });
+    for key in ["a", "b", "c"] {
+        ok(&mut store, put(key, "v"));
+    }
+    let response = store.range(&range("a", "\0")).unwrap();
+    assert_eq!((response.kvs.len(), response.more, response.count), (2, true, 3));
+}
+
+#[test]
+fn put_options_and_errors() {
+    let mut store = store();
+    assert_eq!(
+        err(
+            &mut store,
+            Request::Put(PutRequest {
+                ignore_value: true,
+                ..put_request("a", "")
+            })
+        ),
+        KvError::KeyNotFound
+    );
+    assert_eq!(
+        err(
+            &mut store,
+            Request::Put(PutRequest {
+                ignore_lease: true,
+                ..put_request("a", "x")
+            })
+        ),
+        KvError::KeyNotFound
+    );
+    assert_eq!(
+        err(
+            &mut store,
+            Request::Put(PutRequest {
+                lease: 7,
+                ..put_request("a", "x")
+            })
+        ),
+        KvError::LeaseNotFound
+    );
+    assert_eq!(err(&mut store, put("", "x")), KvError::KeyNotProvided);
+    assert_eq!(store.revision(), 1);
+    ok(&mut store, Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 7 }));
+    ok(
+        &mut store,
+        Request::Put(PutRequest {
+            lease: 7,
+            ..put_request("a", "x")
+        }),
+    );
+    let Response::Put(response) = ok(
+        &mut store,
+        Request::Put(PutRequest {
+            ignore_value: true,
+            ignore_lease: true,
+            prev_kv: true,
+            ..put_request("a", "")
+        }),
+    ) else {
+        panic!()
+    };
+    assert_eq!(response.prev_kv.unwrap().value, b"x");
+    let a = get(&store, "a").unwrap();
+    assert_eq!((a.value.as_slice(), a.lease, a.version), (&b"x"[..], 7, 2));
+    assert_eq!(
+        err(
+            &mut store,
+            Request::Put(PutRequest {
+                ignore_value: true,
+                ..put_request("a", "y")
+            })
+        ),
+        KvError::ValueProvided
+    );
+}
+
+#[test]
+fn delete_range_returns_prev_kvs() {
+    let mut store = store();
+    for key in ["a", "b", "c"] {
+        ok(&mut store, put(key, key));
+    }
+    let Response::DeleteRange(response) = ok(&mut store, delete("a", "c")) else {
+        panic!()
+    };
+    assert_eq!(response.deleted, 2);
+    assert_eq!(response.prev_kvs.len(), 2);
+    assert_eq!(store.revision(), 5);
+    assert_eq!(keys(&store.range(&range("a", "\0")).unwrap()), ["c"]);
+}
+
+fn compare(target: CompareTarget, result: CompareResult, key: &str, operand: TargetUnion) -> Compare {
+    Compare {
+        result,
+        target,
+        key: key.into(),
+        target_union: operand,
+        range_end: Vec::new(),
+    }
+}
+
+fn txn_succeeds(store: &mut Store, compares: Vec<Compare>) -> bool {
+    let Response::Txn(txn) = ok(
+        store,
+        Request::Txn(TxnRequest {
+            compare: compares,
+            ..TxnRequest::default()
+        }),
+    ) else {
+        panic!()
+    };
+    txn.succeeded
+}
+
+#[test]
+fn txn_compares_every_target() {
+    let mut store = store();
+    ok(&mut store, Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 9 }));
+    ok(&mut store, put("a", "m"));
+    ok(
+        &mut store,
+        Request::Put(PutRequest {
+            lease: 9,
+            ..put_request("a", "n")
+        }),
+    );
+    ok(&mut store, put("b", "z"));
+    use CompareResult::*;
+    use CompareTarget::*;
+    assert!(txn_succeeds(
+        &mut store,
+        vec![compare(Version, Equal, "a", TargetUnion::Version(2))]
+    ));
+    assert!(txn_succeeds(
+        &mut store,
+        vec![compare(Create, Equal, "a", TargetUnion::CreateRevision(2))]
+    ));
+    assert!(txn_succeeds(
+        &mut store,
+        vec![compare(Mod, Greater, "a", TargetUnion::ModRevision(2))]
+    ));
+    assert!(txn_succeeds(
+        &mut store,
+        vec![compare(Value, Less, "a", TargetUnion::Value(b"o".to_vec()))]
+    ));
+    assert!(txn_succeeds(
+        &mut store,
+        vec![compare(Lease, Equal, "a", TargetUnion::Lease(9))]
+    ));
+    assert!(txn_succeeds(
+        &mut store,
+        vec![compare(Version, NotEqual, "a", TargetUnion::Version(1))]
+    ));
+    // Missing keys compare as zero, except values, which always fail.
+    assert!(txn_succeeds(
+        &mut store,
+        vec![compare(Create, Equal, "x", TargetUnion::CreateRevision(0))]
+    ));
+    assert!(!txn_succeeds(
+        &mut store,
+        vec![compare(Value, NotEqual, "x", TargetUnion::Value(b"q".to_vec()))]
+    ));
+    // With a range_end the compare must hold for every key.
+    let mut ranged = compare(Version, Greater, "a", TargetUnion::Version(0));
+    ranged.range_end = b"c".to_vec();
+    assert!(txn_succeeds(&mut store, vec![ranged.clone()]));
+    ranged.target_union = TargetUnion::Version(1);
+    assert!(!txn_succeeds(&mut store, vec![ranged]));
+}
+
+#[test]
+fn nested_txns_pick_branches_on_the_state_before_the_txn() {
+    let mut store = store();
+    let nested = TxnRequest {
+        compare: vec![compare(
+            CompareTarget::Version,
+            CompareResult::Equal,
+            "a",
+            TargetUnion::Version(0),
+        )],
+        success: vec![RequestOp::Put(put_request("b", "nested-success"))],
+        failure: vec![RequestOp::Put(put_request("b", "nested-failure"))],
+    };
+    ok(
+        &mut store,
+        Request::Txn(TxnRequest {
+            success: vec![RequestOp::Put(put_request("a", "1")), RequestOp::Txn(nested)],
+            ..TxnRequest::default()
+        }),
+    );
+    assert_eq!(get(&store, "b").unwrap().value, b"nested-success");
+    assert_eq!(store.revision(), 2);
+}
+
+#[test]
+fn duplicate_keys_in_a_txn_are_rejected() {
+    let mut store = store();
+    let txn = |ops: Vec<RequestOp>| {
+        Request::Txn(TxnRequest {
+            success: ops,
+            ..TxnRequest::default()
+        })
+    };
+    let put_op = |key: &str| RequestOp::Put(put_request(key, "v"));
+    let delete_op = |key: &str, end: &str| {
+        RequestOp::DeleteRange(DeleteRangeRequest {
+            key: key.into(),
+            range_end: end.into(),
+            prev_kv: false,
+        })
+    };
+    assert_eq!(
+        err(&mut store, txn(vec![put_op("a"), put_op("a")])),
+        KvError::DuplicateKey
+    );
+    assert_eq!(
+        err(&mut store, txn(vec![put_op("b"), delete_op("a", "c")])),
+        KvError::DuplicateKey
+    );
+    let nested = RequestOp::Txn(TxnRequest {
+        success: vec![put_op("a")],
+        failure: vec![put_op("a")],
+        ..TxnRequest::default()
+    });
+    assert_eq!(
+        err(&mut store, txn(vec![put_op("a"), nested.clone()])),
+        KvError::DuplicateKey
+    );
+    assert_eq!(
+        err(&mut store, txn(vec![delete_op("a", "\0"), nested.clone()])),
+        KvError::DuplicateKey
+    );
+    assert_eq!(
+        store.prepare(&txn(vec![put_op("a"), put_op("a")])),
+        Err(KvError::DuplicateKey)
+    );
+    // A put in one nested txn and a delete of the key in a later one.
+    let nested_put = RequestOp::Txn(TxnRequest {
+        success: vec![put_op("a")],
+        ..TxnRequest::default()
+    });
+    let nested_delete = RequestOp::Txn(TxnRequest {
+        success: vec![delete_op("a", "")],
+        ..TxnRequest::default()
+    });
+    assert_eq!(
+        err(&mut store, txn(vec![nested_put.clone(), nested_delete.clone()])),
+        KvError::DuplicateKey
+    );
+    assert_eq!(
+        err(&mut store, txn(vec![nested_delete, nested_put])),
+        KvError::DuplicateKey
+    );
+    // Put in one branch, delete in the other branch of the same nested txn: fine.
+    ok(
+        &mut store,
+        txn(vec![RequestOp::Txn(TxnRequest {
+            success: vec![put_op("a")],
+            failure: vec![delete_op("a", "")],
+            ..TxnRequest::default()
+        })]),
+    );
+    // Allowed: the same put in both branches of a nested txn, and overlapping deletes (etcd).
+    ok(&mut store, txn(vec![nested]));
+    ok(&mut store, txn(vec![delete_op("a", "c"), delete_op("a", "")]));
+    assert_eq!(store.revision(), 4);
+}
+
+#[test]
+fn failing_txn_ops_reject_the_whole_txn() {
+    let mut store = store();
+    let request = Request::Txn(TxnRequest {
+        success: vec![
+            RequestOp::Put(put_request("a", "1")),
+            RequestOp::Put(PutRequest {
+                lease: 42,
+                ..put_request("b", "1")
+            }),
+        ],
+        ..TxnRequest::default()
+    });
+    assert_eq!(err(&mut store, request), KvError::LeaseNotFound);
+    assert_eq!(store.revision(), 1);
+    assert!(get(&store, "a").is_none());
+    let too_many = Request::Txn(TxnRequest {
+        success: (0..129)
+            .map(|i| RequestOp::Put(put_request(&format!("k{i}"), "")))
+            .collect(),
+        ..TxnRequest::default()
+    });
+    assert_eq!(err(&mut store, too_many), KvError::TooManyOperations);
+}
+
+#[test]
+fn compaction_rules() {
+    let mut store = store();
+    ok(&mut store, put("a", "1"));
+    ok(&mut store, put("a", "2"));
+    ok(&mut store, delete("a", ""));
+    ok(&mut store, put("b", "1"));
+    let compact = |revision| {
+        Request::Compaction(CompactionRequest {
+            revision,
+            physical: false,
+        })
+    };
+    assert_eq!(err(&mut store, compact(9)), KvError::FutureRevision);
+    ok(&mut store, compact(3));
+    assert_eq!(store.revision(), 5);
+    assert_eq!(err(&mut store, compact(3)), KvError::Compacted);
+    assert_eq!(err(&mut store, compact(2)), KvError::Compacted);
+    let at = |revision| RangeRequest {
+        revision,
+        ..range("a", "\0")
+    };
+    assert_eq!(store.range(&at(2)), Err(KvError::Compacted));
+    assert_eq!(store.range(&at(3)).unwrap().kvs[0].value, b"2");
+    assert!(store.range(&at(4)).unwrap().kvs.is_empty());
+    ok(&mut store, compact(5));
+    // The tombstone of "a" is gone, and with it the key.
+    assert_eq!(store.indexed_keys(), 1);
+}
+
+#[test]
+fn auto_compaction_bounds_history() {
+    let mut store = Store::new(Config {
+        history_revisions_max: 10,
+        ..Config::default()
+    });
+    for i in 0..100 {
+        ok(&mut store, put("a", &i.to_string()));
+        assert!(store.revision() - store.compact_revision() <= 10);
+    }
+    assert!(store.compact_revision() > 80);
+}
+
+#[test]
+fn quota_refuses_writes_but_not_deletes() {
+    let mut store = Store::new(Config {
+        database_bytes_max: 10,
+        ..Config::default()
+    });
+    ok(&mut store, put("a", "0123456789"));
+    assert_eq!(err(&mut store, put("b", "x")), KvError::DatabaseSpaceExceeded);
+    assert_eq!(
+        err(&mut store, Request::LeaseGrant(LeaseGrantRequest { ttl: 5, id: 0 })),
+        KvError::DatabaseSpaceExceeded
+    );
+    ok(&mut store, delete("a", ""));
+    let revision = store.revision();
+    ok(
+        &mut store,
+        Request::Compaction(CompactionRequest {
+            revision,
+            physical: true,
+        }),
+    );
+    ok(&mut store, put("b", "x"));
+}
+
+#[test]
+fn oversized_and_malformed_entries_are_errors() {
+    let mut store = Store::new(Config {
+        request_bytes_max: 100,
+        ..Config::default()
+    });
+    let big = put("a", &"x".repeat(200));
+    assert_eq!(store.prepare(&big), Err(KvError::RequestTooLarge));
+    assert_eq!(store.apply_bytes(&big.encode()).result, Err(KvError::RequestTooLarge));
+    assert!(matches!(store.apply_bytes(&[1, 99]).result, Err(KvError::Corrupt(_))));
+    assert_eq!(store.applied_index(), 2);
+    assert_eq!(store.revision(), 1);
+}
+
+#[test]
+fn leases_grant_revoke_and_ids() {
+    let mut store = store();
+    let Response::LeaseGrant(granted) = ok(&mut store, Request::LeaseGrant(LeaseGrantRequest { ttl: 1, id: 0 })) else {
+        panic!()
+    };
+    assert!(granted.id > 0);
+    assert_eq!(granted.ttl, Config::default().lease_ttl_seconds_min);
+    assert_eq!(
+        err(
+            &mut store,
+            Request::LeaseGrant(LeaseGrantRequest { ttl: 5, id: granted.id })
+        ),
+        KvError::LeaseExists
+    );
+    assert_eq!(
+        err(
+            &mut store,
+            Request::LeaseGrant(LeaseGrantRequest {
+                ttl: LEASE_TTL_SECONDS_MAX + 1,
+                id: 3
+            })
+        ),
+        KvError::LeaseTtlTooLarge
+    );
+    // A second replica picks the same server-chosen ID.
+    let mut replica = Store::new(Config::default());
+    let Response::LeaseGrant(again) = ok(&mut replica, Request::LeaseGrant(LeaseGrantRequest { ttl: 1, id: 0 })) else {
+        panic!()
+    };
+    assert_eq!(again.id, granted.id);
+    for key in ["x", "y"] {
+        ok(
+            &mut store,
+            Request::Put(PutRequest {
+                lease: granted.id,
+                ..put_request(key, "v")
+            }),
+        );
+    }
+    ok(&mut store, put("z", "v"));
+    assert_eq!(store.lease(granted.id).unwrap().keys.len(), 2);
+    // Re-putting without the lease detaches the key.
+    ok(&mut store, put("y", "w"));
+    assert_eq!(store.lease(granted.id).unwrap().keys.len(), 1);
+    let before = store.revision();
+    let applied = store.apply(&Request::LeaseRevoke(LeaseRevokeRequest { id: granted.id }));
+    assert!(applied.result.is_ok());
+    assert_eq!(applied.revision, before + 1);
+    assert_eq!(applied.events.len(), 1);
+    assert_eq!(applied.events[0].r#type, EventType::Delete);
+    assert_eq!(applied.lease_effect, Some(LeaseEffect::Revoked { id: granted.id }));
+    assert!(get(&store, "x").is_none() && get(&store, "y").is_some());
+    assert_eq!(
+        err(&mut store, Request::LeaseRevoke(LeaseRevokeRequest { id: granted.id })),
+        KvError::LeaseNotFound
+    );
+    assert!(store.lease_leases().leases.is_empty());
+}
+
+#[test]
+fn lessor_tracks_deadlines_and_renews_on_promotion() {
+    let mut store = store();
+    let mut lessor = Lessor::new(1_000);
+    lessor.promote(&store, 0);
+    let applied = store.apply(&Request::LeaseGrant(LeaseGrantRequest { ttl: 10, id: 5 }));
+    lessor.observe(&applied, 1_000);
+    ok(
+        &mut store,
+        Request::Put(PutRequest {
+            lease: 5,
+            ..put_request("k", "v")
+        }),
+    );
+    assert_eq!(lessor.remaining_ttl_seconds(5, 2_500), Some(9));
+    assert!(lessor.expired(&store, 10_999, 10).is_empty());
+    assert_eq!(lessor.keep_alive(&store, 5, 6_000), 10);
+    assert!(lessor.expired(&store, 15_999, 10).is_empty());
+    assert_eq!(lessor.expired(&store, 16_000, 10), vec![5]);
+    // Reported once, then again only after the retry delay.
+    assert!(lessor.expired(&store, 16_500, 10).is_empty());
+    assert_eq!(lessor.expired(&store, 17_000, 10), vec![5]);
+    let ttl = lessor.time_to_live(&store, 5, true, 17_000);
+    assert_eq!((ttl.granted_ttl, ttl.keys.clone()), (10, vec![b"k".to_vec()]));
+    assert_eq!(lessor.time_to_live(&store, 77, false, 0).ttl, -1);
+    assert_eq!(lessor.keep_alive(&store, 77, 0), 0);
+    let reply = lessor.keep_alive_response(&store, 5, 17_000);
+    assert_eq!((reply.id, reply.ttl, reply.header.revision), (5, 10, store.revision()));
+    // A new master renews the full TTL.
+    let mut successor = Lessor::new(1_000);
+    successor.promote(&store, 50_000);
+    assert!(successor.expired(&store, 59_999, 10).is_empty());
+    assert_eq!(successor.expired(&store, 60_000, 10), vec![5]);
+    let applied = store.apply(&Request::LeaseRevoke(LeaseRevokeRequest { id: 5 }));
+    successor.observe(&applied, 60_000);
+    assert!(successor.expired(&store, 100_000, 10).is_empty());
+    lessor.demote();
+    assert!(!lessor.is_primary());
+}
+
+fn drain(hub: &mut WatchHub, store: &Store) -> Vec<WatchResponse> {
+    let mut all = hub.poll(store);
+    while hub.catching_up() {
+        all.extend(hub.poll(store));
+    }
+    all
+}
+
+fn events_of(responses: &[WatchResponse], watch_id: i64) -> Vec<(EventType, String, i64)> {
+    responses
+        .iter()
+        .filter(|response| response.watch_id == watch_id)
+        .flat_map(|response| response.events.iter())
+        .map(|event| {
+            (
+                event.r#type,
+                String::from_utf8(event.kv.key.clone()).unwrap(),
+                event.kv.mod_revision,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn watches_live_and_from_history() {
+    let mut store = store();
+    let mut hub = WatchHub::new(WatchConfig::default());
+    ok(&mut store, put("a", "1"));
+    ok(&mut store, put("b", "1"));
+    let live = hub
+        .create(
+            &store,
+            &WatchCreateRequest {
+                key: b"a".to_vec(),
+                range_end: b"c".to_vec(),
+                prev_kv: true,
+                ..WatchCreateRequest::default()
+            },
+        )
+        .unwrap();
+    let past = hub
+        .create(
+            &store,
+            &WatchCreateRequest {
+                key: b"a".to_vec(),
+                start_revision: 2,
+                filters: vec![WatchFilter::NoDelete],
+                watch_id: 100,
+                ..WatchCreateRequest::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(past, 100);
+    assert_eq!(
+        hub.create(
+            &store,
+            &WatchCreateRequest {
+                key: b"a".to_vec(),
+                watch_id: 100,
+                ..WatchCreateRequest::default()
+            }
+        ),
+        Err(KvError::DuplicateWatchId)
+    );
+    for request in [put("a", "2"), delete("a", "c"), put("c", "1")] {
+        let applied = store.apply(&request);
+        hub.observe(&applied);
+    }
+    let responses = drain(&mut hub, &store);
+    assert!(responses[0].created && responses[1].created && responses[2].canceled);
+    assert_eq!(
+        events_of(&responses, live),
+        vec![
+            (EventType::Put, "a".into(), 4),
+            (EventType::Delete, "a".into(), 5),
+            (EventType::Delete, "b".into(), 5)
+        ]
+    );
+    let with_prev = responses
+        .iter()
+        .find(|r| r.watch_id == live && !r.events.is_empty())
+        .unwrap();
+    assert_eq!(with_prev.events[0].prev_kv.as_ref().unwrap().value, b"1");
+    assert_eq!(
+        events_of(&responses, past),
+        vec![(EventType::Put, "a".into(), 2), (EventType::Put, "a".into(), 4)]
+    );
+    // A revision is never split across responses.
+    assert!(responses.iter().filter(|r| r.watch_id == live).all(|r| r
+        .events
+        .windows(2)
+        .all(|pair| pair[0].kv.mod_revision == pair[1].kv.mod_revision)));
+    assert!(hub.cancel(&store, live));
+    assert!(!hub.cancel(&store, live));
+    hub.request_progress();
+    let responses = drain(&mut hub, &store);
+    assert!(responses[0].canceled);
+    assert_eq!(
+        (responses[1].watch_id, responses[1].header.revision),
+        (-1, store.revision())
+    );
+}
+
+#[test]
+fn watch_below_compaction_is_cancelled_with_compact_revision() {
+    let mut store = store();
+    for value in ["1", "2", "3"] {
+        ok(&mut store, put("a", value));
+    }
+    ok(
+        &mut store,
+        Request::Compaction(CompactionRequest {
+            revision: 3,
+            physical: false,
+        }),
+    );
+    let mut hub = WatchHub::new(WatchConfig::default());
+    let id = hub
+        .create(
+            &store,
+            &WatchCreateRequest {
+                key: b"a".to_vec(),
+                start_revision: 2,
+                ..WatchCreateRequest::default()
+            },
+        )
+        .unwrap();
+    let responses = drain(&mut hub, &store);
+    assert_eq!(responses.len(), 2);
+    assert!(responses[1].canceled);
+    assert_eq!((responses[1].watch_id, responses[1].compact_revision), (id, 3));
+    // Resuming from the compacted revision works.
+    hub.create(
+        &store,
+        &WatchCreateRequest {
+            key: b"a".to_vec(),
+            start_revision: 3,
+            watch_id: 7,
+            ..WatchCreateRequest::default()
+        },
+    )
+    .unwrap();
+    let responses = drain(&mut hub, &store);
+    assert_eq!(
+        events_of(&responses, 7),
+        vec![(EventType::Put, "a".into(), 3), (EventType::Put, "a".into(), 4)]
+    );
+}
+
+#[test]
+fn slow_watcher_resyncs_from_history_without_gaps() {
+    let mut store = store();
+    let mut hub = WatchHub::new(WatchConfig {
+        pending_events_max: 3,
+        catch_up_events_max: 2,
+        watchers_max: 4,
+    });
+    let id = hub
+        .create(
+            &store,
+            &WatchCreateRequest {
+                key: b"k".to_vec(),
+                range_end: vec![0],
+                progress_notify: true,
+                ..WatchCreateRequest::default()
+            },
+        )
+        .unwrap();
+    for i in 0..10 {
+        let applied = store.apply(&put(&format!("k{i}"), "v"));
+        hub.observe(&applied);
+    }
+    let responses = drain(&mut hub, &store);
+    let revisions: Vec<i64> = events_of(&responses, id).iter().map(|event| event.2).collect();
+    assert_eq!(revisions, (2..=11).collect::<Vec<_>>());
+    hub.progress_notify(&store);
+    let responses = hub.poll(&store);
+    assert_eq!((responses.len(), responses[0].header.revision), (1, 11));
+    assert!(responses[0].events.is_empty());
+}
+
+#[test]
+fn snapshots_are_deterministic_and_restore_exactly() {
+    let mut store = store();
+    let mut replica = Store::new(Config::default());
+    let requests = vec![
+        Request::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 0 }),
+        put("a", "1"),
+        put("b", "2"),
+        put("a", "3"),
+        delete("b", ""),
+        Request::Compaction(CompactionRequest {
+            revision: 3,
+            physical: false,
+        }),
+        put("c", &"x".repeat(500)),
+    ];
+    for request in &requests {
+        store.apply(request);
+        replica.apply(request);
+        assert_eq!(store.state_hash(), replica.state_hash());
+    }
+    let lease = store.lease_leases().leases[0];
+    let attach = Request::Put(PutRequest {
+        lease,
+        ..put_request("d", "4")
+    });
+    store.apply(&attach);
+    replica.apply(&attach);
+    assert_eq!(store.snapshot(), replica.snapshot());
+    let chunks: Vec<Vec<u8>> = store.snapshot_chunks(64).collect();
+    assert!(chunks.iter().all(|chunk| chunk.len() <= 64));
+    let mut restored = Store::restore_chunks(Config::default(), chunks.iter().map(|c| c.as_slice())).unwrap();
+    assert_eq!(restored.snapshot(), store.snapshot());
+    assert_eq!(restored.state_hash(), store.state_hash());
+    assert_eq!(restored.lease(lease).unwrap().keys.len(), 1);
+    // Both continue identically.
+    let next = put("e", "5");
+    store.apply(&next);
+    restored.apply(&next);
+    assert_eq!(restored.state_hash(), store.state_hash());
+    assert_eq!(restored.snapshot(), store.snapshot());
+}
+
+#[test]
+fn damaged_snapshots_are_rejected_without_panics() {
+    let mut store = store();
+    for i in 0..5 {
+        store.apply(&put(&format!("k{i}"), "value"));
+    }
+    let body = store.snapshot();
+    for length in 0..body.len() {
+        assert!(Store::restore(Config::default(), &body[..length]).is_err());
+    }
+    for position in 0..body.len() {
+        let mut damaged = body.clone();
+        damaged[position] ^= 0x10;
+        assert!(Store::restore(Config::default(), &damaged).is_err());
+    }
+    let chunks: Vec<Vec<u8>> = store.snapshot_chunks(40).collect();
+    let refs = |chunks: &[Vec<u8>]| chunks.to_vec();
+    let mut missing = refs(&chunks);
+    missing.pop();
+    assert!(Store::restore_chunks(Config::default(), missing.iter().map(|c| c.as_slice())).is_err());
+    let mut swapped = refs(&chunks);
+    swapped.swap(0, 1);
+    assert!(Store::restore_chunks(Config::default(), swapped.iter().map(|c| c.as_slice())).is_err());
+    let mut flipped = refs(&chunks);
+    flipped[1][13] ^= 1;
+    assert!(Store::restore_chunks(Config::default(), flipped.iter().map(|c| c.as_slice())).is_err());
+}
+
+#[test]
+fn sequencer_check_follows_the_lock_key() {
+    let mut store = store();
+    ok(&mut store, Request::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 1 }));
+    ok(
+        &mut store,
+        Request::Put(PutRequest {
+            lease: 1,
+            ..put_request("lock", "")
+        }),
+    );
+    let token = store.sequencer(b"lock").unwrap();
+    assert_eq!((token.create_revision, token.lease), (2, 1));
+    assert!(store.check_sequencer(&token).is_ok());
+    // Re-putting keeps the token valid (same create revision and lease).
+    ok(
+        &mut store,
+        Request::Put(PutRequest {
+            ignore_lease: true,
+            ..put_request("lock", "x")
+        }),
+    );
+    assert!(store.check_sequencer(&token).is_ok());
+    ok(&mut store, delete("lock", ""));
+    assert_eq!(store.check_sequencer(&token), Err(KvError::StaleSequencer));
+    assert!(store.sequencer(b"lock").is_none());
+}
+
+#[test]
+fn config_validation() {
+    assert!(Config::default().validate().is_ok());
+    for config in [
+        Config {
+            range_keys_max: 0,
+            ..Config::default()
+        },
+        Config {
+            lease_ttl_seconds_min: 0,
+            ..Config::default()
+        },
+        Config {
+            request_bytes_max: 10,
+            ..Config::default()
+        },
+    ] {
+        assert!(config.validate().is_err());
+    }
+}
+
+#[test]
+fn watch_from_a_future_revision_waits_for_it() {
+    let mut store = store();
+    let mut hub = WatchHub::new(WatchConfig::default());
+    let start = store.revision() + 3;
+    let id = hub
+        .create(
+            &store,
+            &WatchCreateRequest {
+                key: b"k".to_vec(),
+                start_revision: start,
+                ..WatchCreateRequest::default()
+            },
+        )
+        .unwrap();
+    for value in ["1", "2", "3", "4", "5"] {
+        let applied = store.apply(&put("k", value));
+        hub.observe(&applied);
+    }
+    let responses = drain(&mut hub, &store);
+    let revisions: Vec<i64> = events_of(&responses, id).iter().map(|event| event.2).collect();
+    assert_eq!(revisions, (start..=store.revision()).collect::<Vec<_>>());
+}
+
+#[test]
+fn state_hash_tracks_effects() {
+    let mut first = store();
+    let mut second = store();
+    first.apply(&put("a", "1"));
+    second.apply(&put("a", "2"));
+    assert_ne!(first.state_hash(), second.state_hash());
+    // The same effects in the same order agree; errors count as applied entries.
+    let mut third = store();
+    third.apply(&put("a", "1"));
+    assert_eq!(first.state_hash(), third.state_hash());
+    first.apply(&put("", "x"));
+    assert_ne!(first.state_hash(), third.state_hash());
+    third.apply(&put("", "x"));
+    assert_eq!(first.state_hash(), third.state_hash());
+    assert_eq!(first.applied_index(), 2);
+}

@@ -1,0 +1,370 @@
+//! Watches: the events of applied entries routed to the watchers of one
+//! client watch stream.
+//!
+//! One [`WatchHub`] serves one gRPC `Watch` stream (watch IDs are per stream,
+//! as in etcd). The server drives it:
+//! 1. [`WatchHub::create`] / [`WatchHub::cancel`] for the stream's requests;
+//! 2. [`WatchHub::observe`] with every [`crate::Applied`], in apply order;
+//! 3. [`WatchHub::poll`] to take the responses ready to send (it also catches
+//!    up watchers that start in the past, from the store's history).
+//!
+//! Each watcher is either *synced* (it has seen everything up to the store
+//! revision, and `observe` hands it new events directly) or *catching up*
+//! (`poll` reads its next batch from history). A response never splits a
+//! revision and revisions arrive in order with no gaps.
+//!
+//! Slow watchers: each watcher buffers at most `pending_events_max` events of
+//! unsent responses. When a new revision would exceed that, its unsent
+//! responses are dropped and it goes back to catching up from the first
+//! revision it has not been sent, so memory stays bounded and nothing is
+//! lost, unless compaction overtakes it: then it is cancelled with
+//! `compact_revision` set, as etcd does, and the client resumes from there.
+//!
+//! Cost of catching up: each [`WatchHub::poll`] of a catching-up watcher walks
+//! the keys of its range and their retained changes once, and returns up to
+//! `catch_up_events_max` events; raise it for watchers over large ranges.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::error::KvError;
+use crate::store::{Applied, RangeEnd, Store};
+use crate::types::*;
+
+/// Bounds of a [`WatchHub`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Events a watcher may have waiting to be sent before it is made to catch
+    /// up from history instead.
+    pub pending_events_max: usize,
+    /// Events read from history per catching-up watcher per [`WatchHub::poll`]
+    /// (whole revisions, so a larger revision may exceed it).
+    pub catch_up_events_max: usize,
+    /// Watchers per stream.
+    pub watchers_max: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            pending_events_max: 10_000,
+            catch_up_events_max: 1_000,
+            watchers_max: 10_000,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Watcher {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    /// The first revision this watcher has not been given (sent or pending).
+    next_revision: i64,
+    synced: bool,
+    pending: VecDeque<WatchResponse>,
+    pending_events: usize,
+}
+
+impl Watcher {
+    fn wants(&self, event: &Event) -> bool {
+        let kind_wanted = match event.r#type {
+            EventType::Put => !self.no_put,
+            EventType::Delete => !self.no_delete,
+        };
+        kind_wanted && RangeEnd::of(&self.range_end).contains(&self.key, &event.kv.key)
+    }
+
+    fn shape(&self, event: &Event) -> Event {
+        Event {
+            r#type: event.r#type,
+            kv: event.kv.clone(),
+            prev_kv: if self.prev_kv { event.prev_kv.clone() } else { None },
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct WatchHub {
+    config: WatchConfig,
+    watchers: BTreeMap<i64, Watcher>,
+    /// Replies to create/cancel and cancellations, in order.
+    control: VecDeque<WatchResponse>,
+    next_watch_id: i64,
+    /// A `WatchProgressRequest` waits until every watcher is synced.
+    progress_requested: bool,
+}
+
+impl WatchHub {
+    /// An empty hub.
+    pub fn new(config: WatchConfig) -> Self {
+        WatchHub {
+            config,
+            ..WatchHub::default()
+        }
+    }
+
+    /// Number of active watchers.
+    pub fn len(&self) -> usize {
+        self.watchers.len()
+    }
+
+    /// Whether there are no watchers.
+    pub fn is_empty(&self) -> bool {
+        self.watchers.is_empty()
+    }
+
+    /// Whether some watcher is still catching up (call [`WatchHub::poll`] again).
+    pub fn catching_up(&self) -> bool {
+        self.watchers.values().any(|watcher| !watcher.synced)
+    }
+
+    /// `WatchCreateRequest`. Queues the `created` reply (and, for a start below
+    /// the compacted revision, the cancellation with `compact_revision`).
+    /// Returns the watch ID, or the error also sent as the cancel reason.
+    pub fn create(&mut self, store: &Store, request: &WatchCreateRequest) -> Result<i64, KvError> {
+        let header = ResponseHeader {
+            revision: store.revision(),
+            ..ResponseHeader::default()
+        };
+        let refuse = |hub: &mut WatchHub, watch_id: i64, error: KvError| {
+            hub.control.push_back(WatchResponse {
+                header,
+                watch_id,
+                created: true,
+                canceled: true,
+                cancel_reason: error.to_string(),
+                ..WatchResponse::default()
+            });
+            Err(error)
+        };
+        if request.key.is_empty() {
+            return refuse(self, -1, KvError::KeyNotProvided);
+        }
+        if self.watchers.len() >= self.config.watchers_max {
+            return refuse(self, -1, KvError::TooManyWatchers);
+        }
+        let watch_id = if request.watch_id != 0 {
+            if self.watchers.contains_key(&request.watch_id) {
+                return refuse(self, request.watch_id, KvError::DuplicateWatchId);
+            }
+            request.watch_id
+        } else {
+            // Assigned IDs only grow, so a late response is never taken for a new watch's.
+            while self.watchers.contains_key(&self.next_watch_id) {
+                self.next_watch_id += 1;
+            }
+            self.next_watch_id += 1;
+            self.next_watch_id - 1
+        };
+        self.control.push_back(WatchResponse {
+            header,
+            watch_id,
+            created: true,
+            ..WatchResponse::default()
+        });
+        if request.start_revision > 0 && request.start_revision < store.compact_revision() {
+            self.control.push_back(self.compacted(store, watch_id));
+            return Ok(watch_id);
+        }
+        let next_revision = if request.start_revision > 0 {
+            request.start_revision
+        } else {
+            store.revision() + 1
+        };
+        let synced = next_revision > store.revision();
+        self.watchers.insert(
+            watch_id,
+            Watcher {
+                key: request.key.clone(),
+                range_end: request.range_end.clone(),
+                prev_kv: request.prev_kv,
+                no_put: request.filters.contains(&WatchFilter::NoPut),
+                no_delete: request.filters.contains(&WatchFilter::NoDelete),
+                progress_notify: request.progress_notify,
+                next_revision,
+                synced,
+                pending: VecDeque::new(),
+                pending_events: 0,
+            },
+        );
+        Ok(watch_id)
+    }
+
+    fn compacted(&self, store: &Store, watch_id: i64) -> WatchResponse {
+        WatchResponse {
+            header: ResponseHeader {
+                revision: store.revision(),
+                ..ResponseHeader::default()
+            },
+            watch_id,
+            canceled: true,
+            compact_revision: store.compact_revision(),
+            cancel_reason: KvError::Compacted.to_string(),
+            ..WatchResponse::default()
+        }
+    }
+
+    /// `WatchCancelRequest`. Drops unsent events and queues the `canceled`
+    /// reply; false if no such watch.
+    pub fn cancel(&mut self, store: &Store, watch_id: i64) -> bool {
+        if self.watchers.remove(&watch_id).is_none() {
+            return false;
+        }
+        self.control.push_back(WatchResponse {
+            header: ResponseHeader {
+                revision: store.revision(),
+                ..ResponseHeader::default()
+            },
+            watch_id,
+            canceled: true,
+            ..WatchResponse::default()
+        });
+        true
+    }
+
+    /// Routes one applied entry's events to the synced watchers. Must be
+    /// called for every applied entry, in order.
+    pub fn observe(&mut self, applied: &Applied) {
+        let Some(first) = applied.events.first() else {
+            return;
+        };
+        let revision = first.kv.mod_revision;
+        assert_eq!(revision, applied.revision, "events carry the applied revision");
+        let pending_events_max = self.config.pending_events_max;
+        for (&watch_id, watcher) in &mut self.watchers {
+            if !watcher.synced {
+                continue;
+            }
+            if watcher.next_revision > revision {
+                // Started at a future revision.
+                continue;
+            }
+            if watcher.next_revision < revision {
+                // An apply was not observed; recover from history.
+                watcher.synced = false;
+                continue;
+            }
+            let events: Vec<Event> = applied
+                .events
+                .iter()
+                .filter(|event| watcher.wants(event))
+                .map(|event| watcher.shape(event))
+                .collect();
+            watcher.next_revision = revision + 1;
+            if events.is_empty() {
+                continue;
+            }
+            if watcher.pending_events + events.len() > pending_events_max {
+                // Too slow: resend from history, starting at its first unsent revision.
+                let first_unsent = watcher
+                    .pending
+                    .front()
+                    .and_then(|response| response.events.first())
+                    .map_or(revision, |event| event.kv.mod_revision);
+                watcher.pending.clear();
+                watcher.pending_events = 0;
+                watcher.next_revision = first_unsent;
+                watcher.synced = false;
+                continue;
+            }
+            watcher.pending_events += events.len();
+            watcher.pending.push_back(WatchResponse {
+                header: ResponseHeader {
+                    revision,
+                    ..ResponseHeader::default()
+                },
+                watch_id,
+                events,
+                ..WatchResponse::default()
+            });
+        }
+    }
+
+    /// Takes every response ready to send: control replies first, then each
+    /// watcher's events (by watch ID). Catching-up watchers get their next
+    /// batch from history; call again while [`WatchHub::catching_up`].
+    pub fn poll(&mut self, store: &Store) -> Vec<WatchResponse> {
+        let mut ready: Vec<WatchResponse> = self.control.drain(..).collect();
+        let mut compacted = Vec::new();
+        for (&watch_id, watcher) in &mut self.watchers {
+            if !watcher.synced {
+                match store.history_events(
+                    &watcher.key,
+                    &watcher.range_end,
+                    watcher.next_revision,
+                    self.config.catch_up_events_max,
+                ) {
+                    Err(_) => {
+                        compacted.push(watch_id);
+                        continue;
+                    }
+                    Ok((events, next_revision)) => {
+                        let events: Vec<Event> = events
+                            .iter()
+                            .filter(|event| watcher.wants(event))
+                            .map(|event| watcher.shape(event))
+                            .collect();
+                        assert!(next_revision > watcher.next_revision || events.is_empty());
+                        watcher.next_revision = next_revision;
+                        watcher.synced = next_revision > store.revision();
+                        if !events.is_empty() {
+                            watcher.pending.push_back(WatchResponse {
+                                header: ResponseHeader {
+                                    revision: store.revision(),
+                                    ..ResponseHeader::default()
+                                },
+                                watch_id,
+                                events,
+                                ..WatchResponse::default()
+                            });
+                        }
+                    }
+                }
+            }
+            ready.extend(watcher.pending.drain(..));
+            watcher.pending_events = 0;
+        }
+        for watch_id in compacted {
+            self.watchers.remove(&watch_id);
+            ready.push(self.compacted(store, watch_id));
+        }
+        if self.progress_requested && !self.catching_up() {
+            self.progress_requested = false;
+            ready.push(progress(store, -1));
+        }
+        ready
+    }
+
+    /// Periodic progress notifications (the server's timer, etcd: 10 min): an
+    /// empty response with the current revision for each synced watcher that
+    /// asked for `progress_notify` and has nothing unsent.
+    pub fn progress_notify(&mut self, store: &Store) {
+        for (&watch_id, watcher) in &mut self.watchers {
+            if watcher.progress_notify && watcher.synced && watcher.pending.is_empty() {
+                watcher.pending.push_back(progress(store, watch_id));
+            }
+        }
+    }
+
+    /// `WatchProgressRequest`: once every watcher is synced (and after the
+    /// events before it), [`WatchHub::poll`] returns one empty response with
+    /// the current revision and watch ID -1 (etcd 3.5).
+    pub fn request_progress(&mut self) {
+        self.progress_requested = true;
+    }
+}
+
+fn progress(store: &Store, watch_id: i64) -> WatchResponse {
+    WatchResponse {
+        header: ResponseHeader {
+            revision: store.revision(),
+            ..ResponseHeader::default()
+        },
+        watch_id,
+        ..WatchResponse::default()
+    }
+}

@@ -1,0 +1,271 @@
+//! The Paxos replica's durable state on one disk: what `synod_paxos::Persist`
+//! records become, and the `DurableState` a restart reads back.
+//!
+//! - `Persist::Meta` goes to the two metadata copies, synced at once.
+//! - `Persist::Accepted` is a log record at its ballot.
+//! - `Persist::Chosen` (a value learned from a peer) is a log record at the zero
+//!   ballot, which no proposer ever issues (node ids start at 1): recovery turns
+//!   it back into a chosen slot.
+//! - `Persist::ChosenThrough` is a commit-point record.
+//!
+//! Records are staged by [`AcceptorStore::write`] and made durable by
+//! [`AcceptorStore::sync`]; the host sends a Ready's messages only after that.
+//! Snapshots carry the epoch applied by their instance in front of the state
+//! machine's bytes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use synod_paxos::{
+    decode_batch, encode_batch, Ballot, DurableState, Epoch, Instance, Meta, NodeId, Persist, StoredSlot, Voting,
+};
+
+use crate::disk::Disk;
+use crate::error::{Result, StorageError};
+use crate::metadata::{AcceptorMetadata, MetadataStore};
+use crate::snapshot::{FinishedSnapshot, SnapshotStore};
+use crate::wal::{Record, RecordKind, Recovery, Wal, WalConfig};
+
+/// Bytes in front of a snapshot's state-machine bytes: the epoch's ballot.
+const SNAPSHOT_HEADER_BYTES: usize = 24;
+
+/// Bounds of one replica's store.
+#[derive(Clone, Debug)]
+pub struct AcceptorStoreConfig {
+    /// The log's segment and record bounds.
+    pub wal: WalConfig,
+    /// Size of one snapshot chunk, the unit of checksums and of transfer.
+    pub snapshot_chunk_bytes: u32,
+    /// Largest encoded batch recovery will decode (the core's `batch_bytes_max`
+    /// plus its encoding overhead).
+    pub batch_bytes_max: usize,
+}
+
+impl Default for AcceptorStoreConfig {
+    fn default() -> AcceptorStoreConfig {
+        AcceptorStoreConfig {
+            wal: WalConfig::default(),
+            snapshot_chunk_bytes: 1 << 20,
+            batch_bytes_max: 16 << 20,
+        }
+    }
+}
+
+/// What a start found on disk.
+#[derive(Debug)]
+pub struct Recovered {
+    /// `None`: the disk held nothing (a brand-new or wiped replica).
+    pub durable: Option<DurableState>,
+    /// The state machine's bytes from the newest snapshot, if any.
+    pub snapshot_state: Option<Vec<u8>>,
+    /// What the log scan saw, for logging.
+    pub recovery: Recovery,
+}
+
+/// One replica's metadata, log and snapshots.
+#[derive(Debug)]
+pub struct AcceptorStore {
+    wal: Wal,
+    metadata: MetadataStore,
+    snapshots: SnapshotStore,
+}
+
+impl AcceptorStore {
+    /// Opens (or creates) the store and reads back what a restart needs.
+    pub fn open(disk: Arc<dyn Disk>, config: &AcceptorStoreConfig) -> Result<(AcceptorStore, Recovered)> {
+        let snapshots = SnapshotStore::open(disk.clone(), config.snapshot_chunk_bytes)?;
+        let (wal, recovery) = Wal::open(disk.clone(), config.wal.clone())?;
+        let snapshot = snapshots.load_latest()?;
+        let has_state = recovery.records > 0 || !recovery.corrupted.is_empty() || snapshot.is_some();
+        let (metadata, load) = MetadataStore::open(disk, has_state)?;
+        let store = AcceptorStore {
+            wal,
+            metadata,
+            snapshots,
+        };
+        if load.fresh {
+            return Ok((
+                store,
+                Recovered {
+                    durable: None,
+                    snapshot_state: None,
+                    recovery,
+                },
+            ));
+        }
+        let (snapshot_instance, snapshot_epoch, snapshot_state) = match snapshot {
+            Some((instance, bytes)) => {
+                let (epoch, state) = split_snapshot(&bytes)?;
+                (instance, epoch, Some(state))
+            }
+            None => (Instance::ZERO, Epoch::default(), None),
+        };
+        let durable = durable_state(
+            load.metadata,
+            &recovery,
+            snapshot_instance,
+            snapshot_epoch,
+            config.batch_bytes_max,
+        );
+        Ok((
+            store,
+            Recovered {
+                durable: Some(durable),
+                snapshot_state,
+                recovery,
+            },
+        ))
+    }
+
+    /// Stages a Ready's persist records. Metadata is written and synced here;
+    /// log records become durable at the next [`AcceptorStore::sync`].
+    pub fn write(&mut self, records: &[Persist]) -> Result<()> {
+        for record in records {
+            match record {
+                Persist::Meta(meta) => self.metadata.write(&AcceptorMetadata {
+                    promised: meta.promised,
+                    incarnation: meta.incarnation,
+                    voting: meta.voting,
+                })?,
+                Persist::Accepted {
+                    instance,
+                    ballot,
+                    batch,
+                } => self.wal.append(&Record::Accepted {
+                    instance: *instance,
+                    ballot: *ballot,
+                    value: encode_batch(batch),
+                })?,
+                Persist::Chosen { instance, batch } => self.wal.append(&Record::Accepted {
+                    instance: *instance,
+                    ballot: Ballot::ZERO,
+                    value: encode_batch(batch),
+                })?,
+                Persist::ChosenThrough { through } => self.wal.append(&Record::Committed { through: *through })?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every staged record durable (one fdatasync for all of them).
+    pub fn sync(&mut self) -> Result<()> {
+        self.wal.sync()
+    }
+
+    /// Takes a snapshot of the state machine at `instance` (whose highest applied
+    /// epoch is `epoch`) and, once it is durable, trims the log below it. A failed
+    /// snapshot leaves the log as it was.
+    pub fn save_snapshot(&mut self, instance: Instance, epoch: Epoch, state: &[u8]) -> Result<FinishedSnapshot> {
+        let mut writer = self.snapshots.begin(instance)?;
+        writer.write(&snapshot_header(epoch))?;
+        writer.write(state)?;
+        let finished = writer.finish()?;
+        self.wal.trim(&finished)?;
+        Ok(finished)
+    }
+
+    /// The snapshot files, for serving chunks to peers and installing theirs.
+    pub fn snapshots(&self) -> &SnapshotStore {
+        &self.snapshots
+    }
+
+    /// The log, for its counters.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// The newest snapshot: its instance, epoch and state-machine bytes.
+    pub fn latest_snapshot(&self) -> Result<Option<(Instance, Epoch, Vec<u8>)>> {
+        match self.snapshots.load_latest()? {
+            Some((instance, bytes)) => {
+                let (epoch, state) = split_snapshot(&bytes)?;
+                Ok(Some((instance, epoch, state)))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn snapshot_header(epoch: Epoch) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+    header[..8].copy_from_slice(&epoch.0.round.to_le_bytes());
+    header[8..16].copy_from_slice(&epoch.0.incarnation.to_le_bytes());
+    header[16..].copy_from_slice(&epoch.0.node.0.to_le_bytes());
+    header
+}
+
+fn split_snapshot(bytes: &[u8]) -> Result<(Epoch, Vec<u8>)> {
+    if bytes.len() < SNAPSHOT_HEADER_BYTES {
+        return Err(StorageError::Malformed {
+            file: "snapshot".to_string(),
+            what: format!(
+                "{} bytes, shorter than its {SNAPSHOT_HEADER_BYTES}-byte header",
+                bytes.len()
+            ),
+        });
+    }
+    let word = |index: usize| u64::from_le_bytes(bytes[index * 8..index * 8 + 8].try_into().expect("8 bytes"));
+    let epoch = Epoch(Ballot::new(word(0), word(1), NodeId(word(2))));
+    Ok((epoch, bytes[SNAPSHOT_HEADER_BYTES..].to_vec()))
+}
+
+/// Turns what recovery read into the core's restart state. A record whose value
+/// fails to decode, or whose checksum failed, becomes a faulty slot (repaired
+/// from peers); a damaged record whose instance is unknown means this replica
+/// may have forgotten an acceptance, so it must rejoin as if its disk were lost.
+fn durable_state(
+    metadata: AcceptorMetadata,
+    recovery: &Recovery,
+    snapshot_instance: Instance,
+    snapshot_epoch: Epoch,
+    batch_bytes_max: usize,
+) -> DurableState {
+    let mut meta = Meta {
+        promised: metadata.promised,
+        incarnation: metadata.incarnation,
+        voting: metadata.voting,
+    };
+    let mut slots = Vec::with_capacity(recovery.accepted.len());
+    for (instance, accepted) in &recovery.accepted {
+        if *instance <= snapshot_instance {
+            continue;
+        }
+        let value: Bytes = accepted.value.clone();
+        let slot = match decode_batch(&value, batch_bytes_max) {
+            Ok(batch) if accepted.ballot == Ballot::ZERO => StoredSlot::Chosen { batch },
+            Ok(batch) => StoredSlot::Accepted {
+                ballot: accepted.ballot,
+                batch,
+            },
+            Err(_) => StoredSlot::Faulty {
+                ballot: (accepted.ballot != Ballot::ZERO).then_some(accepted.ballot),
+            },
+        };
+        slots.push((*instance, slot));
+    }
+    for corrupt in &recovery.corrupted {
+        if corrupt.kind == Some(RecordKind::Committed) {
+            // A commit point is learned again from the master.
+            continue;
+        }
+        match corrupt.instance {
+            Some(instance) if instance > snapshot_instance && !recovery.accepted.contains_key(&instance) => {
+                let ballot = corrupt.ballot.filter(|ballot| *ballot != Ballot::ZERO);
+                slots.push((instance, StoredSlot::Faulty { ballot }));
+            }
+            Some(_) => {}
+            None => {
+                if meta.voting == Voting::Voter {
+                    meta.voting = Voting::ProbePending { new_group: false };
+                }
+            }
+        }
+    }
+    DurableState {
+        meta,
+        snapshot_instance,
+        snapshot_epoch,
+        slots,
+        chosen_through: recovery.committed_through,
+    }
+}
