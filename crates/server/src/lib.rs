@@ -47,7 +47,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterState, ServerConfig};
-use crate::disk::{DiskWriter, FileLog};
+use crate::disk::DiskWriter;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::node::{Core, CoreInputs};
@@ -74,6 +74,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the newest snapshot cannot be restored: {0}")]
+    Snapshot(String),
     #[error("cannot start the disk thread: {0}")]
     DiskThread(std::io::Error),
     #[error(transparent)]
@@ -117,7 +119,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     // Tunables are checked before anything is written to the data directory.
     config.paxos_config(NodeId(1), vec![NodeId(1)])?;
     let identity = load_identity(&config)?;
-    let (log, durable) = FileLog::open(&config.data_dir)?;
+    let (acceptor_store, opened) = disk::open(&config.data_dir, config.tunables.batch_bytes_max)?;
+    let durable = opened.durable;
+    let snapshot_instance = durable.as_ref().map_or(0, |durable| durable.snapshot_instance.0);
     let members: Vec<NodeId> = identity.members.iter().map(|member| NodeId(member.id)).collect();
     let paxos = config.paxos_config(NodeId(identity.member_id), members)?;
     let message_bytes_max = paxos.message_bytes_max;
@@ -153,7 +157,11 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     );
 
     let metrics = Arc::new(Metrics::default());
-    let store = synod_kv::Store::new(synod_kv::Config::default());
+    let store = match opened.snapshot_state {
+        Some(state) => synod_kv::Store::restore(synod_kv::Config::default(), &state)
+            .map_err(|error| ServerError::Snapshot(error.to_string()))?,
+        None => synod_kv::Store::new(synod_kv::Config::default()),
+    };
     let (shared, commands, status) = node::shared(
         identity.clone(),
         config.advertise_client_url.clone(),
@@ -176,8 +184,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         metrics,
         shutdown.clone(),
     );
-    let disk = DiskWriter::start(Box::new(log)).map_err(ServerError::DiskThread)?;
-    let core = Core::new(replica, shared.clone(), peers, disk, status, origin);
+    let disk = DiskWriter::start(acceptor_store).map_err(ServerError::DiskThread)?;
+    let core = Core::new(replica, shared.clone(), peers, disk, status, origin, snapshot_instance);
     let core_shutdown = shutdown.clone();
     let mut core_task = tokio::spawn(core.run(CoreInputs { commands, inbound }, core_shutdown));
     let api = api::Api::new(shared);

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Tunables;
-use crate::disk::DiskWriter;
+use crate::disk::{DiskError, DiskWriter};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::peer::{PeerEvents, PeerSender};
@@ -199,12 +199,16 @@ pub struct Core {
     was_master: bool,
     last_master: Option<NodeId>,
     next_expiry_check: Instant,
+    /// The instance the newest durable snapshot covers.
+    snapshot_instance: u64,
+    /// A snapshot being written by the disk thread.
+    snapshot_in_progress: Option<oneshot::Receiver<Result<synod_paxos::Instance, DiskError>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    #[error("making acceptor state durable failed (never retried): {0}")]
-    Persist(std::io::Error),
+    #[error("making acceptor state durable failed: {0}")]
+    Persist(DiskError),
 }
 
 /// Channels into a core that is not started yet.
@@ -246,7 +250,9 @@ impl Core {
         disk: DiskWriter,
         status: watch::Sender<Status>,
         origin: Instant,
+        snapshot_instance: u64,
     ) -> Core {
+        status.send_modify(|status| status.applied_instance = snapshot_instance);
         Core {
             replica,
             shared,
@@ -259,6 +265,8 @@ impl Core {
             was_master: false,
             last_master: None,
             next_expiry_check: Instant::now(),
+            snapshot_instance,
+            snapshot_in_progress: None,
         }
     }
 
@@ -301,6 +309,7 @@ impl Core {
                 }
             }
             self.process_ready().await?;
+            self.snapshot_if_due();
         }
         for (_, (reply, _)) in self.pending.drain() {
             let _ = reply.send(Err(WriteError::Stopped));
@@ -346,6 +355,34 @@ impl Core {
                 let _ = reply.send(answer);
             }
         }
+    }
+
+    /// Every `snapshot_interval_instances` applied instances the store is
+    /// serialized and handed to the disk thread; once durable, the core may
+    /// forget the log below it.
+    fn snapshot_if_due(&mut self) {
+        if let Some(in_progress) = &mut self.snapshot_in_progress {
+            match in_progress.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Ok(Ok(instance)) => {
+                    if instance <= self.replica.chosen_through() {
+                        self.replica.trim(instance);
+                    }
+                    self.snapshot_instance = instance.0;
+                    tracing::debug!(%instance, "snapshot durable; log trimmed below it");
+                }
+                Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {}
+            }
+            self.snapshot_in_progress = None;
+        }
+        let interval = self.shared.tunables.snapshot_interval_instances;
+        let applied = self.status.borrow().applied_instance;
+        if interval == 0 || applied < self.snapshot_instance + interval || applied != self.replica.chosen_through().0 {
+            return;
+        }
+        let state = self.shared.store().snapshot();
+        let epoch = self.replica.applied_epoch();
+        self.snapshot_in_progress = self.disk.snapshot(synod_paxos::Instance(applied), epoch, state);
     }
 
     /// The master proposes a revoke for each client lease past its deadline.
