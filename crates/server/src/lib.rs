@@ -158,9 +158,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
 
     let metrics = Arc::new(Metrics::default());
     let store = match opened.snapshot_state {
-        Some(state) => synod_kv::Store::restore(synod_kv::Config::default(), &state)
+        Some(state) => synod_kv::Store::restore(node::kv_config(), &state)
             .map_err(|error| ServerError::Snapshot(error.to_string()))?,
-        None => synod_kv::Store::new(synod_kv::Config::default()),
+        None => synod_kv::Store::new(node::kv_config()),
     };
     let (shared, commands, status) = node::shared(
         identity.clone(),

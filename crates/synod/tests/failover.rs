@@ -1,6 +1,8 @@
 //! Crashes: SIGKILL the master while a client writes; a new master must serve
 //! writes within [`FAILOVER_MAX`] and every acknowledged write must survive,
-//! also after every member is killed and restarted.
+//! also after every member is killed and restarted. Snapshots are taken every
+//! [`SNAPSHOT_INTERVAL`] instances, so the log is trimmed during the run and
+//! the full restart recovers from snapshots plus the log above them.
 
 mod common;
 
@@ -15,6 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 /// 0.5 s election timeout): the lease must run out on the survivors, then one
 /// of them takes it and recovers the log.
 const FAILOVER_MAX: Duration = Duration::from_secs(8);
+const SNAPSHOT_INTERVAL: &str = "10";
 
 fn channel(url: &str) -> Channel {
     Endpoint::from_shared(url.to_string())
@@ -81,7 +84,7 @@ async fn wait_for_keys(client: &mut KvClient<Channel>, acked: &[String], seriali
 
 #[test]
 fn master_crash_and_full_restart_lose_no_acknowledged_write() {
-    let mut cluster = Cluster::start(3, "failover");
+    let mut cluster = Cluster::start_with(3, "failover", &["--snapshot-interval-instances", SNAPSHOT_INTERVAL]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
