@@ -207,7 +207,7 @@ impl ServerConfig {
         config.lease_renew_interval = tunables.lease_renew_interval;
         config.election_timeout = tunables.election_timeout;
         config.heartbeat_interval = tunables.heartbeat_interval;
-        config.retransmit_interval = tunables.heartbeat_interval * 2;
+        config.retransmit_interval = (tunables.heartbeat_interval * 2).min(tunables.lease_renew_interval);
         config.clock_drift_max_ppm = tunables.clock_drift_max_ppm;
         config.window_instances_max = tunables.window_instances_max;
         config.accept_ahead_instances_max = config.accept_ahead_instances_max.max(tunables.window_instances_max * 2);

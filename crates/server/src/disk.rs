@@ -1,92 +1,92 @@
-//! Durable acceptor state: what the core's `Ready::persist` asks for.
+//! Durable acceptor state and snapshots, through synod-storage, on a thread of
+//! their own.
 //!
-//! The core task never touches a file. It hands each Ready's records to a
-//! [`DiskWriter`], whose own OS thread appends them to the replica's
-//! [`AcceptorStore`] (synod-storage: a segmented write-ahead log with
-//! identifiers kept apart from the entries, two metadata copies, snapshots) and
-//! makes them durable with one sync for every record queued meanwhile (group
-//! commit), then reports back; only then does the core task send the Ready's
-//! messages.
-//!
-//! Recovery is protocol-aware: a torn tail (an append that never finished) is
-//! dropped, but a damaged entry is handed to the core as faulty, to be repaired
-//! from peers, never silently truncated (see ARCHITECTURE.md).
+//! The core task never touches a file. It hands each Ready's persist records
+//! to the [`DiskWriter`], whose OS thread stages them in the storage crate's
+//! [`AcceptorStore`] (metadata copies, write-ahead log with identifiers) and
+//! makes every record queued meanwhile durable with one sync (group commit),
+//! then reports back; only then does the core task send the Ready's messages.
+//! Snapshots of the state machine are written by the same thread, in order
+//! with the records, and trim the log once durable.
 //!
 //! **A sync failure is never retried**: the pages it covered may be lost while
-//! marked clean. The writer reports it, and the server stops.
+//! marked clean. The writer reports it and stops; the server stops with it.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use synod_paxos::Persist;
-use synod_storage::{AcceptorStore, AcceptorStoreConfig, Disk, FsDisk, Recovered};
+use synod_paxos::{DurableState, Epoch, Instance, Persist};
+use synod_storage::{AcceptorStore, AcceptorStoreConfig, Disk, FsDisk, StorageError};
 use tokio::sync::{mpsc, oneshot};
 
-/// The directory, inside the data directory, that holds the acceptor's files.
-pub const STORE_DIRECTORY: &str = "paxos";
-/// Write jobs queued for the disk thread before the core task waits.
+/// Directory inside the data directory that holds the storage crate's files.
+pub const STORAGE_DIRECTORY: &str = "paxos";
+/// Jobs queued for the disk thread before the core task waits.
 const DISK_QUEUE_JOBS_MAX: usize = 1_024;
 
-/// Somewhere to append acceptor records durably.
-pub trait LogStore: Send + 'static {
-    /// Appends records; they need not be durable until [`LogStore::sync`].
-    fn append(&mut self, records: &[Persist]) -> io::Result<()>;
-    /// Makes every appended record durable.
-    fn sync(&mut self) -> io::Result<()>;
-}
-
-impl LogStore for AcceptorStore {
-    fn append(&mut self, records: &[Persist]) -> io::Result<()> {
-        self.write(records).map_err(io::Error::other)
-    }
-
-    fn sync(&mut self) -> io::Result<()> {
-        AcceptorStore::sync(self).map_err(io::Error::other)
-    }
-}
-
-/// Why the acceptor's files could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("{path}: {source}")]
-    Storage {
+    #[error("cannot open the acceptor store in {path}: {source}")]
+    Open {
         path: PathBuf,
         #[source]
-        source: synod_storage::StorageError,
+        source: StorageError,
     },
+    #[error("acceptor store failed (never retried): {0}")]
+    Failed(String),
+    #[error("the disk thread has stopped after a failure")]
+    Stopped,
 }
 
-/// Opens the acceptor's store in `data_dir` and reads back what it holds.
-/// Refuses to start, naming the file, when the disk holds state it cannot
-/// trust (both metadata copies damaged, say): an operator decides then.
-pub fn open_store(data_dir: &Path, batch_bytes_max: usize) -> Result<(AcceptorStore, Recovered), DiskError> {
-    let path = data_dir.join(STORE_DIRECTORY);
-    let error = |source| DiskError::Storage {
+/// What a start found in the data directory.
+#[derive(Debug)]
+pub struct Opened {
+    /// `None`: nothing durable yet (a new member, or one whose disk was replaced).
+    pub durable: Option<DurableState>,
+    /// The state machine's bytes from the newest snapshot.
+    pub snapshot_state: Option<Vec<u8>>,
+}
+
+/// Opens the acceptor store under `data_dir`.
+pub fn open(data_dir: &Path, batch_bytes_max: usize) -> Result<(AcceptorStore, Opened), DiskError> {
+    let path = data_dir.join(STORAGE_DIRECTORY);
+    let error = |source| DiskError::Open {
         path: path.clone(),
         source,
     };
     let disk: Arc<dyn Disk> = Arc::new(FsDisk::open(&path).map_err(error)?);
     let config = AcceptorStoreConfig {
-        batch_bytes_max,
+        batch_bytes_max: batch_bytes_max + (1 << 20),
         ..AcceptorStoreConfig::default()
     };
     let (store, recovered) = AcceptorStore::open(disk, &config).map_err(error)?;
     let recovery = &recovered.recovery;
-    if recovery.torn_tail_bytes > 0 || !recovery.corrupted.is_empty() {
+    if !recovery.corrupted.is_empty() {
         tracing::warn!(
-            path = %path.display(),
-            torn_tail_bytes = recovery.torn_tail_bytes,
-            corrupted_records = recovery.corrupted.len(),
-            "acceptor log recovered with damage; damaged entries will be repaired from peers"
+            damaged = recovery.corrupted.len(),
+            "log entries failed their checksums; they will be repaired from peers before they are served"
         );
     }
-    Ok((store, recovered))
+    Ok((
+        store,
+        Opened {
+            durable: recovered.durable,
+            snapshot_state: recovered.snapshot_state,
+        },
+    ))
 }
 
-struct DiskJob {
-    records: Vec<Persist>,
-    done: oneshot::Sender<io::Result<()>>,
+enum DiskJob {
+    Persist {
+        records: Vec<Persist>,
+        done: oneshot::Sender<Result<(), DiskError>>,
+    },
+    Snapshot {
+        instance: Instance,
+        epoch: Epoch,
+        state: Vec<u8>,
+        done: oneshot::Sender<Result<Instance, DiskError>>,
+    },
 }
 
 /// The async side of the disk thread.
@@ -97,7 +97,7 @@ pub struct DiskWriter {
 
 impl DiskWriter {
     /// Starts the disk thread over `store`.
-    pub fn start(mut store: Box<dyn LogStore>) -> io::Result<DiskWriter> {
+    pub fn start(mut store: AcceptorStore) -> std::io::Result<DiskWriter> {
         let (jobs, mut receiver) = mpsc::channel::<DiskJob>(DISK_QUEUE_JOBS_MAX);
         std::thread::Builder::new().name("synod-disk".into()).spawn(move || {
             while let Some(first) = receiver.blocking_recv() {
@@ -105,25 +105,7 @@ impl DiskWriter {
                 while let Ok(more) = receiver.try_recv() {
                     batch.push(more);
                 }
-                let mut result = Ok(());
-                for job in &batch {
-                    if let Err(error) = store.append(&job.records) {
-                        result = Err(error);
-                        break;
-                    }
-                }
-                if result.is_ok() {
-                    result = store.sync();
-                }
-                let failed = result.is_err();
-                for job in batch {
-                    let outcome = match &result {
-                        Ok(()) => Ok(()),
-                        Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
-                    };
-                    let _ = job.done.send(outcome);
-                }
-                if failed {
+                if !write_batch(&mut store, batch) {
                     // Never retried: whatever was in the page cache may be gone.
                     break;
                 }
@@ -133,13 +115,146 @@ impl DiskWriter {
     }
 
     /// Makes `records` durable; returns once they are.
-    pub async fn persist(&self, records: Vec<Persist>) -> io::Result<()> {
+    pub async fn persist(&self, records: Vec<Persist>) -> Result<(), DiskError> {
         let (done, wait) = oneshot::channel();
         self.jobs
-            .send(DiskJob { records, done })
+            .send(DiskJob::Persist { records, done })
             .await
-            .map_err(|_| io::Error::other("the disk thread has stopped after a failure"))?;
-        wait.await
-            .map_err(|_| io::Error::other("the disk thread has stopped after a failure"))?
+            .map_err(|_| DiskError::Stopped)?;
+        wait.await.map_err(|_| DiskError::Stopped)?
+    }
+
+    /// Queues a snapshot; the receiver reports its instance once it is durable
+    /// and the log below it is trimmed.
+    pub fn snapshot(
+        &self,
+        instance: Instance,
+        epoch: Epoch,
+        state: Vec<u8>,
+    ) -> Option<oneshot::Receiver<Result<Instance, DiskError>>> {
+        let (done, wait) = oneshot::channel();
+        self.jobs
+            .try_send(DiskJob::Snapshot {
+                instance,
+                epoch,
+                state,
+                done,
+            })
+            .ok()?;
+        Some(wait)
+    }
+}
+
+/// Writes one group of jobs: every persist record staged, one sync, then the
+/// snapshots. Returns false after a failure.
+fn write_batch(store: &mut AcceptorStore, batch: Vec<DiskJob>) -> bool {
+    let mut persists = Vec::new();
+    let mut snapshots = Vec::new();
+    let mut failure: Option<String> = None;
+    for job in batch {
+        match job {
+            DiskJob::Persist { records, done } => {
+                if failure.is_none() {
+                    if let Err(error) = store.write(&records) {
+                        failure = Some(error.to_string());
+                    }
+                }
+                persists.push(done);
+            }
+            snapshot @ DiskJob::Snapshot { .. } => snapshots.push(snapshot),
+        }
+    }
+    if failure.is_none() && !persists.is_empty() {
+        if let Err(error) = store.sync() {
+            failure = Some(error.to_string());
+        }
+    }
+    for done in persists {
+        let _ = done.send(match &failure {
+            None => Ok(()),
+            Some(error) => Err(DiskError::Failed(error.clone())),
+        });
+    }
+    for job in snapshots {
+        let DiskJob::Snapshot {
+            instance,
+            epoch,
+            state,
+            done,
+        } = job
+        else {
+            continue;
+        };
+        let result = match &failure {
+            Some(error) => Err(DiskError::Failed(error.clone())),
+            None => store
+                .save_snapshot(instance, epoch, &state)
+                .map(|_| instance)
+                .map_err(|error| DiskError::Failed(error.to_string())),
+        };
+        if let Err(error) = &result {
+            // A failed snapshot leaves the log as it was; only syncs are fatal.
+            tracing::warn!(%error, %instance, "snapshot failed; the log is kept");
+        }
+        let _ = done.send(result);
+    }
+    failure.is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use synod_paxos::{Ballot, Batch, BatchId, Entry, Meta, NodeId, Voting};
+
+    fn directory(tag: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("synod-disk-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        path
+    }
+
+    #[tokio::test]
+    async fn records_and_snapshots_survive_a_restart() {
+        let path = directory("restart");
+        let (store, opened) = open(&path, 1 << 20).unwrap();
+        assert!(opened.durable.is_none());
+        let writer = DiskWriter::start(store).unwrap();
+        let ballot = Ballot::new(2, 1, NodeId(7));
+        let batch = Batch::new(
+            BatchId {
+                ballot,
+                instance: Instance(1),
+            },
+            vec![Entry {
+                value: Bytes::from_static(b"put x"),
+                expected_epoch: None,
+            }],
+        );
+        writer
+            .persist(vec![
+                Persist::Meta(Meta {
+                    promised: ballot,
+                    incarnation: 3,
+                    voting: Voting::Voter,
+                }),
+                Persist::Accepted {
+                    instance: Instance(1),
+                    ballot,
+                    batch: batch.clone(),
+                },
+                Persist::ChosenThrough { through: Instance(1) },
+            ])
+            .await
+            .unwrap();
+        let done = writer.snapshot(Instance(1), Epoch(ballot), b"state".to_vec()).unwrap();
+        assert_eq!(done.await.unwrap().unwrap(), Instance(1));
+        drop(writer);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (_, opened) = open(&path, 1 << 20).unwrap();
+        let durable = opened.durable.unwrap();
+        assert_eq!(durable.meta.incarnation, 3);
+        assert_eq!(durable.snapshot_instance, Instance(1));
+        assert_eq!(opened.snapshot_state.as_deref(), Some(&b"state"[..]));
+        let _ = std::fs::remove_dir_all(&path);
     }
 }

@@ -74,6 +74,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the newest snapshot cannot be restored: {0}")]
+    Snapshot(String),
     #[error("cannot start the disk thread: {0}")]
     DiskThread(std::io::Error),
     #[error(transparent)]
@@ -114,11 +116,14 @@ async fn bind(address: std::net::SocketAddr, purpose: &'static str) -> Result<Tc
 
 /// Runs one member until `shutdown` is cancelled (or a fatal error).
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+    // Tunables are checked before anything is written to the data directory.
+    config.paxos_config(NodeId(1), vec![NodeId(1)])?;
     let identity = load_identity(&config)?;
+    let (acceptor_store, opened) = disk::open(&config.data_dir, config.tunables.batch_bytes_max)?;
+    let durable = opened.durable;
+    let snapshot_instance = durable.as_ref().map_or(0, |durable| durable.snapshot_instance.0);
     let members: Vec<NodeId> = identity.members.iter().map(|member| NodeId(member.id)).collect();
     let paxos = config.paxos_config(NodeId(identity.member_id), members)?;
-    let (log, recovered) = disk::open_store(&config.data_dir, paxos.batch_bytes_max + (1 << 20))?;
-    let durable = recovered.durable;
     let message_bytes_max = paxos.message_bytes_max;
 
     let client_listener = bind(config.listen_client, "clients").await?;
@@ -152,7 +157,11 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     );
 
     let metrics = Arc::new(Metrics::default());
-    let store = synod_kv::Store::new(synod_kv::Config::default());
+    let store = match opened.snapshot_state {
+        Some(state) => synod_kv::Store::restore(node::kv_config(), &state)
+            .map_err(|error| ServerError::Snapshot(error.to_string()))?,
+        None => synod_kv::Store::new(node::kv_config()),
+    };
     let (shared, commands, status) = node::shared(
         identity.clone(),
         config.advertise_client_url.clone(),
@@ -175,8 +184,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         metrics,
         shutdown.clone(),
     );
-    let disk = DiskWriter::start(Box::new(log)).map_err(ServerError::DiskThread)?;
-    let core = Core::new(replica, shared.clone(), peers, disk, status, origin);
+    let disk = DiskWriter::start(acceptor_store).map_err(ServerError::DiskThread)?;
+    let core = Core::new(replica, shared.clone(), peers, disk, status, origin, snapshot_instance);
     let core_shutdown = shutdown.clone();
     let mut core_task = tokio::spawn(core.run(CoreInputs { commands, inbound }, core_shutdown));
     let api = api::Api::new(shared);

@@ -26,10 +26,11 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Tunables;
-use crate::disk::DiskWriter;
+use crate::disk::{DiskError, DiskWriter};
+use crate::frame::HEADER_BYTES;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
-use crate::peer::{PeerEvents, PeerSender};
+use crate::peer::{Payload, PeerEvents, PeerInput, PeerSender};
 
 /// How often the core's timers are advanced.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(5);
@@ -39,6 +40,14 @@ const LEASE_EXPIRY_INTERVAL: Duration = Duration::from_millis(250);
 const LEASE_REVOKES_PER_CHECK_MAX: usize = 64;
 /// A revoke that has not taken effect is proposed again after this long, in milliseconds.
 const LEASE_REVOKE_RETRY_MS: u64 = 2_000;
+/// A snapshot request to a peer that brought nothing is repeated after this long.
+const SNAPSHOT_REQUEST_RETRY: Duration = Duration::from_secs(2);
+
+/// The state machine's limits; every member must use the same.
+pub fn kv_config() -> synod_kv::Config {
+    synod_kv::Config::default()
+}
+
 /// Inputs handled before the Ready is processed, so one slow stream of input
 /// cannot starve the others and every Ready stays bounded.
 const INPUTS_PER_ROUND_MAX: usize = 512;
@@ -131,6 +140,11 @@ impl Shared {
         lock(&self.store)
     }
 
+    /// Replaces the whole store (a snapshot from a peer was installed).
+    fn replace_store(&self, store: Store) {
+        *lock(&self.store) = store;
+    }
+
     pub fn client_url_of(&self, member_id: u64) -> Option<String> {
         if member_id == self.identity.member_id {
             return Some(self.client_url.clone());
@@ -199,18 +213,24 @@ pub struct Core {
     was_master: bool,
     last_master: Option<NodeId>,
     next_expiry_check: Instant,
+    /// The instance the newest durable snapshot covers.
+    snapshot_instance: u64,
+    /// A snapshot being written by the disk thread.
+    snapshot_in_progress: Option<oneshot::Receiver<Result<synod_paxos::Instance, DiskError>>>,
+    /// When this member last asked a peer for a snapshot.
+    snapshot_requested_at: Option<Instant>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    #[error("making acceptor state durable failed (never retried): {0}")]
-    Persist(std::io::Error),
+    #[error("making acceptor state durable failed: {0}")]
+    Persist(DiskError),
 }
 
 /// Channels into a core that is not started yet.
 pub struct CoreInputs {
     pub commands: mpsc::Receiver<Command>,
-    pub inbound: mpsc::Receiver<(NodeId, synod_paxos::Message)>,
+    pub inbound: mpsc::Receiver<(NodeId, PeerInput)>,
 }
 
 /// Builds the shared state and the command channel.
@@ -246,7 +266,9 @@ impl Core {
         disk: DiskWriter,
         status: watch::Sender<Status>,
         origin: Instant,
+        snapshot_instance: u64,
     ) -> Core {
+        status.send_modify(|status| status.applied_instance = snapshot_instance);
         Core {
             replica,
             shared,
@@ -259,6 +281,9 @@ impl Core {
             was_master: false,
             last_master: None,
             next_expiry_check: Instant::now(),
+            snapshot_instance,
+            snapshot_in_progress: None,
+            snapshot_requested_at: None,
         }
     }
 
@@ -284,12 +309,11 @@ impl Core {
                     self.replica.tick(now);
                     self.expire_leases();
                 }
-                Some((from, message)) = inputs.inbound.recv() => {
-                    let now = self.now();
-                    self.replica.step(now, from, message);
+                Some((from, input)) = inputs.inbound.recv() => {
+                    self.peer_input(from, input).await?;
                     for _ in 0..INPUTS_PER_ROUND_MAX {
-                        let Ok((from, message)) = inputs.inbound.try_recv() else { break };
-                        self.replica.step(now, from, message);
+                        let Ok((from, input)) = inputs.inbound.try_recv() else { break };
+                        self.peer_input(from, input).await?;
                     }
                 }
                 Some(command) = inputs.commands.recv() => {
@@ -301,11 +325,96 @@ impl Core {
                 }
             }
             self.process_ready().await?;
+            self.snapshot_if_due();
         }
         for (_, (reply, _)) in self.pending.drain() {
             let _ = reply.send(Err(WriteError::Stopped));
         }
         Ok(())
+    }
+
+    async fn peer_input(&mut self, from: NodeId, input: PeerInput) -> Result<(), CoreError> {
+        match input {
+            PeerInput::Message(message) => {
+                let now = self.now();
+                self.replica.step(now, from, message);
+            }
+            PeerInput::SnapshotRequest { instance } => self.serve_snapshot(from, instance),
+            PeerInput::Snapshot { instance, epoch, state } => {
+                // What the replica asked for so far must be durable before the
+                // snapshot replaces the state it was built on.
+                self.process_ready().await?;
+                self.install_snapshot(from, instance, epoch, state).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A lagging peer asked for a snapshot: send the store as applied here.
+    fn serve_snapshot(&mut self, to: NodeId, instance: synod_paxos::Instance) {
+        let applied = self.status.borrow().applied_instance;
+        if applied < instance.0 || applied != self.replica.chosen_through().0 {
+            return;
+        }
+        let state = self.shared.store().snapshot();
+        let payload = Payload::encode_snapshot(synod_paxos::Instance(applied), self.replica.applied_epoch(), &state);
+        if payload.len() + HEADER_BYTES > self.shared.tunables.frame_bytes_max as usize {
+            tracing::warn!(
+                peer = %to,
+                snapshot_bytes = payload.len(),
+                frame_bytes_max = self.shared.tunables.frame_bytes_max,
+                "snapshot is larger than one peer frame; the peer cannot catch up this way"
+            );
+            return;
+        }
+        tracing::info!(peer = %to, instance = applied, snapshot_bytes = payload.len(), "sending a snapshot to a lagging peer");
+        self.peers.send_payload(to, payload);
+    }
+
+    /// A snapshot from a peer: made durable first, then it replaces the store.
+    async fn install_snapshot(
+        &mut self,
+        from: NodeId,
+        instance: synod_paxos::Instance,
+        epoch: synod_paxos::Epoch,
+        state: Bytes,
+    ) {
+        let applied = self.status.borrow().applied_instance;
+        if instance.0 <= applied {
+            return;
+        }
+        let restored = match Store::restore(kv_config(), &state) {
+            Ok(restored) => restored,
+            Err(error) => {
+                tracing::warn!(peer = %from, %error, "refusing a damaged snapshot");
+                return;
+            }
+        };
+        let Some(durable) = self.disk.snapshot(instance, epoch, state.to_vec()) else {
+            return;
+        };
+        match durable.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot store a peer's snapshot");
+                return;
+            }
+            Err(_) => return,
+        }
+        self.shared.replace_store(restored);
+        self.status.send_modify(|status| status.applied_instance = instance.0);
+        self.shared
+            .metrics
+            .applied_instance
+            .store(instance.0, Ordering::Relaxed);
+        self.replica.install_snapshot(instance, epoch);
+        self.snapshot_instance = instance.0;
+        self.snapshot_requested_at = None;
+        if self.replica.is_master() {
+            let store = self.shared.store();
+            self.lessor.promote(&store, self.origin.elapsed().as_millis() as u64);
+        }
+        tracing::info!(peer = %from, %instance, "installed a peer's snapshot");
     }
 
     fn handle(&mut self, command: Command) {
@@ -346,6 +455,34 @@ impl Core {
                 let _ = reply.send(answer);
             }
         }
+    }
+
+    /// Every `snapshot_interval_instances` applied instances the store is
+    /// serialized and handed to the disk thread; once durable, the core may
+    /// forget the log below it.
+    fn snapshot_if_due(&mut self) {
+        if let Some(in_progress) = &mut self.snapshot_in_progress {
+            match in_progress.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Ok(Ok(instance)) => {
+                    if instance <= self.replica.chosen_through() {
+                        self.replica.trim(instance);
+                    }
+                    self.snapshot_instance = instance.0;
+                    tracing::info!(%instance, "snapshot durable; log trimmed below it");
+                }
+                Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {}
+            }
+            self.snapshot_in_progress = None;
+        }
+        let interval = self.shared.tunables.snapshot_interval_instances;
+        let applied = self.status.borrow().applied_instance;
+        if interval == 0 || applied < self.snapshot_instance + interval || applied != self.replica.chosen_through().0 {
+            return;
+        }
+        let state = self.shared.store().snapshot();
+        let epoch = self.replica.applied_epoch();
+        self.snapshot_in_progress = self.disk.snapshot(synod_paxos::Instance(applied), epoch, state);
     }
 
     /// The master proposes a revoke for each client lease past its deadline.
@@ -466,7 +603,15 @@ impl Core {
             let _ = reply.send(answer);
         }
         if let Some((peer, instance)) = ready.snapshot_needed {
-            tracing::warn!(%peer, %instance, "behind every peer's log and snapshot transfer is not available");
+            let due = self
+                .snapshot_requested_at
+                .is_none_or(|at| at.elapsed() >= SNAPSHOT_REQUEST_RETRY);
+            if due {
+                tracing::info!(%peer, %instance, "behind every peer's log; asking for a snapshot");
+                self.snapshot_requested_at = Some(Instant::now());
+                self.peers
+                    .send_payload(peer, Payload::encode_snapshot_request(instance));
+            }
         }
         Ok(())
     }

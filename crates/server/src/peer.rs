@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use synod_paxos::{decode_message, encode_message, Message, NodeId};
+use synod_paxos::{decode_message, encode_message, Ballot, Epoch, Instance, Message, NodeId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::Framed;
@@ -57,6 +57,8 @@ const CLIENT_URL_BYTES_MAX: usize = 1_024;
 
 const PAYLOAD_MESSAGE: u8 = 1;
 const PAYLOAD_CLIENT_URL: u8 = 2;
+const PAYLOAD_SNAPSHOT_REQUEST: u8 = 3;
+const PAYLOAD_SNAPSHOT: u8 = 4;
 
 /// What one frame after the handshake carries.
 #[derive(Debug, PartialEq, Eq)]
@@ -64,6 +66,31 @@ pub enum Payload {
     Message(Message),
     /// The sender's client URL.
     ClientUrl(String),
+    /// The sender is behind every peer's log: it asks for a state machine
+    /// snapshot covering at least `instance`.
+    SnapshotRequest {
+        instance: Instance,
+    },
+    /// A state machine snapshot covering every instance through `instance`.
+    Snapshot {
+        instance: Instance,
+        epoch: Epoch,
+        state: Bytes,
+    },
+}
+
+/// What the core task receives from the peers.
+#[derive(Debug)]
+pub enum PeerInput {
+    Message(Message),
+    SnapshotRequest {
+        instance: Instance,
+    },
+    Snapshot {
+        instance: Instance,
+        epoch: Epoch,
+        state: Bytes,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +101,8 @@ pub enum PayloadError {
     UnknownKind(u8),
     #[error("bad client URL announcement")]
     BadClientUrl,
+    #[error("malformed snapshot payload")]
+    BadSnapshot,
     #[error("undecodable Paxos message: {0}")]
     Message(#[from] synod_paxos::CodecError),
 }
@@ -94,6 +123,24 @@ impl Payload {
         buffer.freeze()
     }
 
+    pub fn encode_snapshot_request(instance: Instance) -> Bytes {
+        let mut buffer = BytesMut::with_capacity(9);
+        buffer.put_u8(PAYLOAD_SNAPSHOT_REQUEST);
+        buffer.put_u64(instance.0);
+        buffer.freeze()
+    }
+
+    pub fn encode_snapshot(instance: Instance, epoch: Epoch, state: &[u8]) -> Bytes {
+        let mut buffer = BytesMut::with_capacity(33 + state.len());
+        buffer.put_u8(PAYLOAD_SNAPSHOT);
+        buffer.put_u64(instance.0);
+        buffer.put_u64(epoch.0.round);
+        buffer.put_u64(epoch.0.incarnation);
+        buffer.put_u64(epoch.0.node.0);
+        buffer.put_slice(state);
+        buffer.freeze()
+    }
+
     pub fn decode(payload: Bytes, message_bytes_max: usize) -> Result<Payload, PayloadError> {
         let Some(&kind) = payload.first() else {
             return Err(PayloadError::Empty);
@@ -107,6 +154,27 @@ impl Payload {
                 }
                 let url = std::str::from_utf8(&body).map_err(|_| PayloadError::BadClientUrl)?;
                 Ok(Payload::ClientUrl(url.to_string()))
+            }
+            PAYLOAD_SNAPSHOT_REQUEST => {
+                let bytes: [u8; 8] = body[..].try_into().map_err(|_| PayloadError::BadSnapshot)?;
+                Ok(Payload::SnapshotRequest {
+                    instance: Instance(u64::from_be_bytes(bytes)),
+                })
+            }
+            PAYLOAD_SNAPSHOT => {
+                if body.len() < 32 {
+                    return Err(PayloadError::BadSnapshot);
+                }
+                let word = |index: usize| {
+                    let mut bytes = [0u8; 8];
+                    bytes.copy_from_slice(&body[index * 8..index * 8 + 8]);
+                    u64::from_be_bytes(bytes)
+                };
+                Ok(Payload::Snapshot {
+                    instance: Instance(word(0)),
+                    epoch: Epoch(Ballot::new(word(1), word(2), NodeId(word(3)))),
+                    state: body.slice(32..),
+                })
             }
             kind => Err(PayloadError::UnknownKind(kind)),
         }
@@ -129,10 +197,15 @@ pub struct PeerSender {
 impl PeerSender {
     /// Queues `message` for `to`; drops it if that peer's queue is full.
     pub fn send(&self, to: NodeId, message: &Message) {
+        self.send_payload(to, Payload::encode_message(message));
+    }
+
+    /// Queues an encoded payload for `to`; drops it if that peer's queue is full.
+    pub fn send_payload(&self, to: NodeId, payload: Bytes) {
         let Some(queue) = self.queues.get(&to) else {
             return;
         };
-        if queue.try_send(Payload::encode_message(message)).is_err() {
+        if queue.try_send(payload).is_err() {
             self.metrics.peer_messages_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -153,7 +226,7 @@ pub fn start(
     identity: &Identity,
     listener: TcpListener,
     config: TransportConfig,
-    inbound: mpsc::Sender<(NodeId, Message)>,
+    inbound: mpsc::Sender<(NodeId, PeerInput)>,
     events: Arc<dyn PeerEvents>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -298,7 +371,7 @@ struct Acceptor {
     member_ids: Arc<[u64]>,
     name: String,
     config: TransportConfig,
-    inbound: mpsc::Sender<(NodeId, Message)>,
+    inbound: mpsc::Sender<(NodeId, PeerInput)>,
     events: Arc<dyn PeerEvents>,
     connections: Arc<Semaphore>,
 }
@@ -369,14 +442,18 @@ impl Acceptor {
             if frame.kind != FrameKind::Message {
                 return Err(format!("{} sent a second handshake", hello.sender_name));
             }
-            match Payload::decode(frame.payload, self.config.message_bytes_max) {
-                Ok(Payload::Message(message)) => {
-                    if self.inbound.send((peer, message)).await.is_err() {
-                        return Ok(());
-                    }
+            let input = match Payload::decode(frame.payload, self.config.message_bytes_max) {
+                Ok(Payload::Message(message)) => PeerInput::Message(message),
+                Ok(Payload::ClientUrl(url)) => {
+                    self.events.client_url(peer, url);
+                    continue;
                 }
-                Ok(Payload::ClientUrl(url)) => self.events.client_url(peer, url),
+                Ok(Payload::SnapshotRequest { instance }) => PeerInput::SnapshotRequest { instance },
+                Ok(Payload::Snapshot { instance, epoch, state }) => PeerInput::Snapshot { instance, epoch, state },
                 Err(error) => return Err(format!("from {}: {error}", hello.sender_name)),
+            };
+            if self.inbound.send((peer, input)).await.is_err() {
+                return Ok(());
             }
         }
         Ok(())
@@ -401,5 +478,22 @@ mod tests {
         assert!(Payload::decode(Bytes::from_static(&[9, 1, 2]), 1 << 20).is_err());
         assert!(Payload::decode(Bytes::from_static(&[1, 1, 200]), 1 << 20).is_err());
         assert!(Payload::decode(Bytes::from_static(&[2, 0xff, 0xfe]), 1 << 20).is_err());
+        let epoch = Epoch(Ballot::new(3, 2, NodeId(1)));
+        let bytes = Payload::encode_snapshot(Instance(9), epoch, b"state");
+        assert_eq!(
+            Payload::decode(bytes, 1 << 20).unwrap(),
+            Payload::Snapshot {
+                instance: Instance(9),
+                epoch,
+                state: Bytes::from_static(b"state")
+            }
+        );
+        let bytes = Payload::encode_snapshot_request(Instance(4));
+        assert_eq!(
+            Payload::decode(bytes, 1 << 20).unwrap(),
+            Payload::SnapshotRequest { instance: Instance(4) }
+        );
+        assert!(Payload::decode(Bytes::from_static(&[3, 1]), 1 << 20).is_err());
+        assert!(Payload::decode(Bytes::from_static(&[4, 1, 2, 3]), 1 << 20).is_err());
     }
 }

@@ -85,10 +85,16 @@ pub struct Cluster {
     pub members: Vec<Member>,
     pub initial_cluster: String,
     pub root: TempDir,
+    /// Flags added to every member's command line.
+    pub extra_args: Vec<String>,
 }
 
 impl Cluster {
     pub fn start(size: usize, tag: &str) -> Cluster {
+        Cluster::start_with(size, tag, &[])
+    }
+
+    pub fn start_with(size: usize, tag: &str, extra_args: &[&str]) -> Cluster {
         let root = TempDir::new(tag);
         let ports = free_ports(size * 2);
         let members: Vec<Member> = (0..size)
@@ -113,6 +119,7 @@ impl Cluster {
             members,
             initial_cluster,
             root,
+            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
         };
         for index in 0..size {
             cluster.launch(index);
@@ -136,6 +143,7 @@ impl Cluster {
             .args(["--listen-peer", &format!("127.0.0.1:{}", member.peer_port)])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(FAST_TIMING)
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
