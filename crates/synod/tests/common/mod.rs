@@ -129,6 +129,11 @@ impl Cluster {
     }
 
     pub fn launch(&mut self, index: usize) {
+        self.launch_with(index, &[]);
+    }
+
+    /// Starts member `index` with `extra` flags added.
+    pub fn launch_with(&mut self, index: usize, extra: &[&str]) {
         let member = &self.members[index];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -144,6 +149,7 @@ impl Cluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(FAST_TIMING)
             .args(&self.extra_args)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
