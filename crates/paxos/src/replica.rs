@@ -819,9 +819,13 @@ impl Replica {
         if ballot < promised && !self.bugs.accept_lower_ballot {
             return self.refuse(from, ballot, RefuseReason::Promised);
         }
-        if instance <= self.chosen_through {
-            // Already chosen here; the proposal must carry the same value.
-            self.send(from, Message::Accepted { ballot, instance });
+        if let Some(chosen) = self.known_chosen(instance) {
+            // Already chosen here. Vouch for the proposal only if it is the chosen
+            // batch: a proposal from a ballot older than the choice may carry
+            // another value, and an acceptance not really made must not count.
+            if chosen == Some(batch.id) {
+                self.send(from, Message::Accepted { ballot, instance });
+            }
             self.learn_commit(now, from, ballot, chosen_through);
             return;
         }
@@ -834,16 +838,24 @@ impl Replica {
             self.meta.promised = ballot;
             self.persist_meta();
         }
-        if !matches!(self.log.get(&instance), Some(Slot::Chosen { .. })) {
-            self.ready.persist.push(Persist::Accepted {
-                instance,
-                ballot,
-                batch: batch.clone(),
-            });
-            self.log.insert(instance, Slot::Accepted { ballot, batch });
-        }
+        self.ready.persist.push(Persist::Accepted {
+            instance,
+            ballot,
+            batch: batch.clone(),
+        });
+        self.log.insert(instance, Slot::Accepted { ballot, batch });
         self.send(from, Message::Accepted { ballot, instance });
         self.learn_commit(now, from, ballot, chosen_through);
+    }
+
+    /// `Some` if `instance` is known chosen here, with the chosen batch's id when
+    /// the log still holds it (`None` inside: trimmed into a snapshot).
+    fn known_chosen(&self, instance: Instance) -> Option<Option<BatchId>> {
+        match self.log.get(&instance) {
+            Some(Slot::Chosen { batch }) => Some(Some(batch.id)),
+            _ if instance <= self.chosen_through => Some(None),
+            _ => None,
+        }
     }
 
     // ----- Learner -----

@@ -13,7 +13,7 @@ use synod_paxos::{
     Batch, BatchId, Config, Epoch, FreshStart, Instance, NodeId, Outcome, Ready, Replica, SubmitId, Time, Voting,
 };
 
-use crate::disk::{add_counts, NodeDisk, Snapshot};
+use crate::disk::{add_counts, NodeDisk, Snapshot, Transfer};
 use crate::history::{History, OperationKind, Verdict};
 use crate::network::{Network, PartitionKind};
 use crate::swarm::{FaultMix, SimBugs};
@@ -62,6 +62,10 @@ pub struct Stats {
     pub io_crashes: u64,
     /// Power failures injected during a sync.
     pub power_failures: u64,
+    /// Snapshot transfers cut short by the sending peer's death.
+    pub snapshot_transfers_interrupted: u64,
+    /// Snapshot transfers that resumed after chunks an earlier one delivered.
+    pub snapshot_transfers_resumed: u64,
     pub disk_faults: FaultCounts,
     /// Client histories found linearizable.
     pub histories_checked: u64,
@@ -91,6 +95,8 @@ impl Stats {
         self.disks_replaced += other.disks_replaced;
         self.io_crashes += other.io_crashes;
         self.power_failures += other.power_failures;
+        self.snapshot_transfers_interrupted += other.snapshot_transfers_interrupted;
+        self.snapshot_transfers_resumed += other.snapshot_transfers_resumed;
         self.disk_faults = add_counts(self.disk_faults, other.disk_faults);
         self.histories_inconclusive += other.histories_inconclusive;
     }
@@ -435,15 +441,31 @@ impl Simulation {
         if !self.nodes[peer_index].is_up() {
             return;
         }
-        let Ok(Some(snapshot)) = self.nodes[peer_index].disk.latest_snapshot() else {
+        let Ok(Some(reader)) = self.nodes[peer_index].disk.snapshot_reader() else {
             return;
         };
-        if snapshot.instance < instance || snapshot.instance <= self.nodes[index].applied {
+        let manifest = reader.manifest();
+        if manifest.instance < instance || manifest.instance <= self.nodes[index].applied {
             return;
         }
-        if self.nodes[index].disk.save_snapshot(&snapshot).is_err() {
-            return self.io_failure(index);
+        // Now and then the sending peer dies part-way; the replica asks again
+        // later (the core repeats its catch-up) and resumes, from whichever peer.
+        let interruption = (!self.in_liveness_phase() && self.rng.random_bool(0.3))
+            .then(|| self.rng.random_range(0..manifest.chunk_count.max(1)));
+        let (transfer, resumed_from) = match self.nodes[index].disk.receive_snapshot(&reader, interruption) {
+            Ok(result) => result,
+            Err(_) => return self.io_failure(index),
+        };
+        if resumed_from > 0 {
+            self.stats.snapshot_transfers_resumed += 1;
         }
+        let snapshot = match transfer {
+            Transfer::Interrupted => {
+                self.stats.snapshot_transfers_interrupted += 1;
+                return;
+            }
+            Transfer::Installed(snapshot) => snapshot,
+        };
         let node = &mut self.nodes[index];
         node.applied = snapshot.instance;
         node.state = snapshot.state;
@@ -647,8 +669,9 @@ impl Simulation {
 
     fn crash(&mut self, index: usize) {
         self.stats.crashes += 1;
-        // A wipe is allowed only while every other replica is up and voting, so
-        // that the group never loses more than it can survive.
+        // Disks are lost only where the group can survive it: on the replicas
+        // whose disks may corrupt data (at most a minority), or, when there are
+        // none, on one replica at a time while every other is up and voting.
         let others_healthy = self.nodes.iter().enumerate().all(|(other, node)| {
             other == index
                 || node
@@ -656,7 +679,12 @@ impl Simulation {
                     .as_ref()
                     .is_some_and(|replica| replica.meta().voting == Voting::Voter)
         });
-        let wipe = others_healthy && self.mix.wipe_probability > 0.0 && self.rng.random_bool(self.mix.wipe_probability);
+        let may_lose_disk = if self.mix.corrupting_disks > 0 {
+            index < self.mix.corrupting_disks
+        } else {
+            others_healthy
+        };
+        let wipe = may_lose_disk && self.mix.wipe_probability > 0.0 && self.rng.random_bool(self.mix.wipe_probability);
         let node = &mut self.nodes[index];
         node.replica = None;
         node.submits.clear();

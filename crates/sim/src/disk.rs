@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use synod_paxos::{DurableState, Epoch, Instance, Persist};
-use synod_storage::{AcceptorStore, AcceptorStoreConfig, Disk, FaultConfig, FaultCounts, SimDisk, WalConfig};
+use synod_storage::{
+    AcceptorStore, AcceptorStoreConfig, Disk, FaultConfig, FaultCounts, InstallStep, SimDisk, SnapshotReader, WalConfig,
+};
 
 /// A state-machine snapshot as the simulated host keeps it.
 #[derive(Clone, Debug, Default)]
@@ -40,6 +42,15 @@ fn decode_state(bytes: &[u8]) -> Result<BTreeMap<String, String>, String> {
     Ok(state)
 }
 
+/// How a snapshot transfer from a peer ended.
+pub enum Transfer {
+    /// Every chunk arrived, verified; the snapshot is installed.
+    Installed(Snapshot),
+    /// The peer went away after some chunks; the ones received are kept, and a
+    /// later transfer of the same snapshot resumes after them.
+    Interrupted,
+}
+
 /// What a start read back.
 pub struct Opened {
     /// `None`: the disk is empty.
@@ -66,7 +77,8 @@ fn store_config() -> AcceptorStoreConfig {
             value_bytes_max: 1 << 20,
             preallocate_bytes: 0,
         },
-        snapshot_chunk_bytes: 4 << 10,
+        // Small chunks, so that a transfer takes several and can be cut short.
+        snapshot_chunk_bytes: 16,
         batch_bytes_max: 1 << 20,
     }
 }
@@ -174,6 +186,44 @@ impl NodeDisk {
             })),
             None => Ok(None),
         }
+    }
+
+    /// The newest snapshot, for sending to a peer chunk by chunk.
+    pub fn snapshot_reader(&mut self) -> Result<Option<SnapshotReader>, String> {
+        self.store()?.snapshots().latest().map_err(|error| error.to_string())
+    }
+
+    /// Receives a peer's snapshot chunk by chunk, each verified and made durable
+    /// as it arrives, resuming a transfer of the same snapshot cut short before;
+    /// `chunks_before_interruption` cuts this one short too. Returns how many
+    /// chunks were skipped because an earlier transfer had them.
+    pub fn receive_snapshot(
+        &mut self,
+        reader: &SnapshotReader,
+        chunks_before_interruption: Option<u64>,
+    ) -> Result<(Transfer, u64), String> {
+        let text = |error: synod_storage::StorageError| error.to_string();
+        let store = self.store()?;
+        let mut installer = store.snapshots().installer().map_err(text)?;
+        let mut step = installer.begin(reader.manifest()).map_err(text)?;
+        let resumed_from = match step {
+            InstallStep::NeedChunk(index) => index,
+            InstallStep::Complete => reader.manifest().chunk_count,
+        };
+        let mut sent = 0;
+        while let InstallStep::NeedChunk(index) = step {
+            if chunks_before_interruption.is_some_and(|limit| sent >= limit) {
+                return Ok((Transfer::Interrupted, resumed_from));
+            }
+            let chunk = reader.chunk(index).map_err(text)?;
+            step = installer.accept(&chunk).map_err(text)?;
+            sent += 1;
+        }
+        let finished = installer.install().map_err(text)?;
+        self.store()?.installed(&finished).map_err(text)?;
+        let snapshot = self.latest_snapshot()?.ok_or("an installed snapshot is missing")?;
+        self.snapshot_instance = snapshot.instance;
+        Ok((Transfer::Installed(snapshot), resumed_from))
     }
 
     /// Faults injected into this replica's disks so far.

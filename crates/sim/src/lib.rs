@@ -5,6 +5,9 @@
 //! `synod_paxos::Replica` the server runs; only the disk, the network, the
 //! clocks and the clients are simulated.
 //!
+//! Set `SYNOD_SIM_TRACE=1` to print every replica's state every 500 simulated
+//! milliseconds while replaying a seed.
+//!
 //! # Layout
 //! - `swarm`: fault rates drawn per seed, and the planted bugs.
 //! - `network`: latency, loss, duplication, reordering, partitions.

@@ -100,7 +100,7 @@ fn main() -> ExitCode {
         total.messages_long_delayed
     );
     println!(
-        "faults: partitions symmetric {} one-way {} majority/minority {} bridge {}; crashes {} (disk wiped {}); pauses {}; snapshots installed {}",
+        "faults: partitions symmetric {} one-way {} majority/minority {} bridge {}; crashes {} (disk wiped {}); pauses {}; snapshots installed {} (transfers interrupted {}, resumed {})",
         total.partitions[0],
         total.partitions[1],
         total.partitions[2],
@@ -108,7 +108,9 @@ fn main() -> ExitCode {
         total.crashes,
         total.wipes,
         total.pauses,
-        total.snapshots_installed
+        total.snapshots_installed,
+        total.snapshot_transfers_interrupted,
+        total.snapshot_transfers_resumed
     );
     let disk = &total.disk_faults;
     println!(

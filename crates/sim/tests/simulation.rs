@@ -63,6 +63,8 @@ fn every_seed_survives_its_faults() {
         ("wiped disks", total.wipes),
         ("pauses", total.pauses),
         ("snapshot installs", total.snapshots_installed),
+        ("snapshot transfers cut short", total.snapshot_transfers_interrupted),
+        ("snapshot transfers resumed", total.snapshot_transfers_resumed),
         ("torn writes", disk.torn_writes),
         ("unsynced writes lost", disk.unsynced_writes_lost),
         ("bit flips on read", disk.read_bit_flips),

@@ -23,6 +23,7 @@ use synod_paxos::{
 use crate::disk::Disk;
 use crate::error::{Result, StorageError};
 use crate::metadata::{AcceptorMetadata, MetadataStore};
+use crate::replica::{open_replica, StorageConfig};
 use crate::snapshot::{FinishedSnapshot, SnapshotStore};
 use crate::wal::{Record, RecordKind, Recovery, Wal, WalConfig};
 
@@ -71,19 +72,28 @@ pub struct AcceptorStore {
 }
 
 impl AcceptorStore {
-    /// Opens (or creates) the store and reads back what a restart needs.
+    /// Opens (or creates) the store and reads back what a restart needs. A
+    /// snapshot that fails its checks is left out: the replica then fetches one
+    /// from a peer when it finds its log does not reach back far enough.
     pub fn open(disk: Arc<dyn Disk>, config: &AcceptorStoreConfig) -> Result<(AcceptorStore, Recovered)> {
-        let snapshots = SnapshotStore::open(disk.clone(), config.snapshot_chunk_bytes)?;
-        let (wal, recovery) = Wal::open(disk.clone(), config.wal.clone())?;
-        let snapshot = snapshots.load_latest()?;
-        let has_state = recovery.records > 0 || !recovery.corrupted.is_empty() || snapshot.is_some();
-        let (metadata, load) = MetadataStore::open(disk, has_state)?;
-        let store = AcceptorStore {
-            wal,
-            metadata,
-            snapshots,
+        let storage = open_replica(
+            disk,
+            &StorageConfig {
+                wal: config.wal.clone(),
+                snapshot_chunk_bytes: config.snapshot_chunk_bytes,
+            },
+        )?;
+        let snapshot = match storage.snapshot {
+            Some(_) => storage.snapshots.load_latest().unwrap_or(None),
+            None => None,
         };
-        if load.fresh {
+        let store = AcceptorStore {
+            wal: storage.wal,
+            metadata: storage.metadata,
+            snapshots: storage.snapshots,
+        };
+        let recovery = storage.recovery;
+        if storage.metadata_load.fresh {
             return Ok((
                 store,
                 Recovered {
@@ -101,7 +111,7 @@ impl AcceptorStore {
             None => (Instance::ZERO, Epoch::default(), None),
         };
         let durable = durable_state(
-            load.metadata,
+            storage.metadata_load.metadata,
             &recovery,
             snapshot_instance,
             snapshot_epoch,
@@ -162,6 +172,13 @@ impl AcceptorStore {
         let finished = writer.finish()?;
         self.wal.trim(&finished)?;
         Ok(finished)
+    }
+
+    /// A snapshot received from a peer (through [`SnapshotStore::installer`]) is
+    /// installed: the log below it may go.
+    pub fn installed(&mut self, snapshot: &FinishedSnapshot) -> Result<()> {
+        self.wal.trim(snapshot)?;
+        Ok(())
     }
 
     /// The snapshot files, for serving chunks to peers and installing theirs.

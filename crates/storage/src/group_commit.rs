@@ -113,7 +113,29 @@ pub struct GroupCommitStats {
     pub identifier_sync_micros: u64,
 }
 
-/// The handle to the writer thread.
+/// The handle to the group-commit writer threads.
+///
+/// A writer thread owns the [`Wal`]: it takes appends from a queue bounded
+/// by `queue_records_max`, stages everything queued (up to
+/// `batch_bytes_max`), writes the frames and syncs the log file once for the
+/// batch, then hands the batch to an identifier thread, which writes the
+/// identifiers, syncs the identifier file once, and only then runs every
+/// completion of the batch with `Ok(())`. Nothing is reported durable before
+/// the syncs covering it return. While batch `n`'s identifiers sync, batch
+/// `n + 1`'s frames do; at most `pipeline_batches_max` batches wait between
+/// the threads.
+///
+/// Completions run on the identifier thread and must not block: an async
+/// caller passes one that sends on a oneshot channel. [`GroupCommit::try_submit`]
+/// never blocks and hands the record back when the queue is full.
+///
+/// A failed write or sync aborts the process ([`SyncFailurePolicy::Abort`],
+/// the default) or, for tests, fails the batch and stops the log for good
+/// ([`SyncFailurePolicy::Stop`]); it is never retried.
+///
+/// For servers. The deterministic simulator calls [`Wal::append`] and
+/// [`Wal::sync`] itself: with two threads, the order in which a
+/// [`crate::SimDisk`] draws its faults would depend on thread timing.
 #[derive(Debug)]
 pub struct GroupCommit {
     sender: Option<SyncSender<Command>>,
@@ -346,10 +368,15 @@ impl Writer {
                 return;
             }
         }
+        let syncs = self.wal.sync_count();
         match self.wal.append(&record) {
             Ok(()) => self.waiters.push(completion),
             Err(error) => completion(Err(error)),
         }
+        // The segment was rotated above if needed, so the append staged the
+        // record without syncing: every identifier goes through the
+        // identifier thread, in order.
+        assert_eq!(self.wal.sync_count(), syncs, "an append inside the writer synced");
     }
 }
 

@@ -424,6 +424,12 @@ impl Disk for SimDisk {
     fn list(&self) -> Result<Vec<String>> {
         Ok(self.lock().names.keys().cloned().collect())
     }
+
+    fn supports_parallel_reads(&self) -> bool {
+        // Reads draw faults from the one PRNG: their order must be the
+        // program's, not the scheduler's.
+        false
+    }
 }
 
 /// A handle to a file on a [`SimDisk`].
@@ -518,9 +524,10 @@ impl File for SimFile {
                 target_offset = offset.min(length);
             } else {
                 let length = state.inodes[&self.inode].current.len() as u64;
-                let wrong = state.rng.below(length + 1);
+                let wrong = state.rng.below(length + data.len() as u64 + 1);
+                // Anywhere but the place asked for, possibly past the end.
                 target_offset = if wrong == offset {
-                    wrong.saturating_sub(1)
+                    offset + data.len() as u64
                 } else {
                     wrong
                 };
@@ -663,6 +670,62 @@ mod tests {
         disk.crash();
         assert_eq!(disk.contents("a").unwrap(), b"");
         assert_eq!(disk.fault_counts().sync_errors, 1);
+    }
+
+    #[test]
+    fn every_fault_kind_is_injected_and_counted() {
+        let always = |configure: fn(&mut FaultConfig)| {
+            let mut faults = FaultConfig::default();
+            configure(&mut faults);
+            let disk = SimDisk::new(9, faults);
+            let mut a = disk.create("a").unwrap();
+            let _other = disk.create("b").unwrap();
+            let write = a.write_at(0, &[0u8; 64]);
+            let mut buffer = [0u8; 64];
+            let read = a.read_at(0, &mut buffer).map(|_| buffer);
+            let sync = a.sync();
+            (disk, write, read, sync)
+        };
+        let (disk, _, read, _) = always(|f| f.read_bit_flip_probability = 1.0);
+        assert_eq!(disk.fault_counts().read_bit_flips, 1);
+        assert_eq!(read.unwrap().iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+        assert_eq!(disk.contents("a").unwrap(), vec![0u8; 64], "stored data intact");
+
+        let (disk, _, _, _) = always(|f| f.write_bit_flip_probability = 1.0);
+        assert_eq!(disk.fault_counts().write_bit_flips, 1);
+        let stored = disk.contents("a").unwrap();
+        assert_eq!(stored.iter().map(|b| b.count_ones()).sum::<u32>(), 1);
+
+        let (disk, _, _, _) = always(|f| f.misdirected_write_probability = 1.0);
+        assert_eq!(disk.fault_counts().misdirected_writes, 1);
+        let a = disk.contents("a").unwrap();
+        let b = disk.contents("b").unwrap();
+        assert!(a.len() != 64 || b.len() == 64, "the write did not land where asked");
+
+        let (disk, write, read, sync) = always(|f| {
+            f.write_error_probability = 1.0;
+            f.read_error_probability = 1.0;
+            f.sync_error_probability = 1.0;
+        });
+        assert!(matches!(write, Err(StorageError::Io { .. })));
+        assert!(matches!(read, Err(StorageError::Io { .. })));
+        assert!(sync.unwrap_err().is_sync_failure());
+        let counts = disk.fault_counts();
+        assert_eq!((counts.write_errors, counts.read_errors, counts.sync_errors), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_latent_sector_error_fails_every_overlapping_read() {
+        let disk = SimDisk::new(1, FaultConfig::default());
+        let mut file = disk.create("a").unwrap();
+        file.write_at(0, &[1u8; 100]).unwrap();
+        disk.set_unreadable("a", 50, 10);
+        let mut buffer = [0u8; 10];
+        assert!(file.read_at(45, &mut buffer).is_err());
+        assert!(file.read_at(55, &mut buffer).is_err());
+        assert!(file.read_at(60, &mut buffer).is_ok());
+        assert!(file.read_at(40, &mut buffer).is_ok());
+        assert_eq!(disk.fault_counts().read_errors, 2);
     }
 
     #[test]

@@ -85,8 +85,13 @@ impl SnapshotManifest {
             .chunk_count
             .saturating_sub(1)
             .saturating_mul(self.chunk_bytes as u64);
+        let file_bytes = self
+            .chunk_count
+            .checked_mul(CHUNK_HEADER_BYTES + self.chunk_bytes as u64)
+            .and_then(|bytes| bytes.checked_add(CHUNKS_OFFSET));
         match capacity {
             None => malformed("chunk count overflows"),
+            Some(_) if file_bytes.is_none() => malformed("chunk count overflows"),
             Some(capacity) if self.total_bytes > capacity => malformed("more bytes than chunks hold"),
             Some(_) if self.chunk_count > 0 && self.total_bytes <= below => {
                 malformed("fewer bytes than the chunks before the last hold")

@@ -37,7 +37,9 @@
 //! headers synced before any record goes into them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 
 use bytes::Bytes;
 use synod_paxos::{Ballot, Instance, NodeId};
@@ -50,6 +52,8 @@ use crate::snapshot::FinishedSnapshot;
 const LOG_MAGIC: u64 = u64::from_le_bytes(*b"SYNODLOG");
 const IDS_MAGIC: u64 = u64::from_le_bytes(*b"SYNODIDS");
 const FORMAT_VERSION: u32 = 1;
+/// Every file magic of this crate starts with these bytes.
+const OWN_MAGIC_PREFIX: &[u8] = b"SYNOD";
 const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SREC");
 const FRAME_HEADER_BYTES: usize = 12;
 /// The bytes of one identifier in an `.ids` file.
@@ -173,6 +177,9 @@ pub struct Recovery {
     /// Segment file headers that failed their checksum (their frames were
     /// still read).
     pub damaged_headers: u64,
+    /// Bytes past the longest a segment's file can be (left by a misdirected
+    /// write): not read, since no frame or identifier was ever written there.
+    pub oversized_bytes: u64,
     /// Damaged identifiers of frames that verify, rewritten from the frames.
     pub repaired_identifiers: u64,
     /// Good records read.
@@ -456,11 +463,11 @@ impl Wal {
                 None => {}
             }
         }
-        // Identifier files without a log are left over from a trim that
-        // crashed between its two removals, or from a rotation that crashed
-        // before creating the log. They describe nothing.
+        // A segment's log is created before its identifier file and removed
+        // before it, so an identifier file without a log is left over from a
+        // trim that crashed between its two removals. It describes nothing.
         for sequence in &ids {
-            if !logs.contains(sequence) && logs.first().is_none_or(|first| sequence < first) {
+            if !logs.contains(sequence) {
                 disk.remove(&ids_name(*sequence))?;
             }
         }
@@ -485,9 +492,11 @@ impl Wal {
         let mut active_instance_max = Instance::ZERO;
         let count = logs.len();
         let mut next_sequence = logs.last().map_or(1, |last| last + 1);
+        let mut prefetch = SegmentPrefetch::start(disk.clone(), &config, &logs);
         for (index, sequence) in logs.iter().copied().enumerate() {
             let last = index + 1 == count;
-            let scan = scan_segment(disk.as_ref(), &config, sequence, last)?;
+            let prefetched = prefetch.take(index);
+            let scan = scan_segment(disk.as_ref(), &config, sequence, last, prefetched)?;
             let Some(scan) = scan else {
                 // The last segment's creation never finished; it holds
                 // nothing and its files are gone. A new one takes its number.
@@ -500,9 +509,10 @@ impl Wal {
             recovery.corrupt_identifiers += scan.corrupt_identifiers;
             recovery.unreadable_bytes += scan.unreadable_bytes;
             recovery.damaged_headers += scan.damaged_headers;
+            recovery.oversized_bytes += scan.oversized_bytes;
             recovery.repaired_identifiers += scan.repaired_identifiers;
             let mut instance_max = Instance::ZERO;
-            for item in scan.items {
+            for (_, item) in scan.items {
                 match item {
                     Scanned::Good(record) => {
                         recovery.records += 1;
@@ -543,7 +553,7 @@ impl Wal {
 
         let active = match active {
             Some(active) => active,
-            None => create_segment(disk.as_ref(), next_sequence)?,
+            None => create_segment(disk.as_ref(), &config, next_sequence)?,
         };
         let wal = Wal {
             disk,
@@ -704,14 +714,15 @@ impl Wal {
         self.failure.get_or_insert(reason);
     }
 
-    /// How many batches [`Wal::sync`] has made durable.
+    /// How many batches of frames have been written and synced (by
+    /// [`Wal::sync`], or by the group-commit writer).
     pub fn sync_count(&self) -> u64 {
         self.syncs
     }
 
     pub(crate) fn rotate(&mut self) -> Result<()> {
         assert_eq!(self.staged_records, 0, "rotate only at a batch boundary");
-        let next = match create_segment(self.disk.as_ref(), self.active.sequence + 1) {
+        let next = match create_segment(self.disk.as_ref(), &self.config, self.active.sequence + 1) {
             Ok(next) => next,
             Err(error) => return self.fail(error),
         };
@@ -767,7 +778,10 @@ impl Wal {
         for sequence in sequences.into_iter().rev() {
             let name = ids_name(sequence);
             let file = self.disk.open(&name)?;
-            let bytes = file.read_all(self.config.segment_file_bytes_max(), "identifier file")?;
+            let bytes = file.read_all(
+                ids_bytes_max(self.config.segment_file_bytes_max().max(file.len()?)),
+                "identifier file",
+            )?;
             let slots = bytes.get(FILE_HEADER_BYTES..).unwrap_or_default();
             for slot in slots.chunks_exact(IDENTIFIER_BYTES).rev() {
                 if let Some(identifier) = Identifier::decode(slot) {
@@ -856,12 +870,13 @@ impl Wal {
     }
 }
 
-fn create_segment(disk: &dyn Disk, sequence: u64) -> Result<ActiveSegment> {
+fn create_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64) -> Result<ActiveSegment> {
+    let bound = encode_bound(config.segment_file_bytes_max());
     let mut log = disk.create(&log_name(sequence))?;
-    log.write_at(0, &encode_file_header(LOG_MAGIC, FORMAT_VERSION, sequence, 0))?;
+    log.write_at(0, &encode_file_header(LOG_MAGIC, FORMAT_VERSION, sequence, bound))?;
     log.sync()?;
     let mut ids = disk.create(&ids_name(sequence))?;
-    ids.write_at(0, &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0))?;
+    ids.write_at(0, &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, bound))?;
     ids.sync()?;
     Ok(ActiveSegment {
         sequence,
@@ -878,12 +893,14 @@ enum Scanned {
 }
 
 struct SegmentScan {
-    items: Vec<Scanned>,
+    /// Items in log order, with the log bytes each covers.
+    items: Vec<(Range<usize>, Scanned)>,
     files: ActiveSegment,
     torn_tail_bytes: u64,
     corrupt_identifiers: u64,
     unreadable_bytes: u64,
     damaged_headers: u64,
+    oversized_bytes: u64,
     repaired_identifiers: u64,
     log_file_bytes: u64,
 }
@@ -891,17 +908,32 @@ struct SegmentScan {
 /// Checks a segment file's header. A header that fails its checksum is
 /// damage: it holds nothing the frames after it need (their position is
 /// fixed, their sequence is in the file name), so it is counted and the
-/// frames are still read. A header that verifies but names another format
-/// or segment is an error. Returns how many headers were damaged (0 or 1).
+/// frames are still read, as is a sound header of another of this crate's
+/// files or of another segment (a misdirected write). A header that
+/// verifies but names a foreign format or a newer version is an error. Returns how many headers were damaged (0 or 1).
 fn check_segment_header(file: &str, bytes: &[u8], magic: u64, sequence: u64) -> Result<u64> {
     match decode_file_header(file, bytes, magic, FORMAT_VERSION) {
         Ok((number, _)) if number == sequence => Ok(0),
-        Ok((number, _)) => Err(StorageError::Malformed {
-            file: file.to_string(),
-            what: format!("header names segment {number}"),
-        }),
+        Ok((number, _)) => {
+            // Another segment's header: a misdirected write.
+            tracing::warn!(
+                file,
+                number,
+                "segment header names another segment; reading the frames anyway"
+            );
+            Ok(1)
+        }
         Err(StorageError::ChecksumMismatch { .. }) => {
             tracing::warn!(file, "segment header fails its checksum; reading the frames anyway");
+            Ok(1)
+        }
+        // A sound header of another of this crate's files landed here: a
+        // misdirected write, damage like any other.
+        Err(StorageError::BadMagic { found, .. }) if found.to_le_bytes().starts_with(OWN_MAGIC_PREFIX) => {
+            tracing::warn!(
+                file,
+                "segment header belongs to another file; reading the frames anyway"
+            );
             Ok(1)
         }
         Err(error) => Err(error),
@@ -910,16 +942,24 @@ fn check_segment_header(file: &str, bytes: &[u8], magic: u64, sequence: u64) -> 
 
 /// Reads and verifies one segment. For the last segment, also cuts off its
 /// torn tail and returns `None` if its creation never finished.
-fn scan_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64, last: bool) -> Result<Option<SegmentScan>> {
+fn scan_segment(
+    disk: &dyn Disk,
+    config: &WalConfig,
+    sequence: u64,
+    last: bool,
+    prefetched: Option<SegmentRead>,
+) -> Result<Option<SegmentScan>> {
     let log_file_name = log_name(sequence);
     let ids_file_name = ids_name(sequence);
     let mut log = disk.open(&log_file_name)?;
-    let (log_bytes, log_unreadable) = read_tolerant(
-        log.as_ref(),
-        config.segment_file_bytes_max(),
-        "segment",
-        UNREADABLE_LOG_FILL,
-    )?;
+    let log_read = match prefetched {
+        Some(result) => result?,
+        None => read_log_file(log.as_ref(), config)?,
+    };
+    let log_unreadable = log_read.unreadable_bytes;
+    let mut oversized_bytes = log_read.oversized_bytes;
+    let log_bytes = log_read.bytes;
+    let log_bound = log_bytes_max(&log_bytes[..log_bytes.len().min(FILE_HEADER_BYTES)], config);
     let log_bytes = Bytes::from(log_bytes);
 
     if last && log_bytes.len() <= FILE_HEADER_BYTES {
@@ -950,20 +990,26 @@ fn scan_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64, last: bool) 
         }
         Err(error) => return Err(error),
     };
-    let (mut ids_bytes, ids_unreadable) = read_tolerant(
-        ids.as_ref(),
-        config.segment_file_bytes_max(),
-        "identifier file",
-        UNREADABLE_IDENTIFIER_FILL,
-    )?;
-    if last && !log_has_frames && ids_bytes.len() < FILE_HEADER_BYTES {
-        // Torn while the segment was created: rewrite the header.
-        ids.truncate(0)?;
+    let ids_read = read_tolerant(ids.as_ref(), ids_bytes_max(log_bound), UNREADABLE_IDENTIFIER_FILL)?;
+    let ids_unreadable = ids_read.unreadable_bytes;
+    oversized_bytes += ids_read.oversized_bytes;
+    let mut ids_bytes = ids_read.bytes;
+    if ids_bytes.len() < FILE_HEADER_BYTES {
+        // No identifier was ever written here (they all go past the
+        // header). Torn while the segment was created if the log holds no
+        // frames either; otherwise the header write went astray.
+        if log_has_frames {
+            damaged_headers += 1;
+        }
         ids_bytes = encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0);
-        ids.write_at(0, &ids_bytes)?;
-        ids.sync()?;
+        if last {
+            ids.truncate(0)?;
+            ids.write_at(0, &ids_bytes)?;
+            ids.sync()?;
+        }
+    } else {
+        damaged_headers += check_segment_header(&ids_file_name, &ids_bytes, IDS_MAGIC, sequence)?;
     }
-    damaged_headers += check_segment_header(&ids_file_name, &ids_bytes, IDS_MAGIC, sequence)?;
 
     // Slots, without trailing all-zero ones (space allocated, never written)
     // and without a trailing partial slot (a torn identifier write).
@@ -977,9 +1023,18 @@ fn scan_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64, last: bool) 
     let corrupt_identifiers = identifiers.iter().filter(|i| i.is_none()).count() as u64;
 
     let payload_bytes_max = config.frame_bytes_max() - FRAME_HEADER_BYTES as u64;
-    let mut items = Vec::with_capacity(identifiers.len());
+    // Every item with the range of the log it covers, so that items can be
+    // put in log order and the bytes no identifier led to can be checked.
+    let mut items: Vec<(Range<usize>, Scanned)> = Vec::with_capacity(identifiers.len());
     let mut position = FILE_HEADER_BYTES;
     let log_written_end = log_bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last + 1);
+    let corrupt_at = |offset: usize, identifier: Option<Identifier>| CorruptEntry {
+        file: log_file_name.clone(),
+        offset: Some(offset as u64),
+        kind: identifier.and_then(|i| kind_of(i.kind)),
+        instance: identifier.map(|i| i.instance),
+        ballot: identifier.filter(|i| i.kind == KIND_ACCEPTED).map(|i| i.ballot),
+    };
     // Frames and identifiers are in the same order: frame `k` is described by
     // identifier `k`.
     let mut index = 0;
@@ -987,7 +1042,7 @@ fn scan_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64, last: bool) 
     while index < identifiers.len() {
         let identifier = identifiers[index];
         if let Some(identifier) = identifier {
-            position = identifier.offset as usize;
+            position = usize::try_from(identifier.offset).unwrap_or(usize::MAX);
         }
         let decoded = decode_frame(&log_bytes, position, payload_bytes_max);
         let matches = match (&decoded, &identifier) {
@@ -1015,7 +1070,7 @@ fn scan_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64, last: bool) 
                     },
                 ));
             }
-            items.push(Scanned::Good(record));
+            items.push((position..position + length, Scanned::Good(record)));
             position += length;
             index += 1;
             continue;
@@ -1026,75 +1081,102 @@ fn scan_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64, last: bool) 
             // (e.g. unreadable preallocated space).
             break;
         }
-        items.push(Scanned::Corrupt(CorruptEntry {
-            file: log_file_name.clone(),
-            offset: identifier.map(|i| i.offset).or(Some(position as u64)),
-            kind: identifier.and_then(|i| kind_of(i.kind)),
-            instance: identifier.map(|i| i.instance),
-            ballot: identifier.filter(|i| i.kind == KIND_ACCEPTED).map(|i| i.ballot),
-        }));
+        let start = position;
         match identifier {
-            Some(identifier) => position = (identifier.offset as usize).saturating_add(identifier.frame_bytes as usize),
+            Some(identifier) => {
+                position = position.saturating_add(identifier.frame_bytes as usize);
+            }
             None => {
                 // Neither the frame nor its identifier survived. The next
                 // good identifier says where to resume; without one, look
                 // for the next frame that verifies.
                 let next_known = identifiers[index + 1..].iter().flatten().next();
                 position = match next_known {
-                    Some(next) => next.offset as usize,
+                    Some(next) => usize::try_from(next.offset).unwrap_or(usize::MAX),
                     None => next_frame(&log_bytes, position + 1, payload_bytes_max).unwrap_or(log_bytes.len()),
                 };
             }
         }
+        let covered = start..position.max(start).min(log_bytes.len().max(start));
+        items.push((covered, Scanned::Corrupt(corrupt_at(start, identifier))));
         index += 1;
     }
 
-    // Frames beyond the last identifier.
+    // Where identified frames end. Frames are written in order, so bytes up
+    // to here that no identifier led to (a gap) mean an identifier went
+    // missing, e.g. overwritten by a misdirected write: the frames there are
+    // checked on their own checksums, kept if they verify, reported if not.
+    let identified_end = items
+        .iter()
+        .map(|(range, _)| range.end)
+        .max()
+        .unwrap_or(FILE_HEADER_BYTES)
+        .max(FILE_HEADER_BYTES);
+    // Normally each item starts where the one before ended: no gaps, and
+    // already in log order.
+    let contiguous = items
+        .iter()
+        .try_fold(FILE_HEADER_BYTES, |end, (range, _)| {
+            (range.start == end).then_some(range.end)
+        })
+        .is_some();
+    let mut gaps = Vec::new();
+    if !contiguous {
+        let mut covered: Vec<Range<usize>> = items.iter().map(|(range, _)| range.clone()).collect();
+        covered.sort_by_key(|range| range.start);
+        let mut cursor = FILE_HEADER_BYTES;
+        for range in &covered {
+            if range.start > cursor {
+                gaps.push(cursor..range.start.min(identified_end));
+            }
+            cursor = cursor.max(range.end);
+        }
+    }
+    for gap in gaps {
+        scan_unidentified(&log_bytes, gap, payload_bytes_max, &mut items, |offset| {
+            corrupt_at(offset, None)
+        });
+    }
+
+    // Frames beyond the last identified one.
     let mut torn_tail_bytes = 0;
+    let tail_start = identified_end.min(log_bytes.len());
+    // Trailing zeros are preallocated space, never written.
+    let written_end = log_bytes[tail_start..]
+        .iter()
+        .rposition(|byte| *byte != 0)
+        .map_or(tail_start, |last| tail_start + last + 1);
     // In the last segment, new frames go right after the last identified
     // one, even if a damaged file ended before it.
-    let mut log_end = if (position as u64) <= config.segment_file_bytes_max() {
-        position
+    let mut log_end = if (identified_end as u64) <= log_bound {
+        identified_end
     } else {
         log_bytes.len()
     };
-    // Trailing zeros are preallocated space, never written.
-    let written_end = log_bytes
-        .get(position..)
-        .and_then(|tail| tail.iter().rposition(|byte| *byte != 0))
-        .map_or(position, |last| position + last + 1);
-    if position < log_bytes.len() {
+    if tail_start < log_bytes.len() {
         if last {
             // Their identifiers were never written, so they were never
             // reported durable: a torn tail. Cut it off.
-            torn_tail_bytes = (written_end - position) as u64;
-            log.truncate(position as u64)?;
+            torn_tail_bytes = (written_end - tail_start) as u64;
+            log.truncate(tail_start as u64)?;
             log.sync()?;
         } else {
             // Every segment but the last was complete when the next one was
             // created; frames without identifiers mean the identifier file
             // was damaged. Keep what verifies, report the rest.
-            let mut scan = position;
-            while scan < written_end {
-                match decode_frame(&log_bytes, scan, payload_bytes_max) {
-                    Some((record, _, length)) => {
-                        items.push(Scanned::Good(record));
-                        scan += length;
-                    }
-                    None => {
-                        items.push(Scanned::Corrupt(CorruptEntry {
-                            file: log_file_name.clone(),
-                            offset: Some(scan as u64),
-                            kind: None,
-                            instance: None,
-                            ballot: None,
-                        }));
-                        scan = next_frame(&log_bytes, scan + 1, payload_bytes_max).unwrap_or(written_end);
-                    }
-                }
-            }
+            scan_unidentified(
+                &log_bytes,
+                tail_start..written_end,
+                payload_bytes_max,
+                &mut items,
+                |offset| corrupt_at(offset, None),
+            );
             log_end = log_bytes.len();
         }
+    }
+    // Log order decides which record of an instance is the newest.
+    if !contiguous || !items.is_sorted_by_key(|(range, _)| range.start) {
+        items.sort_by_key(|(range, _)| range.start);
     }
     if last {
         let slots_bytes = (FILE_HEADER_BYTES + slots.len() * IDENTIFIER_BYTES) as u64;
@@ -1128,9 +1210,117 @@ fn scan_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64, last: bool) 
         corrupt_identifiers,
         unreadable_bytes: log_unreadable + ids_unreadable,
         damaged_headers,
+        oversized_bytes,
         repaired_identifiers: repairs.len() as u64,
         log_file_bytes: log_bytes.len() as u64,
     }))
+}
+
+/// The unit in which a segment header records the longest its `.log` file
+/// may be.
+const BOUND_UNIT_BYTES: u64 = 4096;
+/// The shortest frame (a `Committed` record): bounds how many identifiers a
+/// `.log` file of a given length can have.
+const FRAME_BYTES_MIN: u64 = (FRAME_HEADER_BYTES + COMMITTED_BYTES) as u64;
+
+fn encode_bound(log_bytes_max: u64) -> u32 {
+    u32::try_from(log_bytes_max.div_ceil(BOUND_UNIT_BYTES)).unwrap_or(u32::MAX)
+}
+
+/// The longest the `.log` file with this header may be: what the segment was
+/// written with (its header says, if the header verifies), or what this
+/// configuration allows, whichever is larger. A smaller configured
+/// `segment_bytes_max` thus never cuts older segments short.
+fn log_bytes_max(header: &[u8], config: &WalConfig) -> u64 {
+    let written_with = decode_file_header("segment", header, LOG_MAGIC, FORMAT_VERSION)
+        .map_or(0, |(_, bound)| bound as u64 * BOUND_UNIT_BYTES);
+    written_with.max(config.segment_file_bytes_max())
+}
+
+/// The longest an `.ids` file may be beside a `.log` file of `log_bytes_max`.
+fn ids_bytes_max(log_bytes_max: u64) -> u64 {
+    FILE_HEADER_BYTES as u64 + (log_bytes_max / FRAME_BYTES_MIN + 1) * IDENTIFIER_BYTES as u64
+}
+
+/// Reads a `.log` file, bounded by what its header says it may hold.
+fn read_log_file(file: &dyn File, config: &WalConfig) -> Result<ReadFile> {
+    let mut header = [0u8; FILE_HEADER_BYTES];
+    let read = file.read_at(0, &mut header).unwrap_or(0);
+    let bound = log_bytes_max(&header[..read], config);
+    read_tolerant(file, bound, UNREADABLE_LOG_FILL)
+}
+
+/// Reader threads recovery uses to read segments ahead of the one it
+/// verifies, so reading and verifying overlap.
+const RECOVERY_READER_THREADS: usize = 2;
+/// Segments read ahead and waiting in the channel to the verifier.
+const RECOVERY_READ_AHEAD_SEGMENTS: usize = 2;
+
+type SegmentRead = Result<ReadFile>;
+
+/// Reads `.log` files ahead on [`RECOVERY_READER_THREADS`] threads, handing
+/// them to recovery in segment order. Recovery keeps every segment it reads
+/// (values are slices of them), so reading ahead adds no memory beyond what
+/// recovery holds anyway.
+struct SegmentPrefetch {
+    receiver: Option<mpsc::Receiver<(usize, SegmentRead)>>,
+    ready: BTreeMap<usize, SegmentRead>,
+}
+
+impl SegmentPrefetch {
+    fn start(disk: Arc<dyn Disk>, config: &WalConfig, sequences: &[u64]) -> SegmentPrefetch {
+        let mut prefetch = SegmentPrefetch {
+            receiver: None,
+            ready: BTreeMap::new(),
+        };
+        if !disk.supports_parallel_reads() || sequences.len() < 2 {
+            return prefetch;
+        }
+        let (sender, receiver) = mpsc::sync_channel(RECOVERY_READ_AHEAD_SEGMENTS);
+        let next = Arc::new(AtomicUsize::new(0));
+        let names: Arc<Vec<String>> = Arc::new(sequences.iter().map(|s| log_name(*s)).collect());
+        for _ in 0..RECOVERY_READER_THREADS {
+            let disk = disk.clone();
+            let config = config.clone();
+            let sender = sender.clone();
+            let next = next.clone();
+            let names = names.clone();
+            let spawned = std::thread::Builder::new()
+                .name("synod-wal-recovery-reader".to_string())
+                .spawn(move || loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(name) = names.get(index) else {
+                        break;
+                    };
+                    let read = disk.open(name).and_then(|file| read_log_file(file.as_ref(), &config));
+                    if sender.send((index, read)).is_err() {
+                        break;
+                    }
+                });
+            if spawned.is_err() {
+                // Without reader threads, recovery reads each segment itself.
+                return prefetch;
+            }
+        }
+        prefetch.receiver = Some(receiver);
+        prefetch
+    }
+
+    /// The contents of segment `index`, or `None` to read it directly.
+    fn take(&mut self, index: usize) -> Option<SegmentRead> {
+        let receiver = self.receiver.as_ref()?;
+        loop {
+            if let Some(read) = self.ready.remove(&index) {
+                return Some(read);
+            }
+            match receiver.recv() {
+                Ok((arrived, read)) => {
+                    self.ready.insert(arrived, read);
+                }
+                Err(_) => return None,
+            }
+        }
+    }
 }
 
 /// What unreadable log bytes are replaced with: frames there fail their
@@ -1142,45 +1332,102 @@ const UNREADABLE_IDENTIFIER_FILL: u8 = 0xFF;
 /// The unit in which a file that failed to read whole is read again.
 const REREAD_BLOCK_BYTES: usize = 4096;
 
-/// Reads a whole file, treating EIO like a checksum mismatch (as CTRL
-/// prescribes): if the file cannot be read at once, it is read again block
-/// by block, and blocks that still fail are replaced with `fill` so that
-/// what they held fails verification. Returns the bytes and how many were
-/// unreadable.
-fn read_tolerant(file: &dyn File, length_max: u64, what: &'static str, fill: u8) -> Result<(Vec<u8>, u64)> {
-    match file.read_all(length_max, what) {
-        Ok(bytes) => return Ok((bytes, 0)),
-        Err(StorageError::Io { .. }) => {}
-        Err(error) => return Err(error),
-    }
+/// A file as recovery read it.
+struct ReadFile {
+    bytes: Vec<u8>,
+    /// Bytes that failed to read and were replaced.
+    unreadable_bytes: u64,
+    /// Bytes past the bound, not read.
+    oversized_bytes: u64,
+}
+
+/// Reads a file up to `length_max` bytes (bytes past it cannot have been
+/// written by this crate, and are counted, never allocated for), treating
+/// EIO like a checksum mismatch (as CTRL prescribes): if the file cannot be
+/// read at once, it is read again block by block, and blocks that still
+/// fail are replaced with `fill` so that what they held fails verification.
+fn read_tolerant(file: &dyn File, length_max: u64, fill: u8) -> Result<ReadFile> {
     let length = file.len()?;
-    if length > length_max {
-        return Err(StorageError::TooLarge {
-            file: file.name().to_string(),
-            what,
+    let oversized_bytes = length.saturating_sub(length_max);
+    if oversized_bytes > 0 {
+        tracing::warn!(
+            file = file.name(),
             length,
-            limit: length_max,
-        });
+            length_max,
+            "file longer than it can be; the excess is ignored"
+        );
     }
-    let mut bytes = vec![0u8; length as usize];
-    let mut unreadable = 0;
+    let mut bytes = vec![0u8; length.min(length_max) as usize];
+    let read = match file.read_at(0, &mut bytes) {
+        Ok(read) if read == bytes.len() => {
+            return Ok(ReadFile {
+                bytes,
+                unreadable_bytes: 0,
+                oversized_bytes,
+            })
+        }
+        Ok(read) => read,
+        Err(StorageError::Io { .. }) => 0,
+        Err(error) => return Err(error),
+    };
+    let mut unreadable_bytes = 0;
     for (index, block) in bytes.chunks_mut(REREAD_BLOCK_BYTES).enumerate() {
         let offset = (index * REREAD_BLOCK_BYTES) as u64;
+        if offset + (block.len() as u64) <= read as u64 {
+            continue;
+        }
         match file.read_at(offset, block) {
-            Ok(read) if read == block.len() => {}
+            Ok(got) if got == block.len() => {}
             Ok(_) | Err(StorageError::Io { .. }) => {
                 block.fill(fill);
-                unreadable += block.len() as u64;
+                unreadable_bytes += block.len() as u64;
             }
             Err(error) => return Err(error),
         }
     }
-    tracing::warn!(
-        file = file.name(),
-        unreadable,
-        "read errors in a log file; the bytes count as damaged"
-    );
-    Ok((bytes, unreadable))
+    if unreadable_bytes > 0 {
+        tracing::warn!(
+            file = file.name(),
+            unreadable_bytes,
+            "read errors in a log file; the bytes count as damaged"
+        );
+    }
+    Ok(ReadFile {
+        bytes,
+        unreadable_bytes,
+        oversized_bytes,
+    })
+}
+
+/// Reads the frames in `range` that no identifier describes: those that
+/// verify are kept, anything else that is not zeros is reported.
+fn scan_unidentified(
+    log_bytes: &Bytes,
+    range: Range<usize>,
+    payload_bytes_max: u64,
+    items: &mut Vec<(Range<usize>, Scanned)>,
+    corrupt_at: impl Fn(usize) -> CorruptEntry,
+) {
+    let range = range.start..range.end.min(log_bytes.len());
+    let mut scan = range.start;
+    while scan < range.end {
+        if log_bytes[scan..range.end].iter().all(|byte| *byte == 0) {
+            break;
+        }
+        match decode_frame(log_bytes, scan, payload_bytes_max) {
+            Some((record, _, length)) if scan + length <= range.end => {
+                items.push((scan..scan + length, Scanned::Good(record)));
+                scan += length;
+            }
+            _ => {
+                let next = next_frame(log_bytes, scan + 1, payload_bytes_max)
+                    .filter(|next| *next < range.end)
+                    .unwrap_or(range.end);
+                items.push((scan..next, Scanned::Corrupt(corrupt_at(scan))));
+                scan = next;
+            }
+        }
+    }
 }
 
 /// The offset of the next frame at or after `from` that verifies.

@@ -341,3 +341,38 @@ fn a_snapshot_is_written_off_the_hot_path_while_appends_go_on() {
     assert_eq!(instance, Instance(100));
     assert_eq!(state.len(), 64_000);
 }
+
+/// Runs inside a child process: a group commit with the default policy
+/// whose sync fails must abort the process.
+fn abort_child() {
+    let (_, disk) = counting_disk();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
+    let group = GroupCommit::start(wal, GroupCommitConfig::default()).unwrap();
+    disk.probe.fail_syncs.store(true, Ordering::SeqCst);
+    let outcome = group.submit_and_receive(record(1)).unwrap().recv();
+    // Never reached: the writer aborts the process before completing.
+    println!("CHILD SURVIVED: {outcome:?}");
+    std::process::exit(0);
+}
+
+#[test]
+fn a_failed_sync_aborts_the_process_with_a_clear_message() {
+    if std::env::var_os("SYNOD_STORAGE_ABORT_CHILD").is_some() {
+        abort_child();
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_failed_sync_aborts_the_process_with_a_clear_message",
+            "--nocapture",
+        ])
+        .env("SYNOD_STORAGE_ABORT_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the child must not exit cleanly");
+    assert!(!stdout.contains("CHILD SURVIVED"), "{stdout}");
+    assert!(stderr.contains("FATAL") && stderr.contains("sync of wal-"), "{stderr}");
+}

@@ -128,3 +128,13 @@ fn missing_metadata_beside_a_log_is_loss_not_a_fresh_start() {
     let error = MetadataStore::open(disk, true).unwrap_err();
     assert!(matches!(error, StorageError::MetadataUnrecoverable { .. }));
 }
+
+#[test]
+fn a_failed_metadata_sync_stops_the_store() {
+    let (sim, disk) = setup();
+    let (mut store, _) = MetadataStore::open(disk, false).unwrap();
+    store.write(&metadata(1)).unwrap();
+    sim.schedule_error(METADATA_FILES[1], Operation::Sync);
+    assert!(store.write(&metadata(2)).unwrap_err().is_sync_failure());
+    assert!(matches!(store.write(&metadata(3)), Err(StorageError::Stopped { .. })));
+}

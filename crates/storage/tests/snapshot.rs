@@ -112,6 +112,17 @@ fn damaged_snapshot_files_give_typed_errors() {
     bad[24..28].copy_from_slice(&crc.to_le_bytes());
     sim.put(name, &bad);
     assert!(matches!(store.latest(), Err(StorageError::BadMagic { .. })));
+    // A manifest whose file size overflows, with valid checksums.
+    let mut bad = good.clone();
+    bad[12..16].copy_from_slice(&1u32.to_le_bytes()); // chunk_bytes = 1
+    let crc = crc32c::crc32c(&bad[..24]);
+    bad[24..28].copy_from_slice(&crc.to_le_bytes());
+    bad[32..40].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    bad[40..48].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    let crc = crc32c::crc32c(&bad[32..48]);
+    bad[48..52].copy_from_slice(&crc.to_le_bytes());
+    sim.put(name, &bad);
+    assert!(matches!(store.latest(), Err(StorageError::Malformed { .. })));
     // A manifest claiming an absurd size, with valid checksums: refused
     // before any allocation.
     let mut bad = good.clone();

@@ -215,6 +215,40 @@ fn a_damaged_identifier_alone_loses_nothing() {
 }
 
 #[test]
+fn identifiers_overwritten_by_misdirected_ones_lose_no_frame() {
+    let (sim, disk) = setup();
+    let (mut wal, _) = Wal::open(disk.clone(), WalConfig::default()).unwrap();
+    for instance in 1..=5 {
+        wal.append(&accepted(instance, 1, "first batch")).unwrap();
+    }
+    wal.sync().unwrap();
+    for instance in 6..=7 {
+        wal.append(&accepted(instance, 1, "second batch")).unwrap();
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    // The second batch's identifiers landed on slots 1 and 2 instead of 5
+    // and 6, which stay zero.
+    let ids = "wal-00000000000000000001.ids";
+    let mut bytes = sim.contents(ids).unwrap();
+    let slot = |k: usize| 32 + k * IDENTIFIER_BYTES;
+    let second: Vec<u8> = bytes[slot(5)..slot(7)].to_vec();
+    bytes[slot(1)..slot(3)].copy_from_slice(&second);
+    bytes[slot(5)..slot(7)].fill(0);
+    sim.put(ids, &bytes);
+    let (_, recovery) = Wal::open(disk.clone(), WalConfig::default()).unwrap();
+    assert_eq!(
+        recovery.accepted.keys().copied().collect::<Vec<_>>(),
+        (1..=7).map(Instance).collect::<Vec<_>>(),
+        "{recovery:?}"
+    );
+    assert!(recovery.corrupted.is_empty());
+    assert_eq!(recovery.torn_tail_bytes, 0, "no identified frame is cut off");
+    let (_, again) = Wal::open(disk, WalConfig::default()).unwrap();
+    assert_eq!(again.accepted.len(), 7);
+}
+
+#[test]
 fn a_misdirected_write_over_an_old_record_is_reported() {
     let (sim, disk) = setup();
     let wal = write_records(&disk, WalConfig::default(), 6);
@@ -276,6 +310,19 @@ fn foreign_and_damaged_files_give_typed_errors() {
         Err(StorageError::BadMagic { .. })
     ));
 
+    // A log header written over the identifier file's header (a misdirected
+    // write) is damage, not a foreign file.
+    let (sim, disk) = setup();
+    drop(write_records(&disk, WalConfig::default(), 3));
+    let log_header = sim.contents(log).unwrap()[..32].to_vec();
+    let ids = "wal-00000000000000000001.ids";
+    let mut ids_bytes = sim.contents(ids).unwrap();
+    ids_bytes[..32].copy_from_slice(&log_header);
+    sim.put(ids, &ids_bytes);
+    let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
+    assert_eq!(recovery.damaged_headers, 1);
+    assert_eq!(recovery.accepted.len(), 3);
+
     // A damaged header (checksum mismatch) is counted; the frames are read.
     let (sim, disk) = setup();
     drop(write_records(&disk, WalConfig::default(), 3));
@@ -298,17 +345,31 @@ fn foreign_and_damaged_files_give_typed_errors() {
         Err(StorageError::UnsupportedVersion { found: 99, .. })
     ));
 
-    // A segment far larger than any segment can be is refused before reading.
+    // A segment far longer than any segment can be: the excess is never
+    // read (nor allocated for), the garbage within the bound is reported,
+    // the records are kept.
     let (sim, disk) = setup();
     drop(write_records(&disk, small_segments(), 3));
     let mut bytes = sim.contents(log).unwrap();
-    bytes.resize(1 << 20, 0xAB);
+    bytes.resize(4 << 20, 0xAB);
     sim.put(log, &bytes);
     sim.put("wal-00000000000000000002.log", &[]);
-    assert!(matches!(
-        Wal::open(disk, small_segments()),
-        Err(StorageError::TooLarge { .. })
-    ));
+    let (_, recovery) = Wal::open(disk, small_segments()).unwrap();
+    assert!(recovery.oversized_bytes > 3 << 20, "{recovery:?}");
+    assert_eq!(recovery.accepted.len(), 3);
+    assert!(recovery.corrupted.iter().any(|c| c.instance.is_none()));
+
+    // A smaller segment_bytes_max later never cuts an older segment short:
+    // its header records the bound it was written with.
+    let (_, disk) = setup();
+    let roomy = WalConfig {
+        segment_bytes_max: 1 << 20,
+        ..small_segments()
+    };
+    drop(write_records(&disk, roomy, 300));
+    let (_, recovery) = Wal::open(disk, small_segments()).unwrap();
+    assert_eq!(recovery.accepted.len(), 300);
+    assert_eq!(recovery.oversized_bytes, 0);
 
     // A missing middle segment.
     let (sim, disk) = setup();
@@ -373,9 +434,22 @@ fn fs_disk_round_trip() {
     let _ = std::fs::remove_dir_all(&directory);
     let disk: Arc<dyn Disk> = Arc::new(FsDisk::open(&directory).unwrap());
     assert!(matches!(disk.create("a/b"), Err(StorageError::InvalidName { .. })));
-    drop(write_records(&disk, small_segments(), 100));
+    let wal = write_records(&disk, small_segments(), 200);
+    assert!(wal.segment_count() > 2, "recovery reads segments ahead");
+    let location = wal.locate_accepted(Instance(50)).unwrap().unwrap();
+    drop(wal);
     let (_, recovery) = Wal::open(disk.clone(), small_segments()).unwrap();
-    assert_eq!(recovery.accepted.len(), 100);
+    assert_eq!(recovery.accepted.len(), 200);
+    assert!(recovery.corrupted.is_empty());
+    // A flipped bit in a middle segment, on real files.
+    let path = directory.join(&location.file);
+    let mut contents = std::fs::read(&path).unwrap();
+    contents[(location.offset + location.frame_bytes - 1) as usize] ^= 0x10;
+    std::fs::write(&path, &contents).unwrap();
+    let (_, recovery) = Wal::open(disk.clone(), small_segments()).unwrap();
+    assert_eq!(recovery.accepted.len(), 199);
+    assert_eq!(recovery.corrupted.len(), 1);
+    assert_eq!(recovery.corrupted[0].instance, Some(Instance(50)));
     let mut file = disk.create("x").unwrap();
     file.write_at(0, b"hello").unwrap();
     file.sync().unwrap();
@@ -434,4 +508,27 @@ fn an_unreadable_sector_is_treated_like_a_checksum_mismatch() {
     assert_eq!(recovery.accepted.len(), 100);
     assert!(recovery.corrupted.is_empty());
     assert!(recovery.corrupt_identifiers > 0);
+}
+
+#[test]
+fn segments_of_small_records_have_identifier_files_larger_than_the_log() {
+    let (_, disk) = setup();
+    let config = WalConfig {
+        segment_bytes_max: 8192,
+        value_bytes_max: 64,
+        preallocate_bytes: 0,
+    };
+    let (mut wal, _) = Wal::open(disk.clone(), config.clone()).unwrap();
+    for through in 1..=2000 {
+        wal.append(&Record::Committed {
+            through: Instance(through),
+        })
+        .unwrap();
+    }
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, recovery) = Wal::open(disk, config).unwrap();
+    assert_eq!(recovery.committed_through, Instance(2000));
+    assert_eq!(recovery.records, 2000);
+    assert_eq!(recovery.oversized_bytes, 0);
 }
