@@ -45,6 +45,7 @@ use std::time::Instant;
 use synod_paxos::{FreshStart, NodeId, Replica};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{ClusterState, ServerConfig};
 use crate::disk::DiskWriter;
@@ -187,7 +188,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     let disk = DiskWriter::start(acceptor_store).map_err(ServerError::DiskThread)?;
     let core = Core::new(replica, shared.clone(), peers, disk, status, origin, snapshot_instance);
     let core_shutdown = shutdown.clone();
-    let mut core_task = tokio::spawn(core.run(CoreInputs { commands, inbound }, core_shutdown));
+    let mut core_task = tokio::spawn(
+        core.run(CoreInputs { commands, inbound }, core_shutdown)
+            .in_current_span(),
+    );
     let api = api::Api::new(shared);
     let serve = api::serve(api, client_listener, shutdown.clone());
     tokio::select! {

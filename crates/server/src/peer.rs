@@ -39,6 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::frame::{Frame, FrameCodec, FrameKind, Handshake, LocalMember, HANDSHAKE_PROTOCOL_VERSION};
 use crate::identity::Identity;
@@ -249,7 +250,7 @@ pub fn start(
             address: peer.peer_address.clone(),
             config: config.clone(),
         };
-        tokio::spawn(dialer.run(receiver, shutdown.clone()));
+        tokio::spawn(dialer.run(receiver, shutdown.clone()).in_current_span());
     }
     let acceptor = Acceptor {
         local,
@@ -260,7 +261,7 @@ pub fn start(
         events,
         connections: Arc::new(Semaphore::new(PEER_CONNECTIONS_MAX)),
     };
-    tokio::spawn(acceptor.run(listener, shutdown));
+    tokio::spawn(acceptor.run(listener, shutdown).in_current_span());
     PeerSender { queues, metrics }
 }
 
@@ -398,17 +399,20 @@ impl Acceptor {
             };
             let this = this.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    result = this.serve(stream, address) => {
-                        if let Err(error) = result {
-                            tracing::warn!(%address, %error, "closing peer connection");
+            tokio::spawn(
+                async move {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        result = this.serve(stream, address) => {
+                            if let Err(error) = result {
+                                tracing::warn!(%address, %error, "closing peer connection");
+                            }
                         }
                     }
+                    drop(permit);
                 }
-                drop(permit);
-            });
+                .in_current_span(),
+            );
         }
     }
 

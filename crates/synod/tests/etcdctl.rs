@@ -7,10 +7,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{etcdctl, etcdctl_ok, etcdctl_with_input, http_get, Cluster};
+use common::{etcdctl, etcdctl_ok, etcdctl_with_input, http_get, Background, Cluster};
 
 fn lines(text: &str) -> Vec<&str> {
     text.lines().collect()
@@ -101,27 +101,32 @@ fn etcdctl_against_a_three_member_group() {
             .parse()
             .expect("revision")
     };
-    let mut watcher = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &each[2], "watch", "watched", "--prefix"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start etcdctl watch");
-    std::thread::sleep(Duration::from_millis(700));
+    let watcher = Background::etcdctl(&["--endpoints", &each[2], "watch", "watched", "--prefix"]);
+    // The watch is in place once a marker put shows up in its output.
+    watcher.wait_for(Duration::from_secs(10), "the watch sees a marker", |output| {
+        run(&all, &["put", "watched/marker", "x"]);
+        output.contains("watched/marker")
+    });
+    let start = watcher.output().len();
     run(&all, &["put", "watched/a", "1"]);
     run(&all, &["put", "watched/a", "2"]);
     run(&all, &["del", "watched/a"]);
-    std::thread::sleep(Duration::from_millis(700));
-    let _ = watcher.kill();
-    let mut seen = String::new();
-    watcher
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut seen)
-        .expect("read watch");
-    let _ = watcher.wait();
+    let seen = watcher.wait_for(Duration::from_secs(10), "three events", |output| {
+        output[start..].contains("DELETE")
+    });
+    drop(watcher);
+    // Marker puts still in flight when the watch was found ready are left out.
+    let seen_lines = lines(&seen[start..]);
+    let mut events: Vec<&str> = Vec::new();
+    let mut index = 0;
+    while index < seen_lines.len() {
+        if seen_lines[index] == "PUT" && seen_lines.get(index + 1) == Some(&"watched/marker") {
+            index += 3;
+            continue;
+        }
+        events.push(seen_lines[index]);
+        index += 1;
+    }
     let expected = [
         "PUT",
         "watched/a",
@@ -133,7 +138,7 @@ fn etcdctl_against_a_three_member_group() {
         "watched/a",
         "",
     ];
-    assert_eq!(lines(&seen), expected, "live watch");
+    assert_eq!(events, expected, "live watch");
     let replay = Command::new("timeout")
         .args(["3", "etcdctl", "--endpoints", &each[0], "watch", "watched/a"])
         .arg(format!("--rev={}", revision_before + 1))
@@ -188,14 +193,10 @@ fn etcdctl_against_a_three_member_group() {
 
     // lock: the second holder waits for the first
     assert_eq!(run(&all, &["lock", "job", "echo", "locked"]), "locked\n");
-    let mut holder = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &each[0], "lock", "mutex"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start lock holder");
-    std::thread::sleep(Duration::from_millis(700));
+    let holder = Background::etcdctl(&["--endpoints", &each[0], "lock", "mutex"]);
+    let held = holder.wait_for(Duration::from_secs(10), "the first locker holds the lock", |output| {
+        output.starts_with("mutex/")
+    });
     let waiting = Command::new("timeout")
         .args([
             "2",
@@ -211,34 +212,23 @@ fn etcdctl_against_a_three_member_group() {
         .output()
         .expect("second locker");
     assert!(!waiting.status.success(), "second locker got a held lock");
-    let _ = holder.kill();
-    let mut held = String::new();
-    holder
-        .stdout
-        .take()
-        .expect("stdout")
-        .read_to_string(&mut held)
-        .expect("read");
-    let _ = holder.wait();
+    drop(holder);
     assert!(held.starts_with("mutex/"), "{held}");
+    // Released when the holder goes: the next locker gets it.
+    assert_eq!(run(&at(1), &["lock", "mutex", "echo", "second"]), "second\n");
 
     // elect
-    let mut candidate = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &each[1], "elect", "office", "alice"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start candidate");
-    std::thread::sleep(Duration::from_millis(1000));
+    let candidate = Background::etcdctl(&["--endpoints", &each[1], "elect", "office", "alice"]);
+    candidate.wait_for(Duration::from_secs(10), "the candidate is elected", |output| {
+        output.contains("alice")
+    });
     let observed = Command::new("timeout")
         .args(["2", "etcdctl", "--endpoints", &each[2], "elect", "-l", "office"])
         .env("ETCDCTL_API", "3")
         .output()
         .expect("observer");
     let observed = String::from_utf8_lossy(&observed.stdout).into_owned();
-    let _ = candidate.kill();
-    let _ = candidate.wait();
+    drop(candidate);
     let observed_lines = lines(&observed);
     assert!(observed_lines.len() >= 2, "{observed}");
     assert!(observed_lines[0].starts_with("office/"), "{observed}");

@@ -2,7 +2,8 @@
 //! writes within [`FAILOVER_MAX`] and every acknowledged write must survive,
 //! also after every member is killed and restarted. Snapshots are taken every
 //! [`SNAPSHOT_INTERVAL`] instances, so the log is trimmed during the run and
-//! the full restart recovers from snapshots plus the log above them.
+//! the full restart recovers from snapshots plus the log above them, and a
+//! member rejoining with an empty disk catches up from a peer's snapshot.
 
 mod common;
 
@@ -176,6 +177,35 @@ fn master_crash_and_full_restart_lose_no_acknowledged_write() {
         let mut clients: Vec<KvClient<Channel>> = urls.iter().map(|url| KvClient::new(channel(url))).collect();
         assert!(put_anywhere(&mut clients, "acked/after-restart".into()).await);
     });
+
+    // A member whose disk is replaced rejoins with an empty data directory:
+    // the log it needs is trimmed everywhere, so it installs a peer's snapshot.
+    let replaced = (cluster.wait_for_master(Duration::from_secs(10)) + 1) % urls.len();
+    cluster.kill(replaced);
+    std::fs::remove_dir_all(&cluster.members[replaced].data_dir).expect("wipe the data directory");
+    runtime.block_on(async {
+        let mut clients: Vec<KvClient<Channel>> = (0..urls.len())
+            .filter(|index| *index != replaced)
+            .map(|index| KvClient::new(channel(&urls[index])))
+            .collect();
+        for _ in 0..25 {
+            sequence += 1;
+            let key = format!("acked/{sequence:06}");
+            if put_anywhere(&mut clients, key.clone()).await {
+                acked.push(key);
+            }
+        }
+    });
+    cluster.launch_with(replaced, &["--initial-cluster-state", "existing"]);
+    runtime.block_on(async {
+        let mut client = KvClient::new(channel(&urls[replaced]));
+        wait_for_keys(&mut client, &acked, true, "member rejoining with an empty disk").await;
+    });
+    let log = cluster.members[replaced].log_text();
+    assert!(
+        log.contains("installed a peer's snapshot"),
+        "the rejoining member did not install a snapshot"
+    );
 
     // A clean stop on SIGTERM.
     for index in 0..urls.len() {

@@ -129,6 +129,11 @@ impl Cluster {
     }
 
     pub fn launch(&mut self, index: usize) {
+        self.launch_with(index, &[]);
+    }
+
+    /// Starts member `index` with `extra` flags added.
+    pub fn launch_with(&mut self, index: usize, extra: &[&str]) {
         let member = &self.members[index];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -144,6 +149,7 @@ impl Cluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(FAST_TIMING)
             .args(&self.extra_args)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -298,4 +304,69 @@ pub fn synod(args: &[&str], data_dir: Option<&Path>) -> Output {
         command.arg("--data-dir").arg(directory);
     }
     command.output().expect("run synod")
+}
+
+/// A long-running etcdctl (watch, lock, elect) whose output is collected as it comes.
+pub struct Background {
+    child: Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Background {
+    pub fn etcdctl(args: &[&str]) -> Background {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcdctl must be installed (Debian package etcd-client)");
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(read) = stdout.read(&mut buffer) {
+                if read == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buffer[..read]).into_owned();
+                sink.lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .push_str(&text);
+            }
+        });
+        Background { child, output }
+    }
+
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Waits until the output satisfies `done`; panics with the output after `timeout`.
+    pub fn wait_for(&self, timeout: Duration, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let output = self.output();
+            if done(&output) {
+                return output;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} within {timeout:?}; output so far: {output:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
