@@ -41,7 +41,7 @@ fn run(size: usize, batch_values_max: usize, seconds: f64) -> (f64, Group) {
         group.drain(master);
         group.pump();
         rounds += 1;
-        if rounds % 64 == 0 {
+        if rounds.is_multiple_of(64) {
             // Virtual time moves slowly: the lease stays fresh, timers rarely fire.
             group.now = group.now + Duration::from_micros(500);
             group.tick_all();

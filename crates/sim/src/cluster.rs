@@ -526,7 +526,7 @@ impl Simulation {
             self.tick_nodes();
             self.run_clients();
             self.check_single_lease_holder();
-            if std::env::var_os("SYNOD_SIM_TRACE").is_some() && self.now_us % 500_000 == 0 {
+            if std::env::var_os("SYNOD_SIM_TRACE").is_some() && self.now_us.is_multiple_of(500_000) {
                 for node in &self.nodes {
                     let state = match &node.replica {
                         Some(replica) => replica.describe(node.local_now(self.now_us)),

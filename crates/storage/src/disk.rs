@@ -123,18 +123,48 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 ///
 /// `sync` is `fdatasync` (`File::sync_data`); after every create, rename and
 /// remove the directory itself is fsynced so the entry change survives a crash.
+///
+/// While any clone of an `FsDisk` lives, its process holds an exclusive lock on
+/// the directory's `LOCK` file, so two processes never write one replica's files.
 #[derive(Debug, Clone)]
 pub struct FsDisk {
     directory: PathBuf,
+    _lock: std::sync::Arc<fs::File>,
 }
 
+/// The file whose lock marks a directory as in use.
+pub const LOCK_FILE: &str = "LOCK";
+
 impl FsDisk {
-    /// Uses `directory`, creating it (and its parents) if missing.
+    /// Uses `directory`, creating it (and its parents) if missing, and locks it
+    /// for this process; fails if another process holds it.
     pub fn open(directory: impl AsRef<Path>) -> Result<FsDisk> {
         let directory = directory.as_ref().to_path_buf();
         let label = directory.display().to_string();
         fs::create_dir_all(&directory).map_err(|e| StorageError::io(&label, "create_dir", e))?;
-        Ok(FsDisk { directory })
+        let lock_path = directory.join(LOCK_FILE);
+        let lock_label = lock_path.display().to_string();
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StorageError::io(&lock_label, "open", e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::io(
+                    &lock_label,
+                    "lock",
+                    std::io::Error::other("another process is using this data directory"),
+                ))
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(StorageError::io(&lock_label, "lock", e)),
+        }
+        Ok(FsDisk {
+            directory,
+            _lock: std::sync::Arc::new(lock),
+        })
     }
 
     /// The directory this disk lives in.

@@ -562,3 +562,18 @@ fn segments_of_small_records_have_identifier_files_larger_than_the_log() {
     assert_eq!(recovery.records, 2000);
     assert_eq!(recovery.oversized_bytes, 0);
 }
+
+#[test]
+fn a_data_directory_is_used_by_one_holder_at_a_time() {
+    let directory = std::env::temp_dir().join(format!("synod-storage-test-{}-lock", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    let first = FsDisk::open(&directory).unwrap();
+    let second = FsDisk::open(&directory).unwrap_err();
+    assert!(second.to_string().contains("another process"), "{second}");
+    let clone = first.clone();
+    drop(first);
+    assert!(FsDisk::open(&directory).is_err(), "a clone keeps the lock");
+    drop(clone);
+    FsDisk::open(&directory).expect("free again once every holder is gone");
+    let _ = std::fs::remove_dir_all(&directory);
+}

@@ -318,11 +318,29 @@ impl Election for Api {
         let name = request.into_inner().name;
         check_name(&name)?;
         let prefix = prefix_of(&name);
+        // The first answer is linearizable: it goes through Leader, which asks
+        // the master. Later answers follow this replica's applied log, never
+        // older than the first one (a follower may still be catching up to it).
+        let first = match self
+            .leader(GrpcRequest::new(LeaderRequest { name: name.clone() }))
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => LeaderResponse::default(),
+            Err(status) => return Err(status),
+        };
+        let floor = first.kv.as_ref().map_or(0, |kv| kv.mod_revision);
         let (sender, receiver) = mpsc::channel(OBSERVE_QUEUE_MAX);
         let api = self.clone();
         tokio::spawn(async move {
             let mut status = api.shared.status.clone();
             let mut last: Option<(Vec<u8>, i64)> = None;
+            if let Some(kv) = &first.kv {
+                last = Some((kv.key.to_vec(), kv.mod_revision));
+                if sender.send(Ok(first.clone())).await.is_err() {
+                    return;
+                }
+            }
             loop {
                 status.borrow_and_update();
                 let holder = match api.holder(&prefix) {
@@ -332,8 +350,8 @@ impl Election for Api {
                         return;
                     }
                 };
-                if let Some(holder) = holder {
-                    let seen = (holder.key.clone(), holder.mod_revision);
+                if let Some(holder) = holder.filter(|holder| holder.mod_revision >= floor) {
+                    let seen = (holder.key.to_vec(), holder.mod_revision);
                     if last.as_ref() != Some(&seen) {
                         last = Some(seen);
                         let revision = api.shared.store().revision();
