@@ -372,6 +372,8 @@ fn expect_closed(stream: &mut TcpStream) {
 fn lock_and_election_through_the_generated_client(cluster: &Cluster) {
     use synod_proto::etcdserverpb::lease_client::LeaseClient;
     use synod_proto::etcdserverpb::LeaseGrantRequest;
+    use synod_proto::grpc::health::v1::health_client::HealthClient;
+    use synod_proto::grpc::health::v1::HealthCheckRequest;
     use synod_proto::v3electionpb::election_client::ElectionClient;
     use synod_proto::v3electionpb::{CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest};
     use synod_proto::v3lockpb::lock_client::LockClient;
@@ -385,6 +387,13 @@ fn lock_and_election_through_the_generated_client(cluster: &Cluster) {
     runtime.block_on(async move {
         let follower = cluster.master().map_or(0, |master| (master + 1) % urls.len());
         let url = urls[follower].clone();
+        let mut health = HealthClient::connect(url.clone()).await.expect("connect");
+        let serving = health
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(serving.status, 1, "grpc.health.v1 reports SERVING");
         let mut leases = LeaseClient::connect(url.clone()).await.expect("connect");
         let mut locks = LockClient::connect(url.clone()).await.expect("connect");
         let mut elections = ElectionClient::connect(url.clone()).await.expect("connect");
