@@ -18,7 +18,8 @@
 //!   `/metrics`; followers forward to the master what only it may answer.
 //! - [`node`]: the core task that owns the [`synod_paxos::Replica`]: ticks,
 //!   peer messages and client commands in; persist, send, apply out, in that order.
-//! - [`disk`]: acceptor records made durable on a dedicated thread with group commit.
+//! - [`disk`]: acceptor records and snapshots made durable through
+//!   synod-storage on a dedicated thread, with group commit.
 //! - [`peer`]: TCP connections between members; handshake, bounded queues,
 //!   reconnection with back-off.
 //! - [`frame`]: the peer wire format. Bytes become [`frame::Frame`]s (magic,
