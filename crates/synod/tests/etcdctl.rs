@@ -181,6 +181,21 @@ fn etcdctl_against_a_three_member_group() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("etcdserver: requested lease not found"));
 
+    // a streaming keep-alive through a follower keeps a 3 s lease alive past its TTL
+    let kept = run(&all, &["lease", "grant", "3"]);
+    let kept = kept.split_whitespace().nth(1).expect("lease id").to_string();
+    let follower = cluster.master().map_or(1, |master| (master + 1) % each.len());
+    let keeper = Background::etcdctl(&["--endpoints", &each[follower], "lease", "keep-alive", &kept]);
+    keeper.wait_for(Duration::from_secs(15), "four refreshes through a follower", |output| {
+        output.matches("keepalived with TTL(3)").count() >= 4
+    });
+    let alive = run(&all, &["lease", "timetolive", &kept]);
+    assert!(
+        alive.contains("granted with TTL(3s)"),
+        "kept-alive lease expired: {alive}"
+    );
+    drop(keeper);
+
     // a short lease expires at the master and its key goes
     let short = run(&all, &["lease", "grant", "2"]);
     let short = short.split_whitespace().nth(1).expect("lease id").to_string();
