@@ -155,6 +155,8 @@ pub struct Replica {
     inbox: VecDeque<(NodeId, Message)>,
     ready: Ready,
     last_tick: Time,
+    /// The probe after an empty start found that others had voted already.
+    joined_group_with_history: bool,
 }
 
 impl Replica {
@@ -240,6 +242,7 @@ impl Replica {
             inbox: VecDeque::new(),
             ready: Ready::default(),
             last_tick: now,
+            joined_group_with_history: false,
             config,
         }
     }
@@ -343,6 +346,14 @@ impl Replica {
             return Err(ReadError::Recovering);
         }
         Ok(self.chosen_through)
+    }
+
+    /// Whether this replica started with an empty disk and found that its peers
+    /// had voted before it. For a member started as part of a new group this is
+    /// normal when it started late; the host may say so, since a member whose disk
+    /// was lost must instead be started as rejoining (`FreshStart::Rejoin`).
+    pub fn joined_group_with_history(&self) -> bool {
+        self.joined_group_with_history
     }
 
     /// A one-line description of this replica's state, for diagnostics.
@@ -1159,11 +1170,12 @@ impl Replica {
         self.meta.incarnation = self.meta.incarnation.max(probing.incarnation_seen + 1);
         self.meta.promised = self.meta.promised.max(probing.promised_max);
         self.round_seen = self.round_seen.max(self.meta.promised.round);
-        self.meta.voting = if new_group && !probing.history {
-            Voting::Voter
-        } else {
-            Voting::AwaitMaster
-        };
+        // A member of a new group never voted, so it forgot nothing: with its
+        // peers' highest promise adopted it may vote at once, even if the others
+        // started earlier and already have history. A member that lost its disk
+        // must first learn what it may have accepted.
+        self.meta.voting = if new_group { Voting::Voter } else { Voting::AwaitMaster };
+        self.joined_group_with_history = probing.history;
         self.persist_meta();
     }
 

@@ -694,7 +694,13 @@ impl Simulation {
             node.disk.wipe();
             self.stats.wipes += 1;
         }
-        let down = self.rng.random_range(10..=self.mix.down_ms_max);
+        // Half the restarts are quick (a process that reboots within a lease
+        // time), half take as long as the mix allows.
+        let down = if self.rng.random_bool(0.5) {
+            self.rng.random_range(10..=300)
+        } else {
+            self.rng.random_range(10..=self.mix.down_ms_max)
+        };
         self.nodes[index].down_until_ms = Some(self.now_ms() + down);
     }
 

@@ -145,3 +145,18 @@ fn a_replica_with_an_empty_disk_learns_before_it_votes() {
         "it adopted its peers' promise instead of starting from nothing"
     );
 }
+
+#[test]
+fn a_member_of_a_new_group_that_starts_late_votes_at_once() {
+    let (mut group, master) = elected(3);
+    let late = (master + 1) % 3;
+    let members = group.replicas[late].config().members.clone();
+    let config = sim_paxos_config(group.replicas[late].node(), members);
+    group.replicas[late] = Replica::fresh(config, FreshStart::NewGroup, group.now, 5);
+    group.drain(late);
+    assert!(group.run_until(Duration::from_millis(1), Duration::from_secs(5), |g| {
+        g.replicas[late].meta().voting == Voting::Voter
+    }));
+    assert!(group.replicas[late].joined_group_with_history());
+    assert!(group.replicas[late].meta().promised > synod_paxos::Ballot::ZERO);
+}

@@ -56,9 +56,13 @@
 //! Recovery reads each segment's identifiers and frames in order (frame `k`
 //! belongs to identifier `k`):
 //!
-//! * frames after the last identifier of the last segment never had step 3
-//!   finish, so they were never reported durable: a **torn tail**, cut off
-//!   silently ([`Recovery::torn_tail_bytes`]);
+//! * whole frames after the last identifier of the last segment are kept and
+//!   given identifiers: usually step 3 never finished for them, but a
+//!   misdirected write may have destroyed the identifiers of a batch already
+//!   reported durable, and keeping a written acceptance is always safe where
+//!   dropping an acknowledged one is not; from the first frame there that fails
+//!   its checksum on, the bytes are a **torn tail**, cut off silently
+//!   ([`Recovery::torn_tail_bytes`]);
 //! * an identifier whose frame is missing, fails its checksum or names a
 //!   different record cannot come from a crash (step 2 finished before step 3
 //!   began): **corruption**, listed in [`Recovery::corrupted`] with the

@@ -23,8 +23,12 @@
 //! So an identifier is on disk only if its frame was durable first. After a
 //! crash, recovery reads it back:
 //!
-//! * a frame with no identifier was never reported durable (step 2 did not
-//!   finish): it is a torn tail and is discarded;
+//! * whole frames past the last identifier are kept and given identifiers:
+//!   normally they were never reported durable (step 2 did not finish), but if
+//!   a misdirected write destroyed the identifiers of a reported batch they
+//!   were, and keeping an acceptance that was written is always safe while
+//!   dropping an acknowledged one is not; the first frame there that fails its
+//!   checksum is the torn write, and it and what follows are discarded;
 //! * an identifier whose frame is missing or fails its checksum cannot come
 //!   from a crash: that is corruption, and the instance (with its ballot from
 //!   the identifier) is reported for repair from peers, never silently
@@ -1153,13 +1157,43 @@ fn scan_segment(
     } else {
         log_bytes.len()
     };
+    let mut identifier_slots = slots.len();
     if tail_start < log_bytes.len() {
         if last {
-            // Their identifiers were never written, so they were never
-            // reported durable: a torn tail. Cut it off.
-            torn_tail_bytes = (written_end - tail_start) as u64;
-            log.truncate(tail_start as u64)?;
+            // Frames past the last identifier. Either they were never reported
+            // durable (the crash came between the log's sync and the
+            // identifiers'), or they were and their identifiers were lost (a
+            // misdirected write). Keeping the ones that verify is safe either
+            // way: an acceptor may always act as if it accepted what it wrote,
+            // and dropping an acknowledged acceptance is not safe. The first
+            // frame that does not verify is the torn write: it and what follows
+            // are cut off.
+            let mut kept_end = tail_start;
+            while kept_end < written_end {
+                match decode_frame(&log_bytes, kept_end, payload_bytes_max) {
+                    Some((record, record_crc, length)) if kept_end + length <= log_bytes.len() => {
+                        repairs.push((
+                            identifier_slots,
+                            Identifier {
+                                kind: record.kind(),
+                                record_crc,
+                                instance: record.instance(),
+                                ballot: record.ballot(),
+                                offset: kept_end as u64,
+                                frame_bytes: length as u32,
+                            },
+                        ));
+                        items.push((kept_end..kept_end + length, Scanned::Good(record)));
+                        identifier_slots += 1;
+                        kept_end += length;
+                    }
+                    _ => break,
+                }
+            }
+            torn_tail_bytes = written_end.saturating_sub(kept_end) as u64;
+            log.truncate(kept_end as u64)?;
             log.sync()?;
+            log_end = kept_end;
         } else {
             // Every segment but the last was complete when the next one was
             // created; frames without identifiers mean the identifier file
@@ -1196,7 +1230,7 @@ fn scan_segment(
     if !repairs.is_empty() {
         ids.sync()?;
     }
-    let ids_end = (FILE_HEADER_BYTES + slots.len() * IDENTIFIER_BYTES) as u64;
+    let ids_end = (FILE_HEADER_BYTES + identifier_slots * IDENTIFIER_BYTES) as u64;
     Ok(Some(SegmentScan {
         items,
         files: ActiveSegment {

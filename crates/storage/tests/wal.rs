@@ -78,15 +78,17 @@ fn later_record_for_an_instance_supersedes_earlier() {
 }
 
 #[test]
-fn frames_without_identifiers_are_a_torn_tail_and_are_discarded() {
+fn whole_frames_without_identifiers_are_kept() {
     let (sim, disk) = setup();
     let (mut wal, _) = Wal::open(disk.clone(), WalConfig::default()).unwrap();
     wal.append(&accepted(1, 1, "durable")).unwrap();
     wal.sync().unwrap();
     // The next batch reaches the log and its sync, but the identifier write
-    // fails: the batch was never reported durable.
-    wal.append(&accepted(2, 1, "never acknowledged")).unwrap();
-    wal.append(&accepted(3, 1, "never acknowledged")).unwrap();
+    // fails. Whether or not such a batch was reported durable (its
+    // identifiers may also have been lost to a misdirected write after it
+    // was), keeping frames that verify is safe and dropping them is not.
+    wal.append(&accepted(2, 1, "written")).unwrap();
+    wal.append(&accepted(3, 1, "written")).unwrap();
     let log = disk.list().unwrap().into_iter().find(|n| n.ends_with(".log")).unwrap();
     let ids = log.replace(".log", ".ids");
     sim.schedule_error(&ids, Operation::Write);
@@ -97,21 +99,49 @@ fn frames_without_identifiers_are_a_torn_tail_and_are_discarded() {
     ));
     drop(wal);
     sim.crash();
-    let log_bytes_before = sim.contents(&log).unwrap().len();
 
     let (mut wal, recovery) = Wal::open(disk.clone(), WalConfig::default()).unwrap();
-    assert!(recovery.corrupted.is_empty(), "a torn tail is not corruption");
-    assert!(recovery.torn_tail_bytes > 0);
-    assert_eq!(recovery.accepted.keys().copied().collect::<Vec<_>>(), vec![Instance(1)]);
-    assert!(sim.contents(&log).unwrap().len() < log_bytes_before);
-    // Appending after recovery works and survives.
-    wal.append(&accepted(2, 2, "again")).unwrap();
+    assert!(recovery.corrupted.is_empty(), "whole frames are not corruption");
+    assert_eq!(
+        recovery.accepted.keys().copied().collect::<Vec<_>>(),
+        vec![Instance(1), Instance(2), Instance(3)]
+    );
+    assert_eq!(recovery.repaired_identifiers, 2, "their identifiers are written");
+    // Appending after recovery works and survives, with every frame matched to
+    // its identifier.
+    wal.append(&accepted(4, 2, "again")).unwrap();
     wal.sync().unwrap();
     drop(wal);
     let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
-    assert_eq!(recovery.accepted.len(), 2);
+    assert_eq!(recovery.accepted.len(), 4);
+    assert_eq!(recovery.accepted[&Instance(4)].value, Bytes::from_static(b"again"));
     assert!(recovery.corrupted.is_empty());
     assert_eq!(recovery.torn_tail_bytes, 0);
+    assert_eq!(recovery.repaired_identifiers, 0);
+}
+
+#[test]
+fn an_acknowledged_batch_whose_identifiers_were_lost_survives() {
+    let (sim, disk) = setup();
+    let (mut wal, _) = Wal::open(disk.clone(), WalConfig::default()).unwrap();
+    wal.append(&accepted(1, 1, "first")).unwrap();
+    wal.sync().unwrap();
+    wal.append(&accepted(2, 1, "acknowledged")).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    // A misdirected write (or an operator's mistake) cuts the identifier file
+    // back to before the last batch.
+    let log = disk.list().unwrap().into_iter().find(|n| n.ends_with(".log")).unwrap();
+    let ids = log.replace(".log", ".ids");
+    let contents = sim.contents(&ids).unwrap();
+    let slot_bytes = 64;
+    sim.put(&ids, &contents[..contents.len() - slot_bytes]);
+    let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
+    assert_eq!(
+        recovery.accepted[&Instance(2)].value,
+        Bytes::from_static(b"acknowledged")
+    );
+    assert!(recovery.corrupted.is_empty());
 }
 
 #[test]
