@@ -18,7 +18,8 @@
 //!   `/metrics`; followers forward to the master what only it may answer.
 //! - [`node`]: the core task that owns the [`synod_paxos::Replica`]: ticks,
 //!   peer messages and client commands in; persist, send, apply out, in that order.
-//! - [`disk`]: acceptor records made durable on a dedicated thread with group commit.
+//! - [`disk`]: acceptor records and snapshots made durable through
+//!   synod-storage on a dedicated thread, with group commit.
 //! - [`peer`]: TCP connections between members; handshake, bounded queues,
 //!   reconnection with back-off.
 //! - [`frame`]: the peer wire format. Bytes become [`frame::Frame`]s (magic,
@@ -119,8 +120,15 @@ async fn bind(address: std::net::SocketAddr, purpose: &'static str) -> Result<Tc
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     // Tunables are checked before anything is written to the data directory.
     config.paxos_config(NodeId(1), vec![NodeId(1)])?;
-    let identity = load_identity(&config)?;
-    let (acceptor_store, opened) = disk::open(&config.data_dir, config.tunables.batch_bytes_max)?;
+    // Reading the data directory blocks: it runs on a blocking-pool thread.
+    let startup_config = config.clone();
+    let (identity, acceptor_store, opened) = tokio::task::spawn_blocking(move || {
+        let identity = load_identity(&startup_config)?;
+        let (store, opened) = disk::open(&startup_config.data_dir, startup_config.tunables.batch_bytes_max)?;
+        Ok::<_, ServerError>((identity, store, opened))
+    })
+    .await
+    .map_err(|error| ServerError::DiskThread(std::io::Error::other(error.to_string())))??;
     let durable = opened.durable;
     let snapshot_instance = durable.as_ref().map_or(0, |durable| durable.snapshot_instance.0);
     let members: Vec<NodeId> = identity.members.iter().map(|member| NodeId(member.id)).collect();

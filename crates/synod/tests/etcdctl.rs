@@ -181,6 +181,21 @@ fn etcdctl_against_a_three_member_group() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("etcdserver: requested lease not found"));
 
+    // a streaming keep-alive through a follower keeps a 3 s lease alive past its TTL
+    let kept = run(&all, &["lease", "grant", "3"]);
+    let kept = kept.split_whitespace().nth(1).expect("lease id").to_string();
+    let follower = cluster.master().map_or(1, |master| (master + 1) % each.len());
+    let keeper = Background::etcdctl(&["--endpoints", &each[follower], "lease", "keep-alive", &kept]);
+    keeper.wait_for(Duration::from_secs(15), "four refreshes through a follower", |output| {
+        output.matches("keepalived with TTL(3)").count() >= 4
+    });
+    let alive = run(&all, &["lease", "timetolive", &kept]);
+    assert!(
+        alive.contains("granted with TTL(3s)"),
+        "kept-alive lease expired: {alive}"
+    );
+    drop(keeper);
+
     // a short lease expires at the master and its key goes
     let short = run(&all, &["lease", "grant", "2"]);
     let short = short.split_whitespace().nth(1).expect("lease id").to_string();
@@ -372,6 +387,8 @@ fn expect_closed(stream: &mut TcpStream) {
 fn lock_and_election_through_the_generated_client(cluster: &Cluster) {
     use synod_proto::etcdserverpb::lease_client::LeaseClient;
     use synod_proto::etcdserverpb::LeaseGrantRequest;
+    use synod_proto::grpc::health::v1::health_client::HealthClient;
+    use synod_proto::grpc::health::v1::HealthCheckRequest;
     use synod_proto::v3electionpb::election_client::ElectionClient;
     use synod_proto::v3electionpb::{CampaignRequest, LeaderRequest, ProclaimRequest, ResignRequest};
     use synod_proto::v3lockpb::lock_client::LockClient;
@@ -385,6 +402,13 @@ fn lock_and_election_through_the_generated_client(cluster: &Cluster) {
     runtime.block_on(async move {
         let follower = cluster.master().map_or(0, |master| (master + 1) % urls.len());
         let url = urls[follower].clone();
+        let mut health = HealthClient::connect(url.clone()).await.expect("connect");
+        let serving = health
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(serving.status, 1, "grpc.health.v1 reports SERVING");
         let mut leases = LeaseClient::connect(url.clone()).await.expect("connect");
         let mut locks = LockClient::connect(url.clone()).await.expect("connect");
         let mut elections = ElectionClient::connect(url.clone()).await.expect("connect");

@@ -24,19 +24,17 @@ const KEEP_ALIVE_QUEUE_MAX: usize = 64;
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send + 'static>>;
 
+/// One client keep-alive stream's stream to the master, kept open while the
+/// master stays the same, so a follower forwards each refresh without opening
+/// a stream per request.
+struct Upstream {
+    requests: mpsc::Sender<LeaseKeepAliveRequest>,
+    responses: Streaming<LeaseKeepAliveResponse>,
+}
+
 impl Api {
-    /// One keep-alive: at the master, refresh the deadline; elsewhere, ask the master.
-    async fn keep_alive_once(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
-        let probe = GrpcRequest::new(());
-        if let Some(channel) = self.route(&probe)? {
-            let (sender, receiver) = mpsc::channel(1);
-            let _ = sender.send(LeaseKeepAliveRequest { id }).await;
-            let mut responses = LeaseClient::new(channel)
-                .lease_keep_alive(forwarded(ReceiverStream::new(receiver)))
-                .await?
-                .into_inner();
-            return responses.message().await?.ok_or_else(no_leader);
-        }
+    /// One keep-alive at this member, the master: refresh the deadline.
+    async fn keep_alive_here(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
         let identity = self.identity();
         let ttl = self
             .ask(|reply| Command::KeepAlive { id, reply })
@@ -48,6 +46,57 @@ impl Api {
             id,
             ttl,
         })
+    }
+
+    /// One keep-alive through `upstream`, opened to the master on first use.
+    async fn keep_alive_forwarded(
+        &self,
+        channel: tonic::transport::Channel,
+        upstream: &mut Option<Upstream>,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, Status> {
+        if upstream.is_none() {
+            let (requests, receiver) = mpsc::channel(KEEP_ALIVE_QUEUE_MAX);
+            let responses = LeaseClient::new(channel)
+                .lease_keep_alive(forwarded(ReceiverStream::new(receiver)))
+                .await?
+                .into_inner();
+            *upstream = Some(Upstream { requests, responses });
+        }
+        let Some(open) = upstream.as_mut() else {
+            return Err(no_leader());
+        };
+        let answer = match open.requests.send(LeaseKeepAliveRequest { id }).await {
+            Ok(()) => open
+                .responses
+                .message()
+                .await
+                .and_then(|message| message.ok_or_else(no_leader)),
+            Err(_) => Err(no_leader()),
+        };
+        if answer.is_err() {
+            *upstream = None;
+        }
+        answer
+    }
+
+    /// One keep-alive from a client stream: here at the master, forwarded
+    /// elsewhere (once more on a fresh stream if the old one broke, say because
+    /// the master changed).
+    async fn keep_alive(&self, upstream: &mut Option<Upstream>, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+        let probe = GrpcRequest::new(());
+        let Some(channel) = self.route(&probe)? else {
+            *upstream = None;
+            return self.keep_alive_here(id).await;
+        };
+        let had_upstream = upstream.is_some();
+        match self.keep_alive_forwarded(channel, upstream, id).await {
+            Err(_) if had_upstream => match self.route(&probe)? {
+                Some(channel) => self.keep_alive_forwarded(channel, upstream, id).await,
+                None => self.keep_alive_here(id).await,
+            },
+            answer => answer,
+        }
     }
 }
 
@@ -111,11 +160,12 @@ impl Lease for Api {
         let (sender, receiver) = mpsc::channel(KEEP_ALIVE_QUEUE_MAX);
         let api = self.clone();
         tokio::spawn(async move {
+            let mut upstream = None;
             while let Some(Ok(keep_alive)) = incoming.next().await {
                 let answer = if is_forwarded && !api.shared.current_status().is_master {
                     Err(no_leader())
                 } else {
-                    api.keep_alive_once(keep_alive.id).await
+                    api.keep_alive(&mut upstream, keep_alive.id).await
                 };
                 let failed = answer.is_err();
                 if sender.send(answer).await.is_err() || failed {

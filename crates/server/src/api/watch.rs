@@ -10,6 +10,7 @@
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use synod_kv::{WatchConfig, WatchHub};
@@ -25,6 +26,9 @@ use crate::node::{lock, HubEntry};
 
 /// Responses queued for one watch stream before its task waits for the client.
 pub const WATCH_RESPONSES_QUEUE_MAX: usize = 256;
+/// How often watchers that asked for `progress_notify` get an empty response
+/// with the current revision (etcd's default).
+pub const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
 
@@ -49,6 +53,8 @@ impl Watch for Api {
         tokio::spawn(async move {
             let shared = api.shared.clone();
             let mut watchers = 0usize;
+            let mut progress = tokio::time::interval(WATCH_PROGRESS_INTERVAL);
+            progress.tick().await;
             'stream: loop {
                 tokio::select! {
                     request = incoming.next() => {
@@ -59,6 +65,10 @@ impl Watch for Api {
                         }
                     }
                     _ = entry.notify.notified() => {}
+                    _ = progress.tick() => {
+                        let store = shared.store();
+                        lock(&entry.hub).progress_notify(&store);
+                    }
                     _ = sender.closed() => break 'stream,
                 }
                 loop {
