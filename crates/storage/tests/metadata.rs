@@ -15,7 +15,7 @@ fn metadata(round: u64) -> AcceptorMetadata {
     AcceptorMetadata {
         promised: Ballot::new(round, 2, NodeId(3)),
         incarnation: round * 10,
-        voting: if round % 2 == 0 {
+        voting: if round.is_multiple_of(2) {
             Voting::Voter
         } else {
             Voting::LearnUntil(Instance(round * 7))
