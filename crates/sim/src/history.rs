@@ -1,11 +1,7 @@
 //! The clients' history: every write and lease read with its call and return
 //! times, checked for linearizability at the end of a run.
 
-use crate::linearizability::{
-    check, Budget, CheckResult, Operation as Checked, RegisterInput, RegisterModel, RegisterOutput,
-};
-
-type Operation<I, O> = Checked<I, O>;
+use crate::linearizability::{check, Budget, CheckResult, Operation, RegisterInput, RegisterModel, RegisterOutput};
 
 /// The linearizability checker's answer for one history.
 #[derive(Clone, Debug, PartialEq, Eq)]
