@@ -1021,3 +1021,31 @@ fn state_hash_tracks_effects() {
     assert_eq!(first.state_hash(), third.state_hash());
     assert_eq!(first.applied_index(), 2);
 }
+
+#[test]
+fn watchers_replay_what_a_snapshot_install_skipped() {
+    let store = store();
+    let mut hub = WatchHub::new(WatchConfig::default());
+    let watch = hub
+        .create(
+            &store,
+            &WatchCreateRequest {
+                key: b"a".to_vec(),
+                ..WatchCreateRequest::default()
+            },
+        )
+        .unwrap();
+    drain(&mut hub, &store);
+    // The replica falls behind; a peer's store moves on and is installed here
+    // as a snapshot: the hub never observes those applies.
+    let mut peer = Store::restore(Config::default(), &store.snapshot()).unwrap();
+    ok(&mut peer, put("a", "1"));
+    ok(&mut peer, put("a", "2"));
+    let installed = Store::restore(Config::default(), &peer.snapshot()).unwrap();
+    hub.resync_all();
+    let responses = drain(&mut hub, &installed);
+    assert_eq!(
+        events_of(&responses, watch),
+        vec![(EventType::Put, "a".into(), 2), (EventType::Put, "a".into(), 3)]
+    );
+}

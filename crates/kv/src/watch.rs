@@ -226,6 +226,17 @@ impl WatchHub {
         true
     }
 
+    /// The store was replaced by a snapshot from a peer: revisions between the
+    /// watchers' positions and the snapshot were never observed here. Every
+    /// watcher replays from its next revision out of the new store's history
+    /// at the next [`WatchHub::poll`], or is cancelled with `compact_revision`
+    /// if that history is gone; none silently skips them.
+    pub fn resync_all(&mut self) {
+        for watcher in self.watchers.values_mut() {
+            watcher.synced = false;
+        }
+    }
+
     /// Routes one applied entry's events to the synced watchers. Must be
     /// called for every applied entry, in order.
     pub fn observe(&mut self, applied: &Applied) {

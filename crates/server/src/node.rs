@@ -402,6 +402,13 @@ impl Core {
             Err(_) => return,
         }
         self.shared.replace_store(restored);
+        // Watchers did not see the revisions inside the snapshot: they replay
+        // them from the new store's history, or are cancelled as compacted.
+        let hubs: Vec<HubEntry> = lock(&self.shared.hubs).values().cloned().collect();
+        for entry in &hubs {
+            lock(&entry.hub).resync_all();
+            entry.notify.notify_one();
+        }
         self.status.send_modify(|status| status.applied_instance = instance.0);
         self.shared
             .metrics
