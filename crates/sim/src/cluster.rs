@@ -66,6 +66,8 @@ pub struct Stats {
     pub snapshot_transfers_interrupted: u64,
     /// Snapshot transfers that resumed after chunks an earlier one delivered.
     pub snapshot_transfers_resumed: u64,
+    /// Transfers refused because the sending peer's snapshot failed its checks.
+    pub damaged_snapshots_refused: u64,
     pub disk_faults: FaultCounts,
     /// Client histories found linearizable.
     pub histories_checked: u64,
@@ -97,6 +99,7 @@ impl Stats {
         self.power_failures += other.power_failures;
         self.snapshot_transfers_interrupted += other.snapshot_transfers_interrupted;
         self.snapshot_transfers_resumed += other.snapshot_transfers_resumed;
+        self.damaged_snapshots_refused += other.damaged_snapshots_refused;
         self.disk_faults = add_counts(self.disk_faults, other.disk_faults);
         self.histories_inconclusive += other.histories_inconclusive;
     }
@@ -462,6 +465,10 @@ impl Simulation {
         let snapshot = match transfer {
             Transfer::Interrupted => {
                 self.stats.snapshot_transfers_interrupted += 1;
+                return;
+            }
+            Transfer::PeerSnapshotDamaged => {
+                self.stats.damaged_snapshots_refused += 1;
                 return;
             }
             Transfer::Installed(snapshot) => snapshot,

@@ -49,6 +49,9 @@ pub enum Transfer {
     /// The peer went away after some chunks; the ones received are kept, and a
     /// later transfer of the same snapshot resumes after them.
     Interrupted,
+    /// The peer's own copy failed its checks: nothing of it is installed, and
+    /// the replica asks again (another peer, in time).
+    PeerSnapshotDamaged,
 }
 
 /// What a start read back.
@@ -215,7 +218,9 @@ impl NodeDisk {
             if chunks_before_interruption.is_some_and(|limit| sent >= limit) {
                 return Ok((Transfer::Interrupted, resumed_from));
             }
-            let chunk = reader.chunk(index).map_err(text)?;
+            let Ok(chunk) = reader.chunk(index) else {
+                return Ok((Transfer::PeerSnapshotDamaged, resumed_from));
+            };
             step = installer.accept(&chunk).map_err(text)?;
             sent += 1;
         }

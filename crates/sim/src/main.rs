@@ -100,7 +100,7 @@ fn main() -> ExitCode {
         total.messages_long_delayed
     );
     println!(
-        "faults: partitions symmetric {} one-way {} majority/minority {} bridge {}; crashes {} (disk wiped {}); pauses {}; snapshots installed {} (transfers interrupted {}, resumed {})",
+        "faults: partitions symmetric {} one-way {} majority/minority {} bridge {}; crashes {} (disk wiped {}); pauses {}; snapshots installed {} (transfers interrupted {}, resumed {}, refused as damaged at the sender {})",
         total.partitions[0],
         total.partitions[1],
         total.partitions[2],
@@ -110,7 +110,8 @@ fn main() -> ExitCode {
         total.pauses,
         total.snapshots_installed,
         total.snapshot_transfers_interrupted,
-        total.snapshot_transfers_resumed
+        total.snapshot_transfers_resumed,
+        total.damaged_snapshots_refused
     );
     let disk = &total.disk_faults;
     println!(
