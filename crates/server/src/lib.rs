@@ -22,6 +22,8 @@
 //!   synod-storage on a dedicated thread, with group commit.
 //! - [`peer`]: TCP connections between members; handshake, bounded queues,
 //!   reconnection with back-off.
+//! - [`snapshot`]: a lagging member pulls a peer's snapshot in checksummed
+//!   chunks, one request per chunk, and reassembles it within a bound.
 //! - [`frame`]: the peer wire format. Bytes become [`frame::Frame`]s (magic,
 //!   version, flags, length, CRC32C, opaque payload) with a pure incremental
 //!   [`frame::Decoder`]; the first frame each way is a [`frame::Handshake`].
@@ -39,6 +41,7 @@ pub mod identity;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod snapshot;
 
 use std::sync::Arc;
 use std::time::Instant;

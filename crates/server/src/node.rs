@@ -30,7 +30,10 @@ use crate::disk::{DiskError, DiskWriter};
 use crate::frame::HEADER_BYTES;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
-use crate::peer::{Payload, PeerEvents, PeerInput, PeerSender};
+use crate::peer::{Payload, PeerEvents, PeerInput, PeerSender, SNAPSHOT_CHUNK_HEADER_BYTES};
+use crate::snapshot::{
+    Assembly, ServedSnapshot, SnapshotAssembler, SnapshotChunk, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_TRANSFER_BYTES_MAX,
+};
 
 /// How often the core's timers are advanced.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(5);
@@ -40,8 +43,12 @@ const LEASE_EXPIRY_INTERVAL: Duration = Duration::from_millis(250);
 const LEASE_REVOKES_PER_CHECK_MAX: usize = 64;
 /// A revoke that has not taken effect is proposed again after this long, in milliseconds.
 const LEASE_REVOKE_RETRY_MS: u64 = 2_000;
-/// A snapshot request to a peer that brought nothing is repeated after this long.
+/// A snapshot request (for any chunk) to a peer that brought nothing is
+/// repeated after this long.
 const SNAPSHOT_REQUEST_RETRY: Duration = Duration::from_secs(2);
+/// A snapshot served to lagging peers is dropped after no chunk of it was
+/// asked for this long, so an idle member does not hold a copy of its store.
+const SERVED_SNAPSHOT_IDLE: Duration = Duration::from_secs(30);
 
 /// The state machine's limits; every member must use the same.
 pub fn kv_config() -> synod_kv::Config {
@@ -217,8 +224,16 @@ pub struct Core {
     snapshot_instance: u64,
     /// A snapshot being written by the disk thread.
     snapshot_in_progress: Option<oneshot::Receiver<Result<synod_paxos::Instance, DiskError>>>,
-    /// When this member last asked a peer for a snapshot.
+    /// When this member last asked a peer for a snapshot chunk.
     snapshot_requested_at: Option<Instant>,
+    /// The instance the peers' logs start after, as last named by the core:
+    /// a snapshot must cover at least this.
+    snapshot_wanted: synod_paxos::Instance,
+    /// A peer's snapshot being pulled chunk by chunk.
+    snapshot_assembler: SnapshotAssembler,
+    /// The serialized snapshot served to lagging peers, and when a chunk of
+    /// it was last asked for.
+    served_snapshot: Option<(ServedSnapshot, Instant)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -284,6 +299,9 @@ impl Core {
             snapshot_instance,
             snapshot_in_progress: None,
             snapshot_requested_at: None,
+            snapshot_wanted: synod_paxos::Instance(0),
+            snapshot_assembler: SnapshotAssembler::new(SNAPSHOT_TRANSFER_BYTES_MAX),
+            served_snapshot: None,
         }
     }
 
@@ -339,36 +357,86 @@ impl Core {
                 let now = self.now();
                 self.replica.step(now, from, message);
             }
-            PeerInput::SnapshotRequest { instance } => self.serve_snapshot(from, instance),
-            PeerInput::Snapshot { instance, epoch, state } => {
+            PeerInput::SnapshotRequest { instance, chunk_index } => self.serve_snapshot(from, instance, chunk_index),
+            PeerInput::SnapshotChunk(chunk) => self.snapshot_chunk(from, chunk).await?,
+        }
+        Ok(())
+    }
+
+    /// A lagging peer asked for one chunk of a snapshot. The serialized store
+    /// is kept between requests so each chunk does not serialize it again; it
+    /// is replaced only when it no longer covers what the peer needs.
+    fn serve_snapshot(&mut self, to: NodeId, instance: synod_paxos::Instance, chunk_index: u32) {
+        let covers = self
+            .served_snapshot
+            .as_ref()
+            .is_some_and(|(served, _)| served.instance >= instance);
+        if !covers {
+            self.served_snapshot = None;
+            let applied = self.status.borrow().applied_instance;
+            if applied < instance.0 || applied != self.replica.chosen_through().0 {
+                return;
+            }
+            let state = Bytes::from(self.shared.store().snapshot());
+            let frame_room = (self.shared.tunables.frame_bytes_max as usize)
+                .saturating_sub(HEADER_BYTES + 1 + SNAPSHOT_CHUNK_HEADER_BYTES);
+            let chunk_bytes = SNAPSHOT_CHUNK_BYTES_MAX.min(frame_room);
+            let served = ServedSnapshot::new(
+                synod_paxos::Instance(applied),
+                self.replica.applied_epoch(),
+                state,
+                chunk_bytes,
+            );
+            tracing::info!(
+                peer = %to,
+                instance = applied,
+                snapshot_bytes = served.state.len(),
+                chunk_count = served.chunk_count(),
+                "serving a snapshot to a lagging peer"
+            );
+            self.served_snapshot = Some((served, Instant::now()));
+        }
+        let Some((served, asked_at)) = &mut self.served_snapshot else {
+            return;
+        };
+        *asked_at = Instant::now();
+        // A peer asking for a later chunk of an older snapshot gets this
+        // snapshot's chunk; it sees the instance differ and starts over.
+        if let Some(chunk) = served.chunk(chunk_index) {
+            self.peers.send_payload(to, Payload::encode_snapshot_chunk(&chunk));
+        }
+    }
+
+    /// A chunk of a peer's snapshot: verified and kept, then the next chunk is
+    /// asked of the same peer; the last one installs the whole snapshot.
+    async fn snapshot_chunk(&mut self, from: NodeId, chunk: SnapshotChunk) -> Result<(), CoreError> {
+        let applied = self.status.borrow().applied_instance;
+        if chunk.instance.0 <= applied {
+            self.snapshot_assembler.reset();
+            return Ok(());
+        }
+        match self.snapshot_assembler.accept(chunk) {
+            Assembly::Next { instance, chunk_index } => {
+                self.snapshot_requested_at = Some(Instant::now());
+                self.peers
+                    .send_payload(from, Payload::encode_snapshot_request(instance, chunk_index));
+            }
+            Assembly::Complete { instance, epoch, state } => {
                 // What the replica asked for so far must be durable before the
                 // snapshot replaces the state it was built on.
                 self.process_ready().await?;
                 self.install_snapshot(from, instance, epoch, state).await;
             }
+            Assembly::Restart(error) => {
+                tracing::warn!(peer = %from, %error, "snapshot transfer restarts");
+                self.snapshot_requested_at = Some(Instant::now());
+                let wanted = self.snapshot_wanted.max(synod_paxos::Instance(applied + 1));
+                self.peers
+                    .send_payload(from, Payload::encode_snapshot_request(wanted, 0));
+            }
+            Assembly::Ignored => {}
         }
         Ok(())
-    }
-
-    /// A lagging peer asked for a snapshot: send the store as applied here.
-    fn serve_snapshot(&mut self, to: NodeId, instance: synod_paxos::Instance) {
-        let applied = self.status.borrow().applied_instance;
-        if applied < instance.0 || applied != self.replica.chosen_through().0 {
-            return;
-        }
-        let state = self.shared.store().snapshot();
-        let payload = Payload::encode_snapshot(synod_paxos::Instance(applied), self.replica.applied_epoch(), &state);
-        if payload.len() + HEADER_BYTES > self.shared.tunables.frame_bytes_max as usize {
-            tracing::warn!(
-                peer = %to,
-                snapshot_bytes = payload.len(),
-                frame_bytes_max = self.shared.tunables.frame_bytes_max,
-                "snapshot is larger than one peer frame; the peer cannot catch up this way"
-            );
-            return;
-        }
-        tracing::info!(peer = %to, instance = applied, snapshot_bytes = payload.len(), "sending a snapshot to a lagging peer");
-        self.peers.send_payload(to, payload);
     }
 
     /// A snapshot from a peer: made durable first, then it replaces the store.
@@ -417,6 +485,7 @@ impl Core {
         self.replica.install_snapshot(instance, epoch);
         self.snapshot_instance = instance.0;
         self.snapshot_requested_at = None;
+        self.snapshot_assembler.reset();
         if self.replica.is_master() {
             let store = self.shared.store();
             self.lessor.promote(&store, self.origin.elapsed().as_millis() as u64);
@@ -481,6 +550,13 @@ impl Core {
                 Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {}
             }
             self.snapshot_in_progress = None;
+        }
+        if self
+            .served_snapshot
+            .as_ref()
+            .is_some_and(|(_, asked_at)| asked_at.elapsed() >= SERVED_SNAPSHOT_IDLE)
+        {
+            self.served_snapshot = None;
         }
         let interval = self.shared.tunables.snapshot_interval_instances;
         let applied = self.status.borrow().applied_instance;
@@ -614,10 +690,21 @@ impl Core {
                 .snapshot_requested_at
                 .is_none_or(|at| at.elapsed() >= SNAPSHOT_REQUEST_RETRY);
             if due {
-                tracing::info!(%peer, %instance, "behind every peer's log; asking for a snapshot");
                 self.snapshot_requested_at = Some(Instant::now());
+                self.snapshot_wanted = instance;
+                // A transfer that stalled resumes at its next chunk, from
+                // whichever peer the core names now; if that peer serves
+                // another snapshot, the assembler starts over.
+                let (request_instance, chunk_index) = match self.snapshot_assembler.in_progress() {
+                    Some((assembling, next_index)) if assembling >= instance => (assembling, next_index),
+                    _ => {
+                        self.snapshot_assembler.reset();
+                        (instance, 0)
+                    }
+                };
+                tracing::info!(%peer, %instance, chunk_index, "behind every peer's log; asking for a snapshot");
                 self.peers
-                    .send_payload(peer, Payload::encode_snapshot_request(instance));
+                    .send_payload(peer, Payload::encode_snapshot_request(request_instance, chunk_index));
             }
         }
         Ok(())

@@ -10,7 +10,9 @@
 //! synod peer is refused with one log line naming both sides' IDs, and the
 //! connection is closed. After the handshake every frame's payload is a
 //! [`Payload`]: a kind byte, then a Paxos message ([`synod_paxos::encode_message`])
-//! or this member's client URL (so followers know where to forward writes).
+//! or this member's client URL (so followers know where to forward writes),
+//! or a snapshot request or chunk ([`crate::snapshot`]), whose bodies start
+//! with their own encoding version.
 //!
 //! # Bounds and back-pressure
 //!
@@ -32,7 +34,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use synod_paxos::{decode_message, encode_message, Ballot, Epoch, Instance, Message, NodeId};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,6 +46,7 @@ use tracing::Instrument;
 use crate::frame::{Frame, FrameCodec, FrameKind, Handshake, LocalMember, HANDSHAKE_PROTOCOL_VERSION};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::snapshot::{SnapshotChunk, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_TRANSFER_BYTES_MAX};
 
 /// Connections accepted at once on the peer port.
 pub const PEER_CONNECTIONS_MAX: usize = 64;
@@ -59,7 +62,15 @@ const CLIENT_URL_BYTES_MAX: usize = 1_024;
 const PAYLOAD_MESSAGE: u8 = 1;
 const PAYLOAD_CLIENT_URL: u8 = 2;
 const PAYLOAD_SNAPSHOT_REQUEST: u8 = 3;
-const PAYLOAD_SNAPSHOT: u8 = 4;
+// Kind 4 carried a whole snapshot in one frame; it is no longer read.
+const PAYLOAD_SNAPSHOT_CHUNK: u8 = 5;
+/// Layout of the snapshot request and chunk bodies: the first byte of each.
+const SNAPSHOT_ENCODING_VERSION: u8 = 1;
+/// Snapshot request body: version, instance, chunk index.
+const SNAPSHOT_REQUEST_BYTES: usize = 1 + 8 + 4;
+/// Snapshot chunk body before the chunk's bytes: version, instance, epoch
+/// (three words), chunk index, chunk count, total bytes, checksum.
+pub const SNAPSHOT_CHUNK_HEADER_BYTES: usize = 1 + 8 + 24 + 4 + 4 + 8 + 4;
 
 /// What one frame after the handshake carries.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,31 +78,24 @@ pub enum Payload {
     Message(Message),
     /// The sender's client URL.
     ClientUrl(String),
-    /// The sender is behind every peer's log: it asks for a state machine
-    /// snapshot covering at least `instance`.
+    /// The sender is behind every peer's log: it asks for chunk
+    /// `chunk_index` of a state machine snapshot covering at least `instance`
+    /// (for chunks after the first, the instance of the snapshot it is
+    /// assembling).
     SnapshotRequest {
         instance: Instance,
+        chunk_index: u32,
     },
-    /// A state machine snapshot covering every instance through `instance`.
-    Snapshot {
-        instance: Instance,
-        epoch: Epoch,
-        state: Bytes,
-    },
+    /// One chunk of a state machine snapshot.
+    SnapshotChunk(SnapshotChunk),
 }
 
 /// What the core task receives from the peers.
 #[derive(Debug)]
 pub enum PeerInput {
     Message(Message),
-    SnapshotRequest {
-        instance: Instance,
-    },
-    Snapshot {
-        instance: Instance,
-        epoch: Epoch,
-        state: Bytes,
-    },
+    SnapshotRequest { instance: Instance, chunk_index: u32 },
+    SnapshotChunk(SnapshotChunk),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +108,8 @@ pub enum PayloadError {
     BadClientUrl,
     #[error("malformed snapshot payload")]
     BadSnapshot,
+    #[error("unknown snapshot encoding version {0}")]
+    SnapshotVersion(u8),
     #[error("undecodable Paxos message: {0}")]
     Message(#[from] synod_paxos::CodecError),
 }
@@ -124,21 +130,28 @@ impl Payload {
         buffer.freeze()
     }
 
-    pub fn encode_snapshot_request(instance: Instance) -> Bytes {
-        let mut buffer = BytesMut::with_capacity(9);
+    pub fn encode_snapshot_request(instance: Instance, chunk_index: u32) -> Bytes {
+        let mut buffer = BytesMut::with_capacity(1 + SNAPSHOT_REQUEST_BYTES);
         buffer.put_u8(PAYLOAD_SNAPSHOT_REQUEST);
+        buffer.put_u8(SNAPSHOT_ENCODING_VERSION);
         buffer.put_u64(instance.0);
+        buffer.put_u32(chunk_index);
         buffer.freeze()
     }
 
-    pub fn encode_snapshot(instance: Instance, epoch: Epoch, state: &[u8]) -> Bytes {
-        let mut buffer = BytesMut::with_capacity(33 + state.len());
-        buffer.put_u8(PAYLOAD_SNAPSHOT);
-        buffer.put_u64(instance.0);
-        buffer.put_u64(epoch.0.round);
-        buffer.put_u64(epoch.0.incarnation);
-        buffer.put_u64(epoch.0.node.0);
-        buffer.put_slice(state);
+    pub fn encode_snapshot_chunk(chunk: &SnapshotChunk) -> Bytes {
+        let mut buffer = BytesMut::with_capacity(1 + SNAPSHOT_CHUNK_HEADER_BYTES + chunk.bytes.len());
+        buffer.put_u8(PAYLOAD_SNAPSHOT_CHUNK);
+        buffer.put_u8(SNAPSHOT_ENCODING_VERSION);
+        buffer.put_u64(chunk.instance.0);
+        buffer.put_u64(chunk.epoch.0.round);
+        buffer.put_u64(chunk.epoch.0.incarnation);
+        buffer.put_u64(chunk.epoch.0.node.0);
+        buffer.put_u32(chunk.chunk_index);
+        buffer.put_u32(chunk.chunk_count);
+        buffer.put_u64(chunk.total_bytes);
+        buffer.put_u32(chunk.crc32c);
+        buffer.put_slice(&chunk.bytes);
         buffer.freeze()
     }
 
@@ -157,29 +170,62 @@ impl Payload {
                 Ok(Payload::ClientUrl(url.to_string()))
             }
             PAYLOAD_SNAPSHOT_REQUEST => {
-                let bytes: [u8; 8] = body[..].try_into().map_err(|_| PayloadError::BadSnapshot)?;
-                Ok(Payload::SnapshotRequest {
-                    instance: Instance(u64::from_be_bytes(bytes)),
-                })
-            }
-            PAYLOAD_SNAPSHOT => {
-                if body.len() < 32 {
+                if body.len() != SNAPSHOT_REQUEST_BYTES {
                     return Err(PayloadError::BadSnapshot);
                 }
-                let word = |index: usize| {
-                    let mut bytes = [0u8; 8];
-                    bytes.copy_from_slice(&body[index * 8..index * 8 + 8]);
-                    u64::from_be_bytes(bytes)
-                };
-                Ok(Payload::Snapshot {
-                    instance: Instance(word(0)),
-                    epoch: Epoch(Ballot::new(word(1), word(2), NodeId(word(3)))),
-                    state: body.slice(32..),
+                let mut reader = &body[..];
+                let version = reader.get_u8();
+                if version != SNAPSHOT_ENCODING_VERSION {
+                    return Err(PayloadError::SnapshotVersion(version));
+                }
+                Ok(Payload::SnapshotRequest {
+                    instance: Instance(reader.get_u64()),
+                    chunk_index: reader.get_u32(),
                 })
             }
+            PAYLOAD_SNAPSHOT_CHUNK => decode_snapshot_chunk(body),
             kind => Err(PayloadError::UnknownKind(kind)),
         }
     }
+}
+
+/// Reads a chunk body, checking every bound before anything is kept: the
+/// chunk's bytes are a slice of the frame, never a new allocation.
+fn decode_snapshot_chunk(body: Bytes) -> Result<Payload, PayloadError> {
+    if body.len() < SNAPSHOT_CHUNK_HEADER_BYTES {
+        return Err(PayloadError::BadSnapshot);
+    }
+    let mut reader = &body[..SNAPSHOT_CHUNK_HEADER_BYTES];
+    let version = reader.get_u8();
+    if version != SNAPSHOT_ENCODING_VERSION {
+        return Err(PayloadError::SnapshotVersion(version));
+    }
+    let instance = Instance(reader.get_u64());
+    let round = reader.get_u64();
+    let incarnation = reader.get_u64();
+    let node = NodeId(reader.get_u64());
+    let chunk_index = reader.get_u32();
+    let chunk_count = reader.get_u32();
+    let total_bytes = reader.get_u64();
+    let crc32c = reader.get_u32();
+    let bytes = body.slice(SNAPSHOT_CHUNK_HEADER_BYTES..);
+    let consistent = chunk_index < chunk_count
+        && u64::from(chunk_count) <= total_bytes.max(1)
+        && total_bytes <= SNAPSHOT_TRANSFER_BYTES_MAX
+        && bytes.len() <= SNAPSHOT_CHUNK_BYTES_MAX
+        && bytes.len() as u64 <= total_bytes;
+    if !consistent {
+        return Err(PayloadError::BadSnapshot);
+    }
+    Ok(Payload::SnapshotChunk(SnapshotChunk {
+        instance,
+        epoch: Epoch(Ballot::new(round, incarnation, node)),
+        chunk_index,
+        chunk_count,
+        total_bytes,
+        crc32c,
+        bytes,
+    }))
 }
 
 /// Where the transport reports what it learns.
@@ -452,8 +498,10 @@ impl Acceptor {
                     self.events.client_url(peer, url);
                     continue;
                 }
-                Ok(Payload::SnapshotRequest { instance }) => PeerInput::SnapshotRequest { instance },
-                Ok(Payload::Snapshot { instance, epoch, state }) => PeerInput::Snapshot { instance, epoch, state },
+                Ok(Payload::SnapshotRequest { instance, chunk_index }) => {
+                    PeerInput::SnapshotRequest { instance, chunk_index }
+                }
+                Ok(Payload::SnapshotChunk(chunk)) => PeerInput::SnapshotChunk(chunk),
                 Err(error) => return Err(format!("from {}: {error}", hello.sender_name)),
             };
             if self.inbound.send((peer, input)).await.is_err() {
@@ -482,22 +530,77 @@ mod tests {
         assert!(Payload::decode(Bytes::from_static(&[9, 1, 2]), 1 << 20).is_err());
         assert!(Payload::decode(Bytes::from_static(&[1, 1, 200]), 1 << 20).is_err());
         assert!(Payload::decode(Bytes::from_static(&[2, 0xff, 0xfe]), 1 << 20).is_err());
-        let epoch = Epoch(Ballot::new(3, 2, NodeId(1)));
-        let bytes = Payload::encode_snapshot(Instance(9), epoch, b"state");
+        let bytes = Payload::encode_snapshot_request(Instance(4), 3);
         assert_eq!(
             Payload::decode(bytes, 1 << 20).unwrap(),
-            Payload::Snapshot {
-                instance: Instance(9),
-                epoch,
-                state: Bytes::from_static(b"state")
+            Payload::SnapshotRequest {
+                instance: Instance(4),
+                chunk_index: 3
             }
         );
-        let bytes = Payload::encode_snapshot_request(Instance(4));
+        assert!(Payload::decode(Bytes::from_static(&[3, 1]), 1 << 20).is_err());
+        assert!(Payload::decode(Bytes::from_static(&[3, 0, 0, 0, 0, 0, 0, 0, 4]), 1 << 20).is_err());
+        assert!(Payload::decode(Bytes::from_static(&[4, 1, 2, 3]), 1 << 20).is_err());
+        assert!(Payload::decode(Bytes::from_static(&[5, 1, 2, 3]), 1 << 20).is_err());
+    }
+
+    fn chunk() -> SnapshotChunk {
+        let bytes = Bytes::from_static(b"state");
+        SnapshotChunk {
+            instance: Instance(9),
+            epoch: Epoch(Ballot::new(3, 2, NodeId(1))),
+            chunk_index: 1,
+            chunk_count: 3,
+            total_bytes: 12,
+            crc32c: crc32c::crc32c(&bytes),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn snapshot_chunks_round_trip() {
+        let bytes = Payload::encode_snapshot_chunk(&chunk());
         assert_eq!(
             Payload::decode(bytes, 1 << 20).unwrap(),
-            Payload::SnapshotRequest { instance: Instance(4) }
+            Payload::SnapshotChunk(chunk())
         );
-        assert!(Payload::decode(Bytes::from_static(&[3, 1]), 1 << 20).is_err());
-        assert!(Payload::decode(Bytes::from_static(&[4, 1, 2, 3]), 1 << 20).is_err());
+        let mut request = Payload::encode_snapshot_request(Instance(4), 0).to_vec();
+        request[1] = 2;
+        assert!(matches!(
+            Payload::decode(Bytes::from(request), 1 << 20),
+            Err(PayloadError::SnapshotVersion(2))
+        ));
+    }
+
+    #[test]
+    fn inconsistent_snapshot_chunks_are_refused() {
+        let refused = |change: fn(&mut SnapshotChunk)| {
+            let mut chunk = chunk();
+            change(&mut chunk);
+            Payload::decode(Payload::encode_snapshot_chunk(&chunk), 1 << 20).is_err()
+        };
+        assert!(refused(|chunk| chunk.chunk_index = 3));
+        assert!(refused(|chunk| chunk.chunk_count = 0));
+        assert!(refused(|chunk| chunk.chunk_count = 13));
+        assert!(refused(|chunk| chunk.total_bytes = 4));
+        assert!(refused(|chunk| chunk.total_bytes = SNAPSHOT_TRANSFER_BYTES_MAX + 1));
+        let mut oversized = chunk();
+        oversized.bytes = Bytes::from(vec![0; SNAPSHOT_CHUNK_BYTES_MAX + 1]);
+        oversized.total_bytes = SNAPSHOT_TRANSFER_BYTES_MAX;
+        assert!(Payload::decode(Payload::encode_snapshot_chunk(&oversized), 1 << 30).is_err());
+        let mut version = Payload::encode_snapshot_chunk(&chunk()).to_vec();
+        version[1] = 9;
+        assert!(Payload::decode(Bytes::from(version), 1 << 20).is_err());
+        let whole = Payload::encode_snapshot_chunk(&chunk());
+        for length in 0..=SNAPSHOT_CHUNK_HEADER_BYTES {
+            assert!(Payload::decode(whole.slice(..length), 1 << 20).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_payloads_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..128)) {
+            let _ = Payload::decode(Bytes::from(bytes), 1 << 20);
+        }
     }
 }
