@@ -468,7 +468,11 @@ impl Simulation {
                 return;
             }
             Transfer::PeerSnapshotDamaged => {
+                // The sender finds its own copy damaged while reading it out and
+                // writes a fresh one from its state machine; the receiver asks
+                // again.
                 self.stats.damaged_snapshots_refused += 1;
+                self.snapshot_now(peer_index);
                 return;
             }
             Transfer::Installed(snapshot) => snapshot,
@@ -486,11 +490,17 @@ impl Simulation {
     /// Every so often a replica snapshots its state machine and hands the handle
     /// back, so its log is trimmed.
     fn maybe_snapshot(&mut self, index: usize) {
-        let node = &mut self.nodes[index];
+        let node = &self.nodes[index];
         let base = node.disk.snapshot_instance();
         if node.applied.0 < base.0 + SNAPSHOT_EVERY_INSTANCES {
             return;
         }
+        self.snapshot_now(index);
+    }
+
+    /// Snapshots a replica's state machine at its applied point and trims its log.
+    fn snapshot_now(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
         let Some(replica) = node.replica.as_mut() else {
             return;
         };
