@@ -1,11 +1,15 @@
 //! A fault-free group in one thread: messages handed over in memory, in order,
-//! at once; no disk. For throughput measurements and scripted scenarios (such
-//! as the protocol-aware-recovery matrix) that need no fault injection.
+//! at once. For throughput measurements and scripted scenarios (such as the
+//! protocol-aware-recovery matrix) that need no random fault injection. A
+//! script may still cut replicas off ([`Group::isolated`]) and crash and
+//! restart one from what it persisted ([`Group::crash_restart`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use synod_paxos::{Config, DurableState, FreshStart, Message, NodeId, Outcome, Ready, Replica, Time};
+use synod_paxos::{
+    Config, DurableState, FreshStart, Instance, Message, NodeId, Outcome, Persist, Ready, Replica, StoredSlot, Time,
+};
 
 /// What the group saw go by, for counting messages and commits.
 #[derive(Clone, Debug, Default)]
@@ -26,6 +30,60 @@ pub struct Group {
     /// The replica whose commits and outcomes are counted.
     pub watched: Option<usize>,
     pub counters: GroupCounters,
+    /// Replicas cut off from every other: messages to or from them are dropped.
+    pub isolated: Vec<NodeId>,
+    /// What each replica persisted, as a perfect disk would hold it.
+    disks: Vec<MemoryDisk>,
+}
+
+/// A replica's persisted records, folded as a restart reads them back.
+#[derive(Clone, Debug, Default)]
+struct MemoryDisk {
+    meta: Option<synod_paxos::Meta>,
+    slots: BTreeMap<Instance, StoredSlot>,
+    chosen_through: Instance,
+}
+
+impl MemoryDisk {
+    fn persist(&mut self, records: &[Persist]) {
+        for record in records {
+            match record {
+                Persist::Meta(meta) => self.meta = Some(*meta),
+                Persist::Accepted {
+                    instance,
+                    ballot,
+                    batch,
+                } => {
+                    self.slots.insert(
+                        *instance,
+                        StoredSlot::Accepted {
+                            ballot: *ballot,
+                            batch: batch.clone(),
+                        },
+                    );
+                }
+                Persist::Chosen { instance, batch } => {
+                    self.slots
+                        .insert(*instance, StoredSlot::Chosen { batch: batch.clone() });
+                }
+                Persist::ChosenThrough { through } => self.chosen_through = self.chosen_through.max(*through),
+            }
+        }
+    }
+
+    fn durable_state(&self) -> Option<DurableState> {
+        Some(DurableState {
+            meta: self.meta?,
+            snapshot_instance: Instance::ZERO,
+            snapshot_epoch: Default::default(),
+            slots: self
+                .slots
+                .iter()
+                .map(|(instance, slot)| (*instance, slot.clone()))
+                .collect(),
+            chosen_through: self.chosen_through,
+        })
+    }
 }
 
 impl Group {
@@ -59,12 +117,15 @@ impl Group {
     }
 
     fn from_replicas(replicas: Vec<Replica>, now: Time) -> Group {
+        let replicas_len = replicas.len();
         let mut group = Group {
             replicas,
             network: VecDeque::new(),
             now,
             watched: None,
             counters: GroupCounters::default(),
+            isolated: Vec::new(),
+            disks: vec![MemoryDisk::default(); replicas_len],
         };
         for index in 0..group.replicas.len() {
             group.drain(index);
@@ -72,10 +133,11 @@ impl Group {
         group
     }
 
-    /// Takes a replica's Ready: queues its messages and counts what is watched.
-    /// Persisting is a no-op here (nothing crashes).
+    /// Takes a replica's Ready: persists its records, queues its messages and
+    /// counts what is watched.
     pub fn drain(&mut self, index: usize) -> Ready {
         let mut ready = self.replicas[index].take_ready();
+        self.disks[index].persist(&ready.persist);
         let from = self.replicas[index].node();
         for envelope in ready.messages.drain(..) {
             self.counters.messages += 1;
@@ -100,10 +162,29 @@ impl Group {
     /// Delivers every queued message, and every message that causes.
     pub fn pump(&mut self) {
         while let Some((from, to, message)) = self.network.pop_front() {
+            if self.isolated.contains(&from) || self.isolated.contains(&to) {
+                continue;
+            }
             let index = (to.0 - 1) as usize;
             self.replicas[index].step(self.now, from, message);
             self.drain(index);
         }
+    }
+
+    /// Crashes replica `index` (its unsent messages are lost) and restarts it
+    /// from what it persisted; `seed` feeds its randomness.
+    ///
+    /// # Panics
+    /// If the replica never persisted its metadata.
+    pub fn crash_restart(&mut self, index: usize, seed: u64) {
+        let node = self.replicas[index].node();
+        self.network.retain(|(from, _, _)| *from != node);
+        let durable = self.disks[index]
+            .durable_state()
+            .expect("a replica persists its metadata before it takes part");
+        let config = self.replicas[index].config().clone();
+        self.replicas[index] = Replica::restart(config, durable, self.now, seed);
+        self.drain(index);
     }
 
     pub fn tick_all(&mut self) {

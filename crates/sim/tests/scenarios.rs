@@ -1,10 +1,11 @@
 //! Scripted scenarios on a fault-free group: the submit API's definite answers,
-//! epochs, master leases under a pause, and rejoining with an empty disk.
+//! epochs, master leases under a pause and across restarts of the lease's
+//! grantors, and rejoining with an empty disk.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use synod_paxos::{Epoch, FreshStart, ReadError, RejectReason, Replica, Voting};
+use synod_paxos::{Epoch, FreshStart, PlantedBugs, ReadError, RejectReason, Replica, Voting};
 use synod_sim::cluster::sim_paxos_config;
 use synod_sim::group::Group;
 
@@ -159,4 +160,53 @@ fn a_member_of_a_new_group_that_starts_late_votes_at_once() {
     }));
     assert!(group.replicas[late].joined_group_with_history());
     assert!(group.replicas[late].meta().promised > synod_paxos::Ballot::ZERO);
+}
+
+/// The master is cut off while it holds its lease, and both followers crash and
+/// restart at once. PaxosLease acceptors keep no disk, so a restarted acceptor
+/// must stay silent for a lease's length: otherwise the two followers grant one
+/// of themselves a lease while the cut-off master still serves reads under its
+/// own. Returns whether two replicas ever held a lease at the same instant, and
+/// whether a follower got one in the end.
+fn leases_after_the_grantors_restart(bugs: PlantedBugs) -> (bool, bool) {
+    let (mut group, master) = elected(3);
+    group.isolated.push(group.replicas[master].node());
+    for follower in (0..3).filter(|index| *index != master) {
+        group.crash_restart(follower, 40 + follower as u64);
+        group.replicas[follower].plant_bugs(bugs);
+    }
+    let mut overlap = false;
+    let follower_holds = group.run_until(Duration::from_millis(1), Duration::from_secs(30), |g| {
+        let holders = g.replicas.iter().filter(|r| r.holds_lease(g.now)).count();
+        overlap |= holders > 1;
+        overlap
+            || g.replicas
+                .iter()
+                .enumerate()
+                .any(|(index, r)| index != master && r.holds_lease(g.now))
+    });
+    (overlap, follower_holds && !overlap)
+}
+
+#[test]
+fn restarted_lease_grantors_wait_out_the_lease_they_may_have_granted() {
+    let (overlap, follower_took_over) = leases_after_the_grantors_restart(PlantedBugs::default());
+    assert!(!overlap, "two replicas held a lease at once");
+    assert!(
+        follower_took_over,
+        "a follower takes the lease once the old one has run out"
+    );
+}
+
+#[test]
+fn planted_bug_lease_without_silence_after_restart_is_caught_by_a_script() {
+    let bugs = PlantedBugs {
+        no_lease_silence_after_restart: true,
+        ..PlantedBugs::default()
+    };
+    let (overlap, _) = leases_after_the_grantors_restart(bugs);
+    assert!(
+        overlap,
+        "without silence after a restart, a second lease is granted while the first is held"
+    );
 }
