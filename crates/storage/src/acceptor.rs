@@ -1,7 +1,9 @@
 //! The Paxos replica's durable state on one disk: what `synod_paxos::Persist`
 //! records become, and the `DurableState` a restart reads back.
 //!
-//! - `Persist::Meta` goes to the two metadata copies, synced at once.
+//! - `Persist::Meta` goes to the two metadata copies, both synced before the
+//!   write returns (through a [`crate::GroupCommit`], once everything queued
+//!   before it is durable).
 //! - `Persist::Accepted` is a log record at its ballot.
 //! - `Persist::Chosen` (a value learned from a peer) is a log record at the zero
 //!   ballot, which no proposer ever issues (node ids start at 1): recovery turns
