@@ -1,28 +1,45 @@
-//! Durable acceptor state and snapshots, through synod-storage, on a thread of
-//! their own.
+//! Durable acceptor state and snapshots: an async front of synod-storage's
+//! group commit.
 //!
 //! The core task never touches a file. It hands each Ready's persist records
-//! to the [`DiskWriter`], whose OS thread stages them in the storage crate's
-//! [`AcceptorStore`] (metadata copies, write-ahead log with identifiers) and
-//! makes every record queued meanwhile durable with one sync (group commit),
-//! then reports back; only then does the core task send the Ready's messages.
-//! Snapshots of the state machine are written by the same thread, in order
-//! with the records, and trim the log once durable.
+//! to the [`DiskWriter`], a thin async wrapper over the storage crate's
+//! [`GroupCommit`] owning the [`AcceptorStore`]. Its writer thread stages the
+//! records of every Ready queued meanwhile, syncs the log once per batch and
+//! hands the batch's identifiers to an identifier thread, which syncs them
+//! and only then completes the batch's submissions, in submission order;
+//! metadata (promise, incarnation, voting state) is written and synced on the
+//! writer thread in queue order. A completion sends on a tokio oneshot
+//! channel, which the core task awaits before it sends the Ready's messages.
 //!
-//! **A sync failure is never retried**: the pages it covered may be lost while
-//! marked clean. The writer reports it and stops; the server stops with it.
+//! The async side never blocks: a submission first takes one of
+//! [`DISK_QUEUE_SUBMISSIONS_MAX`] permits (awaiting one while all are taken),
+//! then submits without blocking; the permit goes back when the submission
+//! completes, so the storage queue, of the same size, is never found full.
+//!
+//! Snapshots are written off the writer thread, from a clone of the store's
+//! [`SnapshotStore`] ([`DiskWriter::snapshots`]), on a thread that may block;
+//! the [`FinishedSnapshot`] then trims the log on the writer thread
+//! ([`DiskWriter::trim`]).
+//!
+//! **A failed write or sync is never retried**: the pages it covered may be
+//! lost while marked clean. The writer aborts the process
+//! ([`SyncFailurePolicy::Abort`]); a restart reads back what is on disk.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use synod_paxos::{DurableState, Epoch, Instance, Persist};
-use synod_storage::{AcceptorStore, AcceptorStoreConfig, Disk, FsDisk, StorageError};
-use tokio::sync::{mpsc, oneshot};
+use synod_storage::{
+    write_snapshot, AcceptorStore, AcceptorStoreConfig, Disk, FinishedSnapshot, FsDisk, GroupCommit, GroupCommitConfig,
+    RejectReason, SnapshotStore, StorageError, SyncFailurePolicy,
+};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Directory inside the data directory that holds the storage crate's files.
 pub const STORAGE_DIRECTORY: &str = "paxos";
-/// Jobs queued for the disk thread before the core task waits.
-const DISK_QUEUE_JOBS_MAX: usize = 1_024;
+/// Submissions (each one Ready's persist records) and trims queued for, or
+/// in, the writer threads; beyond it `persist` waits for one to complete.
+pub const DISK_QUEUE_SUBMISSIONS_MAX: usize = 1_024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
@@ -34,8 +51,25 @@ pub enum DiskError {
     },
     #[error("acceptor store failed (never retried): {0}")]
     Failed(String),
-    #[error("the disk thread has stopped after a failure")]
+    #[error("the disk writer has stopped after a failure")]
     Stopped,
+}
+
+impl From<StorageError> for DiskError {
+    fn from(error: StorageError) -> DiskError {
+        DiskError::Failed(error.to_string())
+    }
+}
+
+impl From<RejectReason> for DiskError {
+    fn from(reason: RejectReason) -> DiskError {
+        match reason {
+            RejectReason::Stopped => DiskError::Stopped,
+            // Every queued submission holds a permit, and there are as many
+            // permits as queue slots.
+            RejectReason::QueueFull => DiskError::Failed("the disk queue is full although a permit was held".into()),
+        }
+    }
 }
 
 /// What a start found in the data directory.
@@ -76,141 +110,176 @@ pub fn open(data_dir: &Path, batch_bytes_max: usize) -> Result<(AcceptorStore, O
     ))
 }
 
-enum DiskJob {
-    Persist {
-        records: Vec<Persist>,
-        done: oneshot::Sender<Result<(), DiskError>>,
-    },
-    Snapshot {
-        instance: Instance,
-        epoch: Epoch,
-        state: Vec<u8>,
-        done: oneshot::Sender<Result<Instance, DiskError>>,
-    },
-}
-
-/// The async side of the disk thread.
+/// The async side of the group commit.
 #[derive(Clone, Debug)]
 pub struct DiskWriter {
-    jobs: mpsc::Sender<DiskJob>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// `Some` until dropped.
+    log: Option<GroupCommit<AcceptorStore>>,
+    /// One per submission or trim not yet completed.
+    permits: Arc<Semaphore>,
+    snapshots: SnapshotStore,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The writer threads finish what is queued on their own: joining
+        // them here could block an async thread.
+        if let Some(log) = self.log.take() {
+            log.detach();
+        }
+    }
 }
 
 impl DiskWriter {
-    /// Starts the disk thread over `store`.
-    pub fn start(mut store: AcceptorStore) -> std::io::Result<DiskWriter> {
-        let (jobs, mut receiver) = mpsc::channel::<DiskJob>(DISK_QUEUE_JOBS_MAX);
-        std::thread::Builder::new().name("synod-disk".into()).spawn(move || {
-            while let Some(first) = receiver.blocking_recv() {
-                let mut batch = vec![first];
-                while let Ok(more) = receiver.try_recv() {
-                    batch.push(more);
-                }
-                if !write_batch(&mut store, batch) {
-                    // Never retried: whatever was in the page cache may be gone.
-                    break;
-                }
-            }
-        })?;
-        Ok(DiskWriter { jobs })
+    /// Starts the group-commit threads over `store`.
+    pub fn start(store: AcceptorStore) -> std::io::Result<DiskWriter> {
+        let snapshots = store.snapshots().clone();
+        let config = GroupCommitConfig {
+            queue_submissions_max: DISK_QUEUE_SUBMISSIONS_MAX,
+            sync_failure_policy: SyncFailurePolicy::Abort,
+            ..GroupCommitConfig::default()
+        };
+        let log = GroupCommit::start(store, config).map_err(std::io::Error::other)?;
+        Ok(DiskWriter {
+            inner: Arc::new(Inner {
+                log: Some(log),
+                permits: Arc::new(Semaphore::new(DISK_QUEUE_SUBMISSIONS_MAX)),
+                snapshots,
+            }),
+        })
     }
 
-    /// Makes `records` durable; returns once they are.
+    fn log(&self) -> &GroupCommit<AcceptorStore> {
+        self.inner
+            .log
+            .as_ref()
+            .expect("the log lives until the writer is dropped")
+    }
+
+    /// Makes `records` durable; returns once they are, after every Ready
+    /// persisted before them.
     pub async fn persist(&self, records: Vec<Persist>) -> Result<(), DiskError> {
-        let (done, wait) = oneshot::channel();
-        self.jobs
-            .send(DiskJob::Persist { records, done })
+        let permit = self
+            .inner
+            .permits
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| DiskError::Stopped)?;
+        let (done, wait) = oneshot::channel();
+        self.log()
+            .try_submit(
+                records,
+                Box::new(move |outcome| {
+                    drop(permit);
+                    let _ = done.send(outcome.map_err(DiskError::from));
+                }),
+            )
+            .map_err(|rejected| DiskError::from(rejected.reason))?;
         wait.await.map_err(|_| DiskError::Stopped)?
     }
 
-    /// Queues a snapshot; the receiver reports its instance once it is durable
-    /// and the log below it is trimmed.
+    /// The snapshot files, to write a snapshot with
+    /// [`synod_storage::write_snapshot`] (on a thread that may block) or to
+    /// serve one to peers.
+    pub fn snapshots(&self) -> &SnapshotStore {
+        &self.inner.snapshots
+    }
+
+    /// Queues a trim of the log below `finished`, without blocking; `None`
+    /// when the queue is full or the writer stopped. The receiver reports the
+    /// snapshot's instance once the log below it is trimmed.
+    pub fn trim(&self, finished: FinishedSnapshot) -> Option<oneshot::Receiver<Result<Instance, DiskError>>> {
+        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
+        let (done, wait) = oneshot::channel();
+        self.queue_trim(finished, permit, done).ok()?;
+        Some(wait)
+    }
+
+    fn queue_trim(
+        &self,
+        finished: FinishedSnapshot,
+        permit: OwnedSemaphorePermit,
+        done: oneshot::Sender<Result<Instance, DiskError>>,
+    ) -> Result<(), DiskError> {
+        self.log()
+            .try_trim(
+                finished,
+                Box::new(move |removed| {
+                    drop(permit);
+                    let _ = done.send(removed.map(|_| finished.instance()).map_err(DiskError::from));
+                }),
+            )
+            .map_err(|rejected| DiskError::from(rejected.reason))
+    }
+
+    /// Writes a snapshot of the state machine at `instance` (highest applied
+    /// epoch `epoch`) on a blocking-pool thread, then trims the log below it;
+    /// the receiver reports its instance once both are done. `None` when the
+    /// queue is full. A failed snapshot leaves the log as it was.
     pub fn snapshot(
         &self,
         instance: Instance,
         epoch: Epoch,
         state: Vec<u8>,
     ) -> Option<oneshot::Receiver<Result<Instance, DiskError>>> {
+        // Taken now, so the trim after the write finds room in the queue.
+        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
         let (done, wait) = oneshot::channel();
-        self.jobs
-            .try_send(DiskJob::Snapshot {
-                instance,
-                epoch,
-                state,
-                done,
-            })
-            .ok()?;
+        let writer = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let finished = match write_snapshot(writer.snapshots(), instance, epoch, &state) {
+                Ok(finished) => finished,
+                Err(error) => {
+                    tracing::warn!(%error, %instance, "snapshot failed; the log is kept");
+                    let _ = done.send(Err(error.into()));
+                    return;
+                }
+            };
+            // On a refusal the sender is dropped with the trim's completion:
+            // the receiver sees the writer gone.
+            let _ = writer.queue_trim(finished, permit, done);
+        });
         Some(wait)
     }
-}
-
-/// Writes one group of jobs: every persist record staged, one sync, then the
-/// snapshots. Returns false after a failure.
-fn write_batch(store: &mut AcceptorStore, batch: Vec<DiskJob>) -> bool {
-    let mut persists = Vec::new();
-    let mut snapshots = Vec::new();
-    let mut failure: Option<String> = None;
-    for job in batch {
-        match job {
-            DiskJob::Persist { records, done } => {
-                if failure.is_none() {
-                    if let Err(error) = store.write(&records) {
-                        failure = Some(error.to_string());
-                    }
-                }
-                persists.push(done);
-            }
-            snapshot @ DiskJob::Snapshot { .. } => snapshots.push(snapshot),
-        }
-    }
-    if failure.is_none() && !persists.is_empty() {
-        if let Err(error) = store.sync() {
-            failure = Some(error.to_string());
-        }
-    }
-    for done in persists {
-        let _ = done.send(match &failure {
-            None => Ok(()),
-            Some(error) => Err(DiskError::Failed(error.clone())),
-        });
-    }
-    for job in snapshots {
-        let DiskJob::Snapshot {
-            instance,
-            epoch,
-            state,
-            done,
-        } = job
-        else {
-            continue;
-        };
-        let result = match &failure {
-            Some(error) => Err(DiskError::Failed(error.clone())),
-            None => store
-                .save_snapshot(instance, epoch, &state)
-                .map(|_| instance)
-                .map_err(|error| DiskError::Failed(error.to_string())),
-        };
-        if let Err(error) = &result {
-            // A failed snapshot leaves the log as it was; only syncs are fatal.
-            tracing::warn!(%error, %instance, "snapshot failed; the log is kept");
-        }
-        let _ = done.send(result);
-    }
-    failure.is_none()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use synod_paxos::{Ballot, Batch, BatchId, Entry, Meta, NodeId, Voting};
+    use synod_paxos::{Ballot, Batch, BatchId, Meta, NodeId, StoredSlot, Voting};
 
     fn directory(tag: &str) -> PathBuf {
         let path = std::env::temp_dir().join(format!("synod-disk-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         path
+    }
+
+    /// Opens the store again once the dropped writer's threads have let go
+    /// of the directory.
+    fn reopen(path: &Path) -> Opened {
+        for _ in 0..500 {
+            if let Ok((_, opened)) = open(path, 1 << 20) {
+                return opened;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the data directory stayed locked");
+    }
+
+    fn accepted(instance: u64, ballot: Ballot) -> Persist {
+        let instance = Instance(instance);
+        let batch = Batch::noop(BatchId { ballot, instance });
+        Persist::Accepted {
+            instance,
+            ballot,
+            batch,
+        }
     }
 
     #[tokio::test]
@@ -220,16 +289,6 @@ mod tests {
         assert!(opened.durable.is_none());
         let writer = DiskWriter::start(store).unwrap();
         let ballot = Ballot::new(2, 1, NodeId(7));
-        let batch = Batch::new(
-            BatchId {
-                ballot,
-                instance: Instance(1),
-            },
-            vec![Entry {
-                value: Bytes::from_static(b"put x"),
-                expected_epoch: None,
-            }],
-        );
         writer
             .persist(vec![
                 Persist::Meta(Meta {
@@ -237,11 +296,7 @@ mod tests {
                     incarnation: 3,
                     voting: Voting::Voter,
                 }),
-                Persist::Accepted {
-                    instance: Instance(1),
-                    ballot,
-                    batch: batch.clone(),
-                },
+                accepted(1, ballot),
                 Persist::ChosenThrough { through: Instance(1) },
             ])
             .await
@@ -249,12 +304,45 @@ mod tests {
         let done = writer.snapshot(Instance(1), Epoch(ballot), b"state".to_vec()).unwrap();
         assert_eq!(done.await.unwrap().unwrap(), Instance(1));
         drop(writer);
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        let (_, opened) = open(&path, 1 << 20).unwrap();
+        let opened = reopen(&path);
         let durable = opened.durable.unwrap();
         assert_eq!(durable.meta.incarnation, 3);
         assert_eq!(durable.snapshot_instance, Instance(1));
         assert_eq!(opened.snapshot_state.as_deref(), Some(&b"state"[..]));
+        let _ = std::fs::remove_dir_all(&path);
+    }
+
+    #[tokio::test]
+    async fn more_readies_than_queue_slots_wait_for_room_and_all_become_durable() {
+        let path = directory("queue");
+        let (store, _) = open(&path, 1 << 20).unwrap();
+        let writer = DiskWriter::start(store).unwrap();
+        let ballot = Ballot::new(1, 1, NodeId(1));
+        let readies = 3 * DISK_QUEUE_SUBMISSIONS_MAX as u64;
+        let mut tasks = tokio::task::JoinSet::new();
+        for instance in 1..=readies {
+            let writer = writer.clone();
+            tasks.spawn(async move { writer.persist(vec![accepted(instance, ballot)]).await });
+        }
+        while let Some(outcome) = tasks.join_next().await {
+            outcome.unwrap().unwrap();
+        }
+        // A snapshot written by the caller, then a trim through the writer.
+        let snapshots = writer.snapshots().clone();
+        let finished =
+            tokio::task::spawn_blocking(move || write_snapshot(&snapshots, Instance(readies), Epoch(ballot), b"state"))
+                .await
+                .unwrap()
+                .unwrap();
+        let trimmed = writer.trim(finished).unwrap();
+        assert_eq!(trimmed.await.unwrap().unwrap(), Instance(readies));
+        writer.persist(vec![accepted(readies + 1, ballot)]).await.unwrap();
+        drop(writer);
+        let durable = reopen(&path).durable.unwrap();
+        assert_eq!(durable.snapshot_instance, Instance(readies));
+        assert!(durable.slots.iter().any(|(instance, slot)| {
+            *instance == Instance(readies + 1) && matches!(slot, StoredSlot::Accepted { .. })
+        }));
         let _ = std::fs::remove_dir_all(&path);
     }
 }

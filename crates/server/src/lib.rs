@@ -18,8 +18,9 @@
 //!   `/metrics`; followers forward to the master what only it may answer.
 //! - [`node`]: the core task that owns the [`synod_paxos::Replica`]: ticks,
 //!   peer messages and client commands in; persist, send, apply out, in that order.
-//! - [`disk`]: acceptor records and snapshots made durable through
-//!   synod-storage on a dedicated thread, with group commit.
+//! - [`disk`]: acceptor records made durable by synod-storage's group-commit
+//!   threads, awaited through oneshot channels; snapshots written on the
+//!   blocking pool, then the log trimmed.
 //! - [`peer`]: TCP connections between members; handshake, bounded queues,
 //!   reconnection with back-off.
 //! - [`snapshot`]: a lagging member pulls a peer's snapshot in checksummed
@@ -81,7 +82,7 @@ pub enum ServerError {
     },
     #[error("the newest snapshot cannot be restored: {0}")]
     Snapshot(String),
-    #[error("cannot start the disk thread: {0}")]
+    #[error("cannot start the disk writer threads: {0}")]
     DiskThread(std::io::Error),
     #[error(transparent)]
     Core(#[from] node::CoreError),

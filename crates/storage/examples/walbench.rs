@@ -99,7 +99,7 @@ fn append(options: &Options) {
             GroupCommit::start(
                 wal,
                 GroupCommitConfig {
-                    queue_records_max: 4096,
+                    queue_submissions_max: 4096,
                     batch_bytes_max: 4 << 20,
                     pipeline_batches_max: 1,
                     sync_failure_policy: SyncFailurePolicy::Abort,

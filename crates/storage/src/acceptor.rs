@@ -1,17 +1,22 @@
 //! The Paxos replica's durable state on one disk: what `synod_paxos::Persist`
 //! records become, and the `DurableState` a restart reads back.
 //!
-//! - `Persist::Meta` goes to the two metadata copies, synced at once.
+//! - `Persist::Meta` goes to the two metadata copies, both synced before the
+//!   write returns (through a [`crate::GroupCommit`], once everything queued
+//!   before it is durable).
 //! - `Persist::Accepted` is a log record at its ballot.
 //! - `Persist::Chosen` (a value learned from a peer) is a log record at the zero
 //!   ballot, which no proposer ever issues (node ids start at 1): recovery turns
 //!   it back into a chosen slot.
 //! - `Persist::ChosenThrough` is a commit-point record.
 //!
-//! Records are staged by [`AcceptorStore::write`] and made durable by
-//! [`AcceptorStore::sync`]; the host sends a Ready's messages only after that.
-//! Snapshots carry the epoch applied by their instance in front of the state
-//! machine's bytes.
+//! The simulator stages records with [`AcceptorStore::write`] and makes them
+//! durable with [`AcceptorStore::sync`]; the server hands the store to a
+//! [`crate::GroupCommit`], whose writer threads do the same for every Ready
+//! queued meanwhile (a submission is one Ready's records). Either way the host
+//! sends a Ready's messages only once its records are durable. Snapshots carry
+//! the epoch applied by their instance in front of the state machine's bytes
+//! ([`write_snapshot`]).
 
 use std::sync::Arc;
 
@@ -22,6 +27,7 @@ use synod_paxos::{
 
 use crate::disk::Disk;
 use crate::error::{Result, StorageError};
+use crate::group_commit::{CommitTarget, WriteOp};
 use crate::metadata::{AcceptorMetadata, MetadataStore};
 use crate::replica::{open_replica, StorageConfig};
 use crate::snapshot::{FinishedSnapshot, SnapshotStore};
@@ -131,27 +137,9 @@ impl AcceptorStore {
     /// log records become durable at the next [`AcceptorStore::sync`].
     pub fn write(&mut self, records: &[Persist]) -> Result<()> {
         for record in records {
-            match record {
-                Persist::Meta(meta) => self.metadata.write(&AcceptorMetadata {
-                    promised: meta.promised,
-                    incarnation: meta.incarnation,
-                    voting: meta.voting,
-                })?,
-                Persist::Accepted {
-                    instance,
-                    ballot,
-                    batch,
-                } => self.wal.append(&Record::Accepted {
-                    instance: *instance,
-                    ballot: *ballot,
-                    value: encode_batch(batch),
-                })?,
-                Persist::Chosen { instance, batch } => self.wal.append(&Record::Accepted {
-                    instance: *instance,
-                    ballot: Ballot::ZERO,
-                    value: encode_batch(batch),
-                })?,
-                Persist::ChosenThrough { through } => self.wal.append(&Record::Committed { through: *through })?,
+            match write_op(record) {
+                WriteOp::Metadata(metadata) => self.metadata.write(&metadata)?,
+                WriteOp::Record(record) => self.wal.append(&record)?,
             }
         }
         Ok(())
@@ -166,10 +154,7 @@ impl AcceptorStore {
     /// epoch is `epoch`) and, once it is durable, trims the log below it. A failed
     /// snapshot leaves the log as it was.
     pub fn save_snapshot(&mut self, instance: Instance, epoch: Epoch, state: &[u8]) -> Result<FinishedSnapshot> {
-        let mut writer = self.snapshots.begin(instance)?;
-        writer.write(&snapshot_header(epoch))?;
-        writer.write(state)?;
-        let finished = writer.finish()?;
+        let finished = write_snapshot(&self.snapshots, instance, epoch, state)?;
         self.wal.trim(&finished)?;
         Ok(finished)
     }
@@ -201,6 +186,74 @@ impl AcceptorStore {
             None => Ok(None),
         }
     }
+}
+
+impl CommitTarget for AcceptorStore {
+    type Submission = Vec<Persist>;
+    type Writes = std::iter::Map<std::vec::IntoIter<Persist>, fn(Persist) -> WriteOp>;
+
+    fn writes(records: Vec<Persist>) -> Self::Writes {
+        let write: fn(Persist) -> WriteOp = |record| write_op(&record);
+        records.into_iter().map(write)
+    }
+
+    fn wal_mut(&mut self) -> &mut Wal {
+        &mut self.wal
+    }
+
+    fn write_metadata(&mut self, metadata: &AcceptorMetadata) -> Result<()> {
+        self.metadata.write(metadata)
+    }
+
+    fn stop_after(&mut self, reason: String) {
+        self.wal.stop_after(reason.clone());
+        self.metadata.stop_after(reason);
+    }
+}
+
+/// What a `Persist` record becomes: `Meta` the metadata copies, the others a
+/// log record (a value learned chosen at the zero ballot).
+fn write_op(record: &Persist) -> WriteOp {
+    match record {
+        Persist::Meta(meta) => WriteOp::Metadata(AcceptorMetadata {
+            promised: meta.promised,
+            incarnation: meta.incarnation,
+            voting: meta.voting,
+        }),
+        Persist::Accepted {
+            instance,
+            ballot,
+            batch,
+        } => WriteOp::Record(Record::Accepted {
+            instance: *instance,
+            ballot: *ballot,
+            value: encode_batch(batch),
+        }),
+        Persist::Chosen { instance, batch } => WriteOp::Record(Record::Accepted {
+            instance: *instance,
+            ballot: Ballot::ZERO,
+            value: encode_batch(batch),
+        }),
+        Persist::ChosenThrough { through } => WriteOp::Record(Record::Committed { through: *through }),
+    }
+}
+
+/// Writes a snapshot of the state machine at `instance` (whose highest
+/// applied epoch is `epoch`) into `snapshots` and makes it durable. The
+/// [`FinishedSnapshot`] it returns lets the log be trimmed below it
+/// ([`AcceptorStore::installed`], or a trim through a [`crate::GroupCommit`]).
+/// Takes only the snapshot store (a clone of [`AcceptorStore::snapshots`]), so
+/// it runs on any thread while the log keeps taking appends.
+pub fn write_snapshot(
+    snapshots: &SnapshotStore,
+    instance: Instance,
+    epoch: Epoch,
+    state: &[u8],
+) -> Result<FinishedSnapshot> {
+    let mut writer = snapshots.begin(instance)?;
+    writer.write(&snapshot_header(epoch))?;
+    writer.write(state)?;
+    writer.finish()
 }
 
 fn snapshot_header(epoch: Epoch) -> [u8; SNAPSHOT_HEADER_BYTES] {

@@ -7,8 +7,12 @@
 //!   and commit points) in rotating segments, each with a separate identifier
 //!   file so recovery tells a torn tail (discarded) from corruption (reported
 //!   for repair from peers), as Protocol-Aware Recovery (CTRL) prescribes;
-//! * [`GroupCommit`]: the server's writer threads, one `fdatasync` of the
-//!   log and one of the identifier file per batch, pipelined;
+//! * [`AcceptorStore`]: a Paxos replica's `Persist` records (log and
+//!   metadata), snapshots and restart state on one disk;
+//! * [`GroupCommit`]: writer threads that own an [`AcceptorStore`] (the
+//!   server) or a bare [`Wal`] (the `walbench` example): one `fdatasync` of
+//!   the log and one of the identifier file per batch, pipelined, with
+//!   completions in submission order;
 //! * [`MetadataStore`]: the promised ballot and incarnation in two
 //!   checksummed copies;
 //! * [`SnapshotStore`]: Paxos Made Live snapshots in checksummed chunks, read
@@ -20,11 +24,11 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | `acceptor` | [`AcceptorStore`]: the Paxos replica's `Persist` records and restart state on one disk |
+//! | `acceptor` | [`AcceptorStore`]: the Paxos replica's `Persist` records and restart state on one disk; [`write_snapshot`] |
 //! | `disk` | [`Disk`], [`File`], [`FsDisk`] |
 //! | `sim_disk` | [`SimDisk`], [`FaultConfig`], [`FaultCounts`] |
 //! | `wal` | [`Wal`], [`Record`], [`Recovery`]; the log's write ordering |
-//! | `group_commit` | [`GroupCommit`], the writer thread |
+//! | `group_commit` | [`GroupCommit`] over a [`CommitTarget`] ([`AcceptorStore`] or [`Wal`]): the writer and identifier threads |
 //! | `metadata` | [`MetadataStore`], [`AcceptorMetadata`] |
 //! | `snapshot` | [`SnapshotStore`], [`SnapshotWriter`], [`SnapshotReader`], [`SnapshotInstaller`] |
 //! | `replica` | [`open_replica`]: metadata, snapshots and log opened in order |
@@ -39,6 +43,7 @@
 //! snapshot-<instance>.snap             the newest finished snapshot
 //! snapshot-<instance>.tmp              a snapshot being written
 //! snapshot-incoming.partial            a snapshot being received
+//! LOCK                                 held by the process using it (FsDisk)
 //! ```
 //!
 //! # Write ordering, and why it is crash-safe
@@ -51,7 +56,8 @@
 //! identifier therefore reaches the disk only after its frame is durable.
 //! [`GroupCommit`] runs steps 1-2 on its writer thread and 3-5 on an
 //! identifier thread, in batch order, so batch `n + 1`'s frames sync while
-//! batch `n`'s identifiers do; the rule holds per batch.
+//! batch `n`'s identifiers do; the rule holds per batch. [`Wal::sync`] (the
+//! simulator, through [`AcceptorStore::sync`]) runs all five in sequence.
 //!
 //! Recovery reads each segment's identifiers and frames in order (frame `k`
 //! belongs to identifier `k`):
@@ -95,7 +101,11 @@
 //! syncs it, then writes and syncs the other, before it is reported: a torn
 //! write damages only the copy being written while the other holds the
 //! previous or the new value, and once reported both copies hold the new
-//! value, so damage found later in one never rolls a promise back.
+//! value, so damage found later in one never rolls a promise back. Through a
+//! [`GroupCommit`], a metadata update is written only once everything queued
+//! before it is durable (frames and identifiers), and what is queued after it
+//! is staged only once it returns: a crash leaves a prefix of what was
+//! submitted.
 //!
 //! **Snapshots.** Written to a `.tmp` file (chunks, then the manifest),
 //! synced, renamed to `.snap` (directory fsynced); older snapshots are removed
@@ -160,9 +170,10 @@
 //!
 //! # Rules for the host
 //!
-//! * Persist before you send: an accept reply goes out only after the
-//!   `Accepted` record's completion reports `Ok`; a promise only after
-//!   [`MetadataStore::write`] returns.
+//! * Persist before you send: a Ready's messages go out only after its
+//!   records are durable: after its submission's completion reports `Ok`
+//!   ([`GroupCommit`]), or after [`AcceptorStore::write`] and
+//!   [`AcceptorStore::sync`] return (the simulator).
 //! * A [`StorageError::SyncFailed`] is never retried: the server aborts
 //!   ([`fatal_sync_error`]); the simulator treats it as a crash.
 //! * Instances in [`Recovery::corrupted`] are faulty: repair them from peers
@@ -201,7 +212,9 @@
 //!     let _ = damaged;
 //! }
 //!
-//! // 3. The server appends through the group-commit writer threads.
+//! // 3. A bare log can be appended to through the group-commit writer
+//! //    threads (the walbench example does); the server hands them its whole
+//! //    AcceptorStore instead (next section).
 //! let log = GroupCommit::start(wal, GroupCommitConfig::default())?;
 //! let (sender, receiver) = std::sync::mpsc::channel();
 //! let accepted = Record::Accepted {
@@ -215,7 +228,7 @@
 //! });
 //! if let Err(rejected) = log.try_submit(accepted, completion) {
 //!     // Queue full: the record comes back; retry later or shed load.
-//!     let _ = rejected.record;
+//!     let _ = rejected.submission;
 //! }
 //! receiver.recv().expect("completed")?; // durable: now send the accept reply
 //!
@@ -228,6 +241,48 @@
 //! # Ok::<(), StorageError>(())
 //! ```
 //!
+//! # The server's write path
+//!
+//! The server opens an [`AcceptorStore`] and hands it to a [`GroupCommit`]:
+//! each submission is one Ready's `Persist` records with one completion.
+//! Snapshots are written from a clone of the store's [`SnapshotStore`] on any
+//! thread ([`write_snapshot`]); the [`FinishedSnapshot`] then trims the log on
+//! the writer thread.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use synod_paxos::{Ballot, Epoch, Instance, Meta, NodeId, Persist, Voting};
+//! use synod_storage::*;
+//!
+//! let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(8, FaultConfig::default()));
+//! let (store, recovered) = AcceptorStore::open(disk, &AcceptorStoreConfig::default())?;
+//! assert!(recovered.durable.is_none());
+//! let snapshots = store.snapshots().clone();
+//! let writer = GroupCommit::start(store, GroupCommitConfig::default())?;
+//!
+//! // One Ready's records, one completion: the metadata is synced in queue
+//! // order, the commit point rides in the next log batch.
+//! let ready = vec![
+//!     Persist::Meta(Meta { promised: Ballot::new(1, 1, NodeId(1)), incarnation: 1, voting: Voting::Voter }),
+//!     Persist::ChosenThrough { through: Instance(0) },
+//! ];
+//! let (sender, receiver) = std::sync::mpsc::channel();
+//! // From async code, send on a tokio oneshot here instead.
+//! let completion: Completion = Box::new(move |outcome| {
+//!     let _ = sender.send(outcome);
+//! });
+//! if let Err(rejected) = writer.try_submit(ready, completion) {
+//!     // Queue full (RejectReason::QueueFull) or stopped: the records come back.
+//!     let _ = rejected.submission;
+//! }
+//! receiver.recv().expect("completed")?; // durable: now send the Ready's messages
+//!
+//! let finished = write_snapshot(&snapshots, Instance(0), Epoch::default(), b"state")?;
+//! writer.trim(finished, Box::new(|removed| drop(removed)))?;
+//! let (_store, _stats) = writer.stop();
+//! # Ok::<(), StorageError>(())
+//! ```
+//!
 //! # Limits
 //!
 //! * If the identifiers of the last batch before a crash are lost without a
@@ -236,7 +291,8 @@
 //!   is reported or repaired.
 //! * Recovery holds every live segment in memory (values are slices of
 //!   them): trim the log with snapshots to bound it.
-//! * One process per directory: nothing locks it.
+//! * One process per directory: [`FsDisk::open`] locks the directory's
+//!   `LOCK` file, and a second process fails to open it.
 //!
 //! # Transferring a snapshot
 //!
@@ -265,13 +321,13 @@ mod sim_disk;
 mod snapshot;
 mod wal;
 
-pub use acceptor::{AcceptorStore, AcceptorStoreConfig, Recovered};
+pub use acceptor::{write_snapshot, AcceptorStore, AcceptorStoreConfig, Recovered};
 pub use disk::{Disk, File, FsDisk, FsFile};
 pub use error::{Result, StorageError};
 pub use fatal::fatal_sync_error;
 pub use group_commit::{
-    Completion, GroupCommit, GroupCommitConfig, GroupCommitStats, RejectReason, Rejected, SyncFailurePolicy,
-    TrimCompletion,
+    CommitTarget, Completion, GroupCommit, GroupCommitConfig, GroupCommitStats, RejectReason, Rejected,
+    SyncFailurePolicy, TrimCompletion, WriteOp,
 };
 pub use metadata::{AcceptorMetadata, MetadataLoad, MetadataStore, METADATA_FILES};
 pub use replica::{open_replica, ReplicaStorage, StorageConfig};

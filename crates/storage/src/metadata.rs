@@ -241,6 +241,11 @@ impl MetadataStore {
         ))
     }
 
+    /// Refuses all later writes, after a failure elsewhere in the store.
+    pub(crate) fn stop_after(&mut self, reason: String) {
+        self.failure.get_or_insert(reason);
+    }
+
     /// The last metadata written or loaded.
     pub fn current(&self) -> AcceptorMetadata {
         self.current

@@ -20,6 +20,10 @@
 //! 2. write their identifiers to `.ids`, then `fdatasync` it;
 //! 3. only now report the batch durable.
 //!
+//! [`crate::GroupCommit`] runs step 1 on its writer thread and step 2 on an
+//! identifier thread, so one batch's identifiers sync while the next batch's
+//! frames do; the order holds for each batch.
+//!
 //! So an identifier is on disk only if its frame was durable first. After a
 //! crash, recovery reads it back:
 //!
@@ -432,8 +436,11 @@ struct ActiveSegment {
 
 /// The write-ahead log, with a synchronous API: [`Wal::append`] stages
 /// records in memory, [`Wal::sync`] makes everything staged durable. The
-/// server wraps it in a [`crate::GroupCommit`] writer thread; the simulator
-/// calls it directly on a [`crate::SimDisk`].
+/// server's log lives in a [`crate::AcceptorStore`] owned by a
+/// [`crate::GroupCommit`] writer thread, which splits each sync between
+/// itself (frames) and an identifier thread (identifiers); the simulator
+/// calls [`crate::AcceptorStore::write`] and [`crate::AcceptorStore::sync`]
+/// on a [`crate::SimDisk`], which append and sync here directly.
 #[derive(Debug)]
 pub struct Wal {
     disk: Arc<dyn Disk>,

@@ -1,4 +1,5 @@
-//! Group commit: batching, durability before completion, failure handling.
+//! Group commit: batching, durability before completion, failure handling,
+//! over a bare log and over a whole acceptor store.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -6,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use synod_paxos::{Ballot, Instance, NodeId};
+use synod_paxos::{Ballot, Batch, BatchId, Entry, Epoch, Instance, Meta, NodeId, Persist, StoredSlot, Voting};
 use synod_storage::*;
 
 /// Wraps a disk, counting syncs, holding each sync for `sync_delay` (as a
@@ -127,7 +128,7 @@ fn record(instance: u64) -> Record {
 
 fn test_config() -> GroupCommitConfig {
     GroupCommitConfig {
-        queue_records_max: 1024,
+        queue_submissions_max: 1024,
         batch_bytes_max: 1 << 20,
         pipeline_batches_max: 2,
         sync_failure_policy: SyncFailurePolicy::Stop,
@@ -212,7 +213,7 @@ fn a_full_queue_hands_the_record_back() {
     let shared: Arc<dyn Disk> = Arc::new(disk.clone());
     let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
     let config = GroupCommitConfig {
-        queue_records_max: 2,
+        queue_submissions_max: 2,
         ..test_config()
     };
     let group = GroupCommit::start(wal, config).unwrap();
@@ -237,7 +238,7 @@ fn a_full_queue_hands_the_record_back() {
     }
     let (instance, error) = rejected.expect("the queue fills");
     assert_eq!(error.reason, RejectReason::QueueFull);
-    assert_eq!(error.record, record(instance));
+    assert_eq!(error.submission, record(instance));
     disk.probe.open_gate();
     let _ = group.stop();
     assert_eq!(done.load(Ordering::SeqCst), instance - 1);
@@ -340,6 +341,281 @@ fn a_snapshot_is_written_off_the_hot_path_while_appends_go_on() {
     let (instance, state) = snapshots.load_latest().unwrap().unwrap();
     assert_eq!(instance, Instance(100));
     assert_eq!(state.len(), 64_000);
+}
+
+fn accepted(instance: u64, round: u64, value_bytes: usize) -> Persist {
+    let ballot = Ballot::new(round, 1, NodeId(1));
+    Persist::Accepted {
+        instance: Instance(instance),
+        ballot,
+        batch: Batch::new(
+            BatchId {
+                ballot,
+                instance: Instance(instance),
+            },
+            vec![Entry {
+                value: Bytes::from(vec![instance as u8; value_bytes]),
+                expected_epoch: None,
+            }],
+        ),
+    }
+}
+
+fn meta(round: u64) -> Persist {
+    Persist::Meta(Meta {
+        promised: Ballot::new(round, 1, NodeId(1)),
+        incarnation: 1,
+        voting: Voting::Voter,
+    })
+}
+
+fn store_config() -> AcceptorStoreConfig {
+    AcceptorStoreConfig {
+        wal: WalConfig {
+            segment_bytes_max: 8192,
+            value_bytes_max: 4096,
+            ..WalConfig::default()
+        },
+        snapshot_chunk_bytes: 4096,
+        ..AcceptorStoreConfig::default()
+    }
+}
+
+fn open_store(disk: Arc<dyn Disk>) -> (AcceptorStore, Recovered) {
+    AcceptorStore::open(disk, &store_config()).unwrap()
+}
+
+fn slot_ballot(durable: &synod_paxos::DurableState, instance: u64) -> Option<Ballot> {
+    durable.slots.iter().find_map(|(slot_instance, slot)| match slot {
+        StoredSlot::Accepted { ballot, .. } if *slot_instance == Instance(instance) => Some(*ballot),
+        _ => None,
+    })
+}
+
+#[test]
+fn acceptor_completions_run_in_submission_order() {
+    let sim = SimDisk::new(21, FaultConfig::default());
+    let disk: Arc<dyn Disk> = Arc::new(sim);
+    let (store, _) = open_store(disk.clone());
+    let snapshots = store.snapshots().clone();
+    let group = GroupCommit::start(store, test_config()).unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut expected = Vec::new();
+    let mut instance = 0;
+    for index in 0..300u64 {
+        let done = order.clone();
+        let completion: Completion = Box::new(move |outcome| done.lock().unwrap().push((index, outcome.is_ok())));
+        let submission = match index % 6 {
+            // A promise alone, and a promise with records after it.
+            0 => vec![meta(index + 1)],
+            1 => {
+                instance += 1;
+                vec![meta(index + 1), accepted(instance, index + 1, 100)]
+            }
+            // A value too large for the log: refused, in its turn.
+            2 => vec![accepted(100_000 + index, 1, 8192)],
+            3 => vec![Persist::ChosenThrough {
+                through: Instance(instance),
+            }],
+            _ => {
+                instance += 2;
+                vec![accepted(instance - 1, index, 300), accepted(instance, index, 300)]
+            }
+        };
+        expected.push((index, index % 6 != 2));
+        group.submit(submission, completion).unwrap();
+        if index == 200 {
+            let finished = write_snapshot(&snapshots, Instance(instance), Epoch::default(), b"state").unwrap();
+            let done = order.clone();
+            group
+                .trim(
+                    finished,
+                    Box::new(move |removed| done.lock().unwrap().push((u64::MAX, removed.unwrap() > 0))),
+                )
+                .unwrap();
+            expected.push((u64::MAX, true));
+        }
+    }
+    let (_, stats) = group.stop();
+    assert_eq!(*order.lock().unwrap(), expected);
+    assert_eq!(stats.metadata_writes, 100);
+    assert!(stats.batches > 0 && stats.records > 0);
+}
+
+#[test]
+fn acceptor_metadata_and_records_are_durable_before_their_completion() {
+    let (sim, disk) = counting_disk();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let (store, recovered) = open_store(shared);
+    assert!(recovered.durable.is_none());
+    let group = GroupCommit::start(store, test_config()).unwrap();
+    group
+        .submit_and_receive(vec![accepted(1, 1, 10)])
+        .unwrap()
+        .recv()
+        .unwrap()
+        .unwrap();
+    disk.probe.close_gate();
+    // One Ready: a promise, an acceptance and a commit point, one completion.
+    let receiver = group
+        .submit_and_receive(vec![
+            meta(7),
+            accepted(2, 7, 100),
+            Persist::ChosenThrough { through: Instance(2) },
+        ])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(matches!(receiver.try_recv(), Err(mpsc::TryRecvError::Empty)));
+    disk.probe.open_gate();
+    receiver.recv().unwrap().unwrap();
+    let (_, stats) = group.stop();
+    assert_eq!(stats.metadata_writes, 1);
+    sim.crash();
+    let (_, recovered) = open_store(Arc::new(sim));
+    let durable = recovered.durable.expect("state on disk");
+    assert_eq!(durable.meta.promised, Ballot::new(7, 1, NodeId(1)));
+    assert_eq!(slot_ballot(&durable, 2), Some(Ballot::new(7, 1, NodeId(1))));
+    assert_eq!(durable.chosen_through, Instance(2));
+}
+
+#[test]
+fn acceptor_trim_through_the_writer() {
+    let sim = SimDisk::new(23, FaultConfig::default());
+    let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+    let (store, _) = open_store(disk.clone());
+    let snapshots = store.snapshots().clone();
+    let group = GroupCommit::start(store, test_config()).unwrap();
+    for instance in 1..=200 {
+        group
+            .submit(vec![accepted(instance, 1, 200)], Box::new(|outcome| outcome.unwrap()))
+            .unwrap();
+    }
+    let epoch = Epoch(Ballot::new(1, 1, NodeId(1)));
+    let finished = write_snapshot(&snapshots, Instance(150), epoch, b"state").unwrap();
+    let (sender, receiver) = mpsc::channel();
+    group
+        .trim(finished, Box::new(move |removed| sender.send(removed).unwrap()))
+        .unwrap();
+    assert!(receiver.recv().unwrap().unwrap() > 0);
+    let (store, _) = group.stop();
+    let segments = store.wal().segment_count();
+    drop(store);
+    sim.crash();
+    let (store, recovered) = open_store(disk);
+    assert_eq!(store.wal().segment_count(), segments);
+    let durable = recovered.durable.expect("state on disk");
+    assert_eq!(durable.snapshot_instance, Instance(150));
+    assert_eq!(durable.snapshot_epoch, epoch);
+    assert_eq!(recovered.snapshot_state.as_deref(), Some(&b"state"[..]));
+    assert!(slot_ballot(&durable, 200).is_some());
+    assert!(slot_ballot(&durable, 1).is_none());
+    assert!(!recovered.recovery.accepted.contains_key(&Instance(1)));
+}
+
+#[test]
+fn acceptor_stops_for_good_after_a_failed_sync() {
+    let (_, disk) = counting_disk();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let (store, _) = open_store(shared);
+    let group = GroupCommit::start(store, test_config()).unwrap();
+    group
+        .submit_and_receive(vec![meta(1), accepted(1, 1, 10)])
+        .unwrap()
+        .recv()
+        .unwrap()
+        .unwrap();
+    disk.probe.fail_syncs.store(true, Ordering::SeqCst);
+    let outcome = group
+        .submit_and_receive(vec![accepted(2, 1, 10)])
+        .unwrap()
+        .recv()
+        .unwrap();
+    assert!(matches!(outcome, Err(StorageError::GroupCommitFailed { .. })));
+    disk.probe.fail_syncs.store(false, Ordering::SeqCst);
+    for submission in [vec![accepted(3, 1, 10)], vec![meta(2)]] {
+        let outcome = group.submit_and_receive(submission).unwrap().recv().unwrap();
+        assert!(matches!(outcome, Err(StorageError::Stopped { .. })), "never retried");
+    }
+    let (mut store, _) = group.stop();
+    assert!(matches!(store.write(&[meta(3)]), Err(StorageError::Stopped { .. })));
+    assert!(matches!(store.sync(), Err(StorageError::Stopped { .. })));
+}
+
+#[test]
+fn acceptor_restart_recovers_everything_acknowledged() {
+    let (sim, disk) = counting_disk();
+    disk.probe.sync_delay_micros.store(200, Ordering::SeqCst);
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let (store, _) = open_store(shared);
+    let group = Arc::new(GroupCommit::start(store, test_config()).unwrap());
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    // Completions run in submission order: the last promise acknowledged, and
+    // the promises submitted after it (written or not) that failed.
+    let last_promise = Arc::new(Mutex::new(None));
+    let failed_promises = Arc::new(Mutex::new(Vec::new()));
+    let submitters = 8u64;
+    let threads: Vec<_> = (0..submitters)
+        .map(|submitter| {
+            let group = group.clone();
+            let acknowledged = acknowledged.clone();
+            let last_promise = last_promise.clone();
+            let failed_promises = failed_promises.clone();
+            std::thread::spawn(move || {
+                for step in 0..40u64 {
+                    let instance = 1 + submitter * 1000 + step;
+                    let mut submission = vec![accepted(instance, 1, 64)];
+                    let promise = (step % 8 == 0).then_some(instance);
+                    if let Some(round) = promise {
+                        submission.insert(0, meta(round));
+                    }
+                    let (sender, receiver) = mpsc::channel();
+                    let last_promise = last_promise.clone();
+                    let failed_promises = failed_promises.clone();
+                    let completion: Completion = Box::new(move |outcome| {
+                        match (promise, outcome.is_ok()) {
+                            (Some(round), true) => *last_promise.lock().unwrap() = Some(round),
+                            (Some(round), false) => failed_promises.lock().unwrap().push(round),
+                            (None, _) => {}
+                        }
+                        sender.send(outcome).unwrap();
+                    });
+                    group.submit(submission, completion).unwrap();
+                    if receiver.recv().unwrap().is_err() {
+                        return;
+                    }
+                    acknowledged.lock().unwrap().push(instance);
+                }
+            })
+        })
+        .collect();
+    // Let some submissions through, then fail every later sync.
+    while acknowledged.lock().unwrap().len() < 100 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    disk.probe.fail_syncs.store(true, Ordering::SeqCst);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let group = Arc::into_inner(group).unwrap();
+    drop(group.stop());
+    sim.crash();
+    disk.probe.fail_syncs.store(false, Ordering::SeqCst);
+    let (_, recovered) = open_store(Arc::new(sim));
+    let durable = recovered.durable.expect("state on disk");
+    let acknowledged = acknowledged.lock().unwrap();
+    assert!(acknowledged.len() >= 100);
+    for instance in acknowledged.iter() {
+        assert!(
+            slot_ballot(&durable, *instance).is_some(),
+            "acknowledged instance {instance} lost"
+        );
+    }
+    let round = durable.meta.promised.round;
+    assert!(
+        *last_promise.lock().unwrap() == Some(round) || failed_promises.lock().unwrap().contains(&round),
+        "promise {round} is neither the last acknowledged nor a later one"
+    );
+    assert!(recovered.recovery.corrupted.is_empty());
 }
 
 /// Runs inside a child process: a group commit with the default policy
