@@ -157,39 +157,49 @@ impl KeyHistory {
         self.older.get_or_insert_with(Default::default).push(previous);
     }
 
-    /// Drops what a compaction at `revision` makes unreachable: every change
-    /// below the newest one at or below `revision`, and that one too if it is a
-    /// tombstone strictly below `revision` (a tombstone at `revision` itself is
-    /// kept so a watch starting at the compacted revision still sees it).
-    /// Returns the bytes freed and whether anything remains.
+    /// How many of this key's changes, oldest first, a compaction at
+    /// `revision` makes unreachable: every change below the newest one at or
+    /// below `revision`, and that one too if it is a tombstone strictly below
+    /// `revision` (a tombstone at `revision` itself is kept so a watch starting
+    /// at the compacted revision still sees it). All of them (`older` and
+    /// `latest`) means the key goes.
+    fn compaction_drops(&self, revision: i64) -> usize {
+        let older: &[Change] = self.older.as_deref().map_or(&[], |older| older.as_slice());
+        let at_or_below = if self.latest.mod_revision <= revision {
+            older.len() + 1
+        } else {
+            older.partition_point(|change| change.mod_revision <= revision)
+        };
+        let Some(kept_index) = at_or_below.checked_sub(1) else {
+            return 0;
+        };
+        let kept = older.get(kept_index).unwrap_or(&self.latest);
+        if !kept.is_live() && kept.mod_revision < revision {
+            at_or_below
+        } else {
+            kept_index
+        }
+    }
+
+    /// Drops what a compaction at `revision` makes unreachable (see
+    /// [`KeyHistory::compaction_drops`]). Returns the bytes freed and whether
+    /// anything remains.
     fn compact(&mut self, revision: i64, key_bytes: usize) -> (u64, bool) {
         let bytes = |changes: &[Change]| -> u64 { changes.iter().map(|change| change.retained_bytes(key_bytes)).sum() };
-        if self.latest.mod_revision <= revision {
-            // The newest change is the state at `revision`: all older ones go.
-            let mut freed = self.older.take().map_or(0, |older| bytes(&older));
-            if !self.latest.is_live() && self.latest.mod_revision < revision {
-                freed += self.latest.retained_bytes(key_bytes);
-                return (freed, false);
-            }
-            return (freed, true);
-        }
-        let Some(older) = self.older.as_mut() else {
+        let dropped = self.compaction_drops(revision);
+        if dropped == 0 {
             return (0, true);
-        };
-        // The state at `revision` is among the older changes, if anywhere.
-        let at_or_below = older.partition_point(|change| change.mod_revision <= revision);
-        let mut dropped = at_or_below.saturating_sub(1);
-        if at_or_below > 0 {
-            let kept = &older[at_or_below - 1];
-            if !kept.is_live() && kept.mod_revision < revision {
-                dropped += 1;
-            }
         }
+        let Some(older) = self.older.as_mut().filter(|older| dropped <= older.len()) else {
+            // Every change goes, the latest included.
+            let freed = self.older.take().map_or(0, |older| bytes(&older));
+            return (freed + self.latest.retained_bytes(key_bytes), false);
+        };
         let freed = bytes(&older[..dropped]);
         older.drain(..dropped);
         if older.is_empty() {
             self.older = None;
-        } else if dropped > 0 {
+        } else {
             older.shrink_to_fit();
         }
         (freed, true)
@@ -882,11 +892,16 @@ impl Store {
         assert!(revision > self.compact_revision && revision <= self.revision);
         self.compact_revision = revision;
         let mut freed = 0;
-        self.index.retain(|key, history| {
-            let (bytes, keep) = history.compact(revision, key.len());
-            freed += bytes;
-            keep
-        });
+        // Chunks with nothing to compact stay untouched (and shared with a
+        // frozen copy, if one exists).
+        self.index.retain(
+            |_, history| history.compaction_drops(revision) > 0,
+            |key, history| {
+                let (bytes, keep) = history.compact(revision, key.len());
+                freed += bytes;
+                keep
+            },
+        );
         assert!(freed <= self.retained_bytes);
         self.retained_bytes -= freed;
     }
