@@ -6,8 +6,9 @@
 //! [`AcceptorStore`] (metadata copies, write-ahead log with identifiers) and
 //! makes every record queued meanwhile durable with one sync (group commit),
 //! then reports back; only then does the core task send the Ready's messages.
-//! Snapshots of the state machine are written by the same thread, in order
-//! with the records, and trim the log once durable.
+//! Snapshots of the state machine are written off this thread (see
+//! `node.rs`); once one is durable, this thread trims the log below it, in
+//! order with the records.
 //!
 //! **A sync failure is never retried**: the pages it covered may be lost while
 //! marked clean. The writer reports it and stops; the server stops with it.
@@ -15,8 +16,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use synod_paxos::{DurableState, Epoch, Instance, Persist};
-use synod_storage::{AcceptorStore, AcceptorStoreConfig, Disk, FsDisk, StorageError};
+use synod_paxos::{DurableState, Instance, Persist};
+use synod_storage::{AcceptorStore, AcceptorStoreConfig, Disk, FinishedSnapshot, FsDisk, StorageError};
 use tokio::sync::{mpsc, oneshot};
 
 /// Directory inside the data directory that holds the storage crate's files.
@@ -81,10 +82,8 @@ enum DiskJob {
         records: Vec<Persist>,
         done: oneshot::Sender<Result<(), DiskError>>,
     },
-    Snapshot {
-        instance: Instance,
-        epoch: Epoch,
-        state: Vec<u8>,
+    Trim {
+        finished: FinishedSnapshot,
         done: oneshot::Sender<Result<Instance, DiskError>>,
     },
 }
@@ -124,32 +123,20 @@ impl DiskWriter {
         wait.await.map_err(|_| DiskError::Stopped)?
     }
 
-    /// Queues a snapshot; the receiver reports its instance once it is durable
-    /// and the log below it is trimmed.
-    pub fn snapshot(
-        &self,
-        instance: Instance,
-        epoch: Epoch,
-        state: Vec<u8>,
-    ) -> Option<oneshot::Receiver<Result<Instance, DiskError>>> {
+    /// Queues the trim of the log below a durable snapshot; the receiver
+    /// reports the snapshot's instance once the log is trimmed.
+    pub fn trim(&self, finished: FinishedSnapshot) -> Option<oneshot::Receiver<Result<Instance, DiskError>>> {
         let (done, wait) = oneshot::channel();
-        self.jobs
-            .try_send(DiskJob::Snapshot {
-                instance,
-                epoch,
-                state,
-                done,
-            })
-            .ok()?;
+        self.jobs.try_send(DiskJob::Trim { finished, done }).ok()?;
         Some(wait)
     }
 }
 
 /// Writes one group of jobs: every persist record staged, one sync, then the
-/// snapshots. Returns false after a failure.
+/// trims. Returns false after a failure.
 fn write_batch(store: &mut AcceptorStore, batch: Vec<DiskJob>) -> bool {
     let mut persists = Vec::new();
-    let mut snapshots = Vec::new();
+    let mut trims = Vec::new();
     let mut failure: Option<String> = None;
     for job in batch {
         match job {
@@ -161,7 +148,7 @@ fn write_batch(store: &mut AcceptorStore, batch: Vec<DiskJob>) -> bool {
                 }
                 persists.push(done);
             }
-            snapshot @ DiskJob::Snapshot { .. } => snapshots.push(snapshot),
+            DiskJob::Trim { finished, done } => trims.push((finished, done)),
         }
     }
     if failure.is_none() && !persists.is_empty() {
@@ -175,26 +162,18 @@ fn write_batch(store: &mut AcceptorStore, batch: Vec<DiskJob>) -> bool {
             Some(error) => Err(DiskError::Failed(error.clone())),
         });
     }
-    for job in snapshots {
-        let DiskJob::Snapshot {
-            instance,
-            epoch,
-            state,
-            done,
-        } = job
-        else {
-            continue;
-        };
+    for (finished, done) in trims {
+        let instance = finished.instance();
         let result = match &failure {
             Some(error) => Err(DiskError::Failed(error.clone())),
             None => store
-                .save_snapshot(instance, epoch, &state)
-                .map(|_| instance)
+                .trim(&finished)
+                .map(|()| instance)
                 .map_err(|error| DiskError::Failed(error.to_string())),
         };
         if let Err(error) = &result {
-            // A failed snapshot leaves the log as it was; only syncs are fatal.
-            tracing::warn!(%error, %instance, "snapshot failed; the log is kept");
+            // A failed trim leaves the log as it was; only syncs are fatal.
+            tracing::warn!(%error, %instance, "trimming the log failed; it is kept");
         }
         let _ = done.send(result);
     }
@@ -205,7 +184,7 @@ fn write_batch(store: &mut AcceptorStore, batch: Vec<DiskJob>) -> bool {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use synod_paxos::{Ballot, Batch, BatchId, Entry, Meta, NodeId, Voting};
+    use synod_paxos::{Ballot, Batch, BatchId, Entry, Epoch, Meta, NodeId, Voting};
 
     fn directory(tag: &str) -> PathBuf {
         let path = std::env::temp_dir().join(format!("synod-disk-{tag}-{}", std::process::id()));
@@ -218,6 +197,7 @@ mod tests {
         let path = directory("restart");
         let (store, opened) = open(&path, 1 << 20).unwrap();
         assert!(opened.durable.is_none());
+        let snapshots = store.snapshots().clone();
         let writer = DiskWriter::start(store).unwrap();
         let ballot = Ballot::new(2, 1, NodeId(7));
         let batch = Batch::new(
@@ -246,9 +226,14 @@ mod tests {
             ])
             .await
             .unwrap();
-        let done = writer.snapshot(Instance(1), Epoch(ballot), b"state".to_vec()).unwrap();
+        // The snapshot is written outside the disk thread, which only trims.
+        let mut snapshot = AcceptorStore::begin_snapshot(&snapshots, Instance(1), Epoch(ballot)).unwrap();
+        snapshot.write(b"state").unwrap();
+        let done = writer.trim(snapshot.finish().unwrap()).unwrap();
         assert_eq!(done.await.unwrap().unwrap(), Instance(1));
+        // Both hold the data directory's lock.
         drop(writer);
+        drop(snapshots);
         std::thread::sleep(std::time::Duration::from_millis(50));
         let (_, opened) = open(&path, 1 << 20).unwrap();
         let durable = opened.durable.unwrap();

@@ -123,16 +123,21 @@ async fn bind(address: std::net::SocketAddr, purpose: &'static str) -> Result<Tc
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     // Tunables are checked before anything is written to the data directory.
     config.paxos_config(NodeId(1), vec![NodeId(1)])?;
-    // Reading the data directory blocks: it runs on a blocking-pool thread.
+    // Reading the data directory and restoring the store from its snapshot
+    // block: they run on a blocking-pool thread.
     let startup_config = config.clone();
-    let (identity, acceptor_store, opened) = tokio::task::spawn_blocking(move || {
+    let (identity, acceptor_store, durable, store) = tokio::task::spawn_blocking(move || {
         let identity = load_identity(&startup_config)?;
-        let (store, opened) = disk::open(&startup_config.data_dir, startup_config.tunables.batch_bytes_max)?;
-        Ok::<_, ServerError>((identity, store, opened))
+        let (acceptor_store, opened) = disk::open(&startup_config.data_dir, startup_config.tunables.batch_bytes_max)?;
+        let store = match opened.snapshot_state {
+            Some(state) => synod_kv::Store::restore(node::kv_config(), &state)
+                .map_err(|error| ServerError::Snapshot(error.to_string()))?,
+            None => synod_kv::Store::new(node::kv_config()),
+        };
+        Ok::<_, ServerError>((identity, acceptor_store, opened.durable, store))
     })
     .await
     .map_err(|error| ServerError::DiskThread(std::io::Error::other(error.to_string())))??;
-    let durable = opened.durable;
     let snapshot_instance = durable.as_ref().map_or(0, |durable| durable.snapshot_instance.0);
     let members: Vec<NodeId> = identity.members.iter().map(|member| NodeId(member.id)).collect();
     let paxos = config.paxos_config(NodeId(identity.member_id), members)?;
@@ -169,11 +174,6 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     );
 
     let metrics = Arc::new(Metrics::default());
-    let store = match opened.snapshot_state {
-        Some(state) => synod_kv::Store::restore(node::kv_config(), &state)
-            .map_err(|error| ServerError::Snapshot(error.to_string()))?,
-        None => synod_kv::Store::new(node::kv_config()),
-    };
     let (shared, commands, status) = node::shared(
         identity.clone(),
         config.advertise_client_url.clone(),
@@ -196,8 +196,18 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         metrics,
         shutdown.clone(),
     );
+    let snapshots = acceptor_store.snapshots().clone();
     let disk = DiskWriter::start(acceptor_store).map_err(ServerError::DiskThread)?;
-    let core = Core::new(replica, shared.clone(), peers, disk, status, origin, snapshot_instance);
+    let core = Core::new(
+        replica,
+        shared.clone(),
+        peers,
+        disk,
+        snapshots,
+        status,
+        origin,
+        snapshot_instance,
+    );
     let core_shutdown = shutdown.clone();
     let mut core_task = tokio::spawn(
         core.run(CoreInputs { commands, inbound }, core_shutdown)
