@@ -30,6 +30,7 @@ use crate::codec::{Decoder, Encoder};
 use crate::error::KvError;
 use crate::index::KeyIndex;
 use crate::store::{Change, Config, KeyHistory, Lease, Store};
+use crate::types::{RangeRequest, RangeResponse};
 
 const MAGIC: &[u8; 8] = b"SYNODKV1";
 const CHUNK_HEADER_BYTES: usize = 12;
@@ -43,7 +44,8 @@ const SINK_BYTES: usize = 64 * 1024;
 /// applying. It shares the key index's chunks with the live store (a write
 /// there copies the chunk it touches, never the other way round), so it costs
 /// little to make and is `Send + Sync + 'static`: move it to another thread
-/// and serialize it there with [`FrozenStore::write_snapshot`].
+/// and serialize it there with [`FrozenStore::write_snapshot`], or answer a
+/// large range there with [`FrozenStore::range`].
 pub struct FrozenStore {
     /// The store at freeze time. Its leases carry IDs and TTLs but no key
     /// sets: a snapshot records only those, and restore rebuilds the sets.
@@ -69,6 +71,11 @@ impl FrozenStore {
     /// The state hash (see [`Store::state_hash`]).
     pub fn state_hash(&self) -> u64 {
         self.store.state_hash
+    }
+
+    /// `KV.Range` on the store as it was (see [`Store::range_within`]).
+    pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, KvError> {
+        self.store.range(request)
     }
 
     /// Streams the snapshot (the bytes [`Store::snapshot`] returned at freeze

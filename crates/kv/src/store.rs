@@ -500,11 +500,30 @@ impl Store {
 
     /// `KV.Range` at the current or an older revision.
     pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, KvError> {
+        self.range_within(request, usize::MAX)
+            .expect("a range allowed every key finishes")
+    }
+
+    /// `KV.Range`, unless it would look at more than `keys_visited_max` keys
+    /// (those in its range with any retained history): then `None`, after
+    /// looking at no more than that. A range costs time in proportion to the
+    /// keys it looks at, whatever its `limit` (it counts them all), so a host
+    /// answering under the store's lock on an async thread tries this first and
+    /// on `None` runs [`crate::FrozenStore::range`] on a frozen copy elsewhere.
+    pub fn range_within(
+        &self,
+        request: &RangeRequest,
+        keys_visited_max: usize,
+    ) -> Option<Result<RangeResponse, KvError>> {
         if request.key.is_empty() {
-            return Err(KvError::KeyNotProvided);
+            return Some(Err(KvError::KeyNotProvided));
         }
-        let revision = self.read_revision(request.revision)?;
-        Ok(self.range_at(request, revision, self.revision))
+        match self.read_revision(request.revision) {
+            Ok(revision) => self
+                .range_at(request, revision, self.revision, keys_visited_max)
+                .map(Ok),
+            Err(error) => Some(Err(error)),
+        }
     }
 
     fn read_revision(&self, requested: i64) -> Result<i64, KvError> {
@@ -538,7 +557,13 @@ impl Store {
         single.into_iter().chain(ranged.into_iter().flatten())
     }
 
-    fn range_at(&self, request: &RangeRequest, revision: i64, header: i64) -> RangeResponse {
+    fn range_at(
+        &self,
+        request: &RangeRequest,
+        revision: i64,
+        header: i64,
+        keys_visited_max: usize,
+    ) -> Option<RangeResponse> {
         let mut sort_order = request.sort_order;
         if request.sort_target != SortTarget::Key && sort_order == SortOrder::None {
             sort_order = SortOrder::Ascend;
@@ -557,7 +582,10 @@ impl Store {
         };
         let mut count: i64 = 0;
         let mut matches: Vec<(&[u8], &Change)> = Vec::new();
-        for (key, history) in self.keys_in(&request.key, &request.range_end) {
+        for (visited, (key, history)) in self.keys_in(&request.key, &request.range_end).enumerate() {
+            if visited == keys_visited_max {
+                return None;
+            }
             let Some(change) = history.at(revision).filter(|change| change.is_live()) else {
                 continue;
             };
@@ -586,7 +614,7 @@ impl Store {
         }
         let more = matches.len() > limit;
         matches.truncate(limit);
-        RangeResponse {
+        Some(RangeResponse {
             header: ResponseHeader::at(header),
             kvs: matches
                 .into_iter()
@@ -594,7 +622,7 @@ impl Store {
                 .collect(),
             more,
             count,
-        }
+        })
     }
 
     /// Whether a key exists now.
@@ -839,7 +867,8 @@ impl Store {
                     } else {
                         write.read_revision()
                     };
-                    ResponseOp::Range(self.range_at(range, revision, 0))
+                    let response = self.range_at(range, revision, 0, usize::MAX);
+                    ResponseOp::Range(response.expect("a range allowed every key finishes"))
                 }
                 RequestOp::Put(put) => ResponseOp::Put(self.put(write, put)),
                 RequestOp::DeleteRange(delete) => ResponseOp::DeleteRange(self.delete_range(write, delete)),

@@ -1133,6 +1133,37 @@ fn a_frozen_store_keeps_the_state_it_was_frozen_at() {
 }
 
 #[test]
+fn a_range_gives_up_past_its_key_bound_and_a_frozen_copy_answers_it() {
+    let mut store = store();
+    for index in 0..100 {
+        ok(&mut store, put(&format!("key-{index:03}"), "v"));
+    }
+    ok(&mut store, delete("key-050", "key-060"));
+    let everything = RangeRequest {
+        limit: 5,
+        ..range("key-", "key.")
+    };
+    let expected = store.range(&everything).unwrap();
+    assert_eq!((expected.count, expected.kvs.len(), expected.more), (90, 5, true));
+    // Deleted keys with history count as looked at: 100 in all.
+    assert_eq!(store.range_within(&everything, 100), Some(Ok(expected.clone())));
+    assert_eq!(store.range_within(&everything, 99), None);
+    assert_eq!(
+        store.range_within(&range("key-007", ""), 1),
+        Some(store.range(&range("key-007", "")))
+    );
+    assert_eq!(
+        store.range_within(&range("", ""), 0),
+        Some(Err(KvError::KeyNotProvided))
+    );
+
+    let frozen = store.freeze();
+    ok(&mut store, delete("key-", "key."));
+    assert_eq!(frozen.range(&everything), Ok(expected));
+    assert_eq!(store.range(&everything).unwrap().count, 0);
+}
+
+#[test]
 fn a_snapshot_streams_in_bounded_pieces_and_stops_at_a_sink_error() {
     let mut store = store();
     let value = "v".repeat(1_000);
