@@ -17,9 +17,12 @@
 //!   Maintenance, Lock, Election, Health) and `/health`, `/version`,
 //!   `/metrics`; followers forward to the master what only it may answer.
 //! - [`node`]: the core task that owns the [`synod_paxos::Replica`]: ticks,
-//!   peer messages and client commands in; persist, send, apply out, in that order.
-//! - [`disk`]: acceptor records and snapshots made durable through
-//!   synod-storage on a dedicated thread, with group commit.
+//!   peer messages and client commands in; persist, send, apply out, in that
+//!   order. Snapshots are taken from a frozen copy of the store on
+//!   blocking-pool threads while commits go on.
+//! - [`disk`]: acceptor records made durable through synod-storage on a
+//!   dedicated thread, with group commit; the log trimmed there once a
+//!   snapshot is durable.
 //! - [`peer`]: TCP connections between members; handshake, bounded queues,
 //!   reconnection with back-off.
 //! - [`snapshot`]: a lagging member pulls a peer's snapshot in checksummed
@@ -29,7 +32,9 @@
 //!   [`frame::Decoder`]; the first frame each way is a [`frame::Handshake`].
 //! - [`metrics`]: counters and histograms for `/metrics`.
 //!
-//! **No async task ever blocks on a file or a lock held across I/O; every
+//! **No async task ever blocks on a file or a lock held across I/O, nor
+//! computes over the whole store (that runs on a frozen copy on a
+//! blocking-pool thread); every
 //! queue has a named bound; nothing a peer or a client sends can panic the
 //! server or make it allocate beyond a configured bound.**
 
