@@ -172,12 +172,22 @@ fn main() {
         megabytes / snapshot_seconds
     );
     // What the server does: freeze under the lock, stream on another thread.
+    // Best of three: the first burst of small allocations after the
+    // compaction above pays for the allocator sorting the chunks it freed
+    // (tens of milliseconds here), which is not the freeze's own cost.
+    let mut freeze_seconds = f64::MAX;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let frozen = store.freeze();
+        freeze_seconds = freeze_seconds.min(started.elapsed().as_secs_f64());
+        drop(frozen);
+    }
     let region = Region::new(GLOBAL);
     let started = Instant::now();
     let frozen = store.freeze();
-    let freeze_seconds = started.elapsed().as_secs_f64();
+    freeze_seconds = freeze_seconds.min(started.elapsed().as_secs_f64());
     println!(
-        "freeze ({} keys):       {:>12.2} ms ({:.2} MiB of heap)",
+        "freeze ({} keys, best of 3):{:>10.2} ms ({:.2} MiB of heap)",
         store.indexed_keys(),
         freeze_seconds * 1e3,
         net_heap(&region) as f64 / (1 << 20) as f64
