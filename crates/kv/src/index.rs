@@ -7,9 +7,17 @@
 //! the insert order; a small `BTreeMap` from each chunk's first key finds the
 //! chunk. Point operations cost one B-tree search plus a binary search and a
 //! move of at most [`CHUNK_LENGTH_MAX`] elements.
+//!
+//! Each chunk sits behind an [`Arc`] and is changed through
+//! [`Arc::make_mut`], so cloning the index copies only the chunk directory
+//! (one pointer and one first key per chunk, about `len / 48` of them) and
+//! shares every chunk; a later write to either copy duplicates just the chunk
+//! it touches. This is what lets the store be frozen for a snapshot while
+//! writes go on.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// Elements per chunk before it splits.
 const CHUNK_LENGTH_MAX: usize = 64;
@@ -17,6 +25,10 @@ const CHUNK_LENGTH_MAX: usize = 64;
 const CHUNK_GROWTH: usize = 8;
 
 type Chunk<V> = Vec<(KeyBytes, V)>;
+
+/// A chunk and, while it is unchanged, the key it is filed under (`None`
+/// once it was rewritten: its first key may have changed).
+type Filed<V> = (Arc<Chunk<V>>, Option<Box<[u8]>>);
 
 /// Longest key stored inline in its element.
 const INLINE_KEY_BYTES_MAX: usize = 22;
@@ -63,8 +75,18 @@ impl std::ops::Deref for KeyBytes {
 /// See the module docs.
 pub(crate) struct KeyIndex<V> {
     /// Chunks keyed by their first element's key; never empty chunks.
-    chunks: BTreeMap<Box<[u8]>, Chunk<V>>,
+    chunks: BTreeMap<Box<[u8]>, Arc<Chunk<V>>>,
     length: usize,
+}
+
+/// Shares every chunk with the original (see the module docs).
+impl<V> Clone for KeyIndex<V> {
+    fn clone(&self) -> Self {
+        KeyIndex {
+            chunks: self.chunks.clone(),
+            length: self.length,
+        }
+    }
 }
 
 impl<V> Default for KeyIndex<V> {
@@ -99,13 +121,42 @@ impl<V> KeyIndex<V> {
         Some(&chunk[position].1)
     }
 
+    /// Elements with `start <= key < end` (`end = None`: no upper bound), in key order.
+    pub(crate) fn range<'a>(
+        &'a self,
+        start: &'a [u8],
+        end: Option<&'a [u8]>,
+    ) -> impl Iterator<Item = (&'a [u8], &'a V)> + 'a {
+        let first_chunk: Option<&[u8]> = self.chunk_key_for(start);
+        let chunks = first_chunk.map(|first| self.chunks.range::<[u8], _>((Bound::Included(first), Bound::Unbounded)));
+        chunks
+            .into_iter()
+            .flatten()
+            .flat_map(|(_, chunk)| chunk.iter())
+            .map(|(key, value)| (&**key, value))
+            .skip_while(move |(key, _)| *key < start)
+            .take_while(move |(key, _)| end.is_none_or(|end| *key < end))
+    }
+
+    /// All elements in key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &V)> {
+        self.chunks
+            .values()
+            .flat_map(|chunk| chunk.iter())
+            .map(|(key, value)| (&**key, value))
+    }
+}
+
+impl<V: Clone> KeyIndex<V> {
+    /// The value of `key`, for changing it; copies its chunk first if a clone
+    /// of the index shares it.
     pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
         let (_, chunk) = self
             .chunks
             .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
             .next_back()?;
         let position = chunk.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
-        Some(&mut chunk[position].1)
+        Some(&mut Arc::make_mut(chunk)[position].1)
     }
 
     /// Inserts a key that must not be present.
@@ -114,16 +165,17 @@ impl<V> KeyIndex<V> {
         let element = (KeyBytes::new(key), value);
         // The chunk whose first key is at or below `key`; the common case
         // changes it in place without touching the chunk map.
-        if let Some((_, chunk)) = self
+        if let Some((_, shared)) = self
             .chunks
             .range_mut::<[u8], _>((Bound::Unbounded, Bound::Included(key)))
             .next_back()
         {
-            let position = match chunk.binary_search_by(|(k, _)| (**k).cmp(key)) {
+            let position = match shared.binary_search_by(|(k, _)| (**k).cmp(key)) {
                 Ok(_) => panic!("insert of a key already present"),
                 Err(position) => position,
             };
             assert!(position > 0, "a chunk's first key is at or below the key");
+            let chunk = Arc::make_mut(shared);
             if chunk.len() < CHUNK_LENGTH_MAX {
                 if chunk.len() == chunk.capacity() {
                     chunk.reserve_exact(CHUNK_GROWTH);
@@ -149,91 +201,85 @@ impl<V> KeyIndex<V> {
                 }
                 right
             };
-            self.chunks.insert(Box::from(&*right[0].0), right);
+            self.chunks.insert(Box::from(&*right[0].0), Arc::new(right));
             return;
         }
         // Below every chunk's first key (or no chunk at all): becomes the first
         // element of the first chunk, which is re-keyed.
         match self.chunks.pop_first() {
-            Some((_, mut chunk)) if chunk.len() < CHUNK_LENGTH_MAX => {
+            Some((_, mut shared)) if shared.len() < CHUNK_LENGTH_MAX => {
+                let chunk = Arc::make_mut(&mut shared);
                 if chunk.len() == chunk.capacity() {
                     chunk.reserve_exact(CHUNK_GROWTH);
                 }
                 chunk.insert(0, element);
-                self.chunks.insert(Box::from(&*chunk[0].0), chunk);
+                self.chunks.insert(Box::from(&*chunk[0].0), shared);
             }
             Some((first, chunk)) => {
                 self.chunks.insert(first, chunk);
                 let mut new_chunk = Vec::with_capacity(CHUNK_GROWTH);
                 new_chunk.push(element);
-                self.chunks.insert(Box::from(&*new_chunk[0].0), new_chunk);
+                self.chunks.insert(Box::from(&*new_chunk[0].0), Arc::new(new_chunk));
             }
             None => {
                 let mut chunk = Vec::with_capacity(CHUNK_GROWTH);
                 chunk.push(element);
-                self.chunks.insert(Box::from(&*chunk[0].0), chunk);
+                self.chunks.insert(Box::from(&*chunk[0].0), Arc::new(chunk));
             }
         }
     }
 
-    /// Keeps only the elements for which `keep` returns true.
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&[u8], &mut V) -> bool) {
+    /// Keeps only the elements for which `keep` returns true. Only the chunks
+    /// holding an element for which `affected` returns true are rewritten
+    /// (`keep` sees every element of those, and no other): the rest stay as
+    /// they are, shared with any clone of the index.
+    pub(crate) fn retain(&mut self, affected: impl Fn(&[u8], &V) -> bool, mut keep: impl FnMut(&[u8], &mut V) -> bool) {
         let chunks = std::mem::take(&mut self.chunks);
         self.length = 0;
-        let mut carry: Option<Chunk<V>> = None;
-        for (_, mut chunk) in chunks {
-            chunk.retain_mut(|(key, value)| keep(key, value));
-            if chunk.is_empty() {
-                continue;
-            }
-            // Merge small neighbours so repeated compactions do not leave
-            // many nearly empty chunks.
-            if let Some(mut previous) = carry.take() {
-                if previous.len() + chunk.len() <= CHUNK_LENGTH_MAX {
-                    previous.reserve_exact(chunk.len());
-                    previous.append(&mut chunk);
-                    carry = Some(previous);
+        let mut carry: Option<Filed<V>> = None;
+        for (first, mut chunk) in chunks {
+            let rewritten = chunk.iter().any(|(key, value)| affected(key, value));
+            if rewritten {
+                Arc::make_mut(&mut chunk).retain_mut(|(key, value)| keep(key, value));
+                if chunk.is_empty() {
                     continue;
                 }
-                self.push_chunk(previous);
             }
-            carry = Some(chunk);
+            // Merge small neighbours, when one of them was rewritten, so
+            // repeated compactions do not leave many nearly empty chunks.
+            if let Some((mut previous, previous_first)) = carry.take() {
+                if (rewritten || previous_first.is_none()) && previous.len() + chunk.len() <= CHUNK_LENGTH_MAX {
+                    let merged = Arc::make_mut(&mut previous);
+                    merged.reserve_exact(chunk.len());
+                    merged.append(&mut Arc::unwrap_or_clone(chunk));
+                    carry = Some((previous, None));
+                    continue;
+                }
+                self.push_chunk(previous, previous_first);
+            }
+            carry = Some((chunk, (!rewritten).then_some(first)));
         }
-        if let Some(previous) = carry {
-            self.push_chunk(previous);
+        if let Some((chunk, first)) = carry {
+            self.push_chunk(chunk, first);
         }
     }
 
-    fn push_chunk(&mut self, mut chunk: Chunk<V>) {
+    /// Appends a chunk above every other. `unchanged_first`: the key it was
+    /// filed under, if it is the same chunk as before; otherwise it was just
+    /// built or rewritten, and its spare capacity is trimmed.
+    fn push_chunk(&mut self, mut chunk: Arc<Chunk<V>>, unchanged_first: Option<Box<[u8]>>) {
         debug_assert!(!chunk.is_empty());
-        chunk.shrink_to(chunk.len() + CHUNK_GROWTH);
         self.length += chunk.len();
-        self.chunks.insert(Box::from(&*chunk[0].0), chunk);
-    }
-
-    /// Elements with `start <= key < end` (`end = None`: no upper bound), in key order.
-    pub(crate) fn range<'a>(
-        &'a self,
-        start: &'a [u8],
-        end: Option<&'a [u8]>,
-    ) -> impl Iterator<Item = (&'a [u8], &'a V)> + 'a {
-        let first_chunk: Option<&[u8]> = self.chunk_key_for(start);
-        let chunks = first_chunk.map(|first| self.chunks.range::<[u8], _>((Bound::Included(first), Bound::Unbounded)));
-        chunks
-            .into_iter()
-            .flatten()
-            .flat_map(|(_, chunk)| chunk.iter())
-            .map(|(key, value)| (&**key, value))
-            .skip_while(move |(key, _)| *key < start)
-            .take_while(move |(key, _)| end.is_none_or(|end| *key < end))
-    }
-
-    /// All elements in key order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &V)> {
-        self.chunks
-            .values()
-            .flat_map(|chunk| chunk.iter())
-            .map(|(key, value)| (&**key, value))
+        let first = match unchanged_first {
+            Some(first) => first,
+            None => {
+                if let Some(owned) = Arc::get_mut(&mut chunk) {
+                    owned.shrink_to(owned.len() + CHUNK_GROWTH);
+                }
+                Box::from(&*chunk[0].0)
+            }
+        };
+        self.chunks.insert(first, chunk);
     }
 
     /// Builds from elements in strictly ascending key order with full chunks.
@@ -245,11 +291,11 @@ impl<V> KeyIndex<V> {
             chunk.push((KeyBytes::new(key), value));
             if chunk.len() == CHUNK_LENGTH_MAX {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_LENGTH_MAX));
-                index.push_chunk(full);
+                index.push_chunk(Arc::new(full), None);
             }
         }
         if !chunk.is_empty() {
-            index.push_chunk(chunk);
+            index.push_chunk(Arc::new(chunk), None);
         }
         index
     }
@@ -296,7 +342,9 @@ mod tests {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect();
             prop_assert_eq!(ranged, expected);
-            index.retain(|_, v| *v % 2 == 1);
+            // Only chunks holding an even value are rewritten; the others must
+            // come through untouched.
+            index.retain(|_, v| *v % 2 == 0, |_, v| *v % 2 == 1);
             model.retain(|_, v| *v % 2 == 1);
             prop_assert_eq!(index.len(), model.len());
             for (key, value) in &model {
@@ -305,6 +353,93 @@ mod tests {
             let all: Vec<_> = index.iter().map(|(k, v)| (k.to_vec(), *v)).collect();
             let rebuilt = KeyIndex::from_sorted(all.iter().map(|(k, v)| (k.as_slice(), *v)));
             prop_assert_eq!(rebuilt.iter().count(), model.len());
+        }
+    }
+
+    /// Chunks of `index` that `other` shares (the same allocation).
+    fn shared_chunks<V>(index: &KeyIndex<V>, other: &KeyIndex<V>) -> usize {
+        index
+            .chunks
+            .values()
+            .filter(|chunk| other.chunks.values().any(|theirs| Arc::ptr_eq(chunk, theirs)))
+            .count()
+    }
+
+    fn contents(index: &KeyIndex<u32>) -> Vec<(Vec<u8>, u32)> {
+        index.iter().map(|(k, v)| (k.to_vec(), *v)).collect()
+    }
+
+    #[test]
+    fn a_clone_shares_chunks_and_a_write_copies_only_the_one_it_touches() {
+        let keys: Vec<[u8; 4]> = (0u32..1_000).map(|key| (key * 2).to_be_bytes()).collect();
+        let mut index = KeyIndex::from_sorted(keys.iter().map(|key| (&key[..], 0u32)));
+        let chunk_count = index.chunks.len();
+        assert!(chunk_count > 10);
+        let frozen = index.clone();
+        let before = contents(&frozen);
+        assert_eq!(shared_chunks(&index, &frozen), chunk_count);
+
+        // An update copies the chunk it changes; so does an insert into a
+        // full chunk (which splits it).
+        *index.get_mut(&keys[500]).unwrap() = 7;
+        assert_eq!(shared_chunks(&index, &frozen), chunk_count - 1);
+        index.insert(&201u32.to_be_bytes(), 1);
+        assert_eq!(shared_chunks(&index, &frozen), chunk_count - 2);
+        // Below every key, with the first chunk full: a new chunk, no copy.
+        index.insert(&[0], 1);
+        assert_eq!(shared_chunks(&index, &frozen), chunk_count - 2);
+        // A lookup of a missing key copies nothing.
+        assert!(index.get_mut(&3u32.to_be_bytes()).is_none());
+        assert_eq!(shared_chunks(&index, &frozen), chunk_count - 2);
+
+        // A retain that drops one key rewrites its chunk only (its neighbours
+        // are too full to merge with).
+        let target = keys[900];
+        index.retain(|key, _| key == target, |key, _| key != target);
+        assert_eq!(shared_chunks(&index, &frozen), chunk_count - 3);
+        assert!(index.get(&target).is_none());
+
+        assert_eq!(contents(&frozen), before);
+        assert_eq!(frozen.len(), keys.len());
+        assert_eq!(index.len(), keys.len() + 1);
+        assert_eq!(index.get(&keys[500]), Some(&7));
+        assert_eq!(frozen.get(&keys[500]), Some(&0));
+    }
+
+    proptest! {
+        #[test]
+        fn a_clone_keeps_its_contents_whatever_the_original_does(
+            initial in proptest::collection::btree_set(0u16..600, 0..400),
+            operations in proptest::collection::vec((0u16..600, 0u8..3), 0..300),
+        ) {
+            let keys: Vec<[u8; 2]> = initial.iter().map(|key| key.to_be_bytes()).collect();
+            let mut index = KeyIndex::from_sorted(keys.iter().map(|key| (&key[..], 0u32)));
+            let mut model: std::collections::BTreeMap<Vec<u8>, u32> =
+                keys.iter().map(|key| (key.to_vec(), 0)).collect();
+            let frozen = index.clone();
+            let before = contents(&frozen);
+            for (key, operation) in operations {
+                let key = key.to_be_bytes();
+                match operation {
+                    0 if !model.contains_key(&key[..]) => {
+                        index.insert(&key, 1);
+                        model.insert(key.to_vec(), 1);
+                    }
+                    1 => {
+                        if let Some(value) = index.get_mut(&key) {
+                            *value += 1;
+                            *model.get_mut(&key[..]).unwrap() += 1;
+                        }
+                    }
+                    _ => {
+                        index.retain(|k, _| k == key, |k, _| k != key);
+                        model.remove(&key[..]);
+                    }
+                }
+            }
+            prop_assert_eq!(contents(&frozen), before);
+            let expected: Vec<_> = model.into_iter().collect();
+            prop_assert_eq!(contents(&index), expected);
         }
     }
 }

@@ -29,8 +29,13 @@
 //!   [`Lessor::expired`] lists. Expiry thus goes through the log and every
 //!   replica deletes the same keys at the same revision. `LeaseLeases` is
 //!   [`Store::lease_leases`].
-//! * **Snapshots**: [`Store::snapshot_chunks`] / [`Store::restore_chunks`];
-//!   compare [`Store::state_hash`] across replicas at equal applied indexes.
+//! * **Snapshots**: [`Store::freeze`] under the store's lock (cheap: the key
+//!   index's chunks are shared copy-on-write), then, on another thread while
+//!   the live store goes on applying, [`FrozenStore::write_snapshot`] streams
+//!   the bytes to a sink; [`Store::restore`] reads them back.
+//!   [`Store::snapshot_chunks`] / [`Store::restore_chunks`] cut them into
+//!   checksummed chunks. Compare [`Store::state_hash`] across replicas at
+//!   equal applied indexes.
 //! * **Fencing**: [`Sequencer`] (see the recipe below).
 //!
 //! # Revision rules (etcd's)
@@ -125,11 +130,13 @@
 //! * `request` — [`Request`] / [`Response`] and their binary encoding.
 //! * `codec` — the varint encoder/decoder (bounded, panic-free decoding).
 //! * `store` — [`Store`]: MVCC keyspace, apply, range, txn, compaction, leases.
-//! * `index` — the ordered key index (sorted chunks, compact in memory).
+//! * `index` — the ordered key index (sorted chunks, compact in memory,
+//!   shared copy-on-write between a store and its frozen copies).
 //! * `lessor` — [`Lessor`]: the master's lease deadlines (time injected).
 //! * `watch` — [`WatchHub`]: routing events, catch-up from history, progress.
 //! * `sequencer` — [`Sequencer`]: Chubby's fencing tokens.
-//! * `snapshot` — deterministic snapshot, chunking, validated restore.
+//! * `snapshot` — [`FrozenStore`], the streamed deterministic snapshot,
+//!   chunking, validated restore.
 //! * `hash` — the chained state hash.
 //! * `error` — [`KvError`] with etcd's exact messages and [`Code`].
 //!
@@ -159,6 +166,7 @@ pub use error::{Code, KvError};
 pub use lessor::Lessor;
 pub use request::{Request, Response, TXN_DEPTH_MAX};
 pub use sequencer::Sequencer;
+pub use snapshot::FrozenStore;
 pub use store::{Applied, Config, Lease, LeaseEffect, Store, LEASE_TTL_SECONDS_MAX, REQUEST_BYTES_MAX_DEFAULT};
 pub use types::*;
 pub use watch::{WatchConfig, WatchHub};

@@ -16,6 +16,11 @@
 //!         | payload | crc32c(everything before) (u32 LE)
 //! ```
 //!
+//! The encoder streams: [`FrozenStore::write_snapshot`] hands the bytes to a
+//! sink as they are produced and computes the trailing checksum on the way,
+//! so a snapshot never needs a buffer of its own size. [`Store::snapshot`]
+//! runs the same encoder into a `Vec`.
+//!
 //! Restore checks every checksum, bound and ordering rule and returns
 //! [`KvError::Corrupt`] on any violation; it never panics on input.
 
@@ -25,49 +30,104 @@ use crate::codec::{Decoder, Encoder};
 use crate::error::KvError;
 use crate::index::KeyIndex;
 use crate::store::{Change, Config, KeyHistory, Lease, Store};
+use crate::types::{RangeRequest, RangeResponse};
 
 const MAGIC: &[u8; 8] = b"SYNODKV1";
 const CHUNK_HEADER_BYTES: usize = 12;
 const CHUNK_TRAILER_BYTES: usize = 4;
 
-impl Store {
-    /// The whole state, encoded (see the module docs).
+/// Encoded bytes gathered before they are handed to a snapshot sink.
+const SINK_BYTES: usize = 64 * 1024;
+
+/// An immutable copy of a [`Store`] as it was when [`Store::freeze`] was
+/// called: what a snapshot is taken from while the live store goes on
+/// applying. It shares the key index's chunks with the live store (a write
+/// there copies the chunk it touches, never the other way round), so it costs
+/// little to make and is `Send + Sync + 'static`: move it to another thread
+/// and serialize it there with [`FrozenStore::write_snapshot`], or answer a
+/// large range there with [`FrozenStore::range`].
+pub struct FrozenStore {
+    /// The store at freeze time. Its leases carry IDs and TTLs but no key
+    /// sets: a snapshot records only those, and restore rebuilds the sets.
+    store: Store,
+}
+
+impl FrozenStore {
+    /// How many log entries had been applied.
+    pub fn applied_index(&self) -> u64 {
+        self.store.applied_index
+    }
+
+    /// The store revision.
+    pub fn revision(&self) -> i64 {
+        self.store.revision
+    }
+
+    /// The revision of the last compaction (0 if none).
+    pub fn compact_revision(&self) -> i64 {
+        self.store.compact_revision
+    }
+
+    /// The state hash (see [`Store::state_hash`]).
+    pub fn state_hash(&self) -> u64 {
+        self.store.state_hash
+    }
+
+    /// `KV.Range` on the store as it was (see [`Store::range_within`]).
+    pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, KvError> {
+        self.store.range(request)
+    }
+
+    /// Streams the snapshot (the bytes [`Store::snapshot`] returned at freeze
+    /// time) into `sink`, a piece of at most about 64 KiB at a time (more only
+    /// for a single larger value), without ever holding the whole of it.
+    /// Stops at the first error the sink returns.
+    pub fn write_snapshot<E>(&self, sink: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        write_snapshot(&self.store, sink)
+    }
+
+    /// The whole snapshot in one buffer.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut encoder = Encoder::default();
-        encoder.bytes.extend_from_slice(MAGIC);
-        encoder.u64(self.applied_index);
-        encoder.i64(self.revision);
-        encoder.i64(self.compact_revision);
-        encoder.u64_fixed(self.state_hash);
-        encoder.u64(self.retained_bytes);
-        encoder.len(self.leases.len());
-        for (id, lease) in &self.leases {
-            encoder.i64(*id);
-            encoder.i64(lease.ttl_seconds);
+        snapshot_bytes(&self.store)
+    }
+}
+
+impl Store {
+    /// A frozen copy of the current state for a snapshot (see
+    /// [`FrozenStore`]): copies the key index's chunk directory (one pointer
+    /// and first key per chunk of up to 64 keys), the lease IDs and TTLs and a
+    /// few numbers, never a key's history.
+    pub fn freeze(&self) -> FrozenStore {
+        FrozenStore {
+            store: Store {
+                config: self.config.clone(),
+                index: self.index.clone(),
+                revision: self.revision,
+                compact_revision: self.compact_revision,
+                leases: self
+                    .leases
+                    .iter()
+                    .map(|(id, lease)| {
+                        (
+                            *id,
+                            Lease {
+                                ttl_seconds: lease.ttl_seconds,
+                                keys: BTreeSet::new(),
+                            },
+                        )
+                    })
+                    .collect(),
+                applied_index: self.applied_index,
+                state_hash: self.state_hash,
+                retained_bytes: self.retained_bytes,
+            },
         }
-        encoder.len(self.index.len());
-        for (key, history) in self.index.iter() {
-            encoder.bytes(key);
-            let changes: Vec<&Change> = history.changes().collect();
-            encoder.len(changes.len());
-            for change in changes {
-                encoder.i64(change.mod_revision);
-                encoder.u64(u64::from(change.sub));
-                encoder.i64(change.create_revision);
-                encoder.i64(change.version);
-                encoder.i64(change.lease);
-                match &change.value {
-                    Some(value) => {
-                        encoder.bool(true);
-                        encoder.bytes(value);
-                    }
-                    None => encoder.bool(false),
-                }
-            }
-        }
-        let checksum = crc32c::crc32c(&encoder.bytes);
-        encoder.u32_fixed(checksum);
-        encoder.bytes
+    }
+
+    /// The whole state, encoded (see the module docs); the same bytes as
+    /// `self.freeze().snapshot()`.
+    pub fn snapshot(&self) -> Vec<u8> {
+        snapshot_bytes(self)
     }
 
     /// The snapshot cut into chunks of at most `chunk_bytes_max` bytes each
@@ -232,4 +292,91 @@ impl Store {
             retained_bytes,
         })
     }
+}
+
+fn snapshot_bytes(store: &Store) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let Ok(()) = write_snapshot(store, |piece| {
+        bytes.extend_from_slice(piece);
+        Ok::<(), std::convert::Infallible>(())
+    });
+    bytes
+}
+
+/// The snapshot encoder: fields are encoded into a buffer that goes to the
+/// sink whenever it holds [`SINK_BYTES`], and the checksum is computed over
+/// what went out.
+struct SnapshotStream<F> {
+    encoder: Encoder,
+    checksum: u32,
+    sink: F,
+}
+
+impl<F, E> SnapshotStream<F>
+where
+    F: FnMut(&[u8]) -> Result<(), E>,
+{
+    fn flush(&mut self) -> Result<(), E> {
+        if !self.encoder.bytes.is_empty() {
+            self.checksum = crc32c::crc32c_append(self.checksum, &self.encoder.bytes);
+            (self.sink)(&self.encoder.bytes)?;
+            self.encoder.bytes.clear();
+        }
+        Ok(())
+    }
+
+    fn flush_if_full(&mut self) -> Result<(), E> {
+        if self.encoder.bytes.len() >= SINK_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// The one snapshot serializer (layout in the module docs). Reads the lease
+/// IDs and TTLs but not their key sets.
+fn write_snapshot<E>(store: &Store, sink: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+    let mut stream = SnapshotStream {
+        encoder: Encoder::default(),
+        checksum: 0,
+        sink,
+    };
+    let encoder = &mut stream.encoder;
+    encoder.bytes.extend_from_slice(MAGIC);
+    encoder.u64(store.applied_index);
+    encoder.i64(store.revision);
+    encoder.i64(store.compact_revision);
+    encoder.u64_fixed(store.state_hash);
+    encoder.u64(store.retained_bytes);
+    encoder.len(store.leases.len());
+    for (id, lease) in &store.leases {
+        stream.encoder.i64(*id);
+        stream.encoder.i64(lease.ttl_seconds);
+        stream.flush_if_full()?;
+    }
+    stream.encoder.len(store.index.len());
+    for (key, history) in store.index.iter() {
+        let encoder = &mut stream.encoder;
+        encoder.bytes(key);
+        encoder.len(history.older.as_ref().map_or(0, |older| older.len()) + 1);
+        for change in history.changes() {
+            encoder.i64(change.mod_revision);
+            encoder.u64(u64::from(change.sub));
+            encoder.i64(change.create_revision);
+            encoder.i64(change.version);
+            encoder.i64(change.lease);
+            match &change.value {
+                Some(value) => {
+                    encoder.bool(true);
+                    encoder.bytes(value);
+                }
+                None => encoder.bool(false),
+            }
+        }
+        stream.flush_if_full()?;
+    }
+    stream.flush()?;
+    // The checksum covers everything before it, not itself.
+    stream.encoder.u32_fixed(stream.checksum);
+    (stream.sink)(&stream.encoder.bytes)
 }

@@ -157,39 +157,49 @@ impl KeyHistory {
         self.older.get_or_insert_with(Default::default).push(previous);
     }
 
-    /// Drops what a compaction at `revision` makes unreachable: every change
-    /// below the newest one at or below `revision`, and that one too if it is a
-    /// tombstone strictly below `revision` (a tombstone at `revision` itself is
-    /// kept so a watch starting at the compacted revision still sees it).
-    /// Returns the bytes freed and whether anything remains.
+    /// How many of this key's changes, oldest first, a compaction at
+    /// `revision` makes unreachable: every change below the newest one at or
+    /// below `revision`, and that one too if it is a tombstone strictly below
+    /// `revision` (a tombstone at `revision` itself is kept so a watch starting
+    /// at the compacted revision still sees it). All of them (`older` and
+    /// `latest`) means the key goes.
+    fn compaction_drops(&self, revision: i64) -> usize {
+        let older: &[Change] = self.older.as_deref().map_or(&[], |older| older.as_slice());
+        let at_or_below = if self.latest.mod_revision <= revision {
+            older.len() + 1
+        } else {
+            older.partition_point(|change| change.mod_revision <= revision)
+        };
+        let Some(kept_index) = at_or_below.checked_sub(1) else {
+            return 0;
+        };
+        let kept = older.get(kept_index).unwrap_or(&self.latest);
+        if !kept.is_live() && kept.mod_revision < revision {
+            at_or_below
+        } else {
+            kept_index
+        }
+    }
+
+    /// Drops what a compaction at `revision` makes unreachable (see
+    /// [`KeyHistory::compaction_drops`]). Returns the bytes freed and whether
+    /// anything remains.
     fn compact(&mut self, revision: i64, key_bytes: usize) -> (u64, bool) {
         let bytes = |changes: &[Change]| -> u64 { changes.iter().map(|change| change.retained_bytes(key_bytes)).sum() };
-        if self.latest.mod_revision <= revision {
-            // The newest change is the state at `revision`: all older ones go.
-            let mut freed = self.older.take().map_or(0, |older| bytes(&older));
-            if !self.latest.is_live() && self.latest.mod_revision < revision {
-                freed += self.latest.retained_bytes(key_bytes);
-                return (freed, false);
-            }
-            return (freed, true);
-        }
-        let Some(older) = self.older.as_mut() else {
+        let dropped = self.compaction_drops(revision);
+        if dropped == 0 {
             return (0, true);
-        };
-        // The state at `revision` is among the older changes, if anywhere.
-        let at_or_below = older.partition_point(|change| change.mod_revision <= revision);
-        let mut dropped = at_or_below.saturating_sub(1);
-        if at_or_below > 0 {
-            let kept = &older[at_or_below - 1];
-            if !kept.is_live() && kept.mod_revision < revision {
-                dropped += 1;
-            }
         }
+        let Some(older) = self.older.as_mut().filter(|older| dropped <= older.len()) else {
+            // Every change goes, the latest included.
+            let freed = self.older.take().map_or(0, |older| bytes(&older));
+            return (freed + self.latest.retained_bytes(key_bytes), false);
+        };
         let freed = bytes(&older[..dropped]);
         older.drain(..dropped);
         if older.is_empty() {
             self.older = None;
-        } else if dropped > 0 {
+        } else {
             older.shrink_to_fit();
         }
         (freed, true)
@@ -490,11 +500,30 @@ impl Store {
 
     /// `KV.Range` at the current or an older revision.
     pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, KvError> {
+        self.range_within(request, usize::MAX)
+            .expect("a range allowed every key finishes")
+    }
+
+    /// `KV.Range`, unless it would look at more than `keys_visited_max` keys
+    /// (those in its range with any retained history): then `None`, after
+    /// looking at no more than that. A range costs time in proportion to the
+    /// keys it looks at, whatever its `limit` (it counts them all), so a host
+    /// answering under the store's lock on an async thread tries this first and
+    /// on `None` runs [`crate::FrozenStore::range`] on a frozen copy elsewhere.
+    pub fn range_within(
+        &self,
+        request: &RangeRequest,
+        keys_visited_max: usize,
+    ) -> Option<Result<RangeResponse, KvError>> {
         if request.key.is_empty() {
-            return Err(KvError::KeyNotProvided);
+            return Some(Err(KvError::KeyNotProvided));
         }
-        let revision = self.read_revision(request.revision)?;
-        Ok(self.range_at(request, revision, self.revision))
+        match self.read_revision(request.revision) {
+            Ok(revision) => self
+                .range_at(request, revision, self.revision, keys_visited_max)
+                .map(Ok),
+            Err(error) => Some(Err(error)),
+        }
     }
 
     fn read_revision(&self, requested: i64) -> Result<i64, KvError> {
@@ -528,7 +557,13 @@ impl Store {
         single.into_iter().chain(ranged.into_iter().flatten())
     }
 
-    fn range_at(&self, request: &RangeRequest, revision: i64, header: i64) -> RangeResponse {
+    fn range_at(
+        &self,
+        request: &RangeRequest,
+        revision: i64,
+        header: i64,
+        keys_visited_max: usize,
+    ) -> Option<RangeResponse> {
         let mut sort_order = request.sort_order;
         if request.sort_target != SortTarget::Key && sort_order == SortOrder::None {
             sort_order = SortOrder::Ascend;
@@ -547,7 +582,10 @@ impl Store {
         };
         let mut count: i64 = 0;
         let mut matches: Vec<(&[u8], &Change)> = Vec::new();
-        for (key, history) in self.keys_in(&request.key, &request.range_end) {
+        for (visited, (key, history)) in self.keys_in(&request.key, &request.range_end).enumerate() {
+            if visited == keys_visited_max {
+                return None;
+            }
             let Some(change) = history.at(revision).filter(|change| change.is_live()) else {
                 continue;
             };
@@ -576,7 +614,7 @@ impl Store {
         }
         let more = matches.len() > limit;
         matches.truncate(limit);
-        RangeResponse {
+        Some(RangeResponse {
             header: ResponseHeader::at(header),
             kvs: matches
                 .into_iter()
@@ -584,7 +622,7 @@ impl Store {
                 .collect(),
             more,
             count,
-        }
+        })
     }
 
     /// Whether a key exists now.
@@ -829,7 +867,8 @@ impl Store {
                     } else {
                         write.read_revision()
                     };
-                    ResponseOp::Range(self.range_at(range, revision, 0))
+                    let response = self.range_at(range, revision, 0, usize::MAX);
+                    ResponseOp::Range(response.expect("a range allowed every key finishes"))
                 }
                 RequestOp::Put(put) => ResponseOp::Put(self.put(write, put)),
                 RequestOp::DeleteRange(delete) => ResponseOp::DeleteRange(self.delete_range(write, delete)),
@@ -882,11 +921,16 @@ impl Store {
         assert!(revision > self.compact_revision && revision <= self.revision);
         self.compact_revision = revision;
         let mut freed = 0;
-        self.index.retain(|key, history| {
-            let (bytes, keep) = history.compact(revision, key.len());
-            freed += bytes;
-            keep
-        });
+        // Chunks with nothing to compact stay untouched (and shared with a
+        // frozen copy, if one exists).
+        self.index.retain(
+            |_, history| history.compaction_drops(revision) > 0,
+            |key, history| {
+                let (bytes, keep) = history.compact(revision, key.len());
+                freed += bytes;
+                keep
+            },
+        );
         assert!(freed <= self.retained_bytes);
         self.retained_bytes -= freed;
     }

@@ -1049,3 +1049,218 @@ fn watchers_replay_what_a_snapshot_install_skipped() {
         vec![(EventType::Put, "a".into(), 2), (EventType::Put, "a".into(), 3)]
     );
 }
+
+/// A frozen copy must be able to go to another thread and outlive the borrow.
+#[test]
+fn a_frozen_store_is_send_sync_and_static() {
+    fn assert_movable<T: Send + Sync + 'static>(_: &T) {}
+    assert_movable(&store().freeze());
+}
+
+fn lease_put(key: &str, value: &str, lease: i64) -> Request {
+    Request::Put(PutRequest {
+        lease,
+        ..put_request(key, value)
+    })
+}
+
+#[test]
+fn a_frozen_store_keeps_the_state_it_was_frozen_at() {
+    let mut store = store();
+    // A twin that is never frozen: the live store must stay identical to it.
+    let mut twin = self::store();
+    let mut both = |request: Request, store: &mut Store| {
+        let applied = store.apply(&request);
+        assert_eq!(twin.apply(&request), applied);
+    };
+    both(Request::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 7 }), &mut store);
+    both(Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 8 }), &mut store);
+    for index in 0..300 {
+        let key = format!("key-{index:04}");
+        both(
+            lease_put(&key, "first", if index % 10 == 0 { 7 } else { 0 }),
+            &mut store,
+        );
+    }
+    both(put("key-0001", "second"), &mut store);
+    let frozen = store.freeze();
+    let at_freeze = store.snapshot();
+    assert_eq!(frozen.snapshot(), at_freeze);
+    assert_eq!(
+        (
+            frozen.applied_index(),
+            frozen.revision(),
+            frozen.compact_revision(),
+            frozen.state_hash()
+        ),
+        (
+            store.applied_index(),
+            store.revision(),
+            store.compact_revision(),
+            store.state_hash()
+        )
+    );
+
+    // Puts (new keys, overwrites, a lease attached), deletes, a compaction and
+    // lease changes, all after the freeze.
+    both(put("key-0000", "third"), &mut store);
+    both(put("a-new-key-below-every-other", "x"), &mut store);
+    both(lease_put("key-0150", "leased", 8), &mut store);
+    both(delete("key-0100", "key-0200"), &mut store);
+    let revision = store.revision();
+    both(
+        Request::Compaction(CompactionRequest {
+            revision,
+            physical: true,
+        }),
+        &mut store,
+    );
+    both(Request::LeaseRevoke(LeaseRevokeRequest { id: 7 }), &mut store);
+    both(Request::LeaseGrant(LeaseGrantRequest { ttl: 90, id: 9 }), &mut store);
+
+    assert_eq!(frozen.snapshot(), at_freeze);
+    assert_eq!(store.snapshot(), twin.snapshot());
+    assert_eq!(store.state_hash(), twin.state_hash());
+    for (id, lease) in twin.leases() {
+        assert_eq!(store.lease(id), Some(lease));
+    }
+    // The frozen bytes restore to the store as it was.
+    let restored = Store::restore(Config::default(), &frozen.snapshot()).unwrap();
+    assert_eq!(restored.lease(7).unwrap().keys.len(), 30);
+    assert_eq!(get(&restored, "key-0001").unwrap().value, b"second");
+    assert_eq!(get(&restored, "key-0150").unwrap().value, b"first");
+    assert!(get(&store, "key-0150").is_none());
+}
+
+#[test]
+fn a_range_gives_up_past_its_key_bound_and_a_frozen_copy_answers_it() {
+    let mut store = store();
+    for index in 0..100 {
+        ok(&mut store, put(&format!("key-{index:03}"), "v"));
+    }
+    ok(&mut store, delete("key-050", "key-060"));
+    let everything = RangeRequest {
+        limit: 5,
+        ..range("key-", "key.")
+    };
+    let expected = store.range(&everything).unwrap();
+    assert_eq!((expected.count, expected.kvs.len(), expected.more), (90, 5, true));
+    // Deleted keys with history count as looked at: 100 in all.
+    assert_eq!(store.range_within(&everything, 100), Some(Ok(expected.clone())));
+    assert_eq!(store.range_within(&everything, 99), None);
+    assert_eq!(
+        store.range_within(&range("key-007", ""), 1),
+        Some(store.range(&range("key-007", "")))
+    );
+    assert_eq!(
+        store.range_within(&range("", ""), 0),
+        Some(Err(KvError::KeyNotProvided))
+    );
+
+    let frozen = store.freeze();
+    ok(&mut store, delete("key-", "key."));
+    assert_eq!(frozen.range(&everything), Ok(expected));
+    assert_eq!(store.range(&everything).unwrap().count, 0);
+}
+
+#[test]
+fn a_snapshot_streams_in_bounded_pieces_and_stops_at_a_sink_error() {
+    let mut store = store();
+    let value = "v".repeat(1_000);
+    for index in 0..500 {
+        ok(&mut store, put(&format!("key-{index:04}"), &value));
+    }
+    let frozen = store.freeze();
+    let mut pieces: Vec<Vec<u8>> = Vec::new();
+    frozen
+        .write_snapshot(|piece| {
+            pieces.push(piece.to_vec());
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+    assert!(pieces.len() > 4);
+    assert!(pieces.iter().all(|piece| piece.len() <= 66 * 1024));
+    assert_eq!(pieces.concat(), store.snapshot());
+
+    let mut calls = 0;
+    let result = frozen.write_snapshot(|_| {
+        calls += 1;
+        if calls == 2 {
+            Err("disk full")
+        } else {
+            Ok(())
+        }
+    });
+    assert_eq!((result, calls), (Err("disk full"), 2));
+}
+
+mod frozen {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Apply(Request),
+        Compact(i64),
+        Freeze,
+    }
+
+    fn key(index: u16) -> String {
+        // Some keys are long enough to be stored on the heap.
+        if index.is_multiple_of(5) {
+            format!("a-key-long-enough-to-live-on-the-heap-{index:04}")
+        } else {
+            format!("k{index:04}")
+        }
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            12 => (0u16..400, 0i64..4).prop_map(|(index, lease)| Step::Apply(lease_put(&key(index), "v", lease))),
+            2 => (0u16..400, 0u16..40).prop_map(|(index, span)| {
+                Step::Apply(delete(&key(index), &key(index.saturating_add(span))))
+            }),
+            1 => (0i64..20).prop_map(Step::Compact),
+            1 => (1i64..4).prop_map(|id| Step::Apply(Request::LeaseGrant(LeaseGrantRequest { ttl: 10, id }))),
+            1 => (1i64..4).prop_map(|id| Step::Apply(Request::LeaseRevoke(LeaseRevokeRequest { id }))),
+            1 => Just(Step::Freeze),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Every frozen copy still serializes to the bytes the store had when
+        /// it was frozen, and the live store ends as a twin that was never
+        /// frozen does.
+        #[test]
+        fn frozen_copies_never_change(steps in proptest::collection::vec(step(), 1..400)) {
+            let mut store = Store::new(Config::default());
+            let mut twin = Store::new(Config::default());
+            let mut frozen: Vec<(FrozenStore, Vec<u8>)> = Vec::new();
+            for step in steps {
+                let request = match step {
+                    Step::Apply(request) => request,
+                    Step::Compact(back) => Request::Compaction(CompactionRequest {
+                        revision: store.revision() - back,
+                        physical: false,
+                    }),
+                    Step::Freeze => {
+                        frozen.push((store.freeze(), store.snapshot()));
+                        continue;
+                    }
+                };
+                let applied = store.apply(&request);
+                prop_assert_eq!(&twin.apply(&request), &applied);
+            }
+            for (copy, bytes) in &frozen {
+                prop_assert_eq!(&copy.snapshot(), bytes);
+            }
+            prop_assert_eq!(store.snapshot(), twin.snapshot());
+            for (id, lease) in twin.leases() {
+                prop_assert_eq!(store.lease(id), Some(lease));
+            }
+        }
+    }
+}

@@ -28,10 +28,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use synod_paxos::{DurableState, Epoch, Instance, Persist};
+use synod_paxos::{DurableState, Instance, Persist};
 use synod_storage::{
-    write_snapshot, AcceptorStore, AcceptorStoreConfig, Disk, FinishedSnapshot, FsDisk, GroupCommit, GroupCommitConfig,
-    RejectReason, SnapshotStore, StorageError, SyncFailurePolicy,
+    AcceptorStore, AcceptorStoreConfig, Disk, FinishedSnapshot, FsDisk, GroupCommit, GroupCommitConfig, RejectReason,
+    SnapshotStore, StorageError, SyncFailurePolicy,
 };
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -185,7 +185,7 @@ impl DiskWriter {
     }
 
     /// The snapshot files, to write a snapshot with
-    /// [`synod_storage::write_snapshot`] (on a thread that may block) or to
+    /// [`AcceptorStore::begin_snapshot`] (on a thread that may block) or to
     /// serve one to peers.
     pub fn snapshots(&self) -> &SnapshotStore {
         &self.inner.snapshots
@@ -217,42 +217,12 @@ impl DiskWriter {
             )
             .map_err(|rejected| DiskError::from(rejected.reason))
     }
-
-    /// Writes a snapshot of the state machine at `instance` (highest applied
-    /// epoch `epoch`) on a blocking-pool thread, then trims the log below it;
-    /// the receiver reports its instance once both are done. `None` when the
-    /// queue is full. A failed snapshot leaves the log as it was.
-    pub fn snapshot(
-        &self,
-        instance: Instance,
-        epoch: Epoch,
-        state: Vec<u8>,
-    ) -> Option<oneshot::Receiver<Result<Instance, DiskError>>> {
-        // Taken now, so the trim after the write finds room in the queue.
-        let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
-        let (done, wait) = oneshot::channel();
-        let writer = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let finished = match write_snapshot(writer.snapshots(), instance, epoch, &state) {
-                Ok(finished) => finished,
-                Err(error) => {
-                    tracing::warn!(%error, %instance, "snapshot failed; the log is kept");
-                    let _ = done.send(Err(error.into()));
-                    return;
-                }
-            };
-            // On a refusal the sender is dropped with the trim's completion:
-            // the receiver sees the writer gone.
-            let _ = writer.queue_trim(finished, permit, done);
-        });
-        Some(wait)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use synod_paxos::{Ballot, Batch, BatchId, Meta, NodeId, StoredSlot, Voting};
+    use synod_paxos::{Ballot, Batch, BatchId, Epoch, Meta, NodeId, StoredSlot, Voting};
 
     fn directory(tag: &str) -> PathBuf {
         let path = std::env::temp_dir().join(format!("synod-disk-{tag}-{}", std::process::id()));
@@ -301,7 +271,10 @@ mod tests {
             ])
             .await
             .unwrap();
-        let done = writer.snapshot(Instance(1), Epoch(ballot), b"state".to_vec()).unwrap();
+        // The snapshot is written outside the writer threads, which only trim.
+        let mut snapshot = AcceptorStore::begin_snapshot(writer.snapshots(), Instance(1), Epoch(ballot)).unwrap();
+        snapshot.write(b"state").unwrap();
+        let done = writer.trim(snapshot.finish().unwrap()).unwrap();
         assert_eq!(done.await.unwrap().unwrap(), Instance(1));
         drop(writer);
         let opened = reopen(&path);
@@ -329,11 +302,14 @@ mod tests {
         }
         // A snapshot written by the caller, then a trim through the writer.
         let snapshots = writer.snapshots().clone();
-        let finished =
-            tokio::task::spawn_blocking(move || write_snapshot(&snapshots, Instance(readies), Epoch(ballot), b"state"))
-                .await
-                .unwrap()
-                .unwrap();
+        let finished = tokio::task::spawn_blocking(move || {
+            let mut snapshot = AcceptorStore::begin_snapshot(&snapshots, Instance(readies), Epoch(ballot))?;
+            snapshot.write(b"state")?;
+            snapshot.finish()
+        })
+        .await
+        .unwrap()
+        .unwrap();
         let trimmed = writer.trim(finished).unwrap();
         assert_eq!(trimmed.await.unwrap().unwrap(), Instance(readies));
         writer.persist(vec![accepted(readies + 1, ballot)]).await.unwrap();

@@ -17,10 +17,12 @@
 //!   Maintenance, Lock, Election, Health) and `/health`, `/version`,
 //!   `/metrics`; followers forward to the master what only it may answer.
 //! - [`node`]: the core task that owns the [`synod_paxos::Replica`]: ticks,
-//!   peer messages and client commands in; persist, send, apply out, in that order.
+//!   peer messages and client commands in; persist, send, apply out, in that
+//!   order. Snapshots are taken from a frozen copy of the store on
+//!   blocking-pool threads while commits go on.
 //! - [`disk`]: acceptor records made durable by synod-storage's group-commit
-//!   threads, awaited through oneshot channels; snapshots written on the
-//!   blocking pool, then the log trimmed.
+//!   threads, awaited through oneshot channels; the log trimmed there, in
+//!   order with its writes, once a snapshot is durable.
 //! - [`peer`]: TCP connections between members; handshake, bounded queues,
 //!   reconnection with back-off.
 //! - [`snapshot`]: a lagging member pulls a peer's snapshot in checksummed
@@ -30,7 +32,9 @@
 //!   [`frame::Decoder`]; the first frame each way is a [`frame::Handshake`].
 //! - [`metrics`]: counters and histograms for `/metrics`.
 //!
-//! **No async task ever blocks on a file or a lock held across I/O; every
+//! **No async task ever blocks on a file or a lock held across I/O, nor
+//! computes over the whole store (that runs on a frozen copy on a
+//! blocking-pool thread); every
 //! queue has a named bound; nothing a peer or a client sends can panic the
 //! server or make it allocate beyond a configured bound.**
 
@@ -124,16 +128,21 @@ async fn bind(address: std::net::SocketAddr, purpose: &'static str) -> Result<Tc
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     // Tunables are checked before anything is written to the data directory.
     config.paxos_config(NodeId(1), vec![NodeId(1)])?;
-    // Reading the data directory blocks: it runs on a blocking-pool thread.
+    // Reading the data directory and restoring the store from its snapshot
+    // block: they run on a blocking-pool thread.
     let startup_config = config.clone();
-    let (identity, acceptor_store, opened) = tokio::task::spawn_blocking(move || {
+    let (identity, acceptor_store, durable, store) = tokio::task::spawn_blocking(move || {
         let identity = load_identity(&startup_config)?;
-        let (store, opened) = disk::open(&startup_config.data_dir, startup_config.tunables.batch_bytes_max)?;
-        Ok::<_, ServerError>((identity, store, opened))
+        let (acceptor_store, opened) = disk::open(&startup_config.data_dir, startup_config.tunables.batch_bytes_max)?;
+        let store = match opened.snapshot_state {
+            Some(state) => synod_kv::Store::restore(node::kv_config(), &state)
+                .map_err(|error| ServerError::Snapshot(error.to_string()))?,
+            None => synod_kv::Store::new(node::kv_config()),
+        };
+        Ok::<_, ServerError>((identity, acceptor_store, opened.durable, store))
     })
     .await
     .map_err(|error| ServerError::DiskThread(std::io::Error::other(error.to_string())))??;
-    let durable = opened.durable;
     let snapshot_instance = durable.as_ref().map_or(0, |durable| durable.snapshot_instance.0);
     let members: Vec<NodeId> = identity.members.iter().map(|member| NodeId(member.id)).collect();
     let paxos = config.paxos_config(NodeId(identity.member_id), members)?;
@@ -170,11 +179,6 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     );
 
     let metrics = Arc::new(Metrics::default());
-    let store = match opened.snapshot_state {
-        Some(state) => synod_kv::Store::restore(node::kv_config(), &state)
-            .map_err(|error| ServerError::Snapshot(error.to_string()))?,
-        None => synod_kv::Store::new(node::kv_config()),
-    };
     let (shared, commands, status) = node::shared(
         identity.clone(),
         config.advertise_client_url.clone(),
@@ -197,8 +201,18 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         metrics,
         shutdown.clone(),
     );
+    let snapshots = acceptor_store.snapshots().clone();
     let disk = DiskWriter::start(acceptor_store).map_err(ServerError::DiskThread)?;
-    let core = Core::new(replica, shared.clone(), peers, disk, status, origin, snapshot_instance);
+    let core = Core::new(
+        replica,
+        shared.clone(),
+        peers,
+        disk,
+        snapshots,
+        status,
+        origin,
+        snapshot_instance,
+    );
     let core_shutdown = shutdown.clone();
     let mut core_task = tokio::spawn(
         core.run(CoreInputs { commands, inbound }, core_shutdown)

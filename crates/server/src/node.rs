@@ -13,6 +13,16 @@
 //!
 //! The store sits behind a mutex shared with the client API, which reads it
 //! directly (serializable reads, watches); only this task writes it.
+//!
+//! Nothing that costs time in proportion to the store runs on this task.
+//! Snapshots follow Paxos Made Live: the task freezes the store under its
+//! lock ([`Store::freeze`], a copy of the key index's chunk directory), a
+//! blocking-pool thread streams the frozen copy into a snapshot writer while
+//! commits go on, and only once that snapshot is durable does the disk thread
+//! trim the log below it and this task trim the replica's log. A snapshot
+//! served to a lagging peer is serialized from a frozen copy on a
+//! blocking-pool thread too, and a peer's snapshot is restored and written
+//! there while this task waits for it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +31,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use synod_kv::{Applied, LeaseRevokeRequest, LeaseTimeToLiveResponse, Lessor, Request, Store, WatchHub};
-use synod_paxos::{NodeId, Outcome, Ready, RejectReason, Replica, SubmitId, Time};
+use synod_paxos::{Epoch, Instance, NodeId, Outcome, Ready, RejectReason, Replica, SubmitId, Time};
+use synod_storage::{AcceptorStore, FinishedSnapshot, SnapshotStore, SnapshotWriter, StorageError};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -147,9 +158,10 @@ impl Shared {
         lock(&self.store)
     }
 
-    /// Replaces the whole store (a snapshot from a peer was installed).
-    fn replace_store(&self, store: Store) {
-        *lock(&self.store) = store;
+    /// Replaces the whole store (a snapshot from a peer was installed) and
+    /// returns the old one.
+    fn replace_store(&self, store: Store) -> Store {
+        std::mem::replace(&mut *lock(&self.store), store)
     }
 
     pub fn client_url_of(&self, member_id: u64) -> Option<String> {
@@ -220,10 +232,13 @@ pub struct Core {
     was_master: bool,
     last_master: Option<NodeId>,
     next_expiry_check: Instant,
+    /// The snapshot files: snapshots are written through a clone of them on
+    /// blocking-pool threads, never on this task or the disk thread.
+    snapshots: SnapshotStore,
     /// The instance the newest durable snapshot covers.
     snapshot_instance: u64,
-    /// A snapshot being written by the disk thread.
-    snapshot_in_progress: Option<oneshot::Receiver<Result<synod_paxos::Instance, DiskError>>>,
+    /// This member's snapshot on its way to disk (one at a time).
+    snapshot_in_progress: Option<SnapshotProgress>,
     /// When this member last asked a peer for a snapshot chunk.
     snapshot_requested_at: Option<Instant>,
     /// The instance the peers' logs start after, as last named by the core:
@@ -234,6 +249,33 @@ pub struct Core {
     /// The serialized snapshot served to lagging peers, and when a chunk of
     /// it was last asked for.
     served_snapshot: Option<(ServedSnapshot, Instant)>,
+    /// A snapshot for lagging peers being serialized (one at a time).
+    snapshot_serializing: Option<Serializing>,
+}
+
+/// This member's snapshot on its way to disk.
+enum SnapshotProgress {
+    /// A blocking-pool thread streams a frozen copy of the store into the
+    /// snapshot writer.
+    Writing {
+        instance: Instance,
+        started: Instant,
+        done: oneshot::Receiver<Result<FinishedSnapshot, StorageError>>,
+    },
+    /// Durable; the disk thread's queue was full, so its trim is queued again.
+    Written(FinishedSnapshot),
+    /// The disk thread trims the log below it.
+    Trimming(oneshot::Receiver<Result<Instance, DiskError>>),
+}
+
+/// A snapshot for lagging peers being serialized on a blocking-pool thread.
+struct Serializing {
+    instance: Instance,
+    epoch: Epoch,
+    done: oneshot::Receiver<Vec<u8>>,
+    /// Chunk requests that came meanwhile, the latest per peer: answered when
+    /// it is ready.
+    waiting: HashMap<NodeId, (Instance, u32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -274,11 +316,13 @@ pub fn shared(
 }
 
 impl Core {
+    #[allow(clippy::too_many_arguments, reason = "each is a distinct part the server built")]
     pub fn new(
         replica: Replica,
         shared: Arc<Shared>,
         peers: PeerSender,
         disk: DiskWriter,
+        snapshots: SnapshotStore,
         status: watch::Sender<Status>,
         origin: Instant,
         snapshot_instance: u64,
@@ -296,12 +340,14 @@ impl Core {
             was_master: false,
             last_master: None,
             next_expiry_check: Instant::now(),
+            snapshots,
             snapshot_instance,
             snapshot_in_progress: None,
             snapshot_requested_at: None,
             snapshot_wanted: synod_paxos::Instance(0),
             snapshot_assembler: SnapshotAssembler::new(SNAPSHOT_TRANSFER_BYTES_MAX),
             served_snapshot: None,
+            snapshot_serializing: None,
         }
     }
 
@@ -343,6 +389,8 @@ impl Core {
                 }
             }
             self.process_ready().await?;
+            self.poll_snapshot();
+            self.poll_serializing();
             self.snapshot_if_due();
         }
         for (_, (reply, _)) in self.pending.drain() {
@@ -365,45 +413,83 @@ impl Core {
 
     /// A lagging peer asked for one chunk of a snapshot. The serialized store
     /// is kept between requests so each chunk does not serialize it again; it
-    /// is replaced only when it no longer covers what the peer needs.
-    fn serve_snapshot(&mut self, to: NodeId, instance: synod_paxos::Instance, chunk_index: u32) {
-        let covers = self
-            .served_snapshot
-            .as_ref()
-            .is_some_and(|(served, _)| served.instance >= instance);
-        if !covers {
-            self.served_snapshot = None;
-            let applied = self.status.borrow().applied_instance;
-            if applied < instance.0 || applied != self.replica.chosen_through().0 {
+    /// is replaced only when it no longer covers what the peer needs. A new
+    /// one is serialized from a frozen copy on a blocking-pool thread; the
+    /// requests that come meanwhile are answered when it is ready.
+    fn serve_snapshot(&mut self, to: NodeId, instance: Instance, chunk_index: u32) {
+        if let Some((served, asked_at)) = &mut self.served_snapshot {
+            if served.instance >= instance {
+                *asked_at = Instant::now();
+                // A peer asking for a later chunk of an older snapshot gets this
+                // snapshot's chunk; it sees the instance differ and starts over.
+                if let Some(chunk) = served.chunk(chunk_index) {
+                    self.peers.send_payload(to, Payload::encode_snapshot_chunk(&chunk));
+                }
                 return;
             }
-            let state = Bytes::from(self.shared.store().snapshot());
-            let frame_room = (self.shared.tunables.frame_bytes_max as usize)
-                .saturating_sub(HEADER_BYTES + 1 + SNAPSHOT_CHUNK_HEADER_BYTES);
-            let chunk_bytes = SNAPSHOT_CHUNK_BYTES_MAX.min(frame_room);
-            let served = ServedSnapshot::new(
-                synod_paxos::Instance(applied),
-                self.replica.applied_epoch(),
-                state,
-                chunk_bytes,
-            );
-            tracing::info!(
-                peer = %to,
-                instance = applied,
-                snapshot_bytes = served.state.len(),
-                chunk_count = served.chunk_count(),
-                "serving a snapshot to a lagging peer"
-            );
-            self.served_snapshot = Some((served, Instant::now()));
         }
-        let Some((served, asked_at)) = &mut self.served_snapshot else {
+        if let Some(serializing) = &mut self.snapshot_serializing {
+            serializing.waiting.insert(to, (instance, chunk_index));
+            return;
+        }
+        let applied = self.status.borrow().applied_instance;
+        if applied < instance.0 || applied != self.replica.chosen_through().0 {
+            return;
+        }
+        self.served_snapshot = None;
+        let frozen = self.shared.store().freeze();
+        let (done, wait) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let _ = done.send(frozen.snapshot());
+        });
+        tracing::info!(peer = %to, instance = applied, "serializing a snapshot for a lagging peer");
+        self.snapshot_serializing = Some(Serializing {
+            instance: Instance(applied),
+            epoch: self.replica.applied_epoch(),
+            done: wait,
+            waiting: HashMap::from([(to, (instance, chunk_index))]),
+        });
+    }
+
+    /// Serves the snapshot for lagging peers once it is serialized, answering
+    /// the requests that waited for it.
+    fn poll_serializing(&mut self) {
+        if self
+            .served_snapshot
+            .as_ref()
+            .is_some_and(|(_, asked_at)| asked_at.elapsed() >= SERVED_SNAPSHOT_IDLE)
+        {
+            self.served_snapshot = None;
+        }
+        let Some(serializing) = &mut self.snapshot_serializing else {
             return;
         };
-        *asked_at = Instant::now();
-        // A peer asking for a later chunk of an older snapshot gets this
-        // snapshot's chunk; it sees the instance differ and starts over.
-        if let Some(chunk) = served.chunk(chunk_index) {
-            self.peers.send_payload(to, Payload::encode_snapshot_chunk(&chunk));
+        let state = match serializing.done.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => return,
+            Ok(state) => state,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                // The peers ask again.
+                tracing::warn!(instance = %serializing.instance, "serializing a snapshot for peers failed");
+                self.snapshot_serializing = None;
+                return;
+            }
+        };
+        let Some(serializing) = self.snapshot_serializing.take() else {
+            return;
+        };
+        let frame_room = (self.shared.tunables.frame_bytes_max as usize)
+            .saturating_sub(HEADER_BYTES + 1 + SNAPSHOT_CHUNK_HEADER_BYTES);
+        let chunk_bytes = SNAPSHOT_CHUNK_BYTES_MAX.min(frame_room);
+        let served = ServedSnapshot::new(serializing.instance, serializing.epoch, Bytes::from(state), chunk_bytes);
+        tracing::info!(
+            instance = %served.instance,
+            snapshot_bytes = served.state.len(),
+            chunk_count = served.chunk_count(),
+            "serving a snapshot to lagging peers"
+        );
+        self.served_snapshot = Some((served, Instant::now()));
+        for (peer, (instance, chunk_index)) in serializing.waiting {
+            self.serve_snapshot(peer, instance, chunk_index);
         }
     }
 
@@ -440,36 +526,42 @@ impl Core {
     }
 
     /// A snapshot from a peer: made durable first, then it replaces the store.
-    async fn install_snapshot(
-        &mut self,
-        from: NodeId,
-        instance: synod_paxos::Instance,
-        epoch: synod_paxos::Epoch,
-        state: Bytes,
-    ) {
+    /// Restoring it and writing it cost time in proportion to its size: a
+    /// blocking-pool thread does both while this task waits.
+    async fn install_snapshot(&mut self, from: NodeId, instance: Instance, epoch: Epoch, state: Bytes) {
         let applied = self.status.borrow().applied_instance;
         if instance.0 <= applied {
             return;
         }
-        let restored = match Store::restore(kv_config(), &state) {
-            Ok(restored) => restored,
-            Err(error) => {
-                tracing::warn!(peer = %from, %error, "refusing a damaged snapshot");
-                return;
-            }
-        };
-        let Some(durable) = self.disk.snapshot(instance, epoch, state.to_vec()) else {
-            return;
-        };
-        match durable.await {
-            Ok(Ok(_)) => {}
+        let snapshots = self.snapshots.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let restored =
+                Store::restore(kv_config(), &state).map_err(|error| format!("refusing a damaged snapshot: {error}"))?;
+            let finished = write_snapshot(&snapshots, instance, epoch, |writer| writer.write(&state))
+                .map_err(|error| format!("cannot store a peer's snapshot: {error}"))?;
+            Ok::<_, String>((restored, finished))
+        })
+        .await;
+        let (restored, finished) = match prepared {
+            Ok(Ok(prepared)) => prepared,
             Ok(Err(error)) => {
-                tracing::warn!(%error, "cannot store a peer's snapshot");
+                tracing::warn!(peer = %from, %instance, %error, "a peer's snapshot is not installed");
                 return;
             }
-            Err(_) => return,
+            Err(error) => {
+                tracing::warn!(peer = %from, %instance, %error, "installing a peer's snapshot failed");
+                return;
+            }
+        };
+        // The snapshot is durable: it may replace the store. The log below it
+        // goes once the disk thread gets to it (a failure there is logged and
+        // leaves the log as it was).
+        if let Some(trimmed) = self.disk.trim(finished) {
+            let _ = trimmed.await;
         }
-        self.shared.replace_store(restored);
+        let replaced = self.shared.replace_store(restored);
+        // Freeing a whole store takes time too.
+        tokio::task::spawn_blocking(move || drop(replaced));
         // Watchers did not see the revisions inside the snapshot: they replay
         // them from the new store's history, or are cancelled as compacted.
         let hubs: Vec<HubEntry> = lock(&self.shared.hubs).values().cloned().collect();
@@ -534,38 +626,90 @@ impl Core {
     }
 
     /// Every `snapshot_interval_instances` applied instances the store is
-    /// serialized and handed to the disk thread; once durable, the core may
-    /// forget the log below it.
+    /// frozen (cheap, under its lock) and a blocking-pool thread streams the
+    /// frozen copy into a snapshot while commits go on (see
+    /// [`Core::poll_snapshot`] for the rest).
     fn snapshot_if_due(&mut self) {
-        if let Some(in_progress) = &mut self.snapshot_in_progress {
-            match in_progress.try_recv() {
-                Err(oneshot::error::TryRecvError::Empty) => return,
-                Ok(Ok(instance)) => {
-                    if instance <= self.replica.chosen_through() {
-                        self.replica.trim(instance);
-                    }
-                    self.snapshot_instance = instance.0;
-                    tracing::info!(%instance, "snapshot durable; log trimmed below it");
-                }
-                Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {}
-            }
-            self.snapshot_in_progress = None;
-        }
-        if self
-            .served_snapshot
-            .as_ref()
-            .is_some_and(|(_, asked_at)| asked_at.elapsed() >= SERVED_SNAPSHOT_IDLE)
-        {
-            self.served_snapshot = None;
+        if self.snapshot_in_progress.is_some() {
+            return;
         }
         let interval = self.shared.tunables.snapshot_interval_instances;
         let applied = self.status.borrow().applied_instance;
         if interval == 0 || applied < self.snapshot_instance + interval || applied != self.replica.chosen_through().0 {
             return;
         }
-        let state = self.shared.store().snapshot();
+        let frozen = self.shared.store().freeze();
+        let instance = Instance(applied);
         let epoch = self.replica.applied_epoch();
-        self.snapshot_in_progress = self.disk.snapshot(synod_paxos::Instance(applied), epoch, state);
+        let snapshots = self.snapshots.clone();
+        let (done, wait) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let written = write_snapshot(&snapshots, instance, epoch, |writer| {
+                frozen.write_snapshot(|piece| writer.write(piece))
+            });
+            let _ = done.send(written);
+        });
+        self.snapshot_in_progress = Some(SnapshotProgress::Writing {
+            instance,
+            started: Instant::now(),
+            done: wait,
+        });
+    }
+
+    /// Moves this member's snapshot along: once it is durable the disk thread
+    /// trims the log below it, and then so does the replica. A snapshot that
+    /// fails leaves both logs as they were.
+    fn poll_snapshot(&mut self) {
+        loop {
+            let next = match &mut self.snapshot_in_progress {
+                None => return,
+                Some(SnapshotProgress::Writing {
+                    instance,
+                    started,
+                    done,
+                }) => match done.try_recv() {
+                    Err(oneshot::error::TryRecvError::Empty) => return,
+                    Ok(Ok(finished)) => {
+                        tracing::info!(
+                            %instance,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "snapshot written"
+                        );
+                        Some(SnapshotProgress::Written(finished))
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, %instance, "snapshot failed; the log is kept");
+                        None
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        tracing::warn!(%instance, "the snapshot writer stopped; the log is kept");
+                        None
+                    }
+                },
+                Some(SnapshotProgress::Written(finished)) => match self.disk.trim(*finished) {
+                    // The disk thread's queue is full: again next round.
+                    None => return,
+                    Some(trimming) => Some(SnapshotProgress::Trimming(trimming)),
+                },
+                Some(SnapshotProgress::Trimming(done)) => {
+                    match done.try_recv() {
+                        Err(oneshot::error::TryRecvError::Empty) => return,
+                        Ok(Ok(instance)) => {
+                            // A peer's newer snapshot may have been installed meanwhile.
+                            if instance <= self.replica.chosen_through() {
+                                self.replica.trim(instance);
+                            }
+                            self.snapshot_instance = self.snapshot_instance.max(instance.0);
+                            tracing::info!(%instance, "snapshot durable; log trimmed below it");
+                        }
+                        // The disk thread logged why.
+                        Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {}
+                    }
+                    None
+                }
+            };
+            self.snapshot_in_progress = next;
+        }
     }
 
     /// The master proposes a revoke for each client lease past its deadline.
@@ -749,6 +893,21 @@ impl Core {
     }
 }
 
+/// Writes the snapshot at `instance` (whose highest applied epoch is `epoch`)
+/// through `snapshots`, `fill` supplying the state machine's bytes, and makes
+/// it durable. Runs on a blocking-pool thread; an error leaves the previous
+/// snapshot and the log as they were.
+fn write_snapshot(
+    snapshots: &SnapshotStore,
+    instance: Instance,
+    epoch: Epoch,
+    fill: impl FnOnce(&mut SnapshotWriter) -> Result<(), StorageError>,
+) -> Result<FinishedSnapshot, StorageError> {
+    let mut writer = AcceptorStore::begin_snapshot(snapshots, instance, epoch)?;
+    fill(&mut writer)?;
+    writer.finish()
+}
+
 /// A reading of the monotonic clock as the core's [`Time`]. Starts at one
 /// second so that "zero" never means "now".
 pub fn core_time(origin: Instant) -> Time {
@@ -761,5 +920,70 @@ fn write_error(reason: RejectReason) -> WriteError {
         RejectReason::EpochChanged { .. } => WriteError::MasterChanged,
         RejectReason::TooLarge { .. } => WriteError::TooLarge,
         RejectReason::QueueFull => WriteError::QueueFull,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use synod_kv::PutRequest;
+    use synod_paxos::{Ballot, Meta, Persist, Voting};
+
+    use super::*;
+
+    fn put(store: &mut Store, key: u32, value: &str) {
+        let request = Request::Put(PutRequest {
+            key: format!("key-{key:05}").into_bytes(),
+            value: value.as_bytes().to_vec(),
+            ..PutRequest::default()
+        });
+        assert!(store.apply(&request).result.is_ok());
+    }
+
+    /// The path `snapshot_if_due` and `poll_snapshot` take, without the core:
+    /// the live store keeps changing while a blocking-pool thread writes the
+    /// frozen copy, and what is on disk is the store as it was when frozen.
+    #[tokio::test]
+    async fn a_snapshot_is_written_from_a_frozen_copy_while_the_store_moves_on() {
+        let path = std::env::temp_dir().join(format!("synod-node-snapshot-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let (acceptor, _) = crate::disk::open(&path, 1 << 20).unwrap();
+        let snapshots = acceptor.snapshots().clone();
+        let disk = DiskWriter::start(acceptor).unwrap();
+        let ballot = Ballot::new(1, 1, NodeId(1));
+        disk.persist(vec![Persist::Meta(Meta {
+            promised: ballot,
+            incarnation: 1,
+            voting: Voting::Voter,
+        })])
+        .await
+        .unwrap();
+
+        let mut store = Store::new(kv_config());
+        for key in 0..5_000 {
+            put(&mut store, key, "before");
+        }
+        let frozen = store.freeze();
+        let expected = store.snapshot();
+        let instance = Instance(store.applied_index());
+        let epoch = Epoch(ballot);
+        let writing = tokio::task::spawn_blocking(move || {
+            write_snapshot(&snapshots, instance, epoch, |writer| {
+                frozen.write_snapshot(|piece| writer.write(piece))
+            })
+        });
+        for key in 0..5_000 {
+            put(&mut store, key, "after");
+        }
+        let finished = writing.await.unwrap().unwrap();
+        assert_eq!(finished.instance(), instance);
+        assert_eq!(disk.trim(finished).unwrap().await.unwrap().unwrap(), instance);
+
+        drop(disk);
+        std::thread::sleep(Duration::from_millis(50));
+        let (_, opened) = crate::disk::open(&path, 1 << 20).unwrap();
+        assert_eq!(opened.durable.unwrap().snapshot_instance, instance);
+        assert!(opened.snapshot_state.as_deref() == Some(&expected[..]));
+        assert_ne!(store.snapshot(), expected);
+        let _ = std::fs::remove_dir_all(&path);
     }
 }

@@ -225,7 +225,7 @@ impl NodeDisk {
             sent += 1;
         }
         let finished = installer.install().map_err(text)?;
-        self.store()?.installed(&finished).map_err(text)?;
+        self.store()?.trim(&finished).map_err(text)?;
         let snapshot = self.latest_snapshot()?.ok_or("an installed snapshot is missing")?;
         self.snapshot_instance = snapshot.instance;
         Ok((Transfer::Installed(snapshot), resumed_from))

@@ -15,8 +15,10 @@
 //! [`crate::GroupCommit`], whose writer threads do the same for every Ready
 //! queued meanwhile (a submission is one Ready's records). Either way the host
 //! sends a Ready's messages only once its records are durable. Snapshots carry
-//! the epoch applied by their instance in front of the state machine's bytes
-//! ([`write_snapshot`]).
+//! the epoch applied by their instance in front of the state machine's bytes.
+//! [`AcceptorStore::begin_snapshot`] starts one with that header written, on
+//! any thread; the log is trimmed only when the finished snapshot is handed to
+//! [`AcceptorStore::trim`] (or to a trim through the group commit).
 
 use std::sync::Arc;
 
@@ -30,7 +32,7 @@ use crate::error::{Result, StorageError};
 use crate::group_commit::{CommitTarget, WriteOp};
 use crate::metadata::{AcceptorMetadata, MetadataStore};
 use crate::replica::{open_replica, StorageConfig};
-use crate::snapshot::{FinishedSnapshot, SnapshotStore};
+use crate::snapshot::{FinishedSnapshot, SnapshotStore, SnapshotWriter};
 use crate::wal::{Record, RecordKind, Recovery, Wal, WalConfig};
 
 /// Bytes in front of a snapshot's state-machine bytes: the epoch's ballot.
@@ -152,16 +154,36 @@ impl AcceptorStore {
 
     /// Takes a snapshot of the state machine at `instance` (whose highest applied
     /// epoch is `epoch`) and, once it is durable, trims the log below it. A failed
-    /// snapshot leaves the log as it was.
+    /// snapshot leaves the log as it was. Everything happens on the caller's
+    /// thread; a host that must keep the log going meanwhile writes the snapshot
+    /// elsewhere with [`AcceptorStore::begin_snapshot`] and hands the result to
+    /// [`AcceptorStore::trim`].
     pub fn save_snapshot(&mut self, instance: Instance, epoch: Epoch, state: &[u8]) -> Result<FinishedSnapshot> {
-        let finished = write_snapshot(&self.snapshots, instance, epoch, state)?;
-        self.wal.trim(&finished)?;
+        let mut writer = AcceptorStore::begin_snapshot(&self.snapshots, instance, epoch)?;
+        writer.write(state)?;
+        let finished = writer.finish()?;
+        self.trim(&finished)?;
         Ok(finished)
     }
 
-    /// A snapshot received from a peer (through [`SnapshotStore::installer`]) is
-    /// installed: the log below it may go.
-    pub fn installed(&mut self, snapshot: &FinishedSnapshot) -> Result<()> {
+    /// Begins a snapshot of the state machine at `instance` (whose highest
+    /// applied epoch is `epoch`), with the epoch header already written: the
+    /// caller writes the state machine's bytes and calls
+    /// [`SnapshotWriter::finish`]. It needs only the snapshot files (a clone of
+    /// [`AcceptorStore::snapshots`]), so it runs on any thread while this store
+    /// goes on writing the log; the log is trimmed only when the
+    /// [`FinishedSnapshot`] comes back through [`AcceptorStore::trim`], and a
+    /// writer dropped unfinished leaves the log and the previous snapshot as
+    /// they were.
+    pub fn begin_snapshot(snapshots: &SnapshotStore, instance: Instance, epoch: Epoch) -> Result<SnapshotWriter> {
+        let mut writer = snapshots.begin(instance)?;
+        writer.write(&snapshot_header(epoch))?;
+        Ok(writer)
+    }
+
+    /// A snapshot is durable (finished here, or received from a peer through
+    /// [`SnapshotStore::installer`]): the log below it may go.
+    pub fn trim(&mut self, snapshot: &FinishedSnapshot) -> Result<()> {
         self.wal.trim(snapshot)?;
         Ok(())
     }
@@ -236,24 +258,6 @@ fn write_op(record: &Persist) -> WriteOp {
         }),
         Persist::ChosenThrough { through } => WriteOp::Record(Record::Committed { through: *through }),
     }
-}
-
-/// Writes a snapshot of the state machine at `instance` (whose highest
-/// applied epoch is `epoch`) into `snapshots` and makes it durable. The
-/// [`FinishedSnapshot`] it returns lets the log be trimmed below it
-/// ([`AcceptorStore::installed`], or a trim through a [`crate::GroupCommit`]).
-/// Takes only the snapshot store (a clone of [`AcceptorStore::snapshots`]), so
-/// it runs on any thread while the log keeps taking appends.
-pub fn write_snapshot(
-    snapshots: &SnapshotStore,
-    instance: Instance,
-    epoch: Epoch,
-    state: &[u8],
-) -> Result<FinishedSnapshot> {
-    let mut writer = snapshots.begin(instance)?;
-    writer.write(&snapshot_header(epoch))?;
-    writer.write(state)?;
-    writer.finish()
 }
 
 fn snapshot_header(epoch: Epoch) -> [u8; SNAPSHOT_HEADER_BYTES] {
@@ -337,5 +341,106 @@ fn durable_state(
         snapshot_epoch,
         slots,
         chosen_through: recovery.committed_through,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use synod_paxos::{Batch, BatchId, Entry};
+
+    use super::*;
+    use crate::sim_disk::{FaultConfig, SimDisk};
+
+    fn config() -> AcceptorStoreConfig {
+        AcceptorStoreConfig {
+            wal: WalConfig {
+                segment_bytes_max: 4096,
+                preallocate_bytes: 0,
+                ..WalConfig::default()
+            },
+            snapshot_chunk_bytes: 256,
+            ..AcceptorStoreConfig::default()
+        }
+    }
+
+    fn commit(store: &mut AcceptorStore, ballot: Ballot, instance: u64) {
+        let batch = Batch::new(
+            BatchId {
+                ballot,
+                instance: Instance(instance),
+            },
+            vec![Entry {
+                value: Bytes::from(vec![instance as u8; 500]),
+                expected_epoch: None,
+            }],
+        );
+        store
+            .write(&[
+                Persist::Accepted {
+                    instance: Instance(instance),
+                    ballot,
+                    batch,
+                },
+                Persist::ChosenThrough {
+                    through: Instance(instance),
+                },
+            ])
+            .unwrap();
+        store.sync().unwrap();
+    }
+
+    #[test]
+    fn a_snapshot_written_on_another_thread_trims_the_log_only_when_handed_back() {
+        let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(1, FaultConfig::default()));
+        let (mut store, _) = AcceptorStore::open(disk.clone(), &config()).unwrap();
+        let ballot = Ballot::new(1, 1, NodeId(1));
+        store
+            .write(&[Persist::Meta(Meta {
+                promised: ballot,
+                incarnation: 1,
+                voting: Voting::Voter,
+            })])
+            .unwrap();
+        for instance in 1..=40 {
+            commit(&mut store, ballot, instance);
+        }
+        let segments = store.wal().segment_count();
+        assert!(segments > 3, "{segments} segments");
+
+        let snapshots = store.snapshots().clone();
+        let epoch = Epoch(ballot);
+        let writer = std::thread::spawn(move || {
+            let mut writer = AcceptorStore::begin_snapshot(&snapshots, Instance(30), epoch).unwrap();
+            writer.write(&[7u8; 1000]).unwrap();
+            writer.finish().unwrap()
+        });
+        // The log takes appends meanwhile, and keeps every segment until the
+        // finished snapshot is handed back.
+        for instance in 41..=50 {
+            commit(&mut store, ballot, instance);
+        }
+        let finished = writer.join().unwrap();
+        assert_eq!(finished.instance(), Instance(30));
+        let before_trim = store.wal().segment_count();
+        assert!(before_trim > segments);
+        store.trim(&finished).unwrap();
+        assert!(store.wal().segment_count() < before_trim);
+        assert_eq!(
+            store.latest_snapshot().unwrap(),
+            Some((Instance(30), epoch, vec![7u8; 1000]))
+        );
+
+        // A writer dropped unfinished leaves the snapshot that was.
+        let abandoned = AcceptorStore::begin_snapshot(store.snapshots(), Instance(45), epoch).unwrap();
+        drop(abandoned);
+        drop(store);
+        let (_, recovered) = AcceptorStore::open(disk, &config()).unwrap();
+        let durable = recovered.durable.unwrap();
+        assert_eq!(durable.snapshot_instance, Instance(30));
+        assert_eq!(durable.snapshot_epoch, epoch);
+        assert_eq!(recovered.snapshot_state, Some(vec![7u8; 1000]));
+        let instances: Vec<u64> = durable.slots.iter().map(|(instance, _)| instance.0).collect();
+        assert_eq!(instances, (31..=50).collect::<Vec<_>>());
+        assert_eq!(durable.chosen_through, Instance(50));
     }
 }

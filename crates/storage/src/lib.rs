@@ -24,7 +24,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | `acceptor` | [`AcceptorStore`]: the Paxos replica's `Persist` records and restart state on one disk; [`write_snapshot`] |
+//! | `acceptor` | [`AcceptorStore`]: the Paxos replica's `Persist` records and restart state on one disk; [`AcceptorStore::begin_snapshot`] |
 //! | `disk` | [`Disk`], [`File`], [`FsDisk`] |
 //! | `sim_disk` | [`SimDisk`], [`FaultConfig`], [`FaultCounts`] |
 //! | `wal` | [`Wal`], [`Record`], [`Recovery`]; the log's write ordering |
@@ -246,7 +246,7 @@
 //! The server opens an [`AcceptorStore`] and hands it to a [`GroupCommit`]:
 //! each submission is one Ready's `Persist` records with one completion.
 //! Snapshots are written from a clone of the store's [`SnapshotStore`] on any
-//! thread ([`write_snapshot`]); the [`FinishedSnapshot`] then trims the log on
+//! thread ([`AcceptorStore::begin_snapshot`]); the [`FinishedSnapshot`] then trims the log on
 //! the writer thread.
 //!
 //! ```
@@ -277,7 +277,9 @@
 //! }
 //! receiver.recv().expect("completed")?; // durable: now send the Ready's messages
 //!
-//! let finished = write_snapshot(&snapshots, Instance(0), Epoch::default(), b"state")?;
+//! let mut snapshot = AcceptorStore::begin_snapshot(&snapshots, Instance(0), Epoch::default())?;
+//! snapshot.write(b"state")?; // off the hot path, while the log goes on
+//! let finished = snapshot.finish()?;
 //! writer.trim(finished, Box::new(|removed| drop(removed)))?;
 //! let (_store, _stats) = writer.stop();
 //! # Ok::<(), StorageError>(())
@@ -321,7 +323,7 @@ mod sim_disk;
 mod snapshot;
 mod wal;
 
-pub use acceptor::{write_snapshot, AcceptorStore, AcceptorStoreConfig, Recovered};
+pub use acceptor::{AcceptorStore, AcceptorStoreConfig, Recovered};
 pub use disk::{Disk, File, FsDisk, FsFile};
 pub use error::{Result, StorageError};
 pub use fatal::fatal_sync_error;

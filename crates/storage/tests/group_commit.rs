@@ -652,3 +652,15 @@ fn a_failed_sync_aborts_the_process_with_a_clear_message() {
     assert!(!stdout.contains("CHILD SURVIVED"), "{stdout}");
     assert!(stderr.contains("FATAL") && stderr.contains("sync of wal-"), "{stderr}");
 }
+
+/// Writes a whole snapshot through the handle, as a host does off the hot path.
+fn write_snapshot(
+    snapshots: &SnapshotStore,
+    instance: Instance,
+    epoch: Epoch,
+    state: &[u8],
+) -> Result<FinishedSnapshot> {
+    let mut writer = AcceptorStore::begin_snapshot(snapshots, instance, epoch)?;
+    writer.write(state)?;
+    writer.finish()
+}

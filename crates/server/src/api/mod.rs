@@ -12,7 +12,9 @@
 //! - **Linearizable reads** are answered by the master under its master lease
 //!   (no log round): take a read point with a fresh clock reading, wait until
 //!   it is applied, read. Followers forward them. **Serializable reads** are
-//!   answered by any member from its own store.
+//!   answered by any member from its own store. A range that looks at more
+//!   than `RANGE_KEYS_IN_PLACE_MAX` keys is answered from a frozen copy of
+//!   the store on a blocking-pool thread, not under the store's lock here.
 //! - **Lease keep-alives and time-to-live** need the master's lease deadlines,
 //!   so followers forward them too; the list of leases is read locally.
 //! - **Watches** are served by the member the client is connected to, from
@@ -50,6 +52,10 @@ pub const FORWARDED_HEADER: &str = "synod-forwarded";
 pub const GRPC_MESSAGE_BYTES_MAX: usize = 8 << 20;
 /// Timeout for connecting to the master when forwarding.
 const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most keys a client's Range looks at under the store's lock on an async
+/// thread (well under a millisecond); a larger one runs on a frozen copy of
+/// the store on a blocking-pool thread.
+const RANGE_KEYS_IN_PLACE_MAX: usize = 4_096;
 
 /// The etcd-compatible client API of one member.
 #[derive(Clone, Debug)]
@@ -198,9 +204,85 @@ impl Api {
             self.linearizable_point().await?;
         }
         let identity = self.identity();
-        let response = self.shared.store().range(&request).map_err(convert::kv_error)?;
+        let response = range(&self.shared, request, RANGE_KEYS_IN_PLACE_MAX).await?;
         Ok(convert::range_response(identity, response))
     }
 }
 
+/// A Range on this member's store. One that looks at more than
+/// `keys_in_place_max` keys costs time in proportion to the store: it gives up
+/// and runs again on a frozen copy (taken under the lock, cheap) on a
+/// blocking-pool thread, so neither this async thread nor the core task,
+/// which needs the lock to apply, waits for it.
+async fn range(
+    shared: &Shared,
+    request: synod_kv::RangeRequest,
+    keys_in_place_max: usize,
+) -> Result<synod_kv::RangeResponse, Status> {
+    let in_place = shared.store().range_within(&request, keys_in_place_max);
+    let response = match in_place {
+        Some(response) => response,
+        None => {
+            let frozen = shared.store().freeze();
+            match tokio::task::spawn_blocking(move || frozen.range(&request)).await {
+                Ok(response) => response,
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => return Err(write_error(WriteError::Stopped)),
+            }
+        }
+    };
+    response.map_err(convert::kv_error)
+}
+
 pub use http::serve;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use synod_kv::{PutRequest, RangeRequest, Request, Store};
+
+    use super::*;
+    use crate::config::Tunables;
+    use crate::identity::Identity;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn a_large_range_gives_the_same_answer_from_a_frozen_copy() {
+        let mut store = Store::new(crate::node::kv_config());
+        for key in 0..300 {
+            let put = Request::Put(PutRequest {
+                key: format!("key-{key:03}").into_bytes(),
+                value: b"v".to_vec(),
+                ..PutRequest::default()
+            });
+            assert!(store.apply(&put).result.is_ok());
+        }
+        let identity = Identity {
+            name: "a".to_string(),
+            member_id: 1,
+            cluster_id: 1,
+            initial_cluster: String::new(),
+            members: Vec::new(),
+        };
+        let (shared, _, _) = crate::node::shared(
+            identity,
+            String::new(),
+            Tunables::default(),
+            Arc::new(Metrics::default()),
+            store,
+        );
+        let request = RangeRequest {
+            key: b"key-".to_vec(),
+            range_end: b"key.".to_vec(),
+            limit: 10,
+            ..RangeRequest::default()
+        };
+        let expected = shared.store().range(&request).unwrap();
+        assert_eq!(expected.count, 300);
+        assert_eq!(range(&shared, request.clone(), 1_000).await.unwrap(), expected);
+        assert_eq!(range(&shared, request.clone(), 10).await.unwrap(), expected);
+        let empty = RangeRequest::default();
+        assert!(range(&shared, empty, 10).await.is_err());
+    }
+}
