@@ -5,7 +5,7 @@
 //! need no lock. After each burst of inputs the task takes the replica's
 //! [`synod_paxos::Ready`] and acts on it in the documented order:
 //!
-//! 1. hand the persist records to the disk thread and **wait until they are
+//! 1. hand the persist records to the group commit (synod-storage's writer threads) and **wait until they are
 //!    durable** (an async wait: the task yields, it never blocks a thread);
 //! 2. queue the messages to the peers;
 //! 3. apply the committed values to the key-value store, feed the watch hubs
@@ -18,7 +18,7 @@
 //! Snapshots follow Paxos Made Live: the task freezes the store under its
 //! lock ([`Store::freeze`], a copy of the key index's chunk directory), a
 //! blocking-pool thread streams the frozen copy into a snapshot writer while
-//! commits go on, and only once that snapshot is durable does the disk thread
+//! commits go on, and only once that snapshot is durable does the group commit's writer
 //! trim the log below it and this task trim the replica's log. A snapshot
 //! served to a lagging peer is serialized from a frozen copy on a
 //! blocking-pool thread too, and a peer's snapshot is restored and written
@@ -233,7 +233,7 @@ pub struct Core {
     last_master: Option<NodeId>,
     next_expiry_check: Instant,
     /// The snapshot files: snapshots are written through a clone of them on
-    /// blocking-pool threads, never on this task or the disk thread.
+    /// blocking-pool threads, never on this task or the group commit's writer.
     snapshots: SnapshotStore,
     /// The instance the newest durable snapshot covers.
     snapshot_instance: u64,
@@ -262,9 +262,9 @@ enum SnapshotProgress {
         started: Instant,
         done: oneshot::Receiver<Result<FinishedSnapshot, StorageError>>,
     },
-    /// Durable; the disk thread's queue was full, so its trim is queued again.
+    /// Durable; the group commit's queue was full, so its trim is queued again.
     Written(FinishedSnapshot),
-    /// The disk thread trims the log below it.
+    /// The group commit's writer trims the log below it.
     Trimming(oneshot::Receiver<Result<Instance, DiskError>>),
 }
 
@@ -554,7 +554,7 @@ impl Core {
             }
         };
         // The snapshot is durable: it may replace the store. The log below it
-        // goes once the disk thread gets to it (a failure there is logged and
+        // goes once the group commit's writer gets to it (a failure there is logged and
         // leaves the log as it was).
         if let Some(trimmed) = self.disk.trim(finished) {
             let _ = trimmed.await;
@@ -656,7 +656,7 @@ impl Core {
         });
     }
 
-    /// Moves this member's snapshot along: once it is durable the disk thread
+    /// Moves this member's snapshot along: once it is durable the group commit's writer
     /// trims the log below it, and then so does the replica. A snapshot that
     /// fails leaves both logs as they were.
     fn poll_snapshot(&mut self) {
@@ -687,7 +687,7 @@ impl Core {
                     }
                 },
                 Some(SnapshotProgress::Written(finished)) => match self.disk.trim(*finished) {
-                    // The disk thread's queue is full: again next round.
+                    // The group commit's queue is full: again next round.
                     None => return,
                     Some(trimming) => Some(SnapshotProgress::Trimming(trimming)),
                 },
@@ -702,7 +702,7 @@ impl Core {
                             self.snapshot_instance = self.snapshot_instance.max(instance.0);
                             tracing::info!(%instance, "snapshot durable; log trimmed below it");
                         }
-                        // The disk thread logged why.
+                        // The group commit's writer logged why.
                         Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {}
                     }
                     None
