@@ -160,12 +160,205 @@ pub struct AcceptedValue {
     pub value: Bytes,
 }
 
+/// The values recovery found accepted: for each instance, the one accepted
+/// last. A list in instance order, looked up by binary search; it takes 64
+/// bytes per instance besides the values, which are slices of the segments
+/// recovery read.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AcceptedValues {
+    /// Strictly increasing instances.
+    entries: Vec<(Instance, AcceptedValue)>,
+}
+
+impl AcceptedValues {
+    /// How many instances have a value.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no instance has a value.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The value accepted for `instance`, if any.
+    pub fn get(&self, instance: &Instance) -> Option<&AcceptedValue> {
+        let index = self.entries.binary_search_by_key(instance, |(key, _)| *key).ok()?;
+        Some(&self.entries[index].1)
+    }
+
+    /// Whether `instance` has a value.
+    pub fn contains_key(&self, instance: &Instance) -> bool {
+        self.get(instance).is_some()
+    }
+
+    /// The instances with their values, in instance order.
+    pub fn iter(&self) -> AcceptedIter<'_> {
+        AcceptedIter(self.entries.iter())
+    }
+
+    /// The instances that have a value, in order.
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &Instance> + ExactSizeIterator {
+        self.entries.iter().map(|(instance, _)| instance)
+    }
+
+    /// The values, in instance order.
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &AcceptedValue> + ExactSizeIterator {
+        self.entries.iter().map(|(_, value)| value)
+    }
+
+    /// The instances with their values, in instance order.
+    pub fn as_slice(&self) -> &[(Instance, AcceptedValue)] {
+        &self.entries
+    }
+}
+
+impl std::fmt::Debug for AcceptedValues {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl std::ops::Index<&Instance> for AcceptedValues {
+    type Output = AcceptedValue;
+
+    /// The value accepted for `instance`; panics if there is none.
+    fn index(&self, instance: &Instance) -> &AcceptedValue {
+        self.get(instance).expect("no value accepted for this instance")
+    }
+}
+
+impl<'a> IntoIterator for &'a AcceptedValues {
+    type Item = (&'a Instance, &'a AcceptedValue);
+    type IntoIter = AcceptedIter<'a>;
+
+    fn into_iter(self) -> AcceptedIter<'a> {
+        self.iter()
+    }
+}
+
+impl IntoIterator for AcceptedValues {
+    type Item = (Instance, AcceptedValue);
+    type IntoIter = std::vec::IntoIter<(Instance, AcceptedValue)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+/// The instances of an [`AcceptedValues`] with their values, in order.
+#[derive(Clone, Debug)]
+pub struct AcceptedIter<'a>(std::slice::Iter<'a, (Instance, AcceptedValue)>);
+
+impl<'a> Iterator for AcceptedIter<'a> {
+    type Item = (&'a Instance, &'a AcceptedValue);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next().map(|(instance, value)| (instance, value))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for AcceptedIter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.0.next_back().map(|(instance, value)| (instance, value))
+    }
+}
+
+impl ExactSizeIterator for AcceptedIter<'_> {}
+
+/// Accepted records in log order, from which [`AcceptedValues`] is built:
+/// records almost always come in increasing instance order, so appending
+/// them to a list and sorting only if they did not is far cheaper than
+/// inserting each into a map.
+#[derive(Debug, Default)]
+struct AcceptedLog {
+    /// Accepted records, in log order.
+    entries: Vec<(Instance, AcceptedValue)>,
+    /// Instances whose record was damaged, in log order, each with the number
+    /// of entries before it: an entry of the instance from there on is newer
+    /// and supersedes the damage.
+    removals: Vec<(Instance, usize)>,
+    /// Whether some entry's instance is not above the one before it.
+    out_of_order: bool,
+}
+
+impl AcceptedLog {
+    fn push(&mut self, instance: Instance, value: AcceptedValue) {
+        if self.entries.last().is_some_and(|(last, _)| *last >= instance) {
+            self.out_of_order = true;
+        }
+        self.entries.push((instance, value));
+    }
+
+    /// The newest record of `instance` so far is damaged: it has no value
+    /// unless a later record gives it one.
+    fn remove(&mut self, instance: Instance) {
+        self.removals.push((instance, self.entries.len()));
+    }
+
+    /// Moves `later`'s records, which follow this log's, to its end.
+    fn append(&mut self, later: &mut AcceptedLog) {
+        let base = self.entries.len();
+        if let (Some((last, _)), Some((first, _))) = (self.entries.last(), later.entries.first()) {
+            if last >= first {
+                self.out_of_order = true;
+            }
+        }
+        self.out_of_order |= later.out_of_order;
+        self.entries.append(&mut later.entries);
+        self.removals
+            .extend(later.removals.drain(..).map(|(instance, at)| (instance, at + base)));
+        later.out_of_order = false;
+    }
+
+    /// Keeps each instance's newest record, dropping instances whose newest
+    /// record is damaged.
+    fn finish(self) -> AcceptedValues {
+        let AcceptedLog {
+            mut entries,
+            removals,
+            out_of_order,
+        } = self;
+        // Each damaged instance with where its last damaged record was;
+        // dropped from here when a later entry supersedes it.
+        let mut removed: BTreeMap<Instance, usize> = removals.into_iter().collect();
+        if let Some(from) = removed.values().min().copied() {
+            for (position, (instance, _)) in entries.iter().enumerate().skip(from) {
+                if removed.get(instance).is_some_and(|at| *at <= position) {
+                    removed.remove(instance);
+                }
+            }
+        }
+        if out_of_order {
+            // Stable, so an instance's records stay in log order: keep the
+            // last of each run.
+            entries.sort_by_key(|(instance, _)| *instance);
+            entries.dedup_by(|later, earlier| {
+                if later.0 == earlier.0 {
+                    std::mem::swap(later, earlier);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        if !removed.is_empty() {
+            entries.retain(|(instance, _)| !removed.contains_key(instance));
+        }
+        AcceptedValues { entries }
+    }
+}
+
 /// What [`Wal::open`] found.
 #[derive(Clone, Debug, Default)]
 pub struct Recovery {
     /// For each instance, the value accepted last (later records supersede
     /// earlier ones). Instances whose newest record is corrupt are absent.
-    pub accepted: BTreeMap<Instance, AcceptedValue>,
+    pub accepted: AcceptedValues,
     /// The highest commit point found.
     pub committed_through: Instance,
     /// Damaged records, in log order: instances here need repair.
@@ -491,6 +684,7 @@ impl Wal {
         let mut recovery = Recovery::default();
         let mut corrupt_by_instance: BTreeMap<Instance, CorruptEntry> = BTreeMap::new();
         let mut corrupt_unknown = Vec::new();
+        let mut accepted = AcceptedLog::default();
         let mut closed = Vec::new();
         let mut active = None;
         let mut active_instance_max = Instance::ZERO;
@@ -515,36 +709,19 @@ impl Wal {
             recovery.damaged_headers += scan.damaged_headers;
             recovery.oversized_bytes += scan.oversized_bytes;
             recovery.repaired_identifiers += scan.repaired_identifiers;
-            let mut instance_max = Instance::ZERO;
-            for (_, item) in scan.items {
-                match item {
-                    Scanned::Good(record) => {
-                        recovery.records += 1;
-                        instance_max = instance_max.max(record.instance());
-                        match record {
-                            Record::Accepted {
-                                instance,
-                                ballot,
-                                value,
-                            } => {
-                                corrupt_by_instance.remove(&instance);
-                                recovery.accepted.insert(instance, AcceptedValue { ballot, value });
-                            }
-                            Record::Committed { through } => {
-                                recovery.committed_through = recovery.committed_through.max(through);
-                            }
-                        }
+            let mut records = scan.records;
+            recovery.records += records.records;
+            recovery.committed_through = recovery.committed_through.max(records.committed_through);
+            accepted.append(&mut records.accepted);
+            for entry in records.corrupted {
+                match (entry.kind, entry.instance) {
+                    (Some(RecordKind::Accepted), Some(instance)) => {
+                        corrupt_by_instance.insert(instance, entry);
                     }
-                    Scanned::Corrupt(entry) => match (entry.kind, entry.instance) {
-                        (Some(RecordKind::Accepted), Some(instance)) => {
-                            instance_max = instance_max.max(instance);
-                            recovery.accepted.remove(&instance);
-                            corrupt_by_instance.insert(instance, entry);
-                        }
-                        _ => corrupt_unknown.push(entry),
-                    },
+                    _ => corrupt_unknown.push(entry),
                 }
             }
+            let instance_max = records.instance_max;
             if last {
                 active_instance_max = instance_max;
                 active = Some(scan.files);
@@ -552,6 +729,10 @@ impl Wal {
                 closed.push(SegmentInfo { sequence, instance_max });
             }
         }
+        recovery.accepted = accepted.finish();
+        // An instance whose newest record is damaged needs repair; one with a
+        // good record after the damaged one does not.
+        corrupt_by_instance.retain(|instance, _| !recovery.accepted.contains_key(instance));
         recovery.corrupted = corrupt_unknown;
         recovery.corrupted.extend(corrupt_by_instance.into_values());
 
@@ -896,9 +1077,53 @@ enum Scanned {
     Corrupt(CorruptEntry),
 }
 
+/// What one segment's records say, in log order.
+#[derive(Debug, Default)]
+struct SegmentRecords {
+    accepted: AcceptedLog,
+    /// Damaged records.
+    corrupted: Vec<CorruptEntry>,
+    committed_through: Instance,
+    /// The highest instance named by a good record or a damaged `Accepted`
+    /// one.
+    instance_max: Instance,
+    /// Good records.
+    records: u64,
+}
+
+impl SegmentRecords {
+    /// Takes the records of `items`, which are in log order.
+    fn take(&mut self, items: &mut Vec<(Range<usize>, Scanned)>) {
+        for (_, item) in items.drain(..) {
+            match item {
+                Scanned::Good(record) => {
+                    self.records += 1;
+                    self.instance_max = self.instance_max.max(record.instance());
+                    match record {
+                        Record::Accepted {
+                            instance,
+                            ballot,
+                            value,
+                        } => self.accepted.push(instance, AcceptedValue { ballot, value }),
+                        Record::Committed { through } => {
+                            self.committed_through = self.committed_through.max(through);
+                        }
+                    }
+                }
+                Scanned::Corrupt(entry) => {
+                    if let (Some(RecordKind::Accepted), Some(instance)) = (entry.kind, entry.instance) {
+                        self.instance_max = self.instance_max.max(instance);
+                        self.accepted.remove(instance);
+                    }
+                    self.corrupted.push(entry);
+                }
+            }
+        }
+    }
+}
+
 struct SegmentScan {
-    /// Items in log order, with the log bytes each covers.
-    items: Vec<(Range<usize>, Scanned)>,
+    records: SegmentRecords,
     files: ActiveSegment,
     torn_tail_bytes: u64,
     corrupt_identifiers: u64,
@@ -1231,8 +1456,10 @@ fn scan_segment(
         ids.sync()?;
     }
     let ids_end = (FILE_HEADER_BYTES + identifier_slots * IDENTIFIER_BYTES) as u64;
+    let mut records = SegmentRecords::default();
+    records.take(&mut items);
     Ok(Some(SegmentScan {
-        items,
+        records,
         files: ActiveSegment {
             sequence,
             log,
@@ -1479,4 +1706,55 @@ fn next_frame(segment: &Bytes, from: usize, payload_bytes_max: u64) -> Option<us
         start = candidate + 1;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One record of a segment: a good `Accepted` record (with a ballot
+    /// round to tell values apart) or a damaged one.
+    fn event() -> impl Strategy<Value = (u64, Option<u64>)> {
+        (0u64..12, prop_oneof![4 => (0u64..1000).prop_map(Some), 1 => Just(None)])
+    }
+
+    proptest! {
+        /// The list gives what inserting and removing each record in a map,
+        /// in log order, gives.
+        #[test]
+        fn accepted_log_keeps_each_instances_newest_record(
+            segments in prop::collection::vec(prop::collection::vec(event(), 0..20), 0..5),
+        ) {
+            let mut expected: BTreeMap<Instance, AcceptedValue> = BTreeMap::new();
+            let mut log = AcceptedLog::default();
+            for segment in &segments {
+                let mut records = AcceptedLog::default();
+                for (instance, round) in segment {
+                    let instance = Instance(*instance);
+                    match round {
+                        Some(round) => {
+                            let value = AcceptedValue {
+                                ballot: Ballot::new(*round, 0, NodeId(1)),
+                                value: Bytes::from(round.to_le_bytes().to_vec()),
+                            };
+                            expected.insert(instance, value.clone());
+                            records.push(instance, value);
+                        }
+                        None => {
+                            expected.remove(&instance);
+                            records.remove(instance);
+                        }
+                    }
+                }
+                log.append(&mut records);
+            }
+            let found = log.finish();
+            prop_assert_eq!(found.len(), expected.len());
+            prop_assert!(found.iter().eq(expected.iter()));
+            for instance in 0..13 {
+                prop_assert_eq!(found.get(&Instance(instance)), expected.get(&Instance(instance)));
+            }
+        }
+    }
 }
