@@ -691,10 +691,11 @@ impl Wal {
         let count = logs.len();
         let mut next_sequence = logs.last().map_or(1, |last| last + 1);
         let mut prefetch = SegmentPrefetch::start(disk.clone(), &config, &logs);
+        let mut scratch = ScanScratch::default();
         for (index, sequence) in logs.iter().copied().enumerate() {
             let last = index + 1 == count;
             let prefetched = prefetch.take(index);
-            let scan = scan_segment(disk.as_ref(), &config, sequence, last, prefetched)?;
+            let scan = scan_segment(disk.as_ref(), &config, sequence, last, prefetched, &mut scratch)?;
             let Some(scan) = scan else {
                 // The last segment's creation never finished; it holds
                 // nothing and its files are gone. A new one takes its number.
@@ -1169,6 +1170,18 @@ fn check_segment_header(file: &str, bytes: &[u8], magic: u64, sequence: u64) -> 
     }
 }
 
+/// Memory recovery reuses from one segment to the next: what it holds of a
+/// segment only while verifying it.
+#[derive(Default)]
+struct ScanScratch {
+    /// The identifier file.
+    ids: Vec<u8>,
+    /// Its identifiers, `None` where one failed its checksum.
+    identifiers: Vec<Option<Identifier>>,
+    /// Every record found, with the range of the log it covers.
+    items: Vec<(Range<usize>, Scanned)>,
+}
+
 /// Reads and verifies one segment. For the last segment, also cuts off its
 /// torn tail and returns `None` if its creation never finished.
 fn scan_segment(
@@ -1177,7 +1190,13 @@ fn scan_segment(
     sequence: u64,
     last: bool,
     prefetched: Option<SegmentRead>,
+    scratch: &mut ScanScratch,
 ) -> Result<Option<SegmentScan>> {
+    let ScanScratch {
+        ids: ids_bytes,
+        identifiers,
+        items,
+    } = scratch;
     let log_file_name = log_name(sequence);
     let ids_file_name = ids_name(sequence);
     let mut log = disk.open(&log_file_name)?;
@@ -1185,8 +1204,8 @@ fn scan_segment(
         Some(result) => result?,
         None => read_log_file(log.as_ref(), config)?,
     };
-    let log_unreadable = log_read.unreadable_bytes;
-    let mut oversized_bytes = log_read.oversized_bytes;
+    let log_unreadable = log_read.damage.unreadable_bytes;
+    let mut oversized_bytes = log_read.damage.oversized_bytes;
     let log_bytes = log_read.bytes;
     let log_bound = log_bytes_max(&log_bytes[..log_bytes.len().min(FILE_HEADER_BYTES)], config);
     let log_bytes = Bytes::from(log_bytes);
@@ -1219,10 +1238,14 @@ fn scan_segment(
         }
         Err(error) => return Err(error),
     };
-    let ids_read = read_tolerant(ids.as_ref(), ids_bytes_max(log_bound), UNREADABLE_IDENTIFIER_FILL)?;
+    let ids_read = read_tolerant_into(
+        ids.as_ref(),
+        ids_bytes_max(log_bound),
+        UNREADABLE_IDENTIFIER_FILL,
+        ids_bytes,
+    )?;
     let ids_unreadable = ids_read.unreadable_bytes;
     oversized_bytes += ids_read.oversized_bytes;
-    let mut ids_bytes = ids_read.bytes;
     if ids_bytes.len() < FILE_HEADER_BYTES {
         // No identifier was ever written here (they all go past the
         // header). Torn while the segment was created if the log holds no
@@ -1230,31 +1253,41 @@ fn scan_segment(
         if log_has_frames {
             damaged_headers += 1;
         }
-        ids_bytes = encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0);
+        ids_bytes.clear();
+        ids_bytes.extend_from_slice(&encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0));
         if last {
             ids.truncate(0)?;
-            ids.write_at(0, &ids_bytes)?;
+            ids.write_at(0, ids_bytes)?;
             ids.sync()?;
         }
     } else {
-        damaged_headers += check_segment_header(&ids_file_name, &ids_bytes, IDS_MAGIC, sequence)?;
+        damaged_headers += check_segment_header(&ids_file_name, ids_bytes, IDS_MAGIC, sequence)?;
     }
 
     // Slots, without trailing all-zero ones (space allocated, never written)
     // and without a trailing partial slot (a torn identifier write).
-    let mut slot_bytes = &ids_bytes[FILE_HEADER_BYTES..];
-    slot_bytes = &slot_bytes[..slot_bytes.len() - slot_bytes.len() % IDENTIFIER_BYTES];
-    let mut slots: Vec<&[u8]> = slot_bytes.chunks_exact(IDENTIFIER_BYTES).collect();
-    while slots.last().is_some_and(|slot| slot.iter().all(|b| *b == 0)) {
-        slots.pop();
+    let slot_bytes = &ids_bytes[FILE_HEADER_BYTES..];
+    let mut slot_count = slot_bytes.len() / IDENTIFIER_BYTES;
+    while slot_count > 0
+        && slot_bytes[(slot_count - 1) * IDENTIFIER_BYTES..slot_count * IDENTIFIER_BYTES]
+            .iter()
+            .all(|b| *b == 0)
+    {
+        slot_count -= 1;
     }
-    let identifiers: Vec<Option<Identifier>> = slots.iter().map(|slot| Identifier::decode(slot)).collect();
+    identifiers.clear();
+    identifiers.extend(
+        slot_bytes[..slot_count * IDENTIFIER_BYTES]
+            .chunks_exact(IDENTIFIER_BYTES)
+            .map(Identifier::decode),
+    );
+    let identifiers = &identifiers[..];
     let corrupt_identifiers = identifiers.iter().filter(|i| i.is_none()).count() as u64;
 
     let payload_bytes_max = config.frame_bytes_max() - FRAME_HEADER_BYTES as u64;
     // Every item with the range of the log it covers, so that items can be
     // put in log order and the bytes no identifier led to can be checked.
-    let mut items: Vec<(Range<usize>, Scanned)> = Vec::with_capacity(identifiers.len());
+    items.clear();
     let mut position = FILE_HEADER_BYTES;
     let log_written_end = log_bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last + 1);
     let corrupt_at = |offset: usize, identifier: Option<Identifier>| CorruptEntry {
@@ -1362,7 +1395,7 @@ fn scan_segment(
         }
     }
     for gap in gaps {
-        scan_unidentified(&log_bytes, gap, payload_bytes_max, &mut items, |offset| {
+        scan_unidentified(&log_bytes, gap, payload_bytes_max, items, |offset| {
             corrupt_at(offset, None)
         });
     }
@@ -1382,7 +1415,7 @@ fn scan_segment(
     } else {
         log_bytes.len()
     };
-    let mut identifier_slots = slots.len();
+    let mut identifier_slots = slot_count;
     if tail_start < log_bytes.len() {
         if last {
             // Frames past the last identifier. Either they were never reported
@@ -1427,7 +1460,7 @@ fn scan_segment(
                 &log_bytes,
                 tail_start..written_end,
                 payload_bytes_max,
-                &mut items,
+                items,
                 |offset| corrupt_at(offset, None),
             );
             log_end = log_bytes.len();
@@ -1438,7 +1471,7 @@ fn scan_segment(
         items.sort_by_key(|(range, _)| range.start);
     }
     if last {
-        let slots_bytes = (FILE_HEADER_BYTES + slots.len() * IDENTIFIER_BYTES) as u64;
+        let slots_bytes = (FILE_HEADER_BYTES + slot_count * IDENTIFIER_BYTES) as u64;
         if (ids_bytes.len() as u64) != slots_bytes {
             ids.truncate(slots_bytes)?;
             ids.sync()?;
@@ -1457,7 +1490,7 @@ fn scan_segment(
     }
     let ids_end = (FILE_HEADER_BYTES + identifier_slots * IDENTIFIER_BYTES) as u64;
     let mut records = SegmentRecords::default();
-    records.take(&mut items);
+    records.take(items);
     Ok(Some(SegmentScan {
         records,
         files: ActiveSegment {
@@ -1596,18 +1629,32 @@ const REREAD_BLOCK_BYTES: usize = 4096;
 /// A file as recovery read it.
 struct ReadFile {
     bytes: Vec<u8>,
+    damage: ReadDamage,
+}
+
+/// What a tolerant read could not read.
+#[derive(Clone, Copy, Debug, Default)]
+struct ReadDamage {
     /// Bytes that failed to read and were replaced.
     unreadable_bytes: u64,
     /// Bytes past the bound, not read.
     oversized_bytes: u64,
 }
 
-/// Reads a file up to `length_max` bytes (bytes past it cannot have been
-/// written by this crate, and are counted, never allocated for), treating
-/// EIO like a checksum mismatch (as CTRL prescribes): if the file cannot be
-/// read at once, it is read again block by block, and blocks that still
-/// fail are replaced with `fill` so that what they held fails verification.
+/// [`read_tolerant_into`] a new buffer.
 fn read_tolerant(file: &dyn File, length_max: u64, fill: u8) -> Result<ReadFile> {
+    let mut bytes = Vec::new();
+    let damage = read_tolerant_into(file, length_max, fill, &mut bytes)?;
+    Ok(ReadFile { bytes, damage })
+}
+
+/// Reads a file into `bytes` (reusing its memory if it is large enough), up
+/// to `length_max` bytes (bytes past it cannot have been written by this
+/// crate, and are counted, never allocated for), treating EIO like a
+/// checksum mismatch (as CTRL prescribes): if the file cannot be read at
+/// once, it is read again block by block, and blocks that still fail are
+/// replaced with `fill` so that what they held fails verification.
+fn read_tolerant_into(file: &dyn File, length_max: u64, fill: u8, bytes: &mut Vec<u8>) -> Result<ReadDamage> {
     let length = file.len()?;
     let oversized_bytes = length.saturating_sub(length_max);
     if oversized_bytes > 0 {
@@ -1618,11 +1665,17 @@ fn read_tolerant(file: &dyn File, length_max: u64, fill: u8) -> Result<ReadFile>
             "file longer than it can be; the excess is ignored"
         );
     }
-    let mut bytes = vec![0u8; length.min(length_max) as usize];
-    let read = match file.read_at(0, &mut bytes) {
+    let length = length.min(length_max) as usize;
+    if bytes.capacity() >= length {
+        bytes.clear();
+        bytes.resize(length, 0);
+    } else {
+        // Fresh zeroed memory, which the allocator need not clear itself.
+        *bytes = vec![0u8; length];
+    }
+    let read = match file.read_at(0, bytes) {
         Ok(read) if read == bytes.len() => {
-            return Ok(ReadFile {
-                bytes,
+            return Ok(ReadDamage {
                 unreadable_bytes: 0,
                 oversized_bytes,
             })
@@ -1653,8 +1706,7 @@ fn read_tolerant(file: &dyn File, length_max: u64, fill: u8) -> Result<ReadFile>
             "read errors in a log file; the bytes count as damaged"
         );
     }
-    Ok(ReadFile {
-        bytes,
+    Ok(ReadDamage {
         unreadable_bytes,
         oversized_bytes,
     })
