@@ -42,8 +42,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
 use synod_paxos::{Ballot, Instance, NodeId};
@@ -292,6 +291,13 @@ impl AcceptedLog {
             self.out_of_order = true;
         }
         self.entries.push((instance, value));
+    }
+
+    /// Empties it, keeping its memory.
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.removals.clear();
+        self.out_of_order = false;
     }
 
     /// The newest record of `instance` so far is damaged: it has no value
@@ -649,6 +655,31 @@ impl Wal {
     /// its contents. Damaged records are reported in
     /// [`Recovery::corrupted`]; damaged headers and missing segments are
     /// errors. A torn tail in the last segment is cut off.
+    ///
+    /// On a disk that [supports parallel reads](Disk::supports_parallel_reads),
+    /// reader threads read and verify the closed segments (repairing their
+    /// damaged identifiers) while this thread merges what they found in
+    /// segment order; the last segment, which may need cutting, is verified
+    /// here. Otherwise this thread does it all, segment by segment.
+    ///
+    /// # Memory
+    ///
+    /// Recovery keeps every segment's `.log` file in memory (the values in
+    /// [`Recovery::accepted`] are slices of it) and 64 bytes per instance in
+    /// [`Recovery::accepted`]. Beyond that it holds, while it runs, at most:
+    ///
+    /// * for each thread that verifies segments (the 2 reader threads, then
+    ///   this one for the last segment), 216 bytes per identifier of the
+    ///   largest segment it verified: the identifier file (64 bytes per
+    ///   identifier), the identifiers decoded (64 bytes each) and the records
+    ///   found (88 bytes each, one per identifier unless identifiers were
+    ///   lost);
+    /// * 64 bytes per `Accepted` record of at most 4 segments: records
+    ///   verified and not yet merged, or memory kept to be reused for them.
+    ///
+    /// With 64 MiB segments of 256-byte values (about 210,000 records each)
+    /// that is about 45 MB per verifying thread and 13 MB per segment: under
+    /// 150 MB in all.
     pub fn open(disk: Arc<dyn Disk>, config: WalConfig) -> Result<(Wal, Recovery)> {
         config.validate()?;
         let mut logs = Vec::new();
@@ -690,12 +721,33 @@ impl Wal {
         let mut active_instance_max = Instance::ZERO;
         let count = logs.len();
         let mut next_sequence = logs.last().map_or(1, |last| last + 1);
-        let mut prefetch = SegmentPrefetch::start(disk.clone(), &config, &logs);
+        let mut readers = SegmentReaders::start(disk.clone(), &config, &logs);
         let mut scratch = ScanScratch::default();
+        // The records of the segment merged last, emptied: their memory is
+        // reused for the next segment's.
+        let mut spare = SegmentRecords::default();
         for (index, sequence) in logs.iter().copied().enumerate() {
             let last = index + 1 == count;
-            let prefetched = prefetch.take(index);
-            let scan = scan_segment(disk.as_ref(), &config, sequence, last, prefetched, &mut scratch)?;
+            let scan = match readers.take(index) {
+                Some(SegmentWork::Scanned(scan)) => Some(scan?),
+                Some(SegmentWork::Read(read)) => {
+                    let records = std::mem::take(&mut spare);
+                    scan_segment(
+                        disk.as_ref(),
+                        &config,
+                        sequence,
+                        last,
+                        Some(read),
+                        &mut scratch,
+                        records,
+                    )?
+                }
+                Some(SegmentWork::Panicked(_)) => unreachable!("take resumes a reader's panic"),
+                None => {
+                    let records = std::mem::take(&mut spare);
+                    scan_segment(disk.as_ref(), &config, sequence, last, None, &mut scratch, records)?
+                }
+            };
             let Some(scan) = scan else {
                 // The last segment's creation never finished; it holds
                 // nothing and its files are gone. A new one takes its number.
@@ -714,7 +766,7 @@ impl Wal {
             recovery.records += records.records;
             recovery.committed_through = recovery.committed_through.max(records.committed_through);
             accepted.append(&mut records.accepted);
-            for entry in records.corrupted {
+            for entry in records.corrupted.drain(..) {
                 match (entry.kind, entry.instance) {
                     (Some(RecordKind::Accepted), Some(instance)) => {
                         corrupt_by_instance.insert(instance, entry);
@@ -723,6 +775,9 @@ impl Wal {
                 }
             }
             let instance_max = records.instance_max;
+            records.clear();
+            spare = records;
+            readers.hand_out(&mut spare);
             if last {
                 active_instance_max = instance_max;
                 active = Some(scan.files);
@@ -730,6 +785,8 @@ impl Wal {
                 closed.push(SegmentInfo { sequence, instance_max });
             }
         }
+        // Stop the readers and free what only verifying needed.
+        drop((readers, scratch, spare));
         recovery.accepted = accepted.finish();
         // An instance whose newest record is damaged needs repair; one with a
         // good record after the damaged one does not.
@@ -1073,9 +1130,11 @@ fn create_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64) -> Result<
     })
 }
 
+/// A record as a segment's scan found it.
 enum Scanned {
     Good(Record),
-    Corrupt(CorruptEntry),
+    /// Boxed: rare, and the scan holds an item per record.
+    Corrupt(Box<CorruptEntry>),
 }
 
 /// What one segment's records say, in log order.
@@ -1093,8 +1152,18 @@ struct SegmentRecords {
 }
 
 impl SegmentRecords {
+    /// Empties it, keeping its memory.
+    fn clear(&mut self) {
+        self.accepted.clear();
+        self.corrupted.clear();
+        self.committed_through = Instance::ZERO;
+        self.instance_max = Instance::ZERO;
+        self.records = 0;
+    }
+
     /// Takes the records of `items`, which are in log order.
     fn take(&mut self, items: &mut Vec<(Range<usize>, Scanned)>) {
+        self.accepted.entries.reserve(items.len());
         for (_, item) in items.drain(..) {
             match item {
                 Scanned::Good(record) => {
@@ -1116,7 +1185,7 @@ impl SegmentRecords {
                         self.instance_max = self.instance_max.max(instance);
                         self.accepted.remove(instance);
                     }
-                    self.corrupted.push(entry);
+                    self.corrupted.push(*entry);
                 }
             }
         }
@@ -1189,8 +1258,9 @@ fn scan_segment(
     config: &WalConfig,
     sequence: u64,
     last: bool,
-    prefetched: Option<SegmentRead>,
+    prefetched: Option<Result<ReadFile>>,
     scratch: &mut ScanScratch,
+    mut records: SegmentRecords,
 ) -> Result<Option<SegmentScan>> {
     let ScanScratch {
         ids: ids_bytes,
@@ -1288,6 +1358,7 @@ fn scan_segment(
     // Every item with the range of the log it covers, so that items can be
     // put in log order and the bytes no identifier led to can be checked.
     items.clear();
+    items.reserve(identifiers.len());
     let mut position = FILE_HEADER_BYTES;
     let log_written_end = log_bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last + 1);
     let corrupt_at = |offset: usize, identifier: Option<Identifier>| CorruptEntry {
@@ -1360,7 +1431,7 @@ fn scan_segment(
             }
         }
         let covered = start..position.max(start).min(log_bytes.len().max(start));
-        items.push((covered, Scanned::Corrupt(corrupt_at(start, identifier))));
+        items.push((covered, Scanned::Corrupt(Box::new(corrupt_at(start, identifier)))));
         index += 1;
     }
 
@@ -1489,7 +1560,6 @@ fn scan_segment(
         ids.sync()?;
     }
     let ids_end = (FILE_HEADER_BYTES + identifier_slots * IDENTIFIER_BYTES) as u64;
-    let mut records = SegmentRecords::default();
     records.take(items);
     Ok(Some(SegmentScan {
         records,
@@ -1544,76 +1614,193 @@ fn read_log_file(file: &dyn File, config: &WalConfig) -> Result<ReadFile> {
     read_tolerant(file, bound, UNREADABLE_LOG_FILL)
 }
 
-/// Reader threads recovery uses to read segments ahead of the one it
-/// verifies, so reading and verifying overlap.
+/// Threads that read and verify the closed segments for recovery, so that
+/// both reading and verifying use every core.
 const RECOVERY_READER_THREADS: usize = 2;
-/// Segments read ahead and waiting in the channel to the verifier.
-const RECOVERY_READ_AHEAD_SEGMENTS: usize = 2;
+/// Segments handed to the reader threads and not yet merged by recovery:
+/// one per reader and one more, so that a reader that finishes first need
+/// not wait for the merge.
+const RECOVERY_SEGMENTS_IN_FLIGHT: usize = RECOVERY_READER_THREADS + 1;
 
-type SegmentRead = Result<ReadFile>;
-
-/// Reads `.log` files ahead on [`RECOVERY_READER_THREADS`] threads, handing
-/// them to recovery in segment order. Recovery keeps every segment it reads
-/// (values are slices of them), so reading ahead adds no memory beyond what
-/// recovery holds anyway.
-struct SegmentPrefetch {
-    receiver: Option<mpsc::Receiver<(usize, SegmentRead)>>,
-    ready: BTreeMap<usize, SegmentRead>,
+/// A segment for a reader thread.
+struct SegmentJob {
+    index: usize,
+    /// Memory to reuse for the segment's records.
+    records: SegmentRecords,
 }
 
-impl SegmentPrefetch {
-    fn start(disk: Arc<dyn Disk>, config: &WalConfig, sequences: &[u64]) -> SegmentPrefetch {
-        let mut prefetch = SegmentPrefetch {
-            receiver: None,
+/// What a reader thread did with a segment.
+enum SegmentWork {
+    /// A closed segment, read and verified (its damaged identifiers
+    /// repaired).
+    Scanned(Result<SegmentScan>),
+    /// The last segment's `.log` file, read: recovery verifies (and may cut)
+    /// that one itself.
+    Read(Result<ReadFile>),
+    /// The reader panicked; recovery panics with the same payload.
+    Panicked(Box<dyn std::any::Any + Send>),
+}
+
+/// Reader threads that read and verify segments ahead of recovery, handing
+/// them back in segment order. At most [`RECOVERY_SEGMENTS_IN_FLIGHT`]
+/// segments are handed out and not yet taken back, so what the readers hold
+/// beyond the segments recovery keeps anyway is bounded (see [`Wal::open`]).
+/// Segments are distinct files, so a reader may repair a segment's
+/// identifiers while recovery handles another.
+struct SegmentReaders {
+    jobs: Option<mpsc::Sender<SegmentJob>>,
+    results: Option<mpsc::Receiver<(usize, SegmentWork)>>,
+    /// Segments that arrived before one recovery waits for.
+    ready: BTreeMap<usize, SegmentWork>,
+    /// The next segment to hand out.
+    next: usize,
+    count: usize,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl SegmentReaders {
+    fn start(disk: Arc<dyn Disk>, config: &WalConfig, sequences: &[u64]) -> SegmentReaders {
+        let mut readers = SegmentReaders {
+            jobs: None,
+            results: None,
             ready: BTreeMap::new(),
+            next: 0,
+            count: sequences.len(),
+            threads: Vec::new(),
         };
         if !disk.supports_parallel_reads() || sequences.len() < 2 {
-            return prefetch;
+            return readers;
         }
-        let (sender, receiver) = mpsc::sync_channel(RECOVERY_READ_AHEAD_SEGMENTS);
-        let next = Arc::new(AtomicUsize::new(0));
-        let names: Arc<Vec<String>> = Arc::new(sequences.iter().map(|s| log_name(*s)).collect());
+        let (job_sender, job_receiver) = mpsc::channel::<SegmentJob>();
+        let job_receiver = Arc::new(Mutex::new(job_receiver));
+        let (result_sender, result_receiver) = mpsc::channel();
+        let sequences: Arc<Vec<u64>> = Arc::new(sequences.to_vec());
         for _ in 0..RECOVERY_READER_THREADS {
             let disk = disk.clone();
             let config = config.clone();
-            let sender = sender.clone();
-            let next = next.clone();
-            let names = names.clone();
+            let jobs = job_receiver.clone();
+            let results = result_sender.clone();
+            let sequences = sequences.clone();
             let spawned = std::thread::Builder::new()
                 .name("synod-wal-recovery-reader".to_string())
-                .spawn(move || loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(name) = names.get(index) else {
-                        break;
-                    };
-                    let read = disk.open(name).and_then(|file| read_log_file(file.as_ref(), &config));
-                    if sender.send((index, read)).is_err() {
-                        break;
+                .spawn(move || {
+                    let mut scratch = ScanScratch::default();
+                    loop {
+                        let job = match jobs.lock() {
+                            Ok(jobs) => jobs.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok(SegmentJob { index, records }) = job else {
+                            break;
+                        };
+                        let work = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            read_segment(disk.as_ref(), &config, &sequences, index, records, &mut scratch)
+                        }));
+                        let panicked = work.is_err();
+                        let work = work.unwrap_or_else(SegmentWork::Panicked);
+                        if results.send((index, work)).is_err() || panicked {
+                            break;
+                        }
                     }
                 });
-            if spawned.is_err() {
-                // Without reader threads, recovery reads each segment itself.
-                return prefetch;
+            match spawned {
+                Ok(thread) => readers.threads.push(thread),
+                // Fewer readers, or none: recovery reads the rest itself.
+                Err(_) => break,
             }
         }
-        prefetch.receiver = Some(receiver);
-        prefetch
+        if readers.threads.is_empty() {
+            return readers;
+        }
+        readers.jobs = Some(job_sender);
+        readers.results = Some(result_receiver);
+        for _ in 0..RECOVERY_SEGMENTS_IN_FLIGHT {
+            readers.hand_out(&mut SegmentRecords::default());
+        }
+        readers
     }
 
-    /// The contents of segment `index`, or `None` to read it directly.
-    fn take(&mut self, index: usize) -> Option<SegmentRead> {
-        let receiver = self.receiver.as_ref()?;
+    /// Hands the next segment to the readers, with `records`' memory to
+    /// reuse (unless it is the last segment, which recovery verifies
+    /// itself).
+    fn hand_out(&mut self, records: &mut SegmentRecords) {
+        let Some(jobs) = &self.jobs else {
+            return;
+        };
+        if self.next >= self.count {
+            return;
+        }
+        let records = if self.next + 1 < self.count {
+            std::mem::take(records)
+        } else {
+            SegmentRecords::default()
+        };
+        // A reader that stopped leaves the segment to recovery (see take).
+        let _ = jobs.send(SegmentJob {
+            index: self.next,
+            records,
+        });
+        self.next += 1;
+        if self.next == self.count {
+            // Nothing more to hand out: each reader stops, freeing its
+            // memory, once it has handed back what it is on.
+            self.jobs = None;
+        }
+    }
+
+    /// What the readers did with segment `index`, or `None` if recovery
+    /// must read it itself. Segments must be taken in order.
+    fn take(&mut self, index: usize) -> Option<SegmentWork> {
+        let results = self.results.as_ref()?;
         loop {
-            if let Some(read) = self.ready.remove(&index) {
-                return Some(read);
+            if let Some(work) = self.ready.remove(&index) {
+                if let SegmentWork::Panicked(payload) = work {
+                    std::panic::resume_unwind(payload);
+                }
+                return Some(work);
             }
-            match receiver.recv() {
-                Ok((arrived, read)) => {
-                    self.ready.insert(arrived, read);
+            match results.recv() {
+                Ok((arrived, work)) => {
+                    self.ready.insert(arrived, work);
                 }
                 Err(_) => return None,
             }
         }
+    }
+}
+
+impl Drop for SegmentReaders {
+    /// Stops the readers and waits for them, so that none touches a segment
+    /// after recovery returns (each finishes at most the segment it is on).
+    fn drop(&mut self) {
+        self.jobs = None;
+        self.results = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A reader thread's work on segment `index` of `sequences`: every closed
+/// segment is read and verified; the last one only read.
+fn read_segment(
+    disk: &dyn Disk,
+    config: &WalConfig,
+    sequences: &[u64],
+    index: usize,
+    records: SegmentRecords,
+    scratch: &mut ScanScratch,
+) -> SegmentWork {
+    let sequence = sequences[index];
+    if index + 1 < sequences.len() {
+        let scan = scan_segment(disk, config, sequence, false, None, scratch, records)
+            .map(|scan| scan.expect("only the last segment can be unfinished"));
+        SegmentWork::Scanned(scan)
+    } else {
+        let read = disk
+            .open(&log_name(sequence))
+            .and_then(|file| read_log_file(file.as_ref(), config));
+        SegmentWork::Read(read)
     }
 }
 
@@ -1736,7 +1923,7 @@ fn scan_unidentified(
                 let next = next_frame(log_bytes, scan + 1, payload_bytes_max)
                     .filter(|next| *next < range.end)
                     .unwrap_or(range.end);
-                items.push((scan..next, Scanned::Corrupt(corrupt_at(scan))));
+                items.push((scan..next, Scanned::Corrupt(Box::new(corrupt_at(scan)))));
                 scan = next;
             }
         }
@@ -1769,6 +1956,18 @@ mod tests {
     /// round to tell values apart) or a damaged one.
     fn event() -> impl Strategy<Value = (u64, Option<u64>)> {
         (0u64..12, prop_oneof![4 => (0u64..1000).prop_map(Some), 1 => Just(None)])
+    }
+
+    /// The sizes [`Wal::open`] states its memory bound with.
+    #[test]
+    fn recovery_holds_what_its_bound_says() {
+        assert_eq!(std::mem::size_of::<(Instance, AcceptedValue)>(), 64);
+        assert_eq!(std::mem::size_of::<Option<Identifier>>(), 64);
+        assert_eq!(IDENTIFIER_BYTES, 64);
+        assert!(std::mem::size_of::<(Range<usize>, Scanned)>() <= 88);
+        assert_eq!(RECOVERY_READER_THREADS, 2);
+        // Handed out to the readers, plus the last segment's.
+        assert_eq!(RECOVERY_SEGMENTS_IN_FLIGHT + 1, 4);
     }
 
     proptest! {
