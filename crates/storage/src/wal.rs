@@ -660,7 +660,9 @@ impl Wal {
     /// reader threads read and verify the closed segments (repairing their
     /// damaged identifiers) while this thread merges what they found in
     /// segment order; the last segment, which may need cutting, is verified
-    /// here. Otherwise this thread does it all, segment by segment.
+    /// here. Otherwise this thread does it all, segment by segment. (So a
+    /// recovery that fails at one segment may already have repaired the
+    /// identifiers of the few after it, as a successful one would.)
     ///
     /// # Memory
     ///
