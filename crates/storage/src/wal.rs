@@ -795,6 +795,8 @@ impl Wal {
             let scan = match readers.take(index) {
                 Some(SegmentWork::Scanned(scan)) => Some(scan?),
                 Some(SegmentWork::Read(read)) => {
+                    // The readers are done: let their memory go first.
+                    readers.stop();
                     let records = std::mem::take(&mut spare);
                     scan_segment(
                         disk.as_ref(),
@@ -1812,6 +1814,16 @@ impl SegmentReaders {
         }
     }
 
+    /// Stops the readers and waits for them, so that none touches a segment
+    /// after recovery returns (each finishes at most the segment it is on).
+    fn stop(&mut self) {
+        self.jobs = None;
+        self.results = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+
     /// What the readers did with segment `index`, or `None` if recovery
     /// must read it itself. Segments must be taken in order.
     fn take(&mut self, index: usize) -> Option<SegmentWork> {
@@ -1834,14 +1846,8 @@ impl SegmentReaders {
 }
 
 impl Drop for SegmentReaders {
-    /// Stops the readers and waits for them, so that none touches a segment
-    /// after recovery returns (each finishes at most the segment it is on).
     fn drop(&mut self) {
-        self.jobs = None;
-        self.results = None;
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
 
