@@ -36,9 +36,10 @@ pub trait Disk: Send + Sync + fmt::Debug {
     /// The names of all files, sorted.
     fn list(&self) -> Result<Vec<String>>;
 
-    /// Whether files may be read from several threads at once (recovery
-    /// then reads segments ahead on reader threads). A deterministic disk
-    /// says no: the order of its reads must not depend on thread timing.
+    /// Whether files may be read (and distinct files written) from several
+    /// threads at once: recovery then reads and verifies segments on reader
+    /// threads. A deterministic disk says no: the order of its reads must
+    /// not depend on thread timing.
     fn supports_parallel_reads(&self) -> bool {
         true
     }

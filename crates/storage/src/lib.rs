@@ -339,5 +339,6 @@ pub use snapshot::{
     SnapshotWriter, CHUNK_BYTES_MAX,
 };
 pub use wal::{
-    AcceptedValue, CorruptEntry, Record, RecordKind, RecordLocation, Recovery, Wal, WalConfig, IDENTIFIER_BYTES,
+    AcceptedIter, AcceptedValue, AcceptedValues, CorruptEntry, Record, RecordKind, RecordLocation, Recovery, Wal,
+    WalConfig, IDENTIFIER_BYTES,
 };
