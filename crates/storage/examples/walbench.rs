@@ -4,6 +4,7 @@
 //! walbench append   --dir D [--submitters 1,16,256] [--value-bytes 256] [--seconds 5]
 //!                   [--driver-threads K]
 //! walbench recovery --dir D [--log-bytes 1073741824] [--value-bytes 4096] [--reuse]
+//! walbench sync-floor --dir D [--log-bytes 40960] [--value-bytes 8192] [--seconds 3]
 //! ```
 //!
 //! `append` runs one group-commit writer with N submitters, each waiting for
@@ -14,6 +15,13 @@
 //! like-for-like comparison). `recovery` writes a log of the given size
 //! (unless `--reuse`) and times `Wal::open`: reading every segment and
 //! verifying every checksum; it prints the CPU time the open took too.
+//!
+//! `sync-floor` measures, below the WAL, what keeping identifiers apart costs
+//! the disk: rounds per second of (a) one write of `--log-bytes` and an
+//! fdatasync, (b) that write plus one of `--value-bytes` far away in the same
+//! file and one fdatasync, (c) the two writes in two files synced at the same
+//! time by two threads, a round ending when both syncs have returned. Files
+//! are preallocated with zeros, so every sync flushes data only.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,7 +44,9 @@ struct Options {
 
 fn parse() -> Result<Options, String> {
     let mut arguments = std::env::args().skip(1);
-    let command = arguments.next().ok_or("missing command: append or recovery")?;
+    let command = arguments
+        .next()
+        .ok_or("missing command: append, recovery or sync-floor")?;
     let mut options = Options {
         command,
         directory: String::new(),
@@ -285,6 +295,126 @@ fn cpu_seconds() -> Option<(f64, f64)> {
     Some((ticks(11)? / TICKS_PER_SECOND, ticks(12)? / TICKS_PER_SECOND))
 }
 
+/// Bytes of the region the log-sized writes of `sync-floor` cycle through.
+const SYNC_FLOOR_LOG_SPACE_BYTES: u64 = 256 << 20;
+/// Bytes of the region the identifier-sized writes cycle through.
+const SYNC_FLOOR_IDS_SPACE_BYTES: u64 = 64 << 20;
+
+fn preallocated(path: &str, length_bytes: u64) -> std::fs::File {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .expect("create");
+    let zeros = vec![0u8; 1 << 20];
+    for offset in (0..length_bytes).step_by(zeros.len()) {
+        file.write_all_at(&zeros, offset).expect("preallocate");
+    }
+    file.sync_all().expect("sync");
+    file
+}
+
+/// Rounds per second of writing `log` (and `ids`, if given, far away in the
+/// same file) then one fdatasync.
+fn one_file_rounds_per_s(path: &str, seconds: f64, log: &[u8], ids: Option<&[u8]>) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let file = preallocated(path, SYNC_FLOOR_LOG_SPACE_BYTES + SYNC_FLOOR_IDS_SPACE_BYTES);
+    let started = Instant::now();
+    let mut rounds = 0u64;
+    while started.elapsed().as_secs_f64() < seconds {
+        let log_offset = (rounds * log.len() as u64) % SYNC_FLOOR_LOG_SPACE_BYTES;
+        file.write_all_at(log, log_offset).expect("write");
+        if let Some(ids) = ids {
+            let ids_offset = (rounds * ids.len() as u64) % SYNC_FLOOR_IDS_SPACE_BYTES;
+            file.write_all_at(ids, SYNC_FLOOR_LOG_SPACE_BYTES + ids_offset)
+                .expect("write");
+        }
+        file.sync_data().expect("fdatasync");
+        rounds += 1;
+    }
+    let _ = std::fs::remove_file(path);
+    rounds as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Rounds per second of writing `log` and `ids` to two files and syncing
+/// both at once from two threads.
+fn two_files_rounds_per_s(directory: &str, seconds: f64, log: &[u8], ids: &[u8]) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let log_path = format!("{directory}/floor.log");
+    let ids_path = format!("{directory}/floor.ids");
+    let log_file = preallocated(&log_path, SYNC_FLOOR_LOG_SPACE_BYTES);
+    let ids_file = preallocated(&ids_path, SYNC_FLOOR_IDS_SPACE_BYTES);
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let rounds = std::thread::scope(|scope| {
+        let (barrier_ids, stop_ids) = (barrier.clone(), stop.clone());
+        scope.spawn(move || {
+            let mut round = 0u64;
+            loop {
+                barrier_ids.wait();
+                if stop_ids.load(Ordering::Relaxed) {
+                    break;
+                }
+                let offset = (round * ids.len() as u64) % SYNC_FLOOR_IDS_SPACE_BYTES;
+                ids_file.write_all_at(ids, offset).expect("write");
+                ids_file.sync_data().expect("fdatasync");
+                round += 1;
+                barrier_ids.wait();
+            }
+        });
+        let mut rounds = 0u64;
+        loop {
+            barrier.wait();
+            if stop.load(Ordering::Relaxed) {
+                break rounds;
+            }
+            let offset = (rounds * log.len() as u64) % SYNC_FLOOR_LOG_SPACE_BYTES;
+            log_file.write_all_at(log, offset).expect("write");
+            log_file.sync_data().expect("fdatasync");
+            rounds += 1;
+            // Decided before the round's closing barrier, so both threads see
+            // the same answer at the next opening one.
+            stop.store(started.elapsed().as_secs_f64() >= seconds, Ordering::Relaxed);
+            barrier.wait();
+        }
+    });
+    let _ = std::fs::remove_file(&log_path);
+    let _ = std::fs::remove_file(&ids_path);
+    rounds as f64 / started.elapsed().as_secs_f64()
+}
+
+fn sync_floor(options: &Options) {
+    let log_bytes = if options.log_bytes == 1 << 30 {
+        40 << 10
+    } else {
+        options.log_bytes
+    };
+    let ids_bytes = if options.value_bytes == 0 {
+        8 << 10
+    } else {
+        options.value_bytes
+    };
+    let seconds = options.seconds as f64;
+    std::fs::create_dir_all(&options.directory).expect("directory");
+    let log = vec![0x5a; log_bytes as usize];
+    let ids = vec![0xa5; ids_bytes];
+    let single = format!("{}/floor.single", options.directory);
+    let alone = one_file_rounds_per_s(&single, seconds, &log, None);
+    let together = one_file_rounds_per_s(&single, seconds, &log, Some(&ids));
+    let apart = two_files_rounds_per_s(&options.directory, seconds, &log, &ids);
+    println!(
+        "sync-floor: log_bytes={log_bytes} ids_bytes={ids_bytes} log_only_rounds_per_s={alone:.0} \
+         one_file_rounds_per_s={together:.0} two_files_rounds_per_s={apart:.0} \
+         one_file_ratio={:.2} two_files_ratio={:.2}",
+        together / alone,
+        apart / alone
+    );
+}
+
 fn main() {
     let options = match parse() {
         Ok(options) => options,
@@ -296,6 +426,7 @@ fn main() {
     match options.command.as_str() {
         "append" => append(&options),
         "recovery" => recovery(&options),
+        "sync-floor" => sync_floor(&options),
         other => {
             eprintln!("walbench: unknown command {other}");
             std::process::exit(2);
