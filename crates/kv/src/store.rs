@@ -1,6 +1,6 @@
 //! The MVCC store: the replicated state and the deterministic `apply`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use crate::error::KvError;
 use crate::index::KeyIndex;
@@ -995,6 +995,11 @@ impl Store {
     /// for a watcher catching up from history. At most about `events_max`
     /// events, but whole revisions only (at least one). Returns the events and
     /// the next revision to read from.
+    ///
+    /// Memory is bounded by the events returned, not by the history since
+    /// `start_revision`: a first pass finds the revision of the
+    /// `events_max`-th oldest event with a heap of `events_max` revisions, a
+    /// second collects the events up to it.
     pub(crate) fn history_events(
         &self,
         key: &[u8],
@@ -1005,12 +1010,39 @@ impl Store {
         if start_revision < self.compact_revision {
             return Err(KvError::Compacted);
         }
-        // Collect references first (cheap), cut at whole revisions, then build
-        // only the events that are returned.
+        let events_max = events_max.max(1);
+        // Revisions of a key's changes increase, so its changes at or after
+        // `start_revision` are a suffix of its history.
+        let mut oldest: BinaryHeap<i64> = BinaryHeap::with_capacity(events_max + 1);
+        for (_, history) in self.keys_in(key, range_end) {
+            for change in history.changes().rev() {
+                if change.mod_revision < start_revision {
+                    break;
+                }
+                if oldest.len() < events_max {
+                    oldest.push(change.mod_revision);
+                } else if oldest.peek().is_some_and(|newest| change.mod_revision < *newest) {
+                    oldest.pop();
+                    oldest.push(change.mod_revision);
+                }
+            }
+        }
+        // The last revision returned: every event of it goes, so a revision is
+        // never split between two calls.
+        let cut_revision = if oldest.len() < events_max {
+            i64::MAX
+        } else {
+            oldest.peek().copied().unwrap_or(i64::MAX)
+        };
+        let mut next_revision = self.revision + 1;
         let mut found: Vec<(&Change, &[u8], Option<&Change>)> = Vec::new();
         for (key, history) in self.keys_in(key, range_end) {
             let mut previous: Option<&Change> = None;
             for change in history.changes() {
+                if change.mod_revision > cut_revision {
+                    next_revision = next_revision.min(change.mod_revision);
+                    break;
+                }
                 if change.mod_revision >= start_revision {
                     found.push((change, key, previous));
                 }
@@ -1018,16 +1050,7 @@ impl Store {
             }
         }
         found.sort_unstable_by_key(|(change, _, _)| (change.mod_revision, change.sub));
-        let mut next_revision = self.revision + 1;
-        let mut kept = found.len();
-        for (index, (change, _, _)) in found.iter().enumerate() {
-            if index > 0 && index >= events_max && found[index - 1].0.mod_revision != change.mod_revision {
-                next_revision = change.mod_revision;
-                kept = index;
-                break;
-            }
-        }
-        let events = found[..kept]
+        let events = found
             .iter()
             .map(|(change, key, previous)| {
                 let prev_kv = previous
