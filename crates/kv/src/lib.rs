@@ -169,4 +169,4 @@ pub use sequencer::Sequencer;
 pub use snapshot::FrozenStore;
 pub use store::{Applied, Config, Lease, LeaseEffect, Store, LEASE_TTL_SECONDS_MAX, REQUEST_BYTES_MAX_DEFAULT};
 pub use types::*;
-pub use watch::{WatchConfig, WatchHub};
+pub use watch::{CatchUpJob, CatchUpResult, WatchConfig, WatchHub};

@@ -49,7 +49,7 @@ const SINK_BYTES: usize = 64 * 1024;
 pub struct FrozenStore {
     /// The store at freeze time. Its leases carry IDs and TTLs but no key
     /// sets: a snapshot records only those, and restore rebuilds the sets.
-    store: Store,
+    pub(crate) store: Store,
 }
 
 impl FrozenStore {

@@ -22,11 +22,20 @@
 //!
 //! Cost of catching up: each [`WatchHub::poll`] of a catching-up watcher walks
 //! the keys of its range and their retained changes once, and returns up to
-//! `catch_up_events_max` events; raise it for watchers over large ranges.
+//! `catch_up_events_max` events. Over a large range that walk is long, so a
+//! host that must not hold the store meanwhile catches up off its locks
+//! instead: [`WatchHub::catch_up_jobs`] names what each catching-up watcher
+//! needs from a [`FrozenStore`], [`CatchUpJob::run`] reads it there (on any
+//! thread), and [`WatchHub::catch_up_done`] hands the events back. Meanwhile
+//! [`WatchHub::observe`] keeps each such watcher's live events above the
+//! frozen revision (its *tail*, bounded like its unsent events), so a watcher
+//! that reaches the frozen revision continues with its tail and is synced
+//! without another walk. [`WatchHub::take_ready`] then takes the responses.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::error::KvError;
+use crate::snapshot::FrozenStore;
 use crate::store::{Applied, RangeEnd, Store};
 use crate::types::*;
 
@@ -66,6 +75,83 @@ struct Watcher {
     synced: bool,
     pending: VecDeque<WatchResponse>,
     pending_events: usize,
+    /// While catching up from a frozen copy at revision `r`: the live events
+    /// from `r + 1` on, as responses, kept by [`WatchHub::observe`].
+    tail: Option<Tail>,
+    /// Counts catch-up jobs, so a result for an older job (or an earlier
+    /// watcher with the same ID) is told apart.
+    catch_up_generation: u64,
+}
+
+#[derive(Debug)]
+struct Tail {
+    /// The frozen copy's revision: the tail holds what came after it.
+    frozen_revision: i64,
+    /// The first revision the tail has not seen.
+    next_revision: i64,
+    responses: VecDeque<WatchResponse>,
+    events: usize,
+}
+
+/// What one catching-up watcher needs read from a [`FrozenStore`]: made by
+/// [`WatchHub::catch_up_jobs`], run anywhere with [`CatchUpJob::run`], its
+/// result handed to [`WatchHub::catch_up_done`].
+#[derive(Clone, Debug)]
+pub struct CatchUpJob {
+    watch_id: i64,
+    generation: u64,
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    next_revision: i64,
+    /// Events read per history batch, and in all.
+    events_per_batch: usize,
+    events_max: usize,
+}
+
+/// The outcome of a [`CatchUpJob`].
+#[derive(Debug)]
+pub struct CatchUpResult {
+    watch_id: i64,
+    generation: u64,
+    frozen_revision: i64,
+    compact_revision: i64,
+    /// Batches of events (whole revisions each), and the next revision to
+    /// read; `Err` if the history was compacted away.
+    outcome: Result<(Vec<Vec<Event>>, i64), KvError>,
+}
+
+impl CatchUpJob {
+    /// Reads the watcher's next events from `frozen`, in batches of about
+    /// `catch_up_events_max`, until it reaches the frozen revision or has
+    /// `pending_events_max` events. Walks the watcher's range once per batch:
+    /// run it where holding no lock and blocking are fine.
+    pub fn run(&self, frozen: &FrozenStore) -> CatchUpResult {
+        let store = &frozen.store;
+        let mut batches = Vec::new();
+        let mut next_revision = self.next_revision;
+        let mut events = 0;
+        let outcome = loop {
+            if next_revision > store.revision() || events >= self.events_max {
+                break Ok((batches, next_revision));
+            }
+            match store.history_events(&self.key, &self.range_end, next_revision, self.events_per_batch) {
+                Err(error) => break Err(error),
+                Ok((batch, next)) => {
+                    assert!(next > next_revision || batch.is_empty());
+                    events += batch.len();
+                    next_revision = next;
+                    batches.push(batch);
+                }
+            }
+        };
+        CatchUpResult {
+            watch_id: self.watch_id,
+            generation: self.generation,
+            frozen_revision: store.revision(),
+            compact_revision: store.compact_revision(),
+            outcome,
+        }
+    }
 }
 
 impl Watcher {
@@ -75,6 +161,15 @@ impl Watcher {
             EventType::Delete => !self.no_delete,
         };
         kind_wanted && RangeEnd::of(&self.range_end).contains(&self.key, &event.kv.key)
+    }
+
+    /// The events of `events` this watcher wants, shaped for it.
+    fn select(&self, events: &[Event]) -> Vec<Event> {
+        events
+            .iter()
+            .filter(|event| self.wants(event))
+            .map(|event| self.shape(event))
+            .collect()
     }
 
     fn shape(&self, event: &Event) -> Event {
@@ -189,6 +284,8 @@ impl WatchHub {
                 synced,
                 pending: VecDeque::new(),
                 pending_events: 0,
+                tail: None,
+                catch_up_generation: 0,
             },
         );
         Ok(watch_id)
@@ -234,6 +331,9 @@ impl WatchHub {
     pub fn resync_all(&mut self) {
         for watcher in self.watchers.values_mut() {
             watcher.synced = false;
+            watcher.tail = None;
+            // A catch-up read from the replaced store is not used.
+            watcher.catch_up_generation += 1;
         }
     }
 
@@ -248,6 +348,7 @@ impl WatchHub {
         let pending_events_max = self.config.pending_events_max;
         for (&watch_id, watcher) in &mut self.watchers {
             if !watcher.synced {
+                keep_in_tail(watcher, watch_id, applied, revision, pending_events_max);
                 continue;
             }
             if watcher.next_revision > revision {
@@ -259,12 +360,7 @@ impl WatchHub {
                 watcher.synced = false;
                 continue;
             }
-            let events: Vec<Event> = applied
-                .events
-                .iter()
-                .filter(|event| watcher.wants(event))
-                .map(|event| watcher.shape(event))
-                .collect();
+            let events: Vec<Event> = watcher.select(&applied.events);
             watcher.next_revision = revision + 1;
             if events.is_empty() {
                 continue;
@@ -283,65 +379,132 @@ impl WatchHub {
                 continue;
             }
             watcher.pending_events += events.len();
-            watcher.pending.push_back(WatchResponse {
-                header: ResponseHeader {
-                    revision,
-                    ..ResponseHeader::default()
-                },
-                watch_id,
-                events,
-                ..WatchResponse::default()
-            });
+            watcher.pending.push_back(events_response(watch_id, revision, events));
         }
     }
 
     /// Takes every response ready to send: control replies first, then each
     /// watcher's events (by watch ID). Catching-up watchers get their next
-    /// batch from history; call again while [`WatchHub::catching_up`].
+    /// batch from history, read from `store` here; call again while
+    /// [`WatchHub::catching_up`].
     pub fn poll(&mut self, store: &Store) -> Vec<WatchResponse> {
-        let mut ready: Vec<WatchResponse> = self.control.drain(..).collect();
         let mut compacted = Vec::new();
         for (&watch_id, watcher) in &mut self.watchers {
-            if !watcher.synced {
-                match store.history_events(
-                    &watcher.key,
-                    &watcher.range_end,
-                    watcher.next_revision,
-                    self.config.catch_up_events_max,
-                ) {
-                    Err(_) => {
-                        compacted.push(watch_id);
-                        continue;
-                    }
-                    Ok((events, next_revision)) => {
-                        let events: Vec<Event> = events
-                            .iter()
-                            .filter(|event| watcher.wants(event))
-                            .map(|event| watcher.shape(event))
-                            .collect();
-                        assert!(next_revision > watcher.next_revision || events.is_empty());
-                        watcher.next_revision = next_revision;
-                        watcher.synced = next_revision > store.revision();
-                        if !events.is_empty() {
-                            watcher.pending.push_back(WatchResponse {
-                                header: ResponseHeader {
-                                    revision: store.revision(),
-                                    ..ResponseHeader::default()
-                                },
-                                watch_id,
-                                events,
-                                ..WatchResponse::default()
-                            });
-                        }
-                    }
+            if watcher.synced {
+                continue;
+            }
+            match store.history_events(
+                &watcher.key,
+                &watcher.range_end,
+                watcher.next_revision,
+                self.config.catch_up_events_max,
+            ) {
+                Err(_) => compacted.push(watch_id),
+                Ok((events, next_revision)) => {
+                    assert!(next_revision > watcher.next_revision || events.is_empty());
+                    deliver_history(watcher, watch_id, &events, store.revision());
+                    watcher.next_revision = next_revision;
+                    watcher.synced = next_revision > store.revision();
+                    watcher.tail = None;
                 }
             }
-            ready.extend(watcher.pending.drain(..));
-            watcher.pending_events = 0;
         }
         for watch_id in compacted {
             self.watchers.remove(&watch_id);
-            ready.push(self.compacted(store, watch_id));
+            let response = self.compacted(store, watch_id);
+            self.control.push_back(response);
+        }
+        self.take_ready(store)
+    }
+
+    /// For each catching-up watcher, the job that reads its next events from
+    /// a copy of the store frozen at `frozen_revision` (the caller freezes it
+    /// under the same store lock, so no entry is applied in between). From
+    /// now on [`WatchHub::observe`] keeps the watcher's live events above
+    /// that revision.
+    pub fn catch_up_jobs(&mut self, frozen_revision: i64) -> Vec<CatchUpJob> {
+        let mut jobs = Vec::new();
+        for (&watch_id, watcher) in &mut self.watchers {
+            if watcher.synced {
+                continue;
+            }
+            watcher.catch_up_generation += 1;
+            watcher.tail = Some(Tail {
+                frozen_revision,
+                next_revision: frozen_revision + 1,
+                responses: VecDeque::new(),
+                events: 0,
+            });
+            jobs.push(CatchUpJob {
+                watch_id,
+                generation: watcher.catch_up_generation,
+                key: watcher.key.clone(),
+                range_end: watcher.range_end.clone(),
+                next_revision: watcher.next_revision,
+                events_per_batch: self.config.catch_up_events_max,
+                events_max: self.config.pending_events_max,
+            });
+        }
+        jobs
+    }
+
+    /// Hands back what [`CatchUpJob::run`] read. A watcher that reached the
+    /// frozen revision continues with its tail and is synced; one whose
+    /// history was compacted is cancelled with `compact_revision`; results for
+    /// watchers cancelled or re-queued since are dropped.
+    pub fn catch_up_done(&mut self, results: Vec<CatchUpResult>) {
+        for result in results {
+            let Some(watcher) = self.watchers.get_mut(&result.watch_id) else {
+                continue;
+            };
+            if watcher.synced || watcher.catch_up_generation != result.generation {
+                continue;
+            }
+            match result.outcome {
+                Err(_) => {
+                    self.watchers.remove(&result.watch_id);
+                    self.control.push_back(WatchResponse {
+                        header: ResponseHeader {
+                            revision: result.frozen_revision,
+                            ..ResponseHeader::default()
+                        },
+                        watch_id: result.watch_id,
+                        canceled: true,
+                        compact_revision: result.compact_revision,
+                        cancel_reason: KvError::Compacted.to_string(),
+                        ..WatchResponse::default()
+                    });
+                }
+                Ok((batches, next_revision)) => {
+                    for events in &batches {
+                        deliver_history(watcher, result.watch_id, events, result.frozen_revision);
+                    }
+                    watcher.next_revision = next_revision;
+                    let tail = watcher.tail.take();
+                    if next_revision <= result.frozen_revision {
+                        // More history to read: the next job starts a new tail.
+                        continue;
+                    }
+                    // Caught up to the frozen copy: the tail, if whole, holds
+                    // everything after it.
+                    if let Some(tail) = tail.filter(|tail| tail.frozen_revision == result.frozen_revision) {
+                        watcher.pending_events += tail.events;
+                        watcher.pending.extend(tail.responses);
+                        watcher.next_revision = tail.next_revision;
+                        watcher.synced = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes every response ready to send: control replies first, then each
+    /// watcher's events (by watch ID). Reads no history.
+    pub fn take_ready(&mut self, store: &Store) -> Vec<WatchResponse> {
+        let mut ready: Vec<WatchResponse> = self.control.drain(..).collect();
+        for watcher in self.watchers.values_mut() {
+            ready.extend(watcher.pending.drain(..));
+            watcher.pending_events = 0;
         }
         if self.progress_requested && !self.catching_up() {
             self.progress_requested = false;
@@ -366,6 +529,56 @@ impl WatchHub {
     /// the current revision and watch ID -1 (etcd 3.5).
     pub fn request_progress(&mut self) {
         self.progress_requested = true;
+    }
+}
+
+/// Queues a batch of history events, filtered and shaped for the watcher,
+/// in a response whose header carries `revision`.
+fn deliver_history(watcher: &mut Watcher, watch_id: i64, events: &[Event], revision: i64) {
+    let events: Vec<Event> = watcher.select(events);
+    if !events.is_empty() {
+        watcher.pending_events += events.len();
+        watcher.pending.push_back(events_response(watch_id, revision, events));
+    }
+}
+
+/// Keeps a catching-up watcher's live events above its frozen copy's
+/// revision. A tail that would exceed `events_max`, or that missed a
+/// revision, is dropped: the watcher then reads that part from history too.
+fn keep_in_tail(watcher: &mut Watcher, watch_id: i64, applied: &Applied, revision: i64, events_max: usize) {
+    let Some(tail_next) = watcher.tail.as_ref().map(|tail| tail.next_revision) else {
+        return;
+    };
+    if revision < tail_next {
+        return;
+    }
+    if revision > tail_next {
+        watcher.tail = None;
+        return;
+    }
+    let events: Vec<Event> = watcher.select(&applied.events);
+    let tail = watcher.tail.as_mut().expect("checked above");
+    tail.next_revision = revision + 1;
+    if events.is_empty() {
+        return;
+    }
+    if tail.events + events.len() > events_max {
+        watcher.tail = None;
+        return;
+    }
+    tail.events += events.len();
+    tail.responses.push_back(events_response(watch_id, revision, events));
+}
+
+fn events_response(watch_id: i64, revision: i64, events: Vec<Event>) -> WatchResponse {
+    WatchResponse {
+        header: ResponseHeader {
+            revision,
+            ..ResponseHeader::default()
+        },
+        watch_id,
+        events,
+        ..WatchResponse::default()
     }
 }
 

@@ -768,7 +768,40 @@ struct WatchRecord {
     responses: Vec<WatchResponse>,
 }
 
-fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
+/// How the watch hub reads history for catching-up watchers.
+enum CatchUp {
+    /// [`WatchHub::poll`], from the live store.
+    InPlace,
+    /// As the server does it: jobs made against a copy frozen at one
+    /// collect run at the next, after whatever was applied in between (which
+    /// the watchers' tails must hold).
+    OffLock(Option<(FrozenStore, Vec<CatchUpJob>)>),
+}
+
+/// Takes the hub's ready responses into their watch records.
+fn collect(hub: &mut WatchHub, store: &Store, watches: &mut [WatchRecord], catch_up: &mut CatchUp) {
+    let responses = match catch_up {
+        CatchUp::InPlace => hub.poll(store),
+        CatchUp::OffLock(pending) => {
+            if let Some((frozen, jobs)) = pending.take() {
+                hub.catch_up_done(jobs.iter().map(|job| job.run(&frozen)).collect());
+            }
+            if hub.catching_up() {
+                let frozen = store.freeze();
+                let jobs = hub.catch_up_jobs(frozen.revision());
+                *pending = Some((frozen, jobs));
+            }
+            hub.take_ready(store)
+        }
+    };
+    for response in responses {
+        if let Some(record) = watches.iter_mut().rev().find(|w| w.watch_id == response.watch_id) {
+            record.responses.push(response);
+        }
+    }
+}
+
+fn run(ops: Vec<Op>, config: Config, mut catch_up: CatchUp) -> Result<(), TestCaseError> {
     let mut store = Store::new(config.clone());
     let mut model = Model::new(config.history_revisions_max);
     let mut lessor = Lessor::new(1_000_000);
@@ -780,13 +813,6 @@ fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
         watchers_max: 64,
     });
     let mut watches: Vec<WatchRecord> = Vec::new();
-    let collect = |hub: &mut WatchHub, store: &Store, watches: &mut Vec<WatchRecord>| {
-        for response in hub.poll(store) {
-            if let Some(record) = watches.iter_mut().rev().find(|w| w.watch_id == response.watch_id) {
-                record.responses.push(response);
-            }
-        }
-    };
 
     let mut replica: Option<Store> = None;
     let apply = |store: &mut Store,
@@ -911,7 +937,7 @@ fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
                     responses: Vec::new(),
                 });
             }
-            Op::Poll => collect(&mut hub, &store, &mut watches),
+            Op::Poll => collect(&mut hub, &store, &mut watches, &mut catch_up),
             Op::Promote => {
                 lessor = Lessor::new(1_000_000);
                 lessor.promote(&store, now_ms);
@@ -932,9 +958,9 @@ fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
                     if record.cancelled_by_client_at.is_none() {
                         let id = record.watch_id;
                         while hub.catching_up() {
-                            collect(&mut hub, &store, &mut watches);
+                            collect(&mut hub, &store, &mut watches, &mut catch_up);
                         }
-                        collect(&mut hub, &store, &mut watches);
+                        collect(&mut hub, &store, &mut watches, &mut catch_up);
                         let record = &mut watches[index];
                         if hub.cancel(&store, id) {
                             record.cancelled_by_client_at = Some(model.revision());
@@ -944,9 +970,9 @@ fn run(ops: Vec<Op>, config: Config) -> Result<(), TestCaseError> {
             }
         }
     }
-    collect(&mut hub, &store, &mut watches);
+    collect(&mut hub, &store, &mut watches, &mut catch_up);
     while hub.catching_up() {
-        collect(&mut hub, &store, &mut watches);
+        collect(&mut hub, &store, &mut watches, &mut catch_up);
     }
 
     // Watch streams.
@@ -1131,11 +1157,23 @@ proptest! {
 
     #[test]
     fn store_matches_the_model(ops in prop::collection::vec(op(), 1..120)) {
-        run(ops, Config::default())?;
+        run(ops, Config::default(), CatchUp::InPlace)?;
     }
 
     #[test]
     fn store_matches_the_model_with_auto_compaction(ops in prop::collection::vec(op(), 1..120)) {
-        run(ops, Config { history_revisions_max: 6, ..Config::default() })?;
+        run(ops, Config { history_revisions_max: 6, ..Config::default() }, CatchUp::InPlace)?;
+    }
+
+    #[test]
+    fn watchers_catching_up_off_the_lock_match_the_model(ops in prop::collection::vec(op(), 1..120)) {
+        run(ops, Config::default(), CatchUp::OffLock(None))?;
+    }
+
+    #[test]
+    fn watchers_catching_up_off_the_lock_match_the_model_with_auto_compaction(
+        ops in prop::collection::vec(op(), 1..120),
+    ) {
+        run(ops, Config { history_revisions_max: 6, ..Config::default() }, CatchUp::OffLock(None))?;
     }
 }

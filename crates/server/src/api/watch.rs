@@ -76,7 +76,7 @@ impl Watch for Api {
                     let (responses, catching_up, count) = {
                         let store = shared.store();
                         let mut hub = lock(&entry.hub);
-                        (hub.poll(&store), hub.catching_up(), hub.len())
+                        (hub.take_ready(&store), hub.catching_up(), hub.len())
                     };
                     metrics
                         .watchers
@@ -91,6 +91,24 @@ impl Watch for Api {
                     if !catching_up {
                         break;
                     }
+                    // Watchers starting in the past read their history from a
+                    // frozen copy on a blocking-pool thread, holding neither
+                    // the store nor the hub: the walk over their range takes
+                    // long on a large store. Freezing and queueing the jobs
+                    // under one store lock means no entry is applied in
+                    // between, so each watcher's tail starts right after the
+                    // frozen revision.
+                    let (frozen, jobs) = {
+                        let store = shared.store();
+                        let frozen = store.freeze();
+                        let jobs = lock(&entry.hub).catch_up_jobs(frozen.revision());
+                        (frozen, jobs)
+                    };
+                    let read = tokio::task::spawn_blocking(move || {
+                        jobs.iter().map(|job| job.run(&frozen)).collect::<Vec<_>>()
+                    });
+                    let Ok(results) = read.await else { break 'stream };
+                    lock(&entry.hub).catch_up_done(results);
                 }
             }
             shared.unregister_hub(hub_id);
