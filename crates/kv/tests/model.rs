@@ -1138,4 +1138,16 @@ proptest! {
     fn store_matches_the_model_with_auto_compaction(ops in prop::collection::vec(op(), 1..120)) {
         run(ops, Config { history_revisions_max: 6, ..Config::default() })?;
     }
+
+    /// Compactions that drop history one key per applied entry: reads,
+    /// watches and snapshots must not tell.
+    #[test]
+    fn store_matches_the_model_compacting_a_key_per_entry(ops in prop::collection::vec(op(), 1..120)) {
+        run(ops, Config { compaction_keys_per_entry_max: 1, ..Config::default() })?;
+    }
+
+    #[test]
+    fn store_matches_the_model_auto_compacting_a_key_per_entry(ops in prop::collection::vec(op(), 1..120)) {
+        run(ops, Config { history_revisions_max: 6, compaction_keys_per_entry_max: 1, ..Config::default() })?;
+    }
 }
