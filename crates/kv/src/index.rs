@@ -26,10 +26,6 @@ const CHUNK_GROWTH: usize = 8;
 
 type Chunk<V> = Vec<(KeyBytes, V)>;
 
-/// A chunk and, while it is unchanged, the key it is filed under (`None`
-/// once it was rewritten: its first key may have changed).
-type Filed<V> = (Arc<Chunk<V>>, Option<Box<[u8]>>);
-
 /// Longest key stored inline in its element.
 const INLINE_KEY_BYTES_MAX: usize = 22;
 
@@ -229,39 +225,84 @@ impl<V: Clone> KeyIndex<V> {
         }
     }
 
-    /// Keeps only the elements for which `keep` returns true. Only the chunks
-    /// holding an element for which `affected` returns true are rewritten
-    /// (`keep` sees every element of those, and no other): the rest stay as
+    /// Visits the elements with `start <= key`, in key order, at most
+    /// `keys_max` of them (at least 1), and keeps only those visited for which
+    /// `keep` returns true. Returns the key of the first element not visited,
+    /// or `None` once the end of the index was reached. Costs time in
+    /// proportion to `keys_max`, not to the index. Only the chunks holding a
+    /// visited element for which `affected` returns true are rewritten (`keep`
+    /// sees every visited element of those, and no other): the rest stay as
     /// they are, shared with any clone of the index.
-    pub(crate) fn retain(&mut self, affected: impl Fn(&[u8], &V) -> bool, mut keep: impl FnMut(&[u8], &mut V) -> bool) {
-        let chunks = std::mem::take(&mut self.chunks);
-        self.length = 0;
-        let mut carry: Option<Filed<V>> = None;
-        for (first, mut chunk) in chunks {
-            let rewritten = chunk.iter().any(|(key, value)| affected(key, value));
-            if rewritten {
-                Arc::make_mut(&mut chunk).retain_mut(|(key, value)| keep(key, value));
-                if chunk.is_empty() {
-                    continue;
-                }
+    pub(crate) fn retain_from(
+        &mut self,
+        start: &[u8],
+        keys_max: usize,
+        affected: impl Fn(&[u8], &V) -> bool,
+        mut keep: impl FnMut(&[u8], &mut V) -> bool,
+    ) -> Option<Box<[u8]>> {
+        assert!(keys_max > 0, "a step visits at least one key");
+        // First decide which chunks to rewrite, and which of their elements
+        // were visited, without changing anything.
+        let mut plan: Vec<(Box<[u8]>, std::ops::Range<usize>)> = Vec::new();
+        let mut budget = keys_max;
+        let mut next: Option<Box<[u8]>> = None;
+        let chunks = self
+            .chunk_key_for(start)
+            .map(|first| self.chunks.range::<[u8], _>((Bound::Included(first), Bound::Unbounded)));
+        for (first, chunk) in chunks.into_iter().flatten() {
+            let low = chunk.partition_point(|(key, _)| **key < *start);
+            if low == chunk.len() {
+                continue;
             }
-            // Merge small neighbours, when one of them was rewritten, so
-            // repeated compactions do not leave many nearly empty chunks.
-            if let Some((mut previous, previous_first)) = carry.take() {
-                if (rewritten || previous_first.is_none()) && previous.len() + chunk.len() <= CHUNK_LENGTH_MAX {
-                    let merged = Arc::make_mut(&mut previous);
-                    merged.reserve_exact(chunk.len());
-                    merged.append(&mut Arc::unwrap_or_clone(chunk));
-                    carry = Some((previous, None));
-                    continue;
-                }
-                self.push_chunk(previous, previous_first);
+            if budget == 0 {
+                next = Some(Box::from(&*chunk[low].0));
+                break;
             }
-            carry = Some((chunk, (!rewritten).then_some(first)));
+            let high = low.saturating_add(budget).min(chunk.len());
+            budget -= high - low;
+            if chunk[low..high].iter().any(|(key, value)| affected(key, value)) {
+                plan.push((first.clone(), low..high));
+            }
+            if high < chunk.len() {
+                next = Some(Box::from(&*chunk[high].0));
+                break;
+            }
         }
-        if let Some((chunk, first)) = carry {
-            self.push_chunk(chunk, first);
+        for (first, visited) in plan {
+            let mut chunk = self.chunks.remove(&first).expect("a planned chunk is filed");
+            let owned = Arc::make_mut(&mut chunk);
+            let before = owned.len();
+            let mut position = 0;
+            owned.retain_mut(|(key, value)| {
+                let inside = visited.contains(&position);
+                position += 1;
+                !inside || keep(key, value)
+            });
+            self.length -= before - owned.len();
+            if owned.is_empty() {
+                continue;
+            }
+            // Merge into the chunk below when both fit in one, so repeated
+            // compactions do not leave many nearly empty chunks.
+            let below = self
+                .chunks
+                .range_mut::<[u8], _>((Bound::Unbounded, Bound::Excluded(&*owned[0].0)))
+                .next_back();
+            if let Some((_, below)) = below.filter(|(_, below)| below.len() + owned.len() <= CHUNK_LENGTH_MAX) {
+                let merged = Arc::make_mut(below);
+                merged.reserve_exact(owned.len());
+                merged.append(owned);
+                continue;
+            }
+            owned.shrink_to(owned.len() + CHUNK_GROWTH);
+            let first = if *owned[0].0 == *first {
+                first
+            } else {
+                Box::from(&*owned[0].0)
+            };
+            self.chunks.insert(first, chunk);
         }
+        next
     }
 
     /// Appends a chunk above every other. `unchanged_first`: the key it was
@@ -312,6 +353,7 @@ mod tests {
             operations in proptest::collection::vec((0u16..400, any::<bool>()), 0..600),
             start in 0u16..400,
             end in 0u16..400,
+            step in 1usize..200,
         ) {
             let mut index = KeyIndex::default();
             let mut model = std::collections::BTreeMap::new();
@@ -344,7 +386,11 @@ mod tests {
             prop_assert_eq!(ranged, expected);
             // Only chunks holding an even value are rewritten; the others must
             // come through untouched.
-            index.retain(|_, v| *v % 2 == 0, |_, v| *v % 2 == 1);
+            // In steps of a few keys, as a compaction goes.
+            let mut cursor: Option<Box<[u8]>> = Some(Box::from(&[][..]));
+            while let Some(start) = cursor {
+                cursor = index.retain_from(&start, step, |_, v| *v % 2 == 0, |_, v| *v % 2 == 1);
+            }
             model.retain(|_, v| *v % 2 == 1);
             prop_assert_eq!(index.len(), model.len());
             for (key, value) in &model {
@@ -395,7 +441,9 @@ mod tests {
         // A retain that drops one key rewrites its chunk only (its neighbours
         // are too full to merge with).
         let target = keys[900];
-        index.retain(|key, _| key == target, |key, _| key != target);
+        assert!(index
+            .retain_from(&[], usize::MAX, |key, _| key == target, |key, _| key != target)
+            .is_none());
         assert_eq!(shared_chunks(&index, &frozen), chunk_count - 3);
         assert!(index.get(&target).is_none());
 
@@ -432,7 +480,8 @@ mod tests {
                         }
                     }
                     _ => {
-                        index.retain(|k, _| k == key, |k, _| k != key);
+                        // A step that starts at the key and visits just it.
+                        index.retain_from(&key, 1, |k, _| k == key, |k, _| k != key);
                         model.remove(&key[..]);
                     }
                 }

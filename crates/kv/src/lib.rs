@@ -64,8 +64,25 @@
 //! Named in [`Config`] with their units: `request_bytes_max` (1.5 MiB),
 //! `range_keys_max`, `txn_operations_max`, `history_revisions_max`
 //! (auto-compaction, so history never grows without bound), and
-//! `database_bytes_max` (the quota; writes are refused above it). Watches are
-//! bounded by [`WatchConfig`].
+//! `database_bytes_max` (the quota; writes are refused above it), and
+//! `compaction_keys_per_entry_max` (below). Watches are bounded by
+//! [`WatchConfig`].
+//!
+//! # Compaction, a bounded step per entry
+//!
+//! Applying a compaction (asked for, or automatic) does only its logical part
+//! at once: it sets the compacted revision, below which reads and watches
+//! fail. Dropping the history it made unreachable then visits at most
+//! `compaction_keys_per_entry_max` keys (default
+//! [`COMPACTION_KEYS_PER_ENTRY_MAX`]), in key order from a cursor, as part of
+//! applying that entry and each later one, whatever it is; so no apply walks
+//! the whole store, and since progress is counted in applied entries every
+//! replica holds the same history at the same applied index (snapshots carry
+//! the cursor). Reads at or above the compacted revision cannot tell how far
+//! it got. A new compaction while one is under way restarts the walk from
+//! the first key. Until a key is visited its unreachable changes still count
+//! in `retained_bytes`, so the quota frees up a few entries later than the
+//! compaction. See [`Store::pending_compaction`].
 //!
 //! # Recipe: a lock with a fencing token
 //!
@@ -140,7 +157,8 @@
 //! * `hash` — the chained state hash.
 //! * `error` — [`KvError`] with etcd's exact messages and [`Code`].
 //!
-//! **Invariants**: a failed request changes nothing but the applied index; a
+//! **Invariants**: a failed request changes nothing but the applied index
+//! (and a pending compaction's progress, which every entry advances); a
 //! key changes at most once per revision; history at or above the compacted
 //! revision is complete; nothing in this crate depends on time, threads or
 //! randomness.
@@ -167,6 +185,9 @@ pub use lessor::Lessor;
 pub use request::{Request, Response, TXN_DEPTH_MAX};
 pub use sequencer::Sequencer;
 pub use snapshot::FrozenStore;
-pub use store::{Applied, Config, Lease, LeaseEffect, Store, LEASE_TTL_SECONDS_MAX, REQUEST_BYTES_MAX_DEFAULT};
+pub use store::{
+    Applied, Config, Lease, LeaseEffect, Store, COMPACTION_KEYS_PER_ENTRY_MAX, LEASE_TTL_SECONDS_MAX,
+    REQUEST_BYTES_MAX_DEFAULT,
+};
 pub use types::*;
 pub use watch::{CatchUpJob, CatchUpResult, WatchConfig, WatchHub};

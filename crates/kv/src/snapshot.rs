@@ -6,8 +6,9 @@
 //! bytes and can repair each other chunk by chunk. Layout:
 //!
 //! ```text
-//! body  = magic "SYNODKV1" | applied_index | revision | compact_revision
-//!         | state_hash (u64 LE) | retained_bytes
+//! body  = magic "SYNODKV" version ("2") | applied_index | revision
+//!         | compact_revision | state_hash (u64 LE) | retained_bytes
+//!         | compaction pending (bool) | [target revision, cursor key]
 //!         | lease count | (id, ttl_seconds)*
 //!         | key count | (key, change count | (mod_revision, sub,
 //!           create_revision, version, lease, live, [value]) *)*
@@ -21,6 +22,11 @@
 //! so a snapshot never needs a buffer of its own size. [`Store::snapshot`]
 //! runs the same encoder into a `Vec`.
 //!
+//! The pending compaction (see [`Store::pending_compaction`]) is part of the
+//! state: a store restored from a snapshot taken halfway through one goes on
+//! from the same key, as the original does. Version 1 (before that field)
+//! and any other version are refused.
+//!
 //! Restore checks every checksum, bound and ordering rule and returns
 //! [`KvError::Corrupt`] on any violation; it never panics on input.
 
@@ -29,10 +35,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::codec::{Decoder, Encoder};
 use crate::error::KvError;
 use crate::index::KeyIndex;
-use crate::store::{Change, Config, KeyHistory, Lease, Store};
+use crate::store::{Change, Config, KeyHistory, Lease, PendingCompaction, Store};
 use crate::types::{RangeRequest, RangeResponse};
 
-const MAGIC: &[u8; 8] = b"SYNODKV1";
+/// The magic, then the format version (one byte), which changes whenever
+/// the layout does.
+const MAGIC: &[u8; 7] = b"SYNODKV";
+const VERSION: u8 = b'2';
+
 const CHUNK_HEADER_BYTES: usize = 12;
 const CHUNK_TRAILER_BYTES: usize = 4;
 
@@ -120,6 +130,7 @@ impl Store {
                 applied_index: self.applied_index,
                 state_hash: self.state_hash,
                 retained_bytes: self.retained_bytes,
+                compaction: self.compaction.clone(),
             },
         }
     }
@@ -192,14 +203,17 @@ impl Store {
             panic!("invalid synod-kv config: {reason}");
         }
         const INVALID: KvError = KvError::Corrupt("snapshot content invalid");
-        if body.len() < MAGIC.len() + 4 || &body[..MAGIC.len()] != MAGIC {
+        if body.len() < MAGIC.len() + 1 + 4 || &body[..MAGIC.len()] != MAGIC {
             return Err(KvError::Corrupt("not a snapshot"));
+        }
+        if body[MAGIC.len()] != VERSION {
+            return Err(KvError::Corrupt("snapshot format version not supported"));
         }
         let (content, trailer) = body.split_at(body.len() - 4);
         if crc32c::crc32c(content) != Decoder::new(trailer).u32_fixed()? {
             return Err(KvError::Corrupt("snapshot checksum mismatch"));
         }
-        let mut decoder = Decoder::new(&content[MAGIC.len()..]);
+        let mut decoder = Decoder::new(&content[MAGIC.len() + 1..]);
         let applied_index = decoder.u64()?;
         let revision = decoder.i64()?;
         let compact_revision = decoder.i64()?;
@@ -208,6 +222,17 @@ impl Store {
         if revision < 1 || compact_revision < 0 || compact_revision > revision {
             return Err(INVALID);
         }
+        let compaction = if decoder.bool()? {
+            let target = decoder.i64()?;
+            let cursor = Box::from(decoder.slice()?);
+            // A pending compaction is always towards the compacted revision.
+            if target != compact_revision || target < 1 {
+                return Err(INVALID);
+            }
+            Some(PendingCompaction { target, cursor })
+        } else {
+            None
+        };
         let lease_count = decoder.count(2)?;
         let mut leases = BTreeMap::new();
         for _ in 0..lease_count {
@@ -290,6 +315,7 @@ impl Store {
             applied_index,
             state_hash,
             retained_bytes,
+            compaction,
         })
     }
 }
@@ -343,11 +369,20 @@ fn write_snapshot<E>(store: &Store, sink: impl FnMut(&[u8]) -> Result<(), E>) ->
     };
     let encoder = &mut stream.encoder;
     encoder.bytes.extend_from_slice(MAGIC);
+    encoder.bytes.push(VERSION);
     encoder.u64(store.applied_index);
     encoder.i64(store.revision);
     encoder.i64(store.compact_revision);
     encoder.u64_fixed(store.state_hash);
     encoder.u64(store.retained_bytes);
+    match &store.compaction {
+        Some(pending) => {
+            encoder.bool(true);
+            encoder.i64(pending.target);
+            encoder.bytes(&pending.cursor);
+        }
+        None => encoder.bool(false),
+    }
     encoder.len(store.leases.len());
     for (id, lease) in &store.leases {
         stream.encoder.i64(*id);

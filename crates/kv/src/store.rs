@@ -11,6 +11,10 @@ use crate::types::*;
 pub const REQUEST_BYTES_MAX_DEFAULT: usize = 1_572_864;
 /// etcd's largest lease TTL, in seconds.
 pub const LEASE_TTL_SECONDS_MAX: i64 = 9_000_000_000;
+/// Default of [`Config::compaction_keys_per_entry_max`], in keys: about 10 ms
+/// of work per applied entry (a whole compaction walks 1,000,000 keys in
+/// about a second).
+pub const COMPACTION_KEYS_PER_ENTRY_MAX: usize = 10_000;
 
 /// Limits of the store. Every replica must use the same values: they decide
 /// outcomes of applied requests (auto-compaction, quota refusals).
@@ -35,6 +39,10 @@ pub struct Config {
     /// Smallest lease TTL granted, in seconds; smaller requests are raised to it
     /// (etcd uses about 1.5 x the election timeout).
     pub lease_ttl_seconds_min: i64,
+    /// Most keys the physical part of a compaction visits per applied entry,
+    /// in keys (see [`Store::pending_compaction`]). Bounds the time one
+    /// apply spends on it.
+    pub compaction_keys_per_entry_max: usize,
 }
 
 impl Default for Config {
@@ -46,6 +54,7 @@ impl Default for Config {
             history_revisions_max: 1_000_000,
             database_bytes_max: 8 << 30,
             lease_ttl_seconds_min: 2,
+            compaction_keys_per_entry_max: COMPACTION_KEYS_PER_ENTRY_MAX,
         }
     }
 }
@@ -67,6 +76,9 @@ impl Config {
         }
         if !(1..=LEASE_TTL_SECONDS_MAX).contains(&self.lease_ttl_seconds_min) {
             return Err("lease_ttl_seconds_min must be between 1 and LEASE_TTL_SECONDS_MAX");
+        }
+        if self.compaction_keys_per_entry_max == 0 {
+            return Err("compaction_keys_per_entry_max must be at least 1");
         }
         Ok(())
     }
@@ -307,6 +319,16 @@ impl<'a> RangeEnd<'a> {
     }
 }
 
+/// The physical part of a compaction still to do: dropping, key by key, the
+/// changes a compaction at `target` made unreachable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PendingCompaction {
+    /// The compacted revision (always the store's `compact_revision`).
+    pub(crate) target: i64,
+    /// The next key to visit: every key below it is compacted to `target`.
+    pub(crate) cursor: Box<[u8]>,
+}
+
 /// The replicated key-value state machine. See the crate docs for how the
 /// server drives it.
 pub struct Store {
@@ -318,6 +340,7 @@ pub struct Store {
     pub(crate) applied_index: u64,
     pub(crate) state_hash: u64,
     pub(crate) retained_bytes: u64,
+    pub(crate) compaction: Option<PendingCompaction>,
 }
 
 impl Store {
@@ -338,6 +361,7 @@ impl Store {
             applied_index: 0,
             state_hash: 0,
             retained_bytes: 0,
+            compaction: None,
         }
     }
 
@@ -367,14 +391,36 @@ impl Store {
         self.state_hash
     }
 
-    /// Key and value bytes retained over all revisions (what the quota counts).
+    /// Key and value bytes retained over all revisions (what the quota
+    /// counts). While a compaction's physical part is pending (see
+    /// [`Store::pending_compaction`]) this still counts the changes it has yet
+    /// to drop, so the quota may refuse a write for a few entries longer than
+    /// the compaction alone would explain.
     pub fn retained_bytes(&self) -> u64 {
         self.retained_bytes
     }
 
-    /// Number of keys with retained history (live or deleted but not compacted).
+    /// Number of keys with retained history (live or deleted but not
+    /// compacted, or not yet visited by a pending compaction).
     pub fn indexed_keys(&self) -> usize {
         self.index.len()
+    }
+
+    /// The revision of a compaction whose physical part is still under way,
+    /// if any.
+    ///
+    /// Applying a compaction (asked for, or automatic) only sets
+    /// [`Store::compact_revision`]: reads and watches below it fail from that
+    /// entry on. Dropping the changes it made unreachable then advances by at
+    /// most [`Config::compaction_keys_per_entry_max`] keys, in key order, as
+    /// part of applying that entry and each one after it, so every replica
+    /// holds the same history at the same applied index and no single apply
+    /// walks the whole store. Reads at or above the compacted revision give
+    /// the same answers whether or not a key was visited yet. A new
+    /// compaction while one is pending restarts the walk from the first key,
+    /// towards the new revision.
+    pub fn pending_compaction(&self) -> Option<i64> {
+        self.compaction.as_ref().map(|pending| pending.target)
     }
 
     /// A lease, if it exists.
@@ -467,6 +513,7 @@ impl Store {
         lease_effect: Option<LeaseEffect>,
     ) -> Applied {
         self.applied_index += 1;
+        self.compaction_step();
         let events = write.map(|write| write.events).unwrap_or_default();
         if let Ok(response) = &mut result {
             set_header_revision(response, self.revision);
@@ -917,13 +964,32 @@ impl Store {
         Ok(())
     }
 
+    /// The logical part of a compaction: reads below `revision` fail from
+    /// now on; the physical part is left to [`Store::compaction_step`].
     fn compact_unchecked(&mut self, revision: i64) {
         assert!(revision > self.compact_revision && revision <= self.revision);
         self.compact_revision = revision;
+        // Keys already visited by a pending compaction were compacted only to
+        // its older revision: start again from the first key.
+        self.compaction = Some(PendingCompaction {
+            target: revision,
+            cursor: Box::default(),
+        });
+    }
+
+    /// Advances the pending compaction, if any, by at most
+    /// `compaction_keys_per_entry_max` keys. Run once per applied entry.
+    fn compaction_step(&mut self) {
+        let Some(pending) = self.compaction.take() else {
+            return;
+        };
+        let revision = pending.target;
         let mut freed = 0;
         // Chunks with nothing to compact stay untouched (and shared with a
         // frozen copy, if one exists).
-        self.index.retain(
+        let next = self.index.retain_from(
+            &pending.cursor,
+            self.config.compaction_keys_per_entry_max,
             |_, history| history.compaction_drops(revision) > 0,
             |key, history| {
                 let (bytes, keep) = history.compact(revision, key.len());
@@ -933,6 +999,10 @@ impl Store {
         );
         assert!(freed <= self.retained_bytes);
         self.retained_bytes -= freed;
+        self.compaction = next.map(|cursor| PendingCompaction {
+            target: revision,
+            cursor,
+        });
     }
 
     // ----------------------------------------------------------------- leases

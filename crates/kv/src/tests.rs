@@ -918,6 +918,16 @@ fn damaged_snapshots_are_rejected_without_panics() {
         damaged[position] ^= 0x10;
         assert!(Store::restore(Config::default(), &damaged).is_err());
     }
+    // Another format version, behind a valid checksum.
+    let mut other_version = body.clone();
+    other_version[7] = b'1';
+    let content_length = other_version.len() - 4;
+    let checksum = crc32c::crc32c(&other_version[..content_length]);
+    other_version[content_length..].copy_from_slice(&checksum.to_le_bytes());
+    assert_eq!(
+        Store::restore(Config::default(), &other_version).err(),
+        Some(KvError::Corrupt("snapshot format version not supported"))
+    );
     let chunks: Vec<Vec<u8>> = store.snapshot_chunks(40).collect();
     let refs = |chunks: &[Vec<u8>]| chunks.to_vec();
     let mut missing = refs(&chunks);
@@ -969,6 +979,10 @@ fn config_validation() {
         },
         Config {
             lease_ttl_seconds_min: 0,
+            ..Config::default()
+        },
+        Config {
+            compaction_keys_per_entry_max: 0,
             ..Config::default()
         },
         Config {
@@ -1263,4 +1277,242 @@ mod frozen {
             }
         }
     }
+}
+
+// ------------------------------------------------- incremental compaction
+
+fn compact_to(revision: i64) -> Request {
+    Request::Compaction(CompactionRequest {
+        revision,
+        physical: false,
+    })
+}
+
+/// A store whose compactions visit `keys_per_entry` keys per applied entry.
+fn stepped_store(keys_per_entry: usize) -> Store {
+    Store::new(Config {
+        compaction_keys_per_entry_max: keys_per_entry,
+        history_revisions_max: 0,
+        ..Config::default()
+    })
+}
+
+/// Entries that leave history to compact: 300 keys, most overwritten, some
+/// deleted, some deleted and put again, some attached to a lease.
+fn history_entries() -> Vec<Request> {
+    let mut entries = vec![Request::LeaseGrant(LeaseGrantRequest { ttl: 30, id: 9 })];
+    for round in 0..3 {
+        for key in 0..300 {
+            let name = format!("k{key:03}");
+            if round == 1 && key % 7 == 0 {
+                entries.push(delete(&name, ""));
+            } else if key % 11 == 0 {
+                entries.push(lease_put(&name, &format!("{round}"), 9));
+            } else if round == 0 || key % 3 != 0 {
+                entries.push(put(&name, &format!("{round}-{key}")));
+            }
+        }
+    }
+    // A deletion exactly at the revision compacted to below.
+    entries.push(delete("k005", ""));
+    entries
+}
+
+/// Entries applied while a compaction goes on: writes, deletes, and a Txn
+/// whose compares look at keys the compaction has or has not visited.
+fn entries_during(step: usize) -> Request {
+    let name = format!("k{:03}", (step * 37) % 300);
+    match step % 4 {
+        0 => put(&name, &format!("during-{step}")),
+        1 => delete(&name, ""),
+        2 => Request::Txn(TxnRequest {
+            compare: vec![
+                compare(
+                    CompareTarget::Version,
+                    CompareResult::Greater,
+                    "k",
+                    TargetUnion::Version(1),
+                ),
+                compare(
+                    CompareTarget::Create,
+                    CompareResult::Less,
+                    &name,
+                    TargetUnion::CreateRevision(400),
+                ),
+            ],
+            success: vec![RequestOp::Range(range("k1", "k2"))],
+            failure: vec![RequestOp::Range(RangeRequest {
+                count_only: true,
+                ..range("k", "l")
+            })],
+        }),
+        _ => Request::Txn(TxnRequest::default()),
+    }
+}
+
+/// Everything a client can read: ranges with every option at every revision
+/// the store still serves, and a watch catching up from the compacted revision.
+fn observable(store: &Store) -> (Vec<Result<RangeResponse, KvError>>, Vec<WatchResponse>) {
+    let mut reads = Vec::new();
+    for revision in store.compact_revision().max(1) - 1..=store.revision() {
+        let all = RangeRequest {
+            revision,
+            ..range("k", "l")
+        };
+        for request in [
+            all.clone(),
+            RangeRequest {
+                count_only: true,
+                ..all.clone()
+            },
+            RangeRequest {
+                keys_only: true,
+                limit: 17,
+                ..all.clone()
+            },
+            RangeRequest {
+                limit: 5,
+                sort_target: SortTarget::Mod,
+                sort_order: SortOrder::Descend,
+                ..all.clone()
+            },
+            RangeRequest {
+                min_mod_revision: 250,
+                max_create_revision: 600,
+                ..all.clone()
+            },
+            RangeRequest {
+                max_mod_revision: 400,
+                min_create_revision: 2,
+                ..all.clone()
+            },
+            RangeRequest {
+                revision,
+                ..range("k005", "")
+            },
+            RangeRequest {
+                revision,
+                ..range("k000", "")
+            },
+        ] {
+            reads.push(store.range(&request));
+        }
+    }
+    let mut hub = WatchHub::new(WatchConfig {
+        catch_up_events_max: 50,
+        ..WatchConfig::default()
+    });
+    hub.create(
+        store,
+        &WatchCreateRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            start_revision: store.compact_revision(),
+            prev_kv: true,
+            ..WatchCreateRequest::default()
+        },
+    )
+    .unwrap();
+    (reads, drain(&mut hub, store))
+}
+
+/// The same as `Store::apply`, checking the outcome against `reference`.
+fn apply_both(store: &mut Store, reference: &mut Store, request: &Request) {
+    let applied = store.apply(request);
+    assert_eq!(applied, reference.apply(request));
+    assert_eq!(store.state_hash(), reference.state_hash());
+    assert_eq!(store.compact_revision(), reference.compact_revision());
+}
+
+#[test]
+fn a_compaction_in_small_steps_reads_like_a_finished_one() {
+    // The reference visits every key within the compacting entry.
+    let mut reference = stepped_store(usize::MAX);
+    let mut store = stepped_store(7);
+    for request in history_entries() {
+        apply_both(&mut store, &mut reference, &request);
+    }
+    let revision = store.revision();
+    apply_both(&mut store, &mut reference, &compact_to(revision));
+    assert_eq!(reference.pending_compaction(), None);
+    assert_eq!(store.pending_compaction(), Some(revision));
+    // Reads below the compacted revision fail at once.
+    assert_eq!(
+        store.range(&RangeRequest {
+            revision: revision - 1,
+            ..range("k", "l")
+        }),
+        Err(KvError::Compacted)
+    );
+    // Mid-way, the store still holds history the reference dropped.
+    assert!(store.indexed_keys() > reference.indexed_keys());
+    let mut steps = 0;
+    while store.pending_compaction().is_some() {
+        assert_eq!(observable(&store), observable(&reference));
+        assert!(store.retained_bytes() >= reference.retained_bytes());
+        apply_both(&mut store, &mut reference, &entries_during(steps));
+        steps += 1;
+    }
+    // 300 keys or so, 7 per entry.
+    assert!((40..=50).contains(&steps), "{steps} entries");
+    assert_eq!(observable(&store), observable(&reference));
+    assert_eq!(store.retained_bytes(), reference.retained_bytes());
+    assert_eq!(store.indexed_keys(), reference.indexed_keys());
+    assert_eq!(store.snapshot(), reference.snapshot());
+    assert_eq!(store.lease(9), reference.lease(9));
+}
+
+#[test]
+fn replicas_and_restored_snapshots_compact_identically() {
+    let mut store = stepped_store(5);
+    let mut replica = stepped_store(5);
+    // Compacted all at once to the same revisions, for the end state.
+    let mut reference = stepped_store(usize::MAX);
+    for request in history_entries() {
+        apply_both(&mut store, &mut replica, &request);
+        reference.apply(&request);
+    }
+    let first = store.revision() - 400;
+    let mut entries = vec![compact_to(first)];
+    let mut restored: Option<Store> = None;
+    let mut second = None;
+    for steps in 0.. {
+        for request in entries.drain(..) {
+            let applied = store.apply(&request);
+            assert_eq!(replica.apply(&request), applied);
+            assert_eq!(reference.apply(&request), applied);
+            if let Some(restored) = &mut restored {
+                assert_eq!(restored.apply(&request), applied);
+            }
+        }
+        // Byte-identical at every applied index, mid-compaction included.
+        assert_eq!(store.snapshot(), replica.snapshot());
+        assert_eq!(store.retained_bytes(), replica.retained_bytes());
+        if let Some(restored) = &restored {
+            assert_eq!(restored.snapshot(), store.snapshot());
+        }
+        if store.pending_compaction().is_none() {
+            break;
+        }
+        if steps == 10 {
+            // A snapshot taken halfway goes on from the same key.
+            let mut bytes = Vec::new();
+            let Ok(()) = store.freeze().write_snapshot(|piece| {
+                bytes.extend_from_slice(piece);
+                Ok::<(), std::convert::Infallible>(())
+            });
+            restored = Some(Store::restore(store.config().clone(), &bytes).unwrap());
+        }
+        if steps == 20 {
+            // A second compaction mid-way: the walk starts again, towards it.
+            assert_eq!(store.pending_compaction(), Some(first));
+            second = Some(store.revision() - 100);
+            entries.push(compact_to(second.unwrap()));
+        }
+        entries.push(entries_during(steps));
+    }
+    assert_eq!(store.compact_revision(), second.unwrap());
+    assert!(restored.is_some());
+    assert_eq!(store.snapshot(), reference.snapshot());
+    assert_eq!(store.retained_bytes(), reference.retained_bytes());
 }

@@ -308,7 +308,10 @@ pub struct TxnResponse {
 pub struct CompactionRequest {
     /// Discard history below this revision.
     pub revision: i64,
-    /// Wait for the physical compaction (a server concern; the store is always physical).
+    /// Wait for the physical compaction (etcd). Ignored: the response comes
+    /// once the compaction is applied, when reads below it already fail; the
+    /// history it frees goes over the following entries (see
+    /// [`crate::Store::pending_compaction`]).
     pub physical: bool,
 }
 

@@ -1176,4 +1176,16 @@ proptest! {
     ) {
         run(ops, Config { history_revisions_max: 6, ..Config::default() }, CatchUp::OffLock(None))?;
     }
+
+    /// Compactions that drop history one key per applied entry: reads,
+    /// watches and snapshots must not tell.
+    #[test]
+    fn store_matches_the_model_compacting_a_key_per_entry(ops in prop::collection::vec(op(), 1..120)) {
+        run(ops, Config { compaction_keys_per_entry_max: 1, ..Config::default() }, CatchUp::InPlace)?;
+    }
+
+    #[test]
+    fn store_matches_the_model_auto_compacting_a_key_per_entry(ops in prop::collection::vec(op(), 1..120)) {
+        run(ops, Config { history_revisions_max: 6, compaction_keys_per_entry_max: 1, ..Config::default() }, CatchUp::OffLock(None))?;
+    }
 }
