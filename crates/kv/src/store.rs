@@ -39,8 +39,10 @@ pub struct Config {
     /// Smallest lease TTL granted, in seconds; smaller requests are raised to it
     /// (etcd uses about 1.5 x the election timeout).
     pub lease_ttl_seconds_min: i64,
-    /// Most keys the physical part of a compaction visits per applied entry,
-    /// in keys (see [`Store::pending_compaction`]). Bounds the time one
+    /// Most keys the physical part of a compaction visits per step, in keys
+    /// (see [`Store::pending_compaction`]); a step runs once per applied
+    /// entry, or once per batch for a host that defers it
+    /// ([`Store::apply_bytes_deferring_compaction`]). Bounds the time one
     /// apply spends on it.
     pub compaction_keys_per_entry_max: usize,
 }
@@ -454,19 +456,38 @@ impl Store {
 
     /// Applies one log entry as bytes. A malformed or oversized entry is
     /// applied as an error (every replica sees the same bytes, so the same error).
+    /// Advances a pending compaction by one step ([`Store::compaction_step`]).
     pub fn apply_bytes(&mut self, entry: &[u8]) -> Applied {
+        let applied = self.apply_bytes_deferring_compaction(entry);
+        self.compaction_step();
+        applied
+    }
+
+    /// [`Store::apply_bytes`] without the compaction step: for a host that
+    /// applies the log in batches and calls [`Store::compaction_step`] once
+    /// per batch instead, so that a batch of many entries right after a
+    /// compaction costs one step, not one per entry. Every replica must follow
+    /// the same rule (batches are part of the replicated log, so they can).
+    pub fn apply_bytes_deferring_compaction(&mut self, entry: &[u8]) -> Applied {
         if entry.len() > self.config.request_bytes_max {
             return self.finish(Err(KvError::RequestTooLarge), None, None);
         }
         match Request::decode(entry) {
-            Ok(request) => self.apply(&request),
+            Ok(request) => self.apply_deferring_compaction(&request),
             Err(error) => self.finish(Err(error), None, None),
         }
     }
 
     /// Applies one request. Deterministic: the same sequence of requests gives
     /// the same responses, events, revisions and state hash on every replica.
+    /// Advances a pending compaction by one step ([`Store::compaction_step`]).
     pub fn apply(&mut self, request: &Request) -> Applied {
+        let applied = self.apply_deferring_compaction(request);
+        self.compaction_step();
+        applied
+    }
+
+    fn apply_deferring_compaction(&mut self, request: &Request) -> Applied {
         if let Err(error) = self.validate(request) {
             return self.finish(Err(error), None, None);
         }
@@ -513,7 +534,6 @@ impl Store {
         lease_effect: Option<LeaseEffect>,
     ) -> Applied {
         self.applied_index += 1;
-        self.compaction_step();
         let events = write.map(|write| write.events).unwrap_or_default();
         if let Ok(response) = &mut result {
             set_header_revision(response, self.revision);
@@ -978,8 +998,10 @@ impl Store {
     }
 
     /// Advances the pending compaction, if any, by at most
-    /// `compaction_keys_per_entry_max` keys. Run once per applied entry.
-    fn compaction_step(&mut self) {
+    /// `compaction_keys_per_entry_max` keys. [`Store::apply`] and
+    /// [`Store::apply_bytes`] run it once per entry; a host applying with
+    /// [`Store::apply_bytes_deferring_compaction`] runs it once per batch.
+    pub fn compaction_step(&mut self) {
         let Some(pending) = self.compaction.take() else {
             return;
         };

@@ -1516,3 +1516,46 @@ fn replicas_and_restored_snapshots_compact_identically() {
     assert_eq!(store.snapshot(), reference.snapshot());
     assert_eq!(store.retained_bytes(), reference.retained_bytes());
 }
+
+#[test]
+fn a_host_may_step_a_compaction_once_per_batch_instead_of_per_entry() {
+    let config = Config {
+        compaction_keys_per_entry_max: 5,
+        ..Config::default()
+    };
+    let mut per_batch = Store::new(config.clone());
+    let mut per_entry = Store::new(config);
+    for index in 0..40 {
+        for value in ["a", "b"] {
+            let entry = put(&format!("k{index:02}"), value).encode();
+            per_batch.apply_bytes_deferring_compaction(&entry);
+            per_entry.apply_bytes(&entry);
+        }
+    }
+    let compact = Request::Compaction(CompactionRequest {
+        revision: 81,
+        physical: false,
+    })
+    .encode();
+    per_batch.apply_bytes_deferring_compaction(&compact);
+    per_entry.apply_bytes(&compact);
+    // A batch of many entries takes no step of its own.
+    for _ in 0..20 {
+        per_batch.apply_bytes_deferring_compaction(&put("x", "y").encode());
+    }
+    assert_eq!(per_batch.pending_compaction(), Some(81));
+    let mut steps = 0;
+    while per_batch.pending_compaction().is_some() {
+        per_batch.compaction_step();
+        steps += 1;
+    }
+    assert!((8..=10).contains(&steps), "40 keys at 5 per step took {steps} steps");
+    for _ in 0..20 {
+        per_entry.apply_bytes(&put("x", "y").encode());
+    }
+    assert_eq!(per_entry.pending_compaction(), None);
+    // Where the steps fall changes nothing the replicas compare.
+    assert_eq!(per_batch.snapshot(), per_entry.snapshot());
+    assert_eq!(per_batch.state_hash(), per_entry.state_hash());
+    assert_eq!(per_batch.retained_bytes(), per_entry.retained_bytes());
+}

@@ -61,9 +61,18 @@ const SNAPSHOT_REQUEST_RETRY: Duration = Duration::from_secs(2);
 /// asked for this long, so an idle member does not hold a copy of its store.
 const SERVED_SNAPSHOT_IDLE: Duration = Duration::from_secs(30);
 
+/// Keys a compaction's physical part visits per committed instance (one step
+/// per instance, whatever its number of entries), in keys: about 2 ms, so the
+/// up to `window_instances_max` instances one Ready may commit do not hold the
+/// core task for long.
+const COMPACTION_KEYS_PER_INSTANCE_MAX: usize = 2_000;
+
 /// The state machine's limits; every member must use the same.
 pub fn kv_config() -> synod_kv::Config {
-    synod_kv::Config::default()
+    synod_kv::Config {
+        compaction_keys_per_entry_max: COMPACTION_KEYS_PER_INSTANCE_MAX,
+        ..synod_kv::Config::default()
+    }
 }
 
 /// Inputs handled before the Ready is processed, so one slow stream of input
@@ -777,7 +786,7 @@ impl Core {
                     if committed.rejected.contains(&(index as u32)) {
                         continue;
                     }
-                    let applied = store.apply_bytes(&entry.value);
+                    let applied = store.apply_bytes_deferring_compaction(&entry.value);
                     self.lessor.observe(&applied, now_ms);
                     if !applied.events.is_empty() {
                         events = true;
@@ -787,6 +796,9 @@ impl Core {
                     }
                     results.insert((committed.instance.0, index as u32), applied);
                 }
+                // One compaction step per committed instance on every member
+                // (instances are replicated, so the rule is the same everywhere).
+                store.compaction_step();
                 self.shared
                     .metrics
                     .applied_instance
