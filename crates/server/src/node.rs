@@ -62,7 +62,8 @@ const SNAPSHOT_REQUEST_RETRY: Duration = Duration::from_secs(2);
 const SERVED_SNAPSHOT_IDLE: Duration = Duration::from_secs(30);
 
 /// Keys a compaction's physical part visits per committed instance (one step
-/// per instance, whatever its number of entries), in keys: about 2 ms, so the
+/// per instance, whatever its number of entries), in keys: a few milliseconds
+/// (kvbench: 18.85 ms for the longest step of 10,000 keys), so the
 /// up to `window_instances_max` instances one Ready may commit do not hold the
 /// core task for long.
 const COMPACTION_KEYS_PER_INSTANCE_MAX: usize = 2_000;
