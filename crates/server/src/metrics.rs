@@ -72,6 +72,9 @@ pub struct Metrics {
     pub proposals_timed_out: AtomicU64,
     pub proposals_forwarded: AtomicU64,
     pub applied_instance: AtomicU64,
+    /// The target revision of a compaction whose physical part is still
+    /// running, 0 if none.
+    pub compaction_pending_revision: AtomicI64,
     pub is_master: AtomicU64,
     pub watch_streams: AtomicI64,
     pub watchers: AtomicI64,
@@ -91,6 +94,7 @@ impl Default for Metrics {
             proposals_timed_out: AtomicU64::new(0),
             proposals_forwarded: AtomicU64::new(0),
             applied_instance: AtomicU64::new(0),
+            compaction_pending_revision: AtomicI64::new(0),
             is_master: AtomicU64::new(0),
             watch_streams: AtomicI64::new(0),
             watchers: AtomicI64::new(0),
@@ -152,6 +156,12 @@ impl Metrics {
             "synod_applied_instance",
             "Highest Paxos instance applied to the state machine.",
             self.applied_instance.load(Ordering::Relaxed) as i64,
+        );
+        gauge(
+            &mut out,
+            "synod_compaction_pending_revision",
+            "Target revision of a compaction whose history is still being dropped, 0 if none.",
+            self.compaction_pending_revision.load(Ordering::Relaxed),
         );
         gauge(
             &mut out,

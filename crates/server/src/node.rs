@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use synod_kv::{Applied, LeaseRevokeRequest, LeaseTimeToLiveResponse, Lessor, Request, Store, WatchHub};
+use synod_kv::{Applied, LeaseRevokeRequest, LeaseTimeToLiveResponse, Lessor, Request, Store, TxnRequest, WatchHub};
 use synod_paxos::{Epoch, Instance, NodeId, Outcome, Ready, RejectReason, Replica, SubmitId, Time};
 use synod_storage::{AcceptorStore, FinishedSnapshot, SnapshotStore, SnapshotWriter, StorageError};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -50,6 +50,10 @@ use crate::snapshot::{
 pub const TICK_INTERVAL: Duration = Duration::from_millis(5);
 /// How often the master looks for expired client leases.
 const LEASE_EXPIRY_INTERVAL: Duration = Duration::from_millis(250);
+/// While a compaction's physical part is pending, the master proposes an
+/// empty Txn this often, so that the steps (one per committed instance) go on
+/// when no client writes: otherwise the history they free stays in memory.
+const COMPACTION_NUDGE_INTERVAL: Duration = Duration::from_millis(20);
 /// Expired leases revoked per expiry check.
 const LEASE_REVOKES_PER_CHECK_MAX: usize = 64;
 /// A revoke that has not taken effect is proposed again after this long, in milliseconds.
@@ -242,6 +246,7 @@ pub struct Core {
     was_master: bool,
     last_master: Option<NodeId>,
     next_expiry_check: Instant,
+    next_compaction_nudge: Instant,
     /// The snapshot files: snapshots are written through a clone of them on
     /// blocking-pool threads, never on this task or the group commit's writer.
     snapshots: SnapshotStore,
@@ -350,6 +355,7 @@ impl Core {
             was_master: false,
             last_master: None,
             next_expiry_check: Instant::now(),
+            next_compaction_nudge: Instant::now(),
             snapshots,
             snapshot_instance,
             snapshot_in_progress: None,
@@ -382,6 +388,7 @@ impl Core {
                     let now = self.now();
                     self.replica.tick(now);
                     self.expire_leases();
+                    self.nudge_compaction();
                 }
                 Some((from, input)) = inputs.inbound.recv() => {
                     self.peer_input(from, input).await?;
@@ -748,6 +755,27 @@ impl Core {
         }
     }
 
+    /// The master keeps a pending compaction stepping while no client writes:
+    /// an empty Txn changes nothing but is one more committed instance.
+    fn nudge_compaction(&mut self) {
+        if Instant::now() < self.next_compaction_nudge || !self.replica.is_master() {
+            return;
+        }
+        self.next_compaction_nudge = Instant::now() + COMPACTION_NUDGE_INTERVAL;
+        let nudge = {
+            let store = self.shared.store();
+            if store.pending_compaction().is_none() {
+                return;
+            }
+            store.prepare(&Request::Txn(TxnRequest::default()))
+        };
+        let Ok(bytes) = nudge else { return };
+        let now = self.now();
+        let epoch = self.replica.epoch();
+        // Not awaited: a nudge that fails is made again.
+        let _ = self.replica.submit(now, Bytes::from(bytes), epoch);
+    }
+
     async fn process_ready(&mut self) -> Result<(), CoreError> {
         loop {
             let ready = self.replica.take_ready();
@@ -800,6 +828,10 @@ impl Core {
                 // One compaction step per committed instance on every member
                 // (instances are replicated, so the rule is the same everywhere).
                 store.compaction_step();
+                self.shared
+                    .metrics
+                    .compaction_pending_revision
+                    .store(store.pending_compaction().unwrap_or(0), Ordering::Relaxed);
                 self.shared
                     .metrics
                     .applied_instance

@@ -315,6 +315,7 @@ fn etcdctl_against_a_three_member_group() {
         "synod_master_changes_total",
         "synod_proposals_total{outcome=\"committed\"}",
         "synod_applied_instance",
+        "synod_compaction_pending_revision",
         "synod_watch_streams",
     ] {
         assert!(body.contains(metric), "/metrics lacks {metric}");
