@@ -24,8 +24,10 @@
 //!
 //! The pending compaction (see [`Store::pending_compaction`]) is part of the
 //! state: a store restored from a snapshot taken halfway through one goes on
-//! from the same key, as the original does. Version 1 (before that field)
-//! and any other version are refused.
+//! from the same key, as the original does. Version 1 (written before that
+//! field existed, when a compaction finished within its entry) is read as
+//! having none pending, so a member restarts from the snapshot an older
+//! build left; any other version is refused.
 //!
 //! Restore checks every checksum, bound and ordering rule and returns
 //! [`KvError::Corrupt`] on any violation; it never panics on input.
@@ -42,6 +44,8 @@ use crate::types::{RangeRequest, RangeResponse};
 /// the layout does.
 const MAGIC: &[u8; 7] = b"SYNODKV";
 const VERSION: u8 = b'2';
+/// The layout before the pending compaction was recorded.
+const VERSION_WITHOUT_PENDING_COMPACTION: u8 = b'1';
 
 const CHUNK_HEADER_BYTES: usize = 12;
 const CHUNK_TRAILER_BYTES: usize = 4;
@@ -206,7 +210,8 @@ impl Store {
         if body.len() < MAGIC.len() + 1 + 4 || &body[..MAGIC.len()] != MAGIC {
             return Err(KvError::Corrupt("not a snapshot"));
         }
-        if body[MAGIC.len()] != VERSION {
+        let version = body[MAGIC.len()];
+        if version != VERSION && version != VERSION_WITHOUT_PENDING_COMPACTION {
             return Err(KvError::Corrupt("snapshot format version not supported"));
         }
         let (content, trailer) = body.split_at(body.len() - 4);
@@ -222,7 +227,7 @@ impl Store {
         if revision < 1 || compact_revision < 0 || compact_revision > revision {
             return Err(INVALID);
         }
-        let compaction = if decoder.bool()? {
+        let compaction = if version != VERSION_WITHOUT_PENDING_COMPACTION && decoder.bool()? {
             let target = decoder.i64()?;
             let cursor = Box::from(decoder.slice()?);
             // A pending compaction is always towards the compacted revision.

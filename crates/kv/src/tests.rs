@@ -920,7 +920,7 @@ fn damaged_snapshots_are_rejected_without_panics() {
     }
     // Another format version, behind a valid checksum.
     let mut other_version = body.clone();
-    other_version[7] = b'1';
+    other_version[7] = b'3';
     let content_length = other_version.len() - 4;
     let checksum = crc32c::crc32c(&other_version[..content_length]);
     other_version[content_length..].copy_from_slice(&checksum.to_le_bytes());
@@ -1558,4 +1558,31 @@ fn a_host_may_step_a_compaction_once_per_batch_instead_of_per_entry() {
     assert_eq!(per_batch.snapshot(), per_entry.snapshot());
     assert_eq!(per_batch.state_hash(), per_entry.state_hash());
     assert_eq!(per_batch.retained_bytes(), per_entry.retained_bytes());
+}
+
+#[test]
+fn a_version_1_snapshot_restores_with_no_compaction_pending() {
+    let mut store = store();
+    for i in 0..5 {
+        store.apply(&put(&format!("k{i}"), "value"));
+    }
+    let body = store.snapshot();
+    // Version 1 is version 2 without the pending-compaction field, which
+    // follows the fixed header.
+    let mut header = crate::codec::Encoder::default();
+    header.u64(store.applied_index());
+    header.i64(store.revision());
+    header.i64(store.compact_revision());
+    header.u64_fixed(store.state_hash());
+    header.u64(store.retained_bytes());
+    let field = 8 + header.bytes.len();
+    assert_eq!(body[field], 0, "no compaction pending");
+    let mut version_1 = body[..body.len() - 4].to_vec();
+    version_1.remove(field);
+    version_1[7] = b'1';
+    let checksum = crc32c::crc32c(&version_1);
+    version_1.extend_from_slice(&checksum.to_le_bytes());
+    let restored = Store::restore(Config::default(), &version_1).expect("a version 1 snapshot restores");
+    assert_eq!(restored.pending_compaction(), None);
+    assert_eq!(restored.snapshot(), body, "and is the same state");
 }
