@@ -220,7 +220,7 @@ impl DiskWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use synod_paxos::{Ballot, Batch, BatchId, Epoch, Meta, NodeId, StoredSlot, Voting};
 
@@ -232,7 +232,7 @@ mod tests {
 
     /// Opens the store again once the dropped writer's threads have let go
     /// of the directory.
-    fn reopen(path: &Path) -> Opened {
+    pub(crate) fn reopen(path: &Path) -> Opened {
         for _ in 0..500 {
             if let Ok((_, opened)) = open(path, 1 << 20) {
                 return opened;
@@ -272,9 +272,11 @@ mod tests {
             .await
             .unwrap();
         // The snapshot is written outside the writer threads, which only trim.
-        let mut snapshot = AcceptorStore::begin_snapshot(writer.snapshots(), Instance(1), Epoch(ballot)).unwrap();
-        snapshot.write(b"state").unwrap();
-        let done = writer.trim(snapshot.finish().unwrap()).unwrap();
+        let finished = AcceptorStore::write_snapshot(writer.snapshots(), Instance(1), Epoch(ballot), |snapshot| {
+            snapshot.write(b"state")
+        })
+        .unwrap();
+        let done = writer.trim(finished).unwrap();
         assert_eq!(done.await.unwrap().unwrap(), Instance(1));
         drop(writer);
         let opened = reopen(&path);
@@ -303,9 +305,9 @@ mod tests {
         // A snapshot written by the caller, then a trim through the writer.
         let snapshots = writer.snapshots().clone();
         let finished = tokio::task::spawn_blocking(move || {
-            let mut snapshot = AcceptorStore::begin_snapshot(&snapshots, Instance(readies), Epoch(ballot))?;
-            snapshot.write(b"state")?;
-            snapshot.finish()
+            AcceptorStore::write_snapshot(&snapshots, Instance(readies), Epoch(ballot), |snapshot| {
+                snapshot.write(b"state")
+            })
         })
         .await
         .unwrap()

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use synod_kv::{Applied, LeaseRevokeRequest, LeaseTimeToLiveResponse, Lessor, Request, Store, TxnRequest, WatchHub};
 use synod_paxos::{Epoch, Instance, NodeId, Outcome, Ready, RejectReason, Replica, SubmitId, Time};
-use synod_storage::{AcceptorStore, FinishedSnapshot, SnapshotStore, SnapshotWriter, StorageError};
+use synod_storage::{AcceptorStore, FinishedSnapshot, SnapshotStore, StorageError};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -554,7 +554,7 @@ impl Core {
         let prepared = tokio::task::spawn_blocking(move || {
             let restored =
                 Store::restore(kv_config(), &state).map_err(|error| format!("refusing a damaged snapshot: {error}"))?;
-            let finished = write_snapshot(&snapshots, instance, epoch, |writer| writer.write(&state))
+            let finished = AcceptorStore::write_snapshot(&snapshots, instance, epoch, |writer| writer.write(&state))
                 .map_err(|error| format!("cannot store a peer's snapshot: {error}"))?;
             Ok::<_, String>((restored, finished))
         })
@@ -661,7 +661,7 @@ impl Core {
         let snapshots = self.snapshots.clone();
         let (done, wait) = oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let written = write_snapshot(&snapshots, instance, epoch, |writer| {
+            let written = AcceptorStore::write_snapshot(&snapshots, instance, epoch, |writer| {
                 frozen.write_snapshot(|piece| writer.write(piece))
             });
             let _ = done.send(written);
@@ -938,21 +938,6 @@ impl Core {
     }
 }
 
-/// Writes the snapshot at `instance` (whose highest applied epoch is `epoch`)
-/// through `snapshots`, `fill` supplying the state machine's bytes, and makes
-/// it durable. Runs on a blocking-pool thread; an error leaves the previous
-/// snapshot and the log as they were.
-fn write_snapshot(
-    snapshots: &SnapshotStore,
-    instance: Instance,
-    epoch: Epoch,
-    fill: impl FnOnce(&mut SnapshotWriter) -> Result<(), StorageError>,
-) -> Result<FinishedSnapshot, StorageError> {
-    let mut writer = AcceptorStore::begin_snapshot(snapshots, instance, epoch)?;
-    fill(&mut writer)?;
-    writer.finish()
-}
-
 /// A reading of the monotonic clock as the core's [`Time`]. Starts at one
 /// second so that "zero" never means "now".
 pub fn core_time(origin: Instant) -> Time {
@@ -1012,7 +997,7 @@ mod tests {
         let instance = Instance(store.applied_index());
         let epoch = Epoch(ballot);
         let writing = tokio::task::spawn_blocking(move || {
-            write_snapshot(&snapshots, instance, epoch, |writer| {
+            AcceptorStore::write_snapshot(&snapshots, instance, epoch, |writer| {
                 frozen.write_snapshot(|piece| writer.write(piece))
             })
         });
@@ -1024,8 +1009,7 @@ mod tests {
         assert_eq!(disk.trim(finished).unwrap().await.unwrap().unwrap(), instance);
 
         drop(disk);
-        std::thread::sleep(Duration::from_millis(50));
-        let (_, opened) = crate::disk::open(&path, 1 << 20).unwrap();
+        let opened = crate::disk::tests::reopen(&path);
         assert_eq!(opened.durable.unwrap().snapshot_instance, instance);
         assert!(opened.snapshot_state.as_deref() == Some(&expected[..]));
         assert_ne!(store.snapshot(), expected);

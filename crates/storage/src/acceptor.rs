@@ -159,11 +159,24 @@ impl AcceptorStore {
     /// elsewhere with [`AcceptorStore::begin_snapshot`] and hands the result to
     /// [`AcceptorStore::trim`].
     pub fn save_snapshot(&mut self, instance: Instance, epoch: Epoch, state: &[u8]) -> Result<FinishedSnapshot> {
-        let mut writer = AcceptorStore::begin_snapshot(&self.snapshots, instance, epoch)?;
-        writer.write(state)?;
-        let finished = writer.finish()?;
+        let finished = AcceptorStore::write_snapshot(&self.snapshots, instance, epoch, |writer| writer.write(state))?;
         self.trim(&finished)?;
         Ok(finished)
+    }
+
+    /// A whole snapshot through [`AcceptorStore::begin_snapshot`]: `fill`
+    /// writes the state machine's bytes, then the snapshot is finished and
+    /// durable. Runs on any thread; an error leaves the previous snapshot and
+    /// the log as they were.
+    pub fn write_snapshot(
+        snapshots: &SnapshotStore,
+        instance: Instance,
+        epoch: Epoch,
+        fill: impl FnOnce(&mut SnapshotWriter) -> Result<()>,
+    ) -> Result<FinishedSnapshot> {
+        let mut writer = AcceptorStore::begin_snapshot(snapshots, instance, epoch)?;
+        fill(&mut writer)?;
+        writer.finish()
     }
 
     /// Begins a snapshot of the state machine at `instance` (whose highest

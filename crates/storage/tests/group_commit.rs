@@ -425,7 +425,10 @@ fn acceptor_completions_run_in_submission_order() {
         expected.push((index, index % 6 != 2));
         group.submit(submission, completion).unwrap();
         if index == 200 {
-            let finished = write_snapshot(&snapshots, Instance(instance), Epoch::default(), b"state").unwrap();
+            let finished = AcceptorStore::write_snapshot(&snapshots, Instance(instance), Epoch::default(), |writer| {
+                writer.write(b"state")
+            })
+            .unwrap();
             let done = order.clone();
             group
                 .trim(
@@ -491,7 +494,8 @@ fn acceptor_trim_through_the_writer() {
             .unwrap();
     }
     let epoch = Epoch(Ballot::new(1, 1, NodeId(1)));
-    let finished = write_snapshot(&snapshots, Instance(150), epoch, b"state").unwrap();
+    let finished =
+        AcceptorStore::write_snapshot(&snapshots, Instance(150), epoch, |writer| writer.write(b"state")).unwrap();
     let (sender, receiver) = mpsc::channel();
     group
         .trim(finished, Box::new(move |removed| sender.send(removed).unwrap()))
@@ -651,16 +655,4 @@ fn a_failed_sync_aborts_the_process_with_a_clear_message() {
     assert!(!output.status.success(), "the child must not exit cleanly");
     assert!(!stdout.contains("CHILD SURVIVED"), "{stdout}");
     assert!(stderr.contains("FATAL") && stderr.contains("sync of wal-"), "{stderr}");
-}
-
-/// Writes a whole snapshot through the handle, as a host does off the hot path.
-fn write_snapshot(
-    snapshots: &SnapshotStore,
-    instance: Instance,
-    epoch: Epoch,
-    state: &[u8],
-) -> Result<FinishedSnapshot> {
-    let mut writer = AcceptorStore::begin_snapshot(snapshots, instance, epoch)?;
-    writer.write(state)?;
-    writer.finish()
 }
