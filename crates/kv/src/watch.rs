@@ -292,17 +292,7 @@ impl WatchHub {
     }
 
     fn compacted(&self, store: &Store, watch_id: i64) -> WatchResponse {
-        WatchResponse {
-            header: ResponseHeader {
-                revision: store.revision(),
-                ..ResponseHeader::default()
-            },
-            watch_id,
-            canceled: true,
-            compact_revision: store.compact_revision(),
-            cancel_reason: KvError::Compacted.to_string(),
-            ..WatchResponse::default()
-        }
+        compacted_response(watch_id, store.revision(), store.compact_revision())
     }
 
     /// `WatchCancelRequest`. Drops unsent events and queues the `canceled`
@@ -463,17 +453,11 @@ impl WatchHub {
             match result.outcome {
                 Err(_) => {
                     self.watchers.remove(&result.watch_id);
-                    self.control.push_back(WatchResponse {
-                        header: ResponseHeader {
-                            revision: result.frozen_revision,
-                            ..ResponseHeader::default()
-                        },
-                        watch_id: result.watch_id,
-                        canceled: true,
-                        compact_revision: result.compact_revision,
-                        cancel_reason: KvError::Compacted.to_string(),
-                        ..WatchResponse::default()
-                    });
+                    self.control.push_back(compacted_response(
+                        result.watch_id,
+                        result.frozen_revision,
+                        result.compact_revision,
+                    ));
                 }
                 Ok((batches, next_revision)) => {
                     for events in &batches {
@@ -568,6 +552,22 @@ fn keep_in_tail(watcher: &mut Watcher, watch_id: i64, applied: &Applied, revisio
     }
     tail.events += events.len();
     tail.responses.push_back(events_response(watch_id, revision, events));
+}
+
+/// The cancellation of a watcher whose next revision was compacted away, as
+/// etcd sends it: with `compact_revision` for the client to resume from.
+fn compacted_response(watch_id: i64, revision: i64, compact_revision: i64) -> WatchResponse {
+    WatchResponse {
+        header: ResponseHeader {
+            revision,
+            ..ResponseHeader::default()
+        },
+        watch_id,
+        canceled: true,
+        compact_revision,
+        cancel_reason: KvError::Compacted.to_string(),
+        ..WatchResponse::default()
+    }
 }
 
 fn events_response(watch_id: i64, revision: i64, events: Vec<Event>) -> WatchResponse {
