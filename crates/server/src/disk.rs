@@ -17,7 +17,8 @@
 //! completes, so the storage queue, of the same size, is never found full.
 //!
 //! Snapshots are written off the writer thread, from a clone of the store's
-//! [`SnapshotStore`] ([`DiskWriter::snapshots`]), on a thread that may block;
+//! `SnapshotStore` ([`AcceptorStore::snapshots`], taken before the store is
+//! handed over) with [`AcceptorStore::write_snapshot`], on a thread that may block;
 //! the [`FinishedSnapshot`] then trims the log on the writer thread
 //! ([`DiskWriter::trim`]).
 //!
@@ -31,9 +32,9 @@ use std::sync::Arc;
 use synod_paxos::{DurableState, Instance, Persist};
 use synod_storage::{
     AcceptorStore, AcceptorStoreConfig, Disk, FinishedSnapshot, FsDisk, GroupCommit, GroupCommitConfig, RejectReason,
-    SnapshotStore, StorageError, SyncFailurePolicy,
+    StorageError, SyncFailurePolicy,
 };
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
 /// Directory inside the data directory that holds the storage crate's files.
 pub const STORAGE_DIRECTORY: &str = "paxos";
@@ -122,7 +123,6 @@ struct Inner {
     log: Option<GroupCommit<AcceptorStore>>,
     /// One per submission or trim not yet completed.
     permits: Arc<Semaphore>,
-    snapshots: SnapshotStore,
 }
 
 impl Drop for Inner {
@@ -138,7 +138,6 @@ impl Drop for Inner {
 impl DiskWriter {
     /// Starts the group-commit threads over `store`.
     pub fn start(store: AcceptorStore) -> std::io::Result<DiskWriter> {
-        let snapshots = store.snapshots().clone();
         let config = GroupCommitConfig {
             queue_submissions_max: DISK_QUEUE_SUBMISSIONS_MAX,
             sync_failure_policy: SyncFailurePolicy::Abort,
@@ -149,7 +148,6 @@ impl DiskWriter {
             inner: Arc::new(Inner {
                 log: Some(log),
                 permits: Arc::new(Semaphore::new(DISK_QUEUE_SUBMISSIONS_MAX)),
-                snapshots,
             }),
         })
     }
@@ -184,29 +182,12 @@ impl DiskWriter {
         wait.await.map_err(|_| DiskError::Stopped)?
     }
 
-    /// The snapshot files, to write a snapshot with
-    /// [`AcceptorStore::begin_snapshot`] (on a thread that may block) or to
-    /// serve one to peers.
-    pub fn snapshots(&self) -> &SnapshotStore {
-        &self.inner.snapshots
-    }
-
     /// Queues a trim of the log below `finished`, without blocking; `None`
     /// when the queue is full or the writer stopped. The receiver reports the
     /// snapshot's instance once the log below it is trimmed.
     pub fn trim(&self, finished: FinishedSnapshot) -> Option<oneshot::Receiver<Result<Instance, DiskError>>> {
         let permit = self.inner.permits.clone().try_acquire_owned().ok()?;
         let (done, wait) = oneshot::channel();
-        self.queue_trim(finished, permit, done).ok()?;
-        Some(wait)
-    }
-
-    fn queue_trim(
-        &self,
-        finished: FinishedSnapshot,
-        permit: OwnedSemaphorePermit,
-        done: oneshot::Sender<Result<Instance, DiskError>>,
-    ) -> Result<(), DiskError> {
         self.log()
             .try_trim(
                 finished,
@@ -215,7 +196,8 @@ impl DiskWriter {
                     let _ = done.send(removed.map(|_| finished.instance()).map_err(DiskError::from));
                 }),
             )
-            .map_err(|rejected| DiskError::from(rejected.reason))
+            .ok()?;
+        Some(wait)
     }
 }
 
@@ -257,6 +239,7 @@ pub(crate) mod tests {
         let path = directory("restart");
         let (store, opened) = open(&path, 1 << 20).unwrap();
         assert!(opened.durable.is_none());
+        let snapshots = store.snapshots().clone();
         let writer = DiskWriter::start(store).unwrap();
         let ballot = Ballot::new(2, 1, NodeId(7));
         writer
@@ -272,13 +255,15 @@ pub(crate) mod tests {
             .await
             .unwrap();
         // The snapshot is written outside the writer threads, which only trim.
-        let finished = AcceptorStore::write_snapshot(writer.snapshots(), Instance(1), Epoch(ballot), |snapshot| {
+        let finished = AcceptorStore::write_snapshot(&snapshots, Instance(1), Epoch(ballot), |snapshot| {
             snapshot.write(b"state")
         })
         .unwrap();
         let done = writer.trim(finished).unwrap();
         assert_eq!(done.await.unwrap().unwrap(), Instance(1));
+        // Both hold the data directory's lock.
         drop(writer);
+        drop(snapshots);
         let opened = reopen(&path);
         let durable = opened.durable.unwrap();
         assert_eq!(durable.meta.incarnation, 3);
@@ -291,6 +276,7 @@ pub(crate) mod tests {
     async fn more_readies_than_queue_slots_wait_for_room_and_all_become_durable() {
         let path = directory("queue");
         let (store, _) = open(&path, 1 << 20).unwrap();
+        let snapshots = store.snapshots().clone();
         let writer = DiskWriter::start(store).unwrap();
         let ballot = Ballot::new(1, 1, NodeId(1));
         let readies = 3 * DISK_QUEUE_SUBMISSIONS_MAX as u64;
@@ -303,7 +289,6 @@ pub(crate) mod tests {
             outcome.unwrap().unwrap();
         }
         // A snapshot written by the caller, then a trim through the writer.
-        let snapshots = writer.snapshots().clone();
         let finished = tokio::task::spawn_blocking(move || {
             AcceptorStore::write_snapshot(&snapshots, Instance(readies), Epoch(ballot), |snapshot| {
                 snapshot.write(b"state")
