@@ -4,9 +4,10 @@
 //! The core task never touches a file. It hands each Ready's persist records
 //! to the [`DiskWriter`], a thin async wrapper over the storage crate's
 //! [`GroupCommit`] owning the [`AcceptorStore`]. Its writer thread stages the
-//! records of every Ready queued meanwhile, syncs the log once per batch and
-//! hands the batch's identifiers to an identifier thread, which syncs them
-//! and only then completes the batch's submissions, in submission order;
+//! records of every Ready queued meanwhile and syncs the log once per batch,
+//! writing the previous batch's identifiers beside this batch's frames; once
+//! a batch's identifiers are synced, a completion thread completes its
+//! submissions, in submission order;
 //! metadata (promise, incarnation, voting state) is written and synced on the
 //! writer thread in queue order. A completion sends on a tokio oneshot
 //! channel, which the core task awaits before it sends the Ready's messages.

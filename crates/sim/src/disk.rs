@@ -75,9 +75,12 @@ pub struct NodeDisk {
 fn store_config() -> AcceptorStoreConfig {
     AcceptorStoreConfig {
         wal: WalConfig {
-            // Small segments, so rotation and trimming happen in every run.
+            // Small segments, so rotation and trimming happen in every run,
+            // and small values, so that the space before a segment's
+            // identifier region (held in memory by the simulated disk) is
+            // small too.
             segment_bytes_max: 64 << 10,
-            value_bytes_max: 1 << 20,
+            value_bytes_max: 16 << 10,
             preallocate_bytes: 0,
         },
         // Small chunks, so that a transfer takes several and can be cut short.
@@ -131,13 +134,13 @@ impl NodeDisk {
         self.store()?.sync().map_err(|error| error.to_string())
     }
 
-    /// Power fails during the next sync of the log (or the identifiers): the sync
-    /// returns an error, and the crash that follows keeps a torn prefix at most.
+    /// Power fails during the next sync of the log's frames (or of their
+    /// identifiers, the segment's sync after it): the sync returns an error,
+    /// and the crash that follows keeps a torn prefix at most.
     pub fn fail_next_sync(&mut self, identifiers: bool) {
         if let Some(store) = &self.store {
-            let (log, ids) = store.wal().active_files();
-            let name = if identifiers { ids } else { log };
-            self.disk.schedule_power_failure(&name);
+            let (segment, _) = store.wal().active_file();
+            self.disk.schedule_power_failure_after(&segment, u32::from(identifiers));
         }
     }
 

@@ -40,6 +40,10 @@ fn durable_state(ballot: Ballot, corrupted: u16, replica: usize) -> DurableState
     let disk: Arc<dyn Disk> = Arc::new(sim.clone());
     let mut config = AcceptorStoreConfig::default();
     config.wal.preallocate_bytes = 0;
+    // Small segments: the simulated disk holds each file, unwritten space
+    // before the identifier region included, in memory.
+    config.wal.segment_bytes_max = 64 << 10;
+    config.wal.value_bytes_max = 4 << 10;
     let (mut store, _) = AcceptorStore::open(disk.clone(), &config).unwrap();
     let mut records = vec![Persist::Meta(Meta {
         promised: ballot,

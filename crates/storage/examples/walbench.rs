@@ -111,7 +111,7 @@ fn append(options: &Options) {
                 GroupCommitConfig {
                     queue_submissions_max: 4096,
                     batch_bytes_max: 4 << 20,
-                    pipeline_batches_max: 1,
+                    pipeline_batches_max: 4,
                     sync_failure_policy: SyncFailurePolicy::Abort,
                 },
             )
@@ -206,7 +206,7 @@ fn append(options: &Options) {
         println!(
             "submitters={submitters} driver_threads={} value_bytes={value_bytes} seconds={elapsed:.2} records={records} \
              records_per_s={:.0} value_MB_per_s={:.2} log_MB_per_s={:.2} log_plus_ids_MB_per_s={:.2} \
-             batches={} records_per_batch={records_per_batch:.1} log_bytes_per_batch={:.0} syncs_per_s={:.0} log_sync_busy={:.2} ids_sync_busy={:.2}",
+             batches={} records_per_batch={records_per_batch:.1} log_bytes_per_batch={:.0} syncs_per_s={:.0} sync_busy={:.2}",
             options.driver_threads,
             records as f64 / elapsed,
             (records * value_bytes as u64) as f64 / elapsed / 1e6,
@@ -214,9 +214,8 @@ fn append(options: &Options) {
             (log_bytes + identifier_bytes) as f64 / elapsed / 1e6,
             stats.batches,
             records_per_batch * frame_bytes as f64,
-            2.0 * stats.batches as f64 / elapsed,
+            stats.syncs as f64 / elapsed,
             stats.sync_micros as f64 / 1e6 / elapsed,
-            stats.identifier_sync_micros as f64 / 1e6 / elapsed,
         );
         let _ = std::fs::remove_dir_all(&directory);
     }

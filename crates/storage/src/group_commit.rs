@@ -1,14 +1,15 @@
 //! Group commit: one writer thread owns a [`CommitTarget`] (a bare [`Wal`],
 //! or a whole [`crate::AcceptorStore`]: log and metadata), takes submissions
-//! from a bounded queue, stages every queued log record and syncs the log file
-//! once for all of them; an identifier thread then writes the batch's
-//! identifiers, syncs the identifier file once, and only then completes every
-//! submission of the batch. The two threads form a pipeline: while the
-//! identifiers of batch `n` are synced, the frames of batch `n + 1` are, so
-//! the write ordering of [`Wal::sync`] holds for each batch (frames durable
-//! before their identifiers are written) without the two syncs adding up.
-//! At most `pipeline_batches_max` batches wait between the threads, and a
-//! segment rotates only after every identifier of it is synced.
+//! from a bounded queue and stages every queued log record. Each round it
+//! writes the staged frames (batch `n + 1`) and the identifiers of the batch
+//! before (batch `n`, whose frames the previous round made durable), and
+//! issues one `fdatasync` for both: the write ordering of [`Wal::sync`]
+//! holds for each batch (frames durable before their identifiers are
+//! written) at one sync per batch rather than two. Once that sync returns,
+//! batch `n` is durable, and a completion thread runs its completions while
+//! the writer goes on. When no new record is queued, a round writes and
+//! syncs the identifiers alone. A segment rotates only after every
+//! identifier of it is synced.
 //!
 //! A submission is one [`Record`] (over a [`Wal`]) or a Ready's `Persist`
 //! records (over an [`crate::AcceptorStore`]), with one completion. Metadata
@@ -17,16 +18,14 @@
 //! and syncs both metadata copies, then goes on. So what a crash leaves is a
 //! prefix of the submitted writes, and it holds every acknowledged one.
 //!
-//! Completions are caller-supplied callbacks, all run on the identifier thread
-//! in submission order (trims included), so an async caller passes one that
+//! Completions are caller-supplied callbacks, all run on the completion
+//! thread in submission order (trims included), so an async caller passes one that
 //! sends on its own oneshot channel and never blocks an executor thread;
 //! [`GroupCommit::try_submit`] never blocks and hands a refused submission
 //! back.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -34,7 +33,7 @@ use crate::error::{Result, StorageError};
 use crate::fatal::fatal_sync_error;
 use crate::metadata::AcceptorMetadata;
 use crate::snapshot::FinishedSnapshot;
-use crate::wal::{IdentifierBatch, IdentifierWriter, Record, Wal};
+use crate::wal::{IdentifierBatch, Record, Wal};
 
 /// Called once with the outcome of a submission: `Ok` means durable.
 pub type Completion = Box<dyn FnOnce(Result<()>) + Send>;
@@ -45,7 +44,7 @@ pub type TrimCompletion = Box<dyn FnOnce(Result<u64>) + Send>;
 /// One write a submission asks for, in the order given.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOp {
-    /// A log record, durable once its batch's frames and identifiers are
+    /// A log record, durable once its frame and then its identifier are
     /// synced.
     Record(Record),
     /// The acceptor metadata, written and synced (both copies) in queue
@@ -123,8 +122,8 @@ pub struct GroupCommitConfig {
     pub queue_submissions_max: usize,
     /// A batch stops growing at this many bytes of frames.
     pub batch_bytes_max: usize,
-    /// Batches whose frames are synced and whose identifiers wait for the
-    /// identifier thread.
+    /// Durable batches whose completions may wait for the completion thread
+    /// before the writer waits for it.
     pub pipeline_batches_max: usize,
     /// What a failed write or sync does.
     pub sync_failure_policy: SyncFailurePolicy,
@@ -135,7 +134,7 @@ impl Default for GroupCommitConfig {
         GroupCommitConfig {
             queue_submissions_max: 4096,
             batch_bytes_max: 4 << 20,
-            pipeline_batches_max: 1,
+            pipeline_batches_max: 4,
             sync_failure_policy: SyncFailurePolicy::Abort,
         }
     }
@@ -182,32 +181,33 @@ pub struct GroupCommitStats {
     pub batches: u64,
     /// Log records made durable.
     pub records: u64,
+    /// `fdatasync`s of the log: one per batch, and one more for the
+    /// identifiers of a batch that no other batch followed at once.
+    pub syncs: u64,
     /// Metadata updates made durable (two copies each).
     pub metadata_writes: u64,
-    /// Time spent writing and syncing frames, in microseconds.
-    pub sync_micros: u64,
-    /// Time the identifier thread spent writing and syncing identifiers, in
+    /// Time spent writing and syncing frames and identifiers, in
     /// microseconds.
-    pub identifier_sync_micros: u64,
+    pub sync_micros: u64,
     /// Time spent writing and syncing metadata, in microseconds.
     pub metadata_sync_micros: u64,
 }
 
-/// The handle to the group-commit writer threads.
+/// The handle to the group-commit writer and completion threads.
 ///
 /// A writer thread owns the target (a [`Wal`] or a
 /// [`crate::AcceptorStore`]): it takes submissions from a queue bounded by
-/// `queue_submissions_max`, stages every log record queued (up to
-/// `batch_bytes_max`), writes the frames and syncs the log file once for the
-/// batch, then hands the batch to an identifier thread, which writes the
-/// identifiers, syncs the identifier file once, and only then runs every
-/// completion of the batch with `Ok(())`. Nothing is reported durable before
-/// the syncs covering it return. While batch `n`'s identifiers sync, batch
-/// `n + 1`'s frames do; at most `pipeline_batches_max` batches wait between
-/// the threads. Metadata in a submission waits until everything before it
-/// is durable, and is then written and synced on the writer thread.
+/// `queue_submissions_max` and stages every log record queued (up to
+/// `batch_bytes_max`). Each round writes the staged frames beside the
+/// identifiers of the batch the round before made durable, and syncs the
+/// segment once; only then does the completion thread run every completion
+/// of that earlier batch with `Ok(())`. Nothing is reported durable before
+/// the syncs covering its frame and then its identifier return. At most
+/// `pipeline_batches_max` durable batches wait for the completion thread.
+/// Metadata in a submission waits until everything before it is durable,
+/// and is then written and synced on the writer thread.
 ///
-/// Completions run on the identifier thread, in submission order, and must
+/// Completions run on the completion thread, in submission order, and must
 /// not block: an async caller passes one that sends on a oneshot channel.
 /// [`GroupCommit::try_submit`] never blocks and hands the submission back
 /// when the queue is full.
@@ -217,9 +217,8 @@ pub struct GroupCommitStats {
 /// ([`SyncFailurePolicy::Stop`]); it is never retried.
 ///
 /// For servers. The deterministic simulator calls
-/// [`crate::AcceptorStore::write`] and [`crate::AcceptorStore::sync`] itself:
-/// with two threads, the order in which a [`crate::SimDisk`] draws its faults
-/// would depend on thread timing.
+/// [`crate::AcceptorStore::write`] and [`crate::AcceptorStore::sync`] itself,
+/// so that everything it does happens on one thread in a seeded order.
 pub struct GroupCommit<T: CommitTarget = Wal> {
     sender: Option<SyncSender<Command<T::Submission>>>,
     writer: Option<JoinHandle<(T, GroupCommitStats)>>,
@@ -234,38 +233,32 @@ impl<T: CommitTarget> fmt::Debug for GroupCommit<T> {
 }
 
 impl<T: CommitTarget> GroupCommit<T> {
-    /// Starts the writer and identifier threads; the writer owns `target`
+    /// Starts the writer and completion threads; the writer owns `target`
     /// until [`GroupCommit::stop`].
-    pub fn start(mut target: T, config: GroupCommitConfig) -> Result<GroupCommit<T>> {
+    pub fn start(target: T, config: GroupCommitConfig) -> Result<GroupCommit<T>> {
         if config.queue_submissions_max == 0 || config.batch_bytes_max == 0 || config.pipeline_batches_max == 0 {
             return Err(StorageError::InvalidConfig {
                 what: "queue_submissions_max, batch_bytes_max and pipeline_batches_max must be positive".to_string(),
             });
         }
-        let shared = Arc::new(Shared {
-            failure: Mutex::new(None),
-            identifier_sync_micros: AtomicU64::new(0),
-        });
         let (stages, stage_receiver) = mpsc::sync_channel(config.pipeline_batches_max);
-        let identifier_writer = IdentifierWriter::new(target.wal_mut().disk());
-        let identifier_shared = shared.clone();
-        let identifier_config = config.clone();
-        let identifiers = std::thread::Builder::new()
-            .name("synod-wal-identifiers".to_string())
-            .spawn(move || run_identifiers(identifier_writer, stage_receiver, identifier_shared, identifier_config))
-            .map_err(|e| StorageError::io("synod-wal-identifiers", "spawn", e))?;
+        let completions = std::thread::Builder::new()
+            .name("synod-wal-completions".to_string())
+            .spawn(move || run_completions(stage_receiver))
+            .map_err(|e| StorageError::io("synod-wal-completions", "spawn", e))?;
         let (sender, receiver) = mpsc::sync_channel(config.queue_submissions_max);
         let writer = Writer {
             target,
             config,
-            shared,
+            failure: None,
             stages: Some(stages),
             waiters: Vec::new(),
+            unsynced_identifiers: None,
             stats: GroupCommitStats::default(),
         };
         let writer = std::thread::Builder::new()
             .name("synod-wal-writer".to_string())
-            .spawn(move || writer.run(receiver, identifiers))
+            .spawn(move || writer.run(receiver, completions))
             .map_err(|e| StorageError::io("synod-wal-writer", "spawn", e))?;
         Ok(GroupCommit {
             sender: Some(sender),
@@ -414,54 +407,41 @@ enum Waiter {
     },
 }
 
-/// A batch on its way to the identifier thread.
-enum Stage {
-    Batch {
-        /// `None` when the batch staged no log record (its submissions only
-        /// wrote metadata, or failed, or the writer stopped).
-        identifiers: Option<IdentifierBatch>,
-        waiters: Vec<Waiter>,
-    },
-    /// Answered once every batch sent before it is durable.
-    Drain(SyncSender<()>),
-}
-
-/// State shared by the two threads.
-struct Shared {
-    /// Set by whichever thread fails first; both then stop taking work.
-    failure: Mutex<Option<String>>,
-    identifier_sync_micros: AtomicU64,
-}
-
-impl Shared {
-    fn failure(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set_failure(&self, reason: &str) {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(|| reason.to_string());
-    }
+/// A batch's completions, with its outcome, on their way to the completion
+/// thread.
+struct Stage {
+    outcome: std::result::Result<(), String>,
+    waiters: Vec<Waiter>,
 }
 
 struct Writer<T: CommitTarget> {
     target: T,
     config: GroupCommitConfig,
-    shared: Arc<Shared>,
+    /// Set after a failed write or sync: every later request is refused.
+    failure: Option<String>,
     stages: Option<SyncSender<Stage>>,
     /// Completions of what is staged, in queue order.
     waiters: Vec<Waiter>,
+    /// The batch whose frames are durable and whose identifiers go into the
+    /// next round, with its completions.
+    unsynced_identifiers: Option<(IdentifierBatch, Vec<Waiter>)>,
     stats: GroupCommitStats,
 }
 
 impl<T: CommitTarget> Writer<T> {
-    /// Blocks for the first request of a batch, then takes whatever else is
-    /// already queued, up to `batch_bytes_max`, and flushes.
-    fn run(mut self, receiver: Receiver<Command<T::Submission>>, identifiers: JoinHandle<()>) -> (T, GroupCommitStats) {
-        while let Ok(first) = receiver.recv() {
-            let mut next = Some(first);
+    /// Blocks for the first request of a batch (unless identifiers wait for
+    /// a round), then takes whatever else is already queued, up to
+    /// `batch_bytes_max`, and runs a round.
+    fn run(mut self, receiver: Receiver<Command<T::Submission>>, completions: JoinHandle<()>) -> (T, GroupCommitStats) {
+        loop {
+            let mut next = if self.unsynced_identifiers.is_some() {
+                receiver.try_recv().ok()
+            } else {
+                match receiver.recv() {
+                    Ok(command) => Some(command),
+                    Err(_) => break,
+                }
+            };
             while let Some(command) = next.take() {
                 match command {
                     Command::Submit(submission, completion) => self.submit(submission, completion),
@@ -472,31 +452,29 @@ impl<T: CommitTarget> Writer<T> {
                 }
                 next = receiver.try_recv().ok();
             }
-            self.flush();
+            self.round();
             self.rotate_if_full();
         }
         self.stages = None;
-        let _ = identifiers.join();
-        if let Some(reason) = self.shared.failure() {
+        let _ = completions.join();
+        if let Some(reason) = self.failure.take() {
             self.target.stop_after(reason);
         }
-        let mut stats = self.stats;
-        stats.identifier_sync_micros = self.shared.identifier_sync_micros.load(Ordering::Relaxed);
-        (self.target, stats)
+        (self.target, self.stats)
     }
 
     fn stopped(&self) -> Result<()> {
-        match self.shared.failure() {
-            Some(reason) => Err(StorageError::Stopped { reason }),
+        match &self.failure {
+            Some(reason) => Err(StorageError::Stopped { reason: reason.clone() }),
             None => Ok(()),
         }
     }
 
     /// Records a failed write or sync: aborts the process, or (for tests)
-    /// stops both threads for good.
-    fn fail(&self, error: &StorageError) {
+    /// stops the writer for good.
+    fn fail(&mut self, error: &StorageError) {
         let reason = on_failure(error, &self.config);
-        self.shared.set_failure(&reason);
+        self.failure.get_or_insert(reason);
     }
 
     /// Stages a submission's writes; its completion joins the batch.
@@ -518,7 +496,6 @@ impl<T: CommitTarget> Writer<T> {
     fn append(&mut self, record: &Record) -> Result<()> {
         self.stopped()?;
         if self.target.wal_mut().is_full_for(record) {
-            self.flush();
             self.drain();
             self.stopped()?;
             if let Err(error) = self.target.wal_mut().rotate() {
@@ -530,15 +507,14 @@ impl<T: CommitTarget> Writer<T> {
         let syncs = wal.sync_count();
         let appended = wal.append(record);
         // The segment was rotated above if needed, so the append staged the
-        // record without syncing: every identifier goes through the
-        // identifier thread, in order.
-        assert_eq!(wal.sync_count(), syncs, "an append inside the writer synced");
+        // record without writing: every batch goes through the rounds, in
+        // order.
+        assert_eq!(wal.sync_count(), syncs, "an append inside the writer wrote");
         appended
     }
 
     /// Makes everything staged so far durable, then writes the metadata.
     fn write_metadata(&mut self, metadata: &AcceptorMetadata) -> Result<()> {
-        self.flush();
         self.drain();
         self.stopped()?;
         let started = Instant::now();
@@ -563,45 +539,72 @@ impl<T: CommitTarget> Writer<T> {
         self.waiters.push(Waiter::Trim { completion, outcome });
     }
 
-    /// Syncs the staged frames and hands their identifiers and the waiters
-    /// to the identifier thread.
-    fn flush(&mut self) {
+    /// One round: writes the waiting identifiers (whose frames are durable)
+    /// and the staged frames, syncs once, then hands the batch the
+    /// identifiers belong to, now durable, to the completion thread. The
+    /// staged batch's identifiers wait for the next round.
+    fn round(&mut self) {
         let staged = self.target.wal_mut().staged_records();
-        if staged == 0 && self.waiters.is_empty() {
+        let unsynced = self.unsynced_identifiers.take();
+        if staged == 0 && self.waiters.is_empty() && unsynced.is_none() {
             return;
         }
         let mut identifiers = None;
-        if staged > 0 && self.stopped().is_ok() {
+        if self.stopped().is_ok() && (staged > 0 || unsynced.is_some()) {
             let started = Instant::now();
-            let synced = self.target.wal_mut().sync_frames();
-            self.stats.sync_micros += started.elapsed().as_micros() as u64;
-            match synced {
+            match self.write_and_sync(unsynced.as_ref().map(|(batch, _)| batch)) {
                 Ok(batch) => {
-                    self.stats.batches += 1;
-                    self.stats.records += staged;
+                    if staged > 0 {
+                        self.stats.batches += 1;
+                        self.stats.records += staged;
+                    }
                     identifiers = batch;
                 }
                 Err(error) => self.fail(&error),
             }
+            self.stats.sync_micros += started.elapsed().as_micros() as u64;
         }
-        let stage = Stage::Batch {
-            identifiers,
-            waiters: std::mem::take(&mut self.waiters),
-        };
-        let sender = self.stages.as_ref().expect("stages live until stop");
-        if let Err(error) = sender.send(stage) {
-            if let Stage::Batch { waiters, .. } = error.0 {
-                complete(waiters, Err("the identifier thread stopped".to_string()));
-            }
+        if let Some((_, waiters)) = unsynced {
+            self.complete(waiters);
+        }
+        let waiters = std::mem::take(&mut self.waiters);
+        match identifiers {
+            Some(batch) if self.failure.is_none() => self.unsynced_identifiers = Some((batch, waiters)),
+            _ => self.complete(waiters),
         }
     }
 
-    /// Waits until every batch sent so far is durable.
-    fn drain(&mut self) {
-        let (reply, done) = mpsc::sync_channel(1);
+    /// Writes `identifiers` and the staged frames, then syncs the segment;
+    /// returns the staged frames' identifiers.
+    fn write_and_sync(&mut self, identifiers: Option<&IdentifierBatch>) -> Result<Option<IdentifierBatch>> {
+        let wal = self.target.wal_mut();
+        if let Some(identifiers) = identifiers {
+            wal.write_identifiers(identifiers)?;
+        }
+        let written = wal.write_frames()?;
+        wal.sync_file()?;
+        self.stats.syncs += 1;
+        Ok(written)
+    }
+
+    /// Hands completions to the completion thread, with the outcome every
+    /// one of them gets unless it failed on its own.
+    fn complete(&mut self, waiters: Vec<Waiter>) {
+        let outcome = match &self.failure {
+            Some(reason) => Err(reason.clone()),
+            None => Ok(()),
+        };
         let sender = self.stages.as_ref().expect("stages live until stop");
-        if sender.send(Stage::Drain(reply)).is_ok() {
-            let _ = done.recv();
+        if let Err(error) = sender.send(Stage { outcome, waiters }) {
+            complete(error.0.waiters, Err("the completion thread stopped".to_string()));
+        }
+    }
+
+    /// Makes everything staged so far durable, identifiers included.
+    fn drain(&mut self) {
+        self.round();
+        while self.unsynced_identifiers.is_some() {
+            self.round();
         }
     }
 
@@ -620,39 +623,10 @@ impl<T: CommitTarget> Writer<T> {
     }
 }
 
-/// Writes and syncs identifier batches in order, then completes their
-/// waiters: the moment a batch becomes durable.
-fn run_identifiers(
-    mut writer: IdentifierWriter,
-    stages: Receiver<Stage>,
-    shared: Arc<Shared>,
-    config: GroupCommitConfig,
-) {
-    for stage in stages {
-        match stage {
-            Stage::Batch { identifiers, waiters } => {
-                let outcome = match (shared.failure(), identifiers) {
-                    (Some(reason), _) => Err(reason),
-                    (None, None) => Ok(()),
-                    (None, Some(identifiers)) => {
-                        let started = Instant::now();
-                        let written = writer.write(&identifiers);
-                        shared
-                            .identifier_sync_micros
-                            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-                        written.map_err(|error| {
-                            let reason = on_failure(&error, &config);
-                            shared.set_failure(&reason);
-                            reason
-                        })
-                    }
-                };
-                complete(waiters, outcome);
-            }
-            Stage::Drain(reply) => {
-                let _ = reply.send(());
-            }
-        }
+/// Runs the completions of durable batches, in order.
+fn run_completions(stages: Receiver<Stage>) {
+    for Stage { outcome, waiters } in stages {
+        complete(waiters, outcome);
     }
 }
 

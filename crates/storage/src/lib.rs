@@ -28,7 +28,7 @@
 //! | `disk` | [`Disk`], [`File`], [`FsDisk`] |
 //! | `sim_disk` | [`SimDisk`], [`FaultConfig`], [`FaultCounts`] |
 //! | `wal` | [`Wal`], [`Record`], [`Recovery`]; the log's write ordering |
-//! | `group_commit` | [`GroupCommit`] over a [`CommitTarget`] ([`AcceptorStore`] or [`Wal`]): the writer and identifier threads |
+//! | `group_commit` | [`GroupCommit`] over a [`CommitTarget`] ([`AcceptorStore`] or [`Wal`]): the writer and completion threads, one sync per batch |
 //! | `metadata` | [`MetadataStore`], [`AcceptorMetadata`] |
 //! | `snapshot` | [`SnapshotStore`], [`SnapshotWriter`], [`SnapshotReader`], [`SnapshotInstaller`] |
 //! | `replica` | [`open_replica`]: metadata, snapshots and log opened in order |
@@ -39,7 +39,7 @@
 //!
 //! ```text
 //! acceptor-a.meta, acceptor-b.meta     metadata copies
-//! wal-<segment>.log, wal-<segment>.ids segments and their identifiers
+//! wal-<segment>.log                   segments: frames, then identifiers
 //! snapshot-<instance>.snap             the newest finished snapshot
 //! snapshot-<instance>.tmp              a snapshot being written
 //! snapshot-incoming.partial            a snapshot being received
@@ -50,14 +50,16 @@
 //!
 //! Each file kind has one rule, and recovery relies on nothing else.
 //!
-//! **Log.** A batch is made durable as: (1) write its frames to the active
-//! `.log`, (2) `fdatasync` the `.log`, (3) write the frames' identifiers to
-//! the `.ids`, (4) `fdatasync` the `.ids`, (5) report the batch durable. An
-//! identifier therefore reaches the disk only after its frame is durable.
-//! [`GroupCommit`] runs steps 1-2 on its writer thread and 3-5 on an
-//! identifier thread, in batch order, so batch `n + 1`'s frames sync while
-//! batch `n`'s identifiers do; the rule holds per batch. [`Wal::sync`] (the
-//! simulator, through [`AcceptorStore::sync`]) runs all five in sequence.
+//! **Log.** A segment file holds frames from its start and identifiers from
+//! its identifier base, a whole segment (and a largest frame) further on. A
+//! batch is made durable as: (1) write its frames, (2) `fdatasync` the
+//! segment, (3) write the frames' identifiers, (4) `fdatasync` the segment,
+//! (5) report the batch durable. An identifier therefore reaches the disk
+//! only after its frame is durable. [`GroupCommit`] writes batch `n`'s
+//! identifiers (step 3) beside batch `n + 1`'s frames (step 1), so one
+//! `fdatasync` is step 4 for batch `n` and step 2 for batch `n + 1`; the
+//! rule holds per batch. [`Wal::sync`] (the simulator, through
+//! [`AcceptorStore::sync`]) runs all five in sequence.
 //!
 //! Recovery reads each segment's identifiers and frames in order (frame `k`
 //! belongs to identifier `k`):
@@ -81,10 +83,10 @@
 //!   the frames after it are still read: neither stops the replica, only a
 //!   header that verifies but names another format does.
 //!
-//! Segment files are extended with zeros ahead of the writes
-//! ([`WalConfig::preallocate_bytes`]) so most syncs change no file size; the
-//! zeros go only beyond the current end of a file and are written in the same
-//! batch, before the same sync. Recovery reads trailing zeros as space never
+//! Both regions of a segment are written with zeros ahead of the writes
+//! ([`WalConfig::preallocate_bytes`]) so most syncs allocate no blocks and
+//! change no file size; the zeros go only beyond what the region holds and
+//! are written in the same batch, before the same sync. Recovery reads trailing zeros as space never
 //! written (trailing all-zero identifier slots as absent), so preallocation
 //! changes none of the rules above. A frame that verifies but whose
 //! identifier is damaged gets its identifier rewritten by recovery, so that
@@ -94,8 +96,7 @@
 //! new segment's two headers are synced before any frame goes into it, so
 //! only the last segment can have a torn tail; a last segment whose headers
 //! are incomplete and which holds no frames is a rotation that crashed, and
-//! is replaced. Trimming removes a segment's `.log` before its `.ids`; an
-//! `.ids` left without its `.log` is removed on open.
+//! is replaced. Trimming removes whole segment files.
 //!
 //! **Metadata.** Each update writes the copy with the older sequence number,
 //! syncs it, then writes and syncs the other, before it is reported: a torn

@@ -150,6 +150,14 @@ fn apply(image: &mut Vec<u8>, pending: &Pending) {
     }
 }
 
+/// An error a test scheduled: see [`SimDisk::schedule_error_where`].
+struct ScheduledError {
+    name: String,
+    operation: Operation,
+    skip: u32,
+    offset_min: u64,
+}
+
 struct State {
     rng: SimRng,
     faults: FaultConfig,
@@ -158,25 +166,33 @@ struct State {
     inodes: BTreeMap<u64, Inode>,
     inode_next: u64,
     generation: u64,
-    scheduled_errors: Vec<(String, Operation)>,
-    /// Files whose next sync loses power instead of completing.
-    power_failures: Vec<String>,
+    scheduled_errors: Vec<ScheduledError>,
+    /// Files whose sync loses power instead of completing, each with how
+    /// many of its syncs complete first.
+    power_failures: Vec<(String, u32)>,
     /// Latent sector errors: reads overlapping these ranges always fail.
     unreadable: Vec<(String, u64, u64)>,
     syncs: u64,
 }
 
 impl State {
-    fn take_scheduled(&mut self, name: &str, operation: Operation) -> bool {
-        if let Some(position) = self
+    /// Whether an `operation` on `name` at `offset` (0 for a sync) fails
+    /// because a test scheduled it.
+    fn take_scheduled(&mut self, name: &str, operation: Operation, offset: u64) -> bool {
+        let Some(position) = self
             .scheduled_errors
             .iter()
-            .position(|(n, o)| n == name && *o == operation)
-        {
-            self.scheduled_errors.remove(position);
-            return true;
+            .position(|e| e.name == name && e.operation == operation && offset >= e.offset_min)
+        else {
+            return false;
+        };
+        let scheduled = &mut self.scheduled_errors[position];
+        if scheduled.skip > 0 {
+            scheduled.skip -= 1;
+            return false;
         }
-        false
+        self.scheduled_errors.remove(position);
+        true
     }
 }
 
@@ -311,12 +327,31 @@ impl SimDisk {
     /// [`crash`](SimDisk::crash)es (unsynced writes kept in part, possibly torn)
     /// and the sync returns an error.
     pub fn schedule_power_failure(&self, name: &str) {
-        self.lock().power_failures.push(name.to_string());
+        self.schedule_power_failure_after(name, 0);
+    }
+
+    /// Like [`SimDisk::schedule_power_failure`], but `completed_syncs` syncs
+    /// of `name` complete first: aims the failure at a later sync, such as
+    /// the one of a log segment's identifiers, which follows its frames'.
+    pub fn schedule_power_failure_after(&self, name: &str, completed_syncs: u32) {
+        self.lock().power_failures.push((name.to_string(), completed_syncs));
+    }
+
+    /// Makes an `operation` on `name` fail with EIO: the first one at or
+    /// past `offset_min` (for reads and writes) after `skip` such operations
+    /// succeeded. Aims a fault at a region of a file, or at a later sync.
+    pub fn schedule_error_where(&self, name: &str, operation: Operation, skip: u32, offset_min: u64) {
+        self.lock().scheduled_errors.push(ScheduledError {
+            name: name.to_string(),
+            operation,
+            skip,
+            offset_min,
+        });
     }
 
     /// Makes the next `operation` on `name` fail with EIO.
     pub fn schedule_error(&self, name: &str, operation: Operation) {
-        self.lock().scheduled_errors.push((name.to_string(), operation));
+        self.schedule_error_where(name, operation, 0, 0);
     }
 
     /// Makes every read of `name` that overlaps `offset..offset + length`
@@ -480,7 +515,7 @@ impl File for SimFile {
             .iter()
             .any(|(name, start, stop)| *name == self.name && *start < end && offset < *stop);
         if latent
-            || state.take_scheduled(&self.name, Operation::Read)
+            || state.take_scheduled(&self.name, Operation::Read, offset)
             || state.rng.chance(state.faults.read_error_probability)
         {
             state.counts.read_errors += 1;
@@ -502,7 +537,8 @@ impl File for SimFile {
         let mut guard = self.disk.lock();
         self.check(&guard)?;
         let state = &mut *guard;
-        if state.take_scheduled(&self.name, Operation::Write) || state.rng.chance(state.faults.write_error_probability)
+        if state.take_scheduled(&self.name, Operation::Write, offset)
+            || state.rng.chance(state.faults.write_error_probability)
         {
             state.counts.write_errors += 1;
             return Err(eio(&self.name, "write"));
@@ -546,17 +582,22 @@ impl File for SimFile {
     fn sync(&mut self) -> Result<()> {
         let mut guard = self.disk.lock();
         self.check(&guard)?;
-        if let Some(position) = guard.power_failures.iter().position(|name| *name == self.name) {
-            guard.power_failures.remove(position);
-            drop(guard);
-            self.disk.crash();
-            return Err(StorageError::SyncFailed {
-                file: self.name.clone(),
-                source: io::Error::other("power lost during fdatasync"),
-            });
+        if let Some(position) = guard.power_failures.iter().position(|(name, _)| *name == self.name) {
+            if guard.power_failures[position].1 > 0 {
+                guard.power_failures[position].1 -= 1;
+            } else {
+                guard.power_failures.remove(position);
+                drop(guard);
+                self.disk.crash();
+                return Err(StorageError::SyncFailed {
+                    file: self.name.clone(),
+                    source: io::Error::other("power lost during fdatasync"),
+                });
+            }
         }
         let state = &mut *guard;
-        if state.take_scheduled(&self.name, Operation::Sync) || state.rng.chance(state.faults.sync_error_probability) {
+        if state.take_scheduled(&self.name, Operation::Sync, 0) || state.rng.chance(state.faults.sync_error_probability)
+        {
             state.counts.sync_errors += 1;
             let inode = state.inodes.get_mut(&self.inode).expect("checked");
             state.counts.unsynced_writes_lost += inode.unsynced.len() as u64;

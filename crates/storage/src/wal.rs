@@ -1,11 +1,21 @@
 //! The write-ahead log: checksummed records in segment files, each segment
-//! paired with an identifier file.
+//! with a region of identifiers far from its frames.
 //!
 //! # Files
 //!
-//! Segment `n` is two files: `wal-<n>.log` holds record frames, `wal-<n>.ids`
-//! holds one fixed-size identifier per frame, in the same order. Both start
-//! with a checksummed 32-byte header.
+//! Segment `n` is one file, `wal-<n>.log`, in two regions:
+//!
+//! * the frame region, from offset 0: a checksummed 32-byte header, then
+//!   record frames, then unwritten space (zeros, or a hole);
+//! * the identifier region, from the *identifier base* (the frame region's
+//!   longest length, which the header records, a multiple of 4096 bytes):
+//!   a header of its own, then one fixed-size identifier per frame, in the
+//!   same order.
+//!
+//! The identifier region starts at least a whole segment (and a largest
+//! frame) away from the first frame, so damage to a few blocks rarely takes a
+//! frame and its identifier together, and one `fdatasync` covers both
+//! regions.
 //!
 //! A frame is `magic u32 | payload length u32 | crc32c u32 | payload`, the
 //! checksum covering the length and the payload. An identifier is 64 bytes:
@@ -16,13 +26,13 @@
 //!
 //! [`Wal::sync`] makes a batch durable in this order:
 //!
-//! 1. write the batch's frames to `.log`, then `fdatasync` it;
-//! 2. write their identifiers to `.ids`, then `fdatasync` it;
+//! 1. write the batch's frames, then `fdatasync` the file;
+//! 2. write their identifiers, then `fdatasync` the file;
 //! 3. only now report the batch durable.
 //!
-//! [`crate::GroupCommit`] runs step 1 on its writer thread and step 2 on an
-//! identifier thread, so one batch's identifiers sync while the next batch's
-//! frames do; the order holds for each batch.
+//! [`crate::GroupCommit`] folds step 2 of one batch into step 1 of the next:
+//! batch `n`'s identifiers are written beside batch `n + 1`'s frames, and one
+//! `fdatasync` makes both durable. The order holds for each batch.
 //!
 //! So an identifier is on disk only if its frame was durable first. After a
 //! crash, recovery reads it back:
@@ -39,10 +49,13 @@
 //!   dropped;
 //! * a bad frame followed by later frames or identifiers is corruption too.
 //!
-//! Segments rotate only at batch boundaries, after both files are synced, so
-//! every segment but the last is complete and a torn tail can only be in the
-//! last one. A new segment's files are created (directory fsynced) and their
-//! headers synced before any record goes into them.
+//! Segments rotate only at batch boundaries, after both regions are synced,
+//! so every segment but the last is complete and a torn tail can only be in
+//! the last one. A new segment's file is created (directory fsynced) and both
+//! its headers synced before any record goes into it.
+//!
+//! Format version 2. Version 1 kept the identifiers in a second file per
+//! segment; this build refuses such a log with a clear error.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -58,12 +71,12 @@ use crate::snapshot::FinishedSnapshot;
 
 const LOG_MAGIC: u64 = u64::from_le_bytes(*b"SYNODLOG");
 const IDS_MAGIC: u64 = u64::from_le_bytes(*b"SYNODIDS");
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
 /// Every file magic of this crate starts with these bytes.
 const OWN_MAGIC_PREFIX: &[u8] = b"SYNOD";
 const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SREC");
 const FRAME_HEADER_BYTES: usize = 12;
-/// The bytes of one identifier in an `.ids` file.
+/// The bytes of one identifier in a segment's identifier region.
 pub const IDENTIFIER_BYTES: usize = 64;
 const KIND_ACCEPTED: u8 = 1;
 const KIND_COMMITTED: u8 = 2;
@@ -142,7 +155,7 @@ pub enum RecordKind {
 /// instance as accepted by this replica in the meantime.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CorruptEntry {
-    /// The segment's `.log` file.
+    /// The segment file.
     pub file: String,
     /// Where the frame should start, when known.
     pub offset: Option<u64>,
@@ -436,7 +449,7 @@ pub struct Recovery {
     pub torn_tail_bytes: u64,
     /// Identifier slots that failed their own checksum.
     pub corrupt_identifiers: u64,
-    /// Bytes of log and identifier files that failed to read (EIO) and were
+    /// Bytes of segment files that failed to read (EIO) and were
     /// treated as damaged.
     pub unreadable_bytes: u64,
     /// Segment file headers that failed their checksum (their frames were
@@ -449,7 +462,8 @@ pub struct Recovery {
     pub repaired_identifiers: u64,
     /// Good records read.
     pub records: u64,
-    /// Bytes of `.log` files read and verified.
+    /// Bytes of frames read and verified (each segment's frame region up to
+    /// its last byte written).
     pub bytes_scanned: u64,
 }
 
@@ -460,11 +474,11 @@ pub struct WalConfig {
     pub segment_bytes_max: u64,
     /// The largest value an `Accepted` record may carry.
     pub value_bytes_max: u32,
-    /// When a write would pass the end of a segment's `.log` file, the file
-    /// is extended with this many zero bytes beyond it (a quarter of it for
-    /// the `.ids` file), so that most syncs change no file size and need no
-    /// file-system journal commit. Never past the longest segment file.
-    /// 0 turns preallocation off.
+    /// When a write would pass the space already written in a region of the
+    /// segment file, this many zero bytes are written beyond it (a quarter
+    /// of it for the identifier region), so that most syncs allocate no
+    /// blocks and change no file size, and need no file-system metadata
+    /// write. Never past the frame region's end. 0 turns preallocation off.
     pub preallocate_bytes: u64,
 }
 
@@ -498,16 +512,21 @@ impl WalConfig {
         (FRAME_HEADER_BYTES + ACCEPTED_FIXED_BYTES) as u64 + self.value_bytes_max as u64
     }
 
-    /// The longest `.log` file recovery will read.
+    /// The longest a frame region may be.
     fn segment_file_bytes_max(&self) -> u64 {
         FILE_HEADER_BYTES as u64 + self.segment_bytes_max.max(self.frame_bytes_max())
+    }
+
+    /// Where a new segment's identifier region starts.
+    pub fn identifier_base(&self) -> u64 {
+        encode_bound(self.segment_file_bytes_max()) as u64 * BOUND_UNIT_BYTES
     }
 }
 
 /// Where a record lies, for tests and the simulator to aim faults at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordLocation {
-    /// The segment's `.log` file.
+    /// The segment's file.
     pub file: String,
     /// Where the frame starts.
     pub offset: u64,
@@ -655,7 +674,8 @@ fn log_name(sequence: u64) -> String {
     format!("wal-{sequence:020}.log")
 }
 
-fn ids_name(sequence: u64) -> String {
+/// Version 1 kept a segment's identifiers in a file of this name.
+fn version_1_ids_name(sequence: u64) -> String {
     format!("wal-{sequence:020}.ids")
 }
 
@@ -676,6 +696,7 @@ fn parse_segment_name(name: &str) -> Option<(u64, &'static str)> {
 #[derive(Clone, Debug)]
 struct SegmentInfo {
     sequence: u64,
+    identifier_base: u64,
     /// The highest instance named by any record in the segment.
     instance_max: Instance,
 }
@@ -684,18 +705,24 @@ struct SegmentInfo {
 #[derive(Debug)]
 struct ActiveSegment {
     sequence: u64,
-    log: Box<dyn File>,
-    ids: Box<dyn File>,
-    /// Durable bytes of each file.
+    file: Box<dyn File>,
+    /// Where the identifier region starts in the file.
+    identifier_base: u64,
+    /// Bytes written to the frame region (from offset 0) and to the
+    /// identifier region (from `identifier_base`), headers included.
     log_bytes: u64,
     ids_bytes: u64,
+    /// How far each region has been written, zeros included: a write that
+    /// passes it preallocates.
+    log_written: u64,
+    ids_written: u64,
 }
 
 /// The write-ahead log, with a synchronous API: [`Wal::append`] stages
 /// records in memory, [`Wal::sync`] makes everything staged durable. The
 /// server's log lives in a [`crate::AcceptorStore`] owned by a
-/// [`crate::GroupCommit`] writer thread, which splits each sync between
-/// itself (frames) and an identifier thread (identifiers); the simulator
+/// [`crate::GroupCommit`] writer thread, which writes one batch's
+/// identifiers beside the next batch's frames and syncs both at once; the simulator
 /// calls [`crate::AcceptorStore::write`] and [`crate::AcceptorStore::sync`]
 /// on a [`crate::SimDisk`], which append and sync here directly.
 #[derive(Debug)]
@@ -731,13 +758,15 @@ impl Wal {
     ///
     /// # Memory
     ///
-    /// Recovery keeps every segment's `.log` file in memory (the values in
-    /// [`Recovery::accepted`] are slices of it) and 64 bytes per instance in
+    /// Recovery keeps every segment's frame region in memory (the values in
+    /// [`Recovery::accepted`] are slices of it; the last segment's is read
+    /// whole, unwritten space included, so it takes as much as a full one)
+    /// and 64 bytes per instance in
     /// [`Recovery::accepted`]. Beyond that it holds, while it runs, at most:
     ///
     /// * for each thread that verifies segments (the 2 reader threads, then
     ///   this one for the last segment), 216 bytes per identifier of the
-    ///   largest segment it verified: the identifier file (64 bytes per
+    ///   largest segment it verified: the identifier region (64 bytes per
     ///   identifier), the identifiers decoded (64 bytes each) and the records
     ///   found (88 bytes each, one per identifier unless identifiers were
     ///   lost);
@@ -754,20 +783,17 @@ impl Wal {
     pub fn open(disk: Arc<dyn Disk>, config: WalConfig) -> Result<(Wal, Recovery)> {
         config.validate()?;
         let mut logs = Vec::new();
-        let mut ids = Vec::new();
         for name in disk.list()? {
             match parse_segment_name(&name) {
                 Some((sequence, "log")) => logs.push(sequence),
-                Some((sequence, _)) => ids.push(sequence),
+                Some((sequence, _)) => {
+                    return Err(StorageError::UnsupportedVersion {
+                        file: version_1_ids_name(sequence),
+                        found: 1,
+                        expected: FORMAT_VERSION,
+                    })
+                }
                 None => {}
-            }
-        }
-        // A segment's log is created before its identifier file and removed
-        // before it, so an identifier file without a log is left over from a
-        // trim that crashed between its two removals. It describes nothing.
-        for sequence in &ids {
-            if !logs.contains(sequence) {
-                disk.remove(&ids_name(*sequence))?;
             }
         }
         for pair in logs.windows(2) {
@@ -855,7 +881,11 @@ impl Wal {
                 active_instance_max = instance_max;
                 active = Some(scan.files);
             } else {
-                closed.push(SegmentInfo { sequence, instance_max });
+                closed.push(SegmentInfo {
+                    sequence,
+                    identifier_base: scan.files.identifier_base,
+                    instance_max,
+                });
             }
         }
         // Stop the readers and free what only verifying needed.
@@ -950,49 +980,51 @@ impl Wal {
     /// good; a [`StorageError::SyncFailed`] must stop the process (server) or
     /// count as a crash (simulator), never be retried.
     pub fn sync(&mut self) -> Result<()> {
-        let Some(identifiers) = self.sync_frames()? else {
+        let Some(identifiers) = self.write_frames()? else {
             return Ok(());
         };
+        self.sync_file()?;
         // The frames are durable; only now may their identifiers be written.
-        assert_eq!(identifiers.sequence, self.active.sequence);
-        if let Err(error) = identifiers.write_to(self.active.ids.as_mut()) {
-            return self.fail(error);
-        }
+        self.write_identifiers(&identifiers)?;
+        self.sync_file()?;
         self.rotate_if_full()
     }
 
-    /// The first half of [`Wal::sync`]: writes the staged frames and syncs
-    /// the log file. Returns the identifiers that may now be written; the
-    /// batch is durable only once they are synced too.
-    pub(crate) fn sync_frames(&mut self) -> Result<Option<IdentifierBatch>> {
+    /// Writes the staged frames to the active segment, without syncing.
+    /// Returns their identifiers, which may be written once a later
+    /// [`Wal::sync_file`] has returned: the batch is durable only when they
+    /// are synced too.
+    pub(crate) fn write_frames(&mut self) -> Result<Option<IdentifierBatch>> {
         self.check_running()?;
         if self.staged_records == 0 {
             return Ok(None);
         }
+        let active = &mut self.active;
         if let Err(error) = write_preallocated(
-            self.active.log.as_mut(),
-            self.active.log_bytes,
+            active.file.as_mut(),
+            0,
+            active.log_bytes,
             &self.staged_log,
             self.config.preallocate_bytes,
-            self.config.segment_file_bytes_max(),
+            active.identifier_base,
+            &mut active.log_written,
         ) {
             return self.fail(error);
         }
-        if let Err(error) = self.active.log.sync() {
-            return self.fail(error);
-        }
         let identifiers = IdentifierBatch {
-            sequence: self.active.sequence,
-            offset: self.active.ids_bytes,
+            sequence: active.sequence,
+            offset: active.ids_bytes,
             bytes: std::mem::take(&mut self.staged_ids),
-            preallocate_bytes: self.config.preallocate_bytes / 4,
-            length_cap: self.config.segment_file_bytes_max(),
         };
-        self.active.log_bytes += self.staged_log.len() as u64;
-        self.active.ids_bytes += identifiers.bytes.len() as u64;
+        active.log_bytes += self.staged_log.len() as u64;
+        active.ids_bytes += identifiers.bytes.len() as u64;
         assert_eq!(
-            (self.active.ids_bytes - FILE_HEADER_BYTES as u64) % IDENTIFIER_BYTES as u64,
+            (active.ids_bytes - FILE_HEADER_BYTES as u64) % IDENTIFIER_BYTES as u64,
             0
+        );
+        assert!(
+            active.log_bytes <= active.identifier_base,
+            "frames never reach the identifiers"
         );
         self.active_instance_max = self.active_instance_max.max(self.staged_instance_max);
         self.staged_log.clear();
@@ -1000,6 +1032,40 @@ impl Wal {
         self.staged_instance_max = Instance::ZERO;
         self.syncs += 1;
         Ok(Some(identifiers))
+    }
+
+    /// Writes a batch's identifiers to the active segment, without syncing.
+    /// Only once the batch's frames are durable (a [`Wal::sync_file`] after
+    /// [`Wal::write_frames`] returned).
+    pub(crate) fn write_identifiers(&mut self, identifiers: &IdentifierBatch) -> Result<()> {
+        self.check_running()?;
+        assert_eq!(
+            identifiers.sequence, self.active.sequence,
+            "identifiers of another segment"
+        );
+        let active = &mut self.active;
+        if let Err(error) = write_preallocated(
+            active.file.as_mut(),
+            active.identifier_base,
+            identifiers.offset,
+            &identifiers.bytes,
+            self.config.preallocate_bytes / 4,
+            ids_bytes_max(active.identifier_base),
+            &mut active.ids_written,
+        ) {
+            return self.fail(error);
+        }
+        Ok(())
+    }
+
+    /// `fdatasync`s the active segment: everything written to it so far is
+    /// durable when this returns `Ok`.
+    pub(crate) fn sync_file(&mut self) -> Result<()> {
+        self.check_running()?;
+        if let Err(error) = self.active.file.sync() {
+            return self.fail(error);
+        }
+        Ok(())
     }
 
     /// Whether appending `record` now would take the active segment past
@@ -1045,6 +1111,7 @@ impl Wal {
         let previous = std::mem::replace(&mut self.active, next);
         self.closed.push(SegmentInfo {
             sequence: previous.sequence,
+            identifier_base: previous.identifier_base,
             instance_max: self.active_instance_max,
         });
         self.active_instance_max = Instance::ZERO;
@@ -1063,21 +1130,17 @@ impl Wal {
             if oldest.instance_max > covered {
                 break;
             }
-            let sequence = oldest.sequence;
-            // Log first: a crash between the removals leaves an identifier
-            // file with no log, which open() removes.
-            self.disk.remove(&log_name(sequence))?;
-            self.disk.remove(&ids_name(sequence))?;
+            self.disk.remove(&log_name(oldest.sequence))?;
             self.closed.remove(0);
             removed += 1;
         }
         Ok(removed)
     }
 
-    /// The `.log` and `.ids` files of the segment being appended to: where
-    /// the simulator aims faults at the next sync.
-    pub fn active_files(&self) -> (String, String) {
-        (log_name(self.active.sequence), ids_name(self.active.sequence))
+    /// The file of the segment being appended to, and where its identifier
+    /// region starts: where the simulator aims faults at the next sync.
+    pub fn active_file(&self) -> (String, u64) {
+        (log_name(self.active.sequence), self.active.identifier_base)
     }
 
     /// The number of segments, the active one included.
@@ -1086,24 +1149,28 @@ impl Wal {
     }
 
     /// Finds the newest durable `Accepted` record for `instance`, by reading
-    /// the identifier files: lets a test or the simulator corrupt exactly
+    /// the identifier regions: lets a test or the simulator corrupt exactly
     /// that record.
     pub fn locate_accepted(&self, instance: Instance) -> Result<Option<RecordLocation>> {
-        let mut sequences: Vec<u64> = self.closed.iter().map(|s| s.sequence).collect();
-        sequences.push(self.active.sequence);
-        for sequence in sequences.into_iter().rev() {
-            let name = ids_name(sequence);
+        let mut segments: Vec<(u64, u64)> = self.closed.iter().map(|s| (s.sequence, s.identifier_base)).collect();
+        segments.push((self.active.sequence, self.active.identifier_base));
+        for (sequence, identifier_base) in segments.into_iter().rev() {
+            let name = log_name(sequence);
             let file = self.disk.open(&name)?;
-            let bytes = file.read_all(
-                ids_bytes_max(self.config.segment_file_bytes_max().max(file.len()?)),
-                "identifier file",
+            let mut bytes = Vec::new();
+            read_tolerant_into(
+                file.as_ref(),
+                identifier_base,
+                ids_bytes_max(identifier_base),
+                UNREADABLE_IDENTIFIER_FILL,
+                &mut bytes,
             )?;
             let slots = bytes.get(FILE_HEADER_BYTES..).unwrap_or_default();
             for slot in slots.chunks_exact(IDENTIFIER_BYTES).rev() {
                 if let Some(identifier) = Identifier::decode(slot) {
                     if identifier.kind == KIND_ACCEPTED && identifier.instance == instance {
                         return Ok(Some(RecordLocation {
-                            file: log_name(sequence),
+                            file: name,
                             offset: identifier.offset,
                             frame_bytes: identifier.frame_bytes as u64,
                         }));
@@ -1115,91 +1182,63 @@ impl Wal {
     }
 }
 
-/// Identifiers of one synced batch of frames, to be written to the
-/// segment's `.ids` file and synced before the batch is reported durable.
+/// Identifiers of one batch of frames, to be written to the segment's
+/// identifier region once the frames are durable, and synced before the
+/// batch is reported durable.
 #[derive(Debug)]
 pub(crate) struct IdentifierBatch {
     sequence: u64,
+    /// Where in the identifier region they go.
     offset: u64,
     bytes: Vec<u8>,
-    preallocate_bytes: u64,
-    length_cap: u64,
 }
 
-impl IdentifierBatch {
-    fn write_to(&self, file: &mut dyn File) -> Result<()> {
-        write_preallocated(file, self.offset, &self.bytes, self.preallocate_bytes, self.length_cap)?;
-        file.sync()
-    }
-}
-
-/// Writes `data` at `offset`; if that passes the end of the file, also
-/// writes `preallocate_bytes` zeros after it (never past `length_cap`), so
-/// the next batches land inside the file and their syncs change no size.
-/// The zeros only ever go beyond the file's current end, never over data,
-/// and recovery reads trailing zeros as space never written.
+/// Writes `data` at `offset` of the region starting at `base`; if that
+/// passes `written` (how far the region has been written), also writes
+/// `preallocate_bytes` zeros after it (never past `length_cap`, the region's
+/// longest length), so the next batches land in allocated blocks and their
+/// syncs change no file metadata. Nothing durable lies beyond the data
+/// written last, so the zeros never cover data, and recovery reads trailing
+/// zeros as space never written.
 fn write_preallocated(
     file: &mut dyn File,
+    base: u64,
     offset: u64,
     data: &[u8],
     preallocate_bytes: u64,
     length_cap: u64,
+    written: &mut u64,
 ) -> Result<()> {
     let end = offset + data.len() as u64;
-    let extends = preallocate_bytes > 0 && end > file.len()?;
-    file.write_at(offset, data)?;
-    if extends {
-        let target = (end + preallocate_bytes).min(length_cap);
+    file.write_at(base + offset, data)?;
+    if end > *written {
+        let target = (end + preallocate_bytes).min(length_cap).max(end);
         if target > end {
-            file.write_at(end, &vec![0u8; (target - end) as usize])?;
+            file.write_at(base + end, &vec![0u8; (target - end) as usize])?;
         }
+        *written = target;
     }
     Ok(())
 }
 
-/// Writes identifier batches on a thread of its own, so the group-commit
-/// writer can sync the next batch's frames meanwhile. Batches must arrive
-/// in the order [`Wal::sync_frames`] produced them.
-#[derive(Debug)]
-pub(crate) struct IdentifierWriter {
-    disk: Arc<dyn Disk>,
-    file: Option<(u64, Box<dyn File>)>,
-}
-
-impl IdentifierWriter {
-    pub(crate) fn new(disk: Arc<dyn Disk>) -> IdentifierWriter {
-        IdentifierWriter { disk, file: None }
-    }
-
-    pub(crate) fn write(&mut self, batch: &IdentifierBatch) -> Result<()> {
-        if self.file.as_ref().map(|(sequence, _)| *sequence) != Some(batch.sequence) {
-            self.file = Some((batch.sequence, self.disk.open(&ids_name(batch.sequence))?));
-        }
-        let (_, file) = self.file.as_mut().expect("opened above");
-        batch.write_to(file.as_mut())
-    }
-}
-
-impl Wal {
-    pub(crate) fn disk(&self) -> Arc<dyn Disk> {
-        self.disk.clone()
-    }
-}
-
 fn create_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64) -> Result<ActiveSegment> {
-    let bound = encode_bound(config.segment_file_bytes_max());
-    let mut log = disk.create(&log_name(sequence))?;
-    log.write_at(0, &encode_file_header(LOG_MAGIC, FORMAT_VERSION, sequence, bound))?;
-    log.sync()?;
-    let mut ids = disk.create(&ids_name(sequence))?;
-    ids.write_at(0, &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, bound))?;
-    ids.sync()?;
+    let identifier_base = config.identifier_base();
+    let bound = encode_bound(identifier_base);
+    let mut file = disk.create(&log_name(sequence))?;
+    file.write_at(0, &encode_file_header(LOG_MAGIC, FORMAT_VERSION, sequence, bound))?;
+    file.write_at(
+        identifier_base,
+        &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, bound),
+    )?;
+    file.sync()?;
     Ok(ActiveSegment {
         sequence,
-        log,
-        ids,
+        file,
+        identifier_base,
         log_bytes: FILE_HEADER_BYTES as u64,
         ids_bytes: FILE_HEADER_BYTES as u64,
+        log_written: FILE_HEADER_BYTES as u64,
+        ids_written: FILE_HEADER_BYTES as u64,
     })
 }
 
@@ -1316,7 +1355,7 @@ fn check_segment_header(file: &str, bytes: &[u8], magic: u64, sequence: u64) -> 
 /// segment only while verifying it.
 #[derive(Default)]
 struct ScanScratch {
-    /// The identifier file.
+    /// The identifier region.
     ids: Vec<u8>,
     /// Its identifiers, `None` where one failed its checksum.
     identifiers: Vec<Option<Identifier>>,
@@ -1341,70 +1380,62 @@ fn scan_segment(
         items,
     } = scratch;
     let log_file_name = log_name(sequence);
-    let ids_file_name = ids_name(sequence);
-    let mut log = disk.open(&log_file_name)?;
+    let mut file = disk.open(&log_file_name)?;
     let log_read = match prefetched {
         Some(result) => result?,
-        None => read_log_file(log.as_ref(), config)?,
+        None => read_log_file(file.as_ref(), config, sequence)?,
     };
     let log_unreadable = log_read.damage.unreadable_bytes;
-    let mut oversized_bytes = log_read.damage.oversized_bytes;
-    let log_bytes = log_read.bytes;
-    let log_bound = log_bytes_max(&log_bytes[..log_bytes.len().min(FILE_HEADER_BYTES)], config);
-    let log_bytes = Bytes::from(log_bytes);
+    let identifier_base = log_read.identifier_base;
+    let log_bytes = Bytes::from(log_read.bytes);
+    let log_written_end = log_bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last + 1);
+    let log_has_frames = log_written_end > FILE_HEADER_BYTES;
 
-    if last && log_bytes.len() <= FILE_HEADER_BYTES {
+    let ids_read = read_tolerant_into(
+        file.as_ref(),
+        identifier_base,
+        ids_bytes_max(identifier_base),
+        UNREADABLE_IDENTIFIER_FILL,
+        ids_bytes,
+    )?;
+    if last && !log_has_frames {
         let complete_header = decode_file_header(&log_file_name, &log_bytes, LOG_MAGIC, FORMAT_VERSION).is_ok();
-        let ids_exists = disk.exists(&ids_file_name)?;
-        if !complete_header || !ids_exists {
-            // Rotation crashed while creating this segment: nothing was ever
-            // written to it. Remove it so a fresh one can take its place.
+        if !complete_header || ids_bytes.len() < FILE_HEADER_BYTES {
+            // Rotation crashed while creating this segment (both headers are
+            // written, then synced once): nothing was ever written to it.
+            // Remove it so a fresh one can take its place.
             disk.remove(&log_file_name)?;
-            if ids_exists {
-                disk.remove(&ids_file_name)?;
-            }
             return Ok(None);
         }
     }
     let mut damaged_headers = check_segment_header(&log_file_name, &log_bytes, LOG_MAGIC, sequence)?;
-
-    // The identifier file's header is synced before any frame is written,
-    // so it may be missing or torn only while the log holds no frames.
-    let log_has_frames = log_bytes.len() > FILE_HEADER_BYTES;
-    let mut ids = match disk.open(&ids_file_name) {
-        Ok(file) => file,
-        Err(StorageError::NotFound { .. }) if last && !log_has_frames => {
-            let mut file = disk.create(&ids_file_name)?;
-            file.write_at(0, &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0))?;
-            file.sync()?;
-            file
-        }
-        Err(error) => return Err(error),
-    };
-    let ids_read = read_tolerant_into(
-        ids.as_ref(),
-        ids_bytes_max(log_bound),
-        UNREADABLE_IDENTIFIER_FILL,
-        ids_bytes,
-    )?;
     let ids_unreadable = ids_read.unreadable_bytes;
-    oversized_bytes += ids_read.oversized_bytes;
+    let oversized_bytes = ids_read.oversized_bytes;
+    if oversized_bytes > 0 {
+        tracing::warn!(
+            file = log_file_name,
+            oversized_bytes,
+            "segment file longer than it can be; the excess is ignored"
+        );
+    }
     if ids_bytes.len() < FILE_HEADER_BYTES {
-        // No identifier was ever written here (they all go past the
-        // header). Torn while the segment was created if the log holds no
-        // frames either; otherwise the header write went astray.
-        if log_has_frames {
-            damaged_headers += 1;
-        }
+        // The identifier header is synced before any frame is written, so
+        // the write that put it there went astray.
+        damaged_headers += 1;
         ids_bytes.clear();
-        ids_bytes.extend_from_slice(&encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, 0));
+        ids_bytes.extend_from_slice(&encode_file_header(
+            IDS_MAGIC,
+            FORMAT_VERSION,
+            sequence,
+            encode_bound(identifier_base),
+        ));
         if last {
-            ids.truncate(0)?;
-            ids.write_at(0, ids_bytes)?;
-            ids.sync()?;
+            file.truncate(identifier_base)?;
+            file.write_at(identifier_base, ids_bytes)?;
+            file.sync()?;
         }
     } else {
-        damaged_headers += check_segment_header(&ids_file_name, ids_bytes, IDS_MAGIC, sequence)?;
+        damaged_headers += check_segment_header(&log_file_name, ids_bytes, IDS_MAGIC, sequence)?;
     }
 
     // Slots, without trailing all-zero ones (space allocated, never written)
@@ -1433,7 +1464,6 @@ fn scan_segment(
     items.clear();
     items.reserve(identifiers.len());
     let mut position = FILE_HEADER_BYTES;
-    let log_written_end = log_bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last + 1);
     let corrupt_at = |offset: usize, identifier: Option<Identifier>| CorruptEntry {
         file: log_file_name.clone(),
         offset: Some(offset as u64),
@@ -1554,7 +1584,7 @@ fn scan_segment(
         .map_or(tail_start, |last| tail_start + last + 1);
     // In the last segment, new frames go right after the last identified
     // one, even if a damaged file ended before it.
-    let mut log_end = if (identified_end as u64) <= log_bound {
+    let mut log_end = if (identified_end as u64) <= identifier_base {
         identified_end
     } else {
         log_bytes.len()
@@ -1593,12 +1623,14 @@ fn scan_segment(
                 }
             }
             torn_tail_bytes = written_end.saturating_sub(kept_end) as u64;
-            log.truncate(kept_end as u64)?;
-            log.sync()?;
+            if written_end > kept_end {
+                file.write_at(kept_end as u64, &vec![0u8; written_end - kept_end])?;
+                file.sync()?;
+            }
             log_end = kept_end;
         } else {
             // Every segment but the last was complete when the next one was
-            // created; frames without identifiers mean the identifier file
+            // created; frames without identifiers mean the identifier region
             // was damaged. Keep what verifies, report the rest.
             scan_unidentified(
                 &log_bytes,
@@ -1617,8 +1649,8 @@ fn scan_segment(
     if last {
         let slots_bytes = (FILE_HEADER_BYTES + slot_count * IDENTIFIER_BYTES) as u64;
         if (ids_bytes.len() as u64) != slots_bytes {
-            ids.truncate(slots_bytes)?;
-            ids.sync()?;
+            file.truncate(identifier_base + slots_bytes)?;
+            file.sync()?;
         }
     }
     // A frame that verifies but whose identifier is damaged gets its
@@ -1627,10 +1659,13 @@ fn scan_segment(
     for (index, identifier) in &repairs {
         let mut slot = Vec::with_capacity(IDENTIFIER_BYTES);
         identifier.encode(&mut slot);
-        ids.write_at((FILE_HEADER_BYTES + index * IDENTIFIER_BYTES) as u64, &slot)?;
+        file.write_at(
+            identifier_base + (FILE_HEADER_BYTES + index * IDENTIFIER_BYTES) as u64,
+            &slot,
+        )?;
     }
     if !repairs.is_empty() {
-        ids.sync()?;
+        file.sync()?;
     }
     let ids_end = (FILE_HEADER_BYTES + identifier_slots * IDENTIFIER_BYTES) as u64;
     records.take(items);
@@ -1638,10 +1673,12 @@ fn scan_segment(
         records,
         files: ActiveSegment {
             sequence,
-            log,
-            ids,
+            file,
+            identifier_base,
             log_bytes: log_end.max(FILE_HEADER_BYTES) as u64,
             ids_bytes: ids_end,
+            log_written: log_end.max(FILE_HEADER_BYTES) as u64,
+            ids_written: ids_end,
         },
         torn_tail_bytes,
         corrupt_identifiers,
@@ -1649,42 +1686,74 @@ fn scan_segment(
         damaged_headers,
         oversized_bytes,
         repaired_identifiers: repairs.len() as u64,
-        log_file_bytes: log_bytes.len() as u64,
+        log_file_bytes: log_written_end.max(FILE_HEADER_BYTES) as u64,
     }))
 }
 
-/// The unit in which a segment header records the longest its `.log` file
+/// The unit in which a segment header records the longest its frame region
 /// may be.
 const BOUND_UNIT_BYTES: u64 = 4096;
 /// The shortest frame (a `Committed` record): bounds how many identifiers a
-/// `.log` file of a given length can have.
+/// frame region of a given length can have.
 const FRAME_BYTES_MIN: u64 = (FRAME_HEADER_BYTES + COMMITTED_BYTES) as u64;
 
 fn encode_bound(log_bytes_max: u64) -> u32 {
     u32::try_from(log_bytes_max.div_ceil(BOUND_UNIT_BYTES)).unwrap_or(u32::MAX)
 }
 
-/// The longest the `.log` file with this header may be: what the segment was
-/// written with (its header says, if the header verifies), or what this
-/// configuration allows, whichever is larger. A smaller configured
-/// `segment_bytes_max` thus never cuts older segments short.
-fn log_bytes_max(header: &[u8], config: &WalConfig) -> u64 {
-    let written_with = decode_file_header("segment", header, LOG_MAGIC, FORMAT_VERSION)
-        .map_or(0, |(_, bound)| bound as u64 * BOUND_UNIT_BYTES);
-    written_with.max(config.segment_file_bytes_max())
+/// Where the identifier region of the segment file with this header starts:
+/// where the header says, if it verifies. Otherwise (a damaged header) where
+/// an identifier header of this segment is found: at the base this
+/// configuration gives, or else at the last 4096-byte boundary that holds one;
+/// failing both, the configured base.
+fn locate_identifier_base(file: &dyn File, header: &[u8], config: &WalConfig, sequence: u64) -> Result<u64> {
+    if let Ok((_, bound)) = decode_file_header("segment", header, LOG_MAGIC, FORMAT_VERSION) {
+        return Ok(bound as u64 * BOUND_UNIT_BYTES);
+    }
+    let is_identifier_header = |offset: u64| {
+        let mut bytes = [0u8; FILE_HEADER_BYTES];
+        matches!(file.read_at(offset, &mut bytes), Ok(FILE_HEADER_BYTES))
+            && matches!(
+                decode_file_header("segment", &bytes, IDS_MAGIC, FORMAT_VERSION),
+                Ok((number, _)) if number == sequence
+            )
+    };
+    let configured = config.identifier_base();
+    if is_identifier_header(configured) {
+        return Ok(configured);
+    }
+    let length = file.len()?;
+    let mut offset = length / BOUND_UNIT_BYTES * BOUND_UNIT_BYTES;
+    while offset >= BOUND_UNIT_BYTES {
+        if is_identifier_header(offset) {
+            return Ok(offset);
+        }
+        offset -= BOUND_UNIT_BYTES;
+    }
+    Ok(configured)
 }
 
-/// The longest an `.ids` file may be beside a `.log` file of `log_bytes_max`.
-fn ids_bytes_max(log_bytes_max: u64) -> u64 {
-    FILE_HEADER_BYTES as u64 + (log_bytes_max / FRAME_BYTES_MIN + 1) * IDENTIFIER_BYTES as u64
+/// The longest an identifier region may be beside a frame region that ends
+/// at `identifier_base`.
+fn ids_bytes_max(identifier_base: u64) -> u64 {
+    FILE_HEADER_BYTES as u64 + (identifier_base / FRAME_BYTES_MIN + 1) * IDENTIFIER_BYTES as u64
 }
 
-/// Reads a `.log` file, bounded by what its header says it may hold.
-fn read_log_file(file: &dyn File, config: &WalConfig) -> Result<ReadFile> {
+/// Reads a segment's frame region, which ends where its identifier region
+/// starts.
+fn read_log_file(file: &dyn File, config: &WalConfig, sequence: u64) -> Result<ReadFile> {
     let mut header = [0u8; FILE_HEADER_BYTES];
     let read = file.read_at(0, &mut header).unwrap_or(0);
-    let bound = log_bytes_max(&header[..read], config);
-    read_tolerant(file, bound, UNREADABLE_LOG_FILL)
+    let identifier_base = locate_identifier_base(file, &header[..read], config, sequence)?;
+    let mut bytes = Vec::new();
+    let mut damage = read_tolerant_into(file, 0, identifier_base, UNREADABLE_LOG_FILL, &mut bytes)?;
+    // What lies past the frame region is the identifier region.
+    damage.oversized_bytes = 0;
+    Ok(ReadFile {
+        bytes,
+        damage,
+        identifier_base,
+    })
 }
 
 /// Threads that read and verify the closed segments for recovery, so that
@@ -1707,7 +1776,7 @@ enum SegmentWork {
     /// A closed segment, read and verified (its damaged identifiers
     /// repaired).
     Scanned(Result<SegmentScan>),
-    /// The last segment's `.log` file, read: recovery verifies (and may cut)
+    /// The last segment's frame region, read: recovery verifies (and may cut)
     /// that one itself.
     Read(Result<ReadFile>),
     /// The reader panicked; recovery panics with the same payload.
@@ -1876,7 +1945,7 @@ fn read_segment(
     } else {
         let read = disk
             .open(&log_name(sequence))
-            .and_then(|file| read_log_file(file.as_ref(), config));
+            .and_then(|file| read_log_file(file.as_ref(), config, sequence));
         SegmentWork::Read(read)
     }
 }
@@ -1890,10 +1959,12 @@ const UNREADABLE_IDENTIFIER_FILL: u8 = 0xFF;
 /// The unit in which a file that failed to read whole is read again.
 const REREAD_BLOCK_BYTES: usize = 4096;
 
-/// A file as recovery read it.
+/// A segment's frame region as recovery read it.
 struct ReadFile {
     bytes: Vec<u8>,
     damage: ReadDamage,
+    /// Where the segment's identifier region starts.
+    identifier_base: u64,
 }
 
 /// What a tolerant read could not read.
@@ -1905,30 +1976,21 @@ struct ReadDamage {
     oversized_bytes: u64,
 }
 
-/// [`read_tolerant_into`] a new buffer.
-fn read_tolerant(file: &dyn File, length_max: u64, fill: u8) -> Result<ReadFile> {
-    let mut bytes = Vec::new();
-    let damage = read_tolerant_into(file, length_max, fill, &mut bytes)?;
-    Ok(ReadFile { bytes, damage })
-}
-
-/// Reads a file into `bytes` (reusing its memory if it is large enough), up
-/// to `length_max` bytes (bytes past it cannot have been written by this
-/// crate, and are counted, never allocated for), treating EIO like a
+/// Reads a file from `start` into `bytes` (reusing its memory if it is large
+/// enough), up to `length_max` bytes (bytes past it cannot have been written
+/// by this crate, and are counted, never allocated for), treating EIO like a
 /// checksum mismatch (as CTRL prescribes): if the file cannot be read at
 /// once, it is read again block by block, and blocks that still fail are
 /// replaced with `fill` so that what they held fails verification.
-fn read_tolerant_into(file: &dyn File, length_max: u64, fill: u8, bytes: &mut Vec<u8>) -> Result<ReadDamage> {
-    let length = file.len()?;
+fn read_tolerant_into(
+    file: &dyn File,
+    start: u64,
+    length_max: u64,
+    fill: u8,
+    bytes: &mut Vec<u8>,
+) -> Result<ReadDamage> {
+    let length = file.len()?.saturating_sub(start);
     let oversized_bytes = length.saturating_sub(length_max);
-    if oversized_bytes > 0 {
-        tracing::warn!(
-            file = file.name(),
-            length,
-            length_max,
-            "file longer than it can be; the excess is ignored"
-        );
-    }
     let length = length.min(length_max) as usize;
     if bytes.capacity() >= length {
         bytes.clear();
@@ -1937,7 +1999,7 @@ fn read_tolerant_into(file: &dyn File, length_max: u64, fill: u8, bytes: &mut Ve
         // Fresh zeroed memory, which the allocator need not clear itself.
         *bytes = vec![0u8; length];
     }
-    let read = match file.read_at(0, bytes) {
+    let read = match file.read_at(start, bytes) {
         Ok(read) if read == bytes.len() => {
             return Ok(ReadDamage {
                 unreadable_bytes: 0,
@@ -1954,7 +2016,7 @@ fn read_tolerant_into(file: &dyn File, length_max: u64, fill: u8, bytes: &mut Ve
         if offset + (block.len() as u64) <= read as u64 {
             continue;
         }
-        match file.read_at(offset, block) {
+        match file.read_at(start + offset, block) {
             Ok(got) if got == block.len() => {}
             Ok(_) | Err(StorageError::Io { .. }) => {
                 block.fill(fill);

@@ -144,10 +144,17 @@ proptest! {
                 Step::Crash => true,
                 Step::FailingSync { identifiers, on_sync } => {
                     if wal.staged_records() > 0 {
-                        let (log, ids) = wal.active_files();
-                        let file = if identifiers { ids } else { log };
-                        let operation = if on_sync { Operation::Sync } else { Operation::Write };
-                        sim.schedule_error(&file, operation);
+                        // The identifiers' write lies past the identifier
+                        // base; their sync follows the frames'.
+                        let (file, identifier_base) = wal.active_file();
+                        match (identifiers, on_sync) {
+                            (false, on_sync) => {
+                                let operation = if on_sync { Operation::Sync } else { Operation::Write };
+                                sim.schedule_error(&file, operation);
+                            }
+                            (true, true) => sim.schedule_error_where(&file, Operation::Sync, 1, 0),
+                            (true, false) => sim.schedule_error_where(&file, Operation::Write, 0, identifier_base),
+                        }
                         prop_assert!(wal.sync().is_err());
                     }
                     true
@@ -225,11 +232,16 @@ proptest! {
         drop(wal);
         let names: Vec<String> = disk.list().unwrap();
         for (identifiers, position, byte) in damage {
-            let wanted = if identifiers { ".ids" } else { ".log" };
-            let candidates: Vec<&String> = names.iter().filter(|n| n.ends_with(wanted)).collect();
+            let candidates: Vec<&String> = names.iter().filter(|n| n.ends_with(".log")).collect();
             let name = candidates[position.index(candidates.len())];
             let mut bytes = sim.contents(name).unwrap();
-            let at = position.index(bytes.len());
+            // A byte of the frame region, or of the identifier region.
+            let base = (config().identifier_base() as usize).min(bytes.len());
+            let region = if identifiers { base..bytes.len() } else { 0..base };
+            if region.is_empty() {
+                continue;
+            }
+            let at = region.start + position.index(region.len());
             bytes[at] ^= byte | 1;
             sim.put(name, &bytes);
         }

@@ -26,6 +26,28 @@ fn small_segments() -> WalConfig {
     }
 }
 
+/// The first segment's file.
+const SEGMENT: &str = "wal-00000000000000000001.log";
+
+/// Where the identifier region of a segment written with the default
+/// configuration starts.
+fn identifier_base() -> u64 {
+    WalConfig::default().identifier_base()
+}
+
+/// The first segment's identifier region (default configuration).
+fn identifier_region(sim: &SimDisk) -> Vec<u8> {
+    sim.contents(SEGMENT).unwrap()[identifier_base() as usize..].to_vec()
+}
+
+/// Replaces the first segment's identifier region (default configuration).
+fn put_identifier_region(sim: &SimDisk, region: &[u8]) {
+    let mut contents = sim.contents(SEGMENT).unwrap();
+    contents.truncate(identifier_base() as usize);
+    contents.extend_from_slice(region);
+    sim.put(SEGMENT, &contents);
+}
+
 fn setup() -> (SimDisk, Arc<dyn Disk>) {
     let sim = SimDisk::new(11, FaultConfig::default());
     let disk: Arc<dyn Disk> = Arc::new(sim.clone());
@@ -89,9 +111,7 @@ fn whole_frames_without_identifiers_are_kept() {
     // was), keeping frames that verify is safe and dropping them is not.
     wal.append(&accepted(2, 1, "written")).unwrap();
     wal.append(&accepted(3, 1, "written")).unwrap();
-    let log = disk.list().unwrap().into_iter().find(|n| n.ends_with(".log")).unwrap();
-    let ids = log.replace(".log", ".ids");
-    sim.schedule_error(&ids, Operation::Write);
+    sim.schedule_error_where(SEGMENT, Operation::Write, 0, identifier_base());
     assert!(wal.sync().is_err());
     assert!(matches!(
         wal.append(&accepted(4, 1, "x")),
@@ -129,13 +149,13 @@ fn an_acknowledged_batch_whose_identifiers_were_lost_survives() {
     wal.append(&accepted(2, 1, "acknowledged")).unwrap();
     wal.sync().unwrap();
     drop(wal);
-    // A misdirected write (or an operator's mistake) cuts the identifier file
-    // back to before the last batch.
-    let log = disk.list().unwrap().into_iter().find(|n| n.ends_with(".log")).unwrap();
-    let ids = log.replace(".log", ".ids");
-    let contents = sim.contents(&ids).unwrap();
-    let slot_bytes = 64;
-    sim.put(&ids, &contents[..contents.len() - slot_bytes]);
+    // A misdirected write (or an operator's mistake) zeroes the identifier
+    // region's last slot, the last batch's.
+    let mut region = identifier_region(&sim);
+    let slots = (region.iter().rposition(|b| *b != 0).unwrap() + 1 - 32).div_ceil(IDENTIFIER_BYTES);
+    assert_eq!(slots, 2);
+    region[32 + IDENTIFIER_BYTES..32 + 2 * IDENTIFIER_BYTES].fill(0);
+    put_identifier_region(&sim, &region);
     let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
     assert_eq!(
         recovery.accepted[&Instance(2)].value,
@@ -154,7 +174,8 @@ fn a_partial_frame_at_the_tail_is_discarded() {
     let log = "wal-00000000000000000001.log";
     let mut file = disk.open(log).unwrap();
     let whole = sim.contents(log).unwrap();
-    let written_end = whole.iter().rposition(|b| *b != 0).unwrap() + 1;
+    let frames = &whole[..identifier_base() as usize];
+    let written_end = frames.iter().rposition(|b| *b != 0).unwrap() + 1;
     // A prefix of a copy of the first frame, as a torn write leaves it.
     file.write_at(written_end as u64, &whole[32..50]).unwrap();
     file.sync().unwrap();
@@ -232,8 +253,8 @@ fn a_damaged_identifier_alone_loses_nothing() {
     let (sim, disk) = setup();
     let wal = write_records(&disk, WalConfig::default(), 6);
     drop(wal);
-    let ids = "wal-00000000000000000001.ids";
-    sim.flip_bit(ids, 32 + 2 * IDENTIFIER_BYTES as u64 + 9, 1).unwrap();
+    sim.flip_bit(SEGMENT, identifier_base() + 32 + 2 * IDENTIFIER_BYTES as u64 + 9, 1)
+        .unwrap();
     let (_, recovery) = Wal::open(disk.clone(), WalConfig::default()).unwrap();
     assert_eq!(recovery.corrupt_identifiers, 1);
     assert_eq!(recovery.repaired_identifiers, 1);
@@ -259,13 +280,12 @@ fn identifiers_overwritten_by_misdirected_ones_lose_no_frame() {
     drop(wal);
     // The second batch's identifiers landed on slots 1 and 2 instead of 5
     // and 6, which stay zero.
-    let ids = "wal-00000000000000000001.ids";
-    let mut bytes = sim.contents(ids).unwrap();
+    let mut bytes = identifier_region(&sim);
     let slot = |k: usize| 32 + k * IDENTIFIER_BYTES;
     let second: Vec<u8> = bytes[slot(5)..slot(7)].to_vec();
     bytes[slot(1)..slot(3)].copy_from_slice(&second);
     bytes[slot(5)..slot(7)].fill(0);
-    sim.put(ids, &bytes);
+    put_identifier_region(&sim, &bytes);
     let (_, recovery) = Wal::open(disk.clone(), WalConfig::default()).unwrap();
     assert_eq!(
         recovery.accepted.keys().copied().collect::<Vec<_>>(),
@@ -340,15 +360,14 @@ fn foreign_and_damaged_files_give_typed_errors() {
         Err(StorageError::BadMagic { .. })
     ));
 
-    // A log header written over the identifier file's header (a misdirected
-    // write) is damage, not a foreign file.
+    // A log header written over the identifier region's header (a
+    // misdirected write) is damage, not a foreign file.
     let (sim, disk) = setup();
     drop(write_records(&disk, WalConfig::default(), 3));
     let log_header = sim.contents(log).unwrap()[..32].to_vec();
-    let ids = "wal-00000000000000000001.ids";
-    let mut ids_bytes = sim.contents(ids).unwrap();
+    let mut ids_bytes = identifier_region(&sim);
     ids_bytes[..32].copy_from_slice(&log_header);
-    sim.put(ids, &ids_bytes);
+    put_identifier_region(&sim, &ids_bytes);
     let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
     assert_eq!(recovery.damaged_headers, 1);
     assert_eq!(recovery.accepted.len(), 3);
@@ -357,7 +376,7 @@ fn foreign_and_damaged_files_give_typed_errors() {
     let (sim, disk) = setup();
     drop(write_records(&disk, WalConfig::default(), 3));
     sim.flip_bit(log, 3, 0).unwrap();
-    sim.flip_bit("wal-00000000000000000001.ids", 17, 0).unwrap();
+    sim.flip_bit(SEGMENT, identifier_base() + 17, 0).unwrap();
     let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
     assert_eq!(recovery.damaged_headers, 2);
     assert_eq!(recovery.accepted.len(), 3);
@@ -376,8 +395,9 @@ fn foreign_and_damaged_files_give_typed_errors() {
     ));
 
     // A segment far longer than any segment can be: the excess is never
-    // read (nor allocated for), the garbage within the bound is reported,
-    // the records are kept.
+    // read (nor allocated for), the garbage within the bound (in the
+    // identifier region, past its identifiers) counts as damaged
+    // identifiers, the records are kept.
     let (sim, disk) = setup();
     drop(write_records(&disk, small_segments(), 3));
     let mut bytes = sim.contents(log).unwrap();
@@ -387,7 +407,7 @@ fn foreign_and_damaged_files_give_typed_errors() {
     let (_, recovery) = Wal::open(disk, small_segments()).unwrap();
     assert!(recovery.oversized_bytes > 3 << 20, "{recovery:?}");
     assert_eq!(recovery.accepted.len(), 3);
-    assert!(recovery.corrupted.iter().any(|c| c.instance.is_none()));
+    assert!(recovery.corrupt_identifiers > 0, "{recovery:?}");
 
     // A smaller segment_bytes_max later never cuts an older segment short:
     // its header records the bound it was written with.
@@ -498,7 +518,7 @@ fn a_transient_read_error_during_recovery_loses_nothing() {
     let (sim, disk) = setup();
     drop(write_records(&disk, WalConfig::default(), 10));
     sim.schedule_error("wal-00000000000000000001.log", Operation::Read);
-    sim.schedule_error("wal-00000000000000000001.ids", Operation::Read);
+    sim.schedule_error_where(SEGMENT, Operation::Read, 0, identifier_base());
     let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
     assert_eq!(recovery.accepted.len(), 10);
     assert!(recovery.corrupted.is_empty());
@@ -533,7 +553,7 @@ fn an_unreadable_sector_is_treated_like_a_checksum_mismatch() {
     }
     wal.sync().unwrap();
     drop(wal);
-    sim.set_unreadable("wal-00000000000000000001.ids", 4096, 1);
+    sim.set_unreadable(SEGMENT, identifier_base() + 4096, 1);
     let (_, recovery) = Wal::open(disk, config).unwrap();
     assert_eq!(recovery.accepted.len(), 100);
     assert!(recovery.corrupted.is_empty());
@@ -576,4 +596,38 @@ fn a_data_directory_is_used_by_one_holder_at_a_time() {
     drop(clone);
     FsDisk::open(&directory).expect("free again once every holder is gone");
     let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[test]
+fn a_damaged_segment_header_under_a_changed_configuration_still_finds_the_identifiers() {
+    // The header records where the identifier region starts; with the header
+    // damaged and the configuration changed since, recovery finds the
+    // region by its own header instead.
+    let (sim, disk) = setup();
+    let written_with = WalConfig {
+        segment_bytes_max: 1 << 20,
+        ..small_segments()
+    };
+    drop(write_records(&disk, written_with.clone(), 20));
+    sim.flip_bit(SEGMENT, 3, 0).unwrap();
+    let now = small_segments();
+    assert_ne!(now.identifier_base(), written_with.identifier_base());
+    let (_, recovery) = Wal::open(disk, now).unwrap();
+    assert_eq!(recovery.damaged_headers, 1);
+    assert_eq!(recovery.accepted.len(), 20);
+    assert!(recovery.corrupted.is_empty(), "{recovery:?}");
+    assert_eq!(recovery.corrupt_identifiers, 0);
+}
+
+#[test]
+fn a_log_in_the_two_file_format_is_refused_with_a_clear_error() {
+    let (sim, disk) = setup();
+    drop(write_records(&disk, WalConfig::default(), 3));
+    sim.put("wal-00000000000000000001.ids", &[0u8; 64]);
+    let error = Wal::open(disk, WalConfig::default()).unwrap_err();
+    assert!(
+        matches!(error, StorageError::UnsupportedVersion { found: 1, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("wal-00000000000000000001.ids"), "{error}");
 }
