@@ -24,6 +24,8 @@ struct Probe {
     sync_delay_micros: AtomicU64,
     gate_closed: Mutex<bool>,
     gate: Condvar,
+    /// The gate closes by itself once this many syncs completed.
+    close_gate_at_syncs: Mutex<Option<u64>>,
     fail_syncs: AtomicBool,
 }
 
@@ -84,6 +86,9 @@ impl File for CountingFile {
     fn sync(&mut self) -> Result<()> {
         {
             let mut closed = self.probe.gate_closed.lock().unwrap();
+            if *self.probe.close_gate_at_syncs.lock().unwrap() == Some(self.probe.syncs.load(Ordering::SeqCst)) {
+                *closed = true;
+            }
             while *closed {
                 closed = self.probe.gate.wait(closed).unwrap();
             }
@@ -212,6 +217,40 @@ fn nothing_is_reported_durable_before_its_sync_returns() {
     sim.crash();
     let (_, recovery) = Wal::open(Arc::new(sim), WalConfig::default()).unwrap();
     assert!(recovery.accepted.contains_key(&Instance(1)));
+}
+
+#[test]
+fn a_record_is_reported_durable_only_once_its_identifier_is_synced() {
+    let (sim, disk) = counting_disk();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
+    let group = GroupCommit::start(wal, test_config()).unwrap();
+    // The sync that makes the frame durable completes; the next one, which
+    // would make its identifier durable, waits at the gate.
+    let frames_synced = disk.probe.syncs.load(Ordering::SeqCst) + 1;
+    *disk.probe.close_gate_at_syncs.lock().unwrap() = Some(frames_synced);
+    let receiver = group.submit_and_receive(record(1)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while disk.probe.syncs.load(Ordering::SeqCst) < frames_synced {
+        assert!(std::time::Instant::now() < deadline, "the frame's sync never came");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        matches!(receiver.try_recv(), Err(mpsc::TryRecvError::Empty)),
+        "reported durable with its frame synced and its identifier not"
+    );
+    *disk.probe.close_gate_at_syncs.lock().unwrap() = None;
+    disk.probe.open_gate();
+    receiver.recv().unwrap().unwrap();
+    let (_, stats) = group.stop();
+    assert_eq!(stats.syncs, 2, "one sync for the frame, one for its identifier");
+    // Once reported, frame and identifier both survive a crash: recovery
+    // finds the identifier rather than giving the frame a new one.
+    sim.crash();
+    let (_, recovery) = Wal::open(Arc::new(sim), WalConfig::default()).unwrap();
+    assert!(recovery.accepted.contains_key(&Instance(1)));
+    assert_eq!(recovery.repaired_identifiers, 0);
 }
 
 #[test]
