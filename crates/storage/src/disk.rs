@@ -65,6 +65,15 @@ pub trait File: Send + fmt::Debug {
     /// The current length in bytes.
     fn len(&self) -> Result<u64>;
 
+    /// Where the data that runs from `from` ends: the first hole at or after
+    /// `from` that the file system reports, or else the file's length.
+    /// Nothing but zeros lies between there and the next data, so a reader
+    /// that wants only what was written may stop there.
+    fn data_end(&self, from: u64) -> Result<u64> {
+        let _ = from;
+        self.len()
+    }
+
     /// Whether the file is empty.
     fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
@@ -297,6 +306,18 @@ impl File for FsFile {
             .metadata()
             .map_err(|e| StorageError::io(&self.name, "stat", e))?
             .len())
+    }
+
+    /// `lseek(SEEK_HOLE)`. A file system without hole reporting answers with
+    /// the file's length; an error (none is expected) falls back to it too.
+    /// The seek moves the descriptor's offset, which nothing here uses: reads
+    /// and writes give their offsets.
+    fn data_end(&self, from: u64) -> Result<u64> {
+        let length = self.len()?;
+        if from >= length {
+            return Ok(length);
+        }
+        Ok(rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(from)).map_or(length, |hole| hole.min(length)))
     }
 
     fn truncate(&mut self, length: u64) -> Result<()> {

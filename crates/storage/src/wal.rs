@@ -758,10 +758,11 @@ impl Wal {
     ///
     /// # Memory
     ///
-    /// Recovery keeps every segment's frame region in memory (the values in
-    /// [`Recovery::accepted`] are slices of it; the last segment's is read
-    /// whole, unwritten space included, so it takes as much as a full one)
-    /// and 64 bytes per instance in
+    /// Recovery keeps every segment's frame region in memory, up to the
+    /// first hole the file system reports in it (the values in
+    /// [`Recovery::accepted`] are slices of it; on a disk that reports no
+    /// holes, the last segment's region is read whole, unwritten space
+    /// included) and 64 bytes per instance in
     /// [`Recovery::accepted`]. Beyond that it holds, while it runs, at most:
     ///
     /// * for each thread that verifies segments (the 2 reader threads, then
@@ -1745,8 +1746,12 @@ fn read_log_file(file: &dyn File, config: &WalConfig, sequence: u64) -> Result<R
     let mut header = [0u8; FILE_HEADER_BYTES];
     let read = file.read_at(0, &mut header).unwrap_or(0);
     let identifier_base = locate_identifier_base(file, &header[..read], config, sequence)?;
+    // Frames are written from the start of the region without gaps, so the
+    // region's first hole ends what was written; the rest reads as zeros.
+    // This keeps a segment holding little from costing a whole region.
+    let written = file.data_end(0).unwrap_or(identifier_base).min(identifier_base);
     let mut bytes = Vec::new();
-    let mut damage = read_tolerant_into(file, 0, identifier_base, UNREADABLE_LOG_FILL, &mut bytes)?;
+    let mut damage = read_tolerant_into(file, 0, written, UNREADABLE_LOG_FILL, &mut bytes)?;
     // What lies past the frame region is the identifier region.
     damage.oversized_bytes = 0;
     Ok(ReadFile {

@@ -631,3 +631,28 @@ fn a_log_in_the_two_file_format_is_refused_with_a_clear_error() {
     );
     assert!(error.to_string().contains("wal-00000000000000000001.ids"), "{error}");
 }
+
+#[test]
+fn recovery_reads_a_segment_only_as_far_as_it_was_written() {
+    let directory = std::env::temp_dir().join(format!("synod-storage-test-{}-data-end", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    let disk: Arc<dyn Disk> = Arc::new(FsDisk::open(&directory).unwrap());
+    let config = WalConfig::default();
+    drop(write_records(&disk, config.clone(), 30));
+    let file = disk.open(SEGMENT).unwrap();
+    let length = file.len().unwrap();
+    assert!(
+        length > config.identifier_base(),
+        "the identifiers lie past the frame region"
+    );
+    // Where the frames end (or the file's length, on a file system that
+    // reports no holes): never short of what was written.
+    let frames_end = file.data_end(0).unwrap();
+    assert!(frames_end == length || frames_end < config.identifier_base());
+    assert!(frames_end >= 32 + 30 * 50);
+    drop(file);
+    let (_, recovery) = Wal::open(disk, config).unwrap();
+    assert_eq!(recovery.accepted.len(), 30);
+    assert!(recovery.corrupted.is_empty());
+    std::fs::remove_dir_all(&directory).unwrap();
+}
