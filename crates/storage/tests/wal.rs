@@ -444,6 +444,22 @@ fn a_segment_whose_creation_never_finished_is_replaced() {
     drop(wal);
     let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
     assert_eq!(recovery.accepted.len(), 4);
+
+    // Its frame region's header reached the disk, its identifier region's
+    // header did not (both are synced at once, in no set order).
+    let (sim, disk) = setup();
+    drop(write_records(&disk, WalConfig::default(), 3));
+    let header = sim.contents(SEGMENT).unwrap()[..32].to_vec();
+    sim.put("wal-00000000000000000002.log", &header);
+    let (mut wal, recovery) = Wal::open(disk.clone(), WalConfig::default()).unwrap();
+    assert_eq!(recovery.accepted.len(), 3);
+    assert_eq!(recovery.damaged_headers, 0, "{recovery:?}");
+    wal.append(&accepted(4, 1, "v")).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let (_, recovery) = Wal::open(disk, WalConfig::default()).unwrap();
+    assert_eq!(recovery.accepted.len(), 4);
+    assert!(recovery.corrupted.is_empty());
 }
 
 #[test]
