@@ -1097,8 +1097,8 @@ impl Wal {
         self.failure.get_or_insert(reason);
     }
 
-    /// How many batches of frames have been written and synced (by
-    /// [`Wal::sync`], or by the group-commit writer).
+    /// How many batches of frames have been written (by [`Wal::sync`], or by
+    /// the group-commit writer); each is durable once a later sync returns.
     pub fn sync_count(&self) -> u64 {
         self.syncs
     }
@@ -1386,13 +1386,13 @@ fn scan_segment(
         Some(result) => result?,
         None => read_log_file(file.as_ref(), config, sequence)?,
     };
-    let log_unreadable = log_read.damage.unreadable_bytes;
+    let log_unreadable = log_read.unreadable_bytes;
     let identifier_base = log_read.identifier_base;
     let log_bytes = Bytes::from(log_read.bytes);
     let log_written_end = log_bytes.iter().rposition(|byte| *byte != 0).map_or(0, |last| last + 1);
     let log_has_frames = log_written_end > FILE_HEADER_BYTES;
 
-    let ids_read = read_tolerant_into(
+    let ids_unreadable = read_tolerant_into(
         file.as_ref(),
         identifier_base,
         ids_bytes_max(identifier_base),
@@ -1410,8 +1410,11 @@ fn scan_segment(
         }
     }
     let mut damaged_headers = check_segment_header(&log_file_name, &log_bytes, LOG_MAGIC, sequence)?;
-    let ids_unreadable = ids_read.unreadable_bytes;
-    let oversized_bytes = ids_read.oversized_bytes;
+    // Bytes past the longest identifier region cannot have been written by
+    // this crate; they were not read.
+    let oversized_bytes = file
+        .len()?
+        .saturating_sub(identifier_base + ids_bytes_max(identifier_base));
     if oversized_bytes > 0 {
         tracing::warn!(
             file = log_file_name,
@@ -1751,12 +1754,10 @@ fn read_log_file(file: &dyn File, config: &WalConfig, sequence: u64) -> Result<R
     // This keeps a segment holding little from costing a whole region.
     let written = file.data_end(0).unwrap_or(identifier_base).min(identifier_base);
     let mut bytes = Vec::new();
-    let mut damage = read_tolerant_into(file, 0, written, UNREADABLE_LOG_FILL, &mut bytes)?;
-    // What lies past the frame region is the identifier region.
-    damage.oversized_bytes = 0;
+    let unreadable_bytes = read_tolerant_into(file, 0, written, UNREADABLE_LOG_FILL, &mut bytes)?;
     Ok(ReadFile {
         bytes,
-        damage,
+        unreadable_bytes,
         identifier_base,
     })
 }
@@ -1967,36 +1968,20 @@ const REREAD_BLOCK_BYTES: usize = 4096;
 /// A segment's frame region as recovery read it.
 struct ReadFile {
     bytes: Vec<u8>,
-    damage: ReadDamage,
+    /// Bytes that failed to read and were replaced.
+    unreadable_bytes: u64,
     /// Where the segment's identifier region starts.
     identifier_base: u64,
 }
 
-/// What a tolerant read could not read.
-#[derive(Clone, Copy, Debug, Default)]
-struct ReadDamage {
-    /// Bytes that failed to read and were replaced.
-    unreadable_bytes: u64,
-    /// Bytes past the bound, not read.
-    oversized_bytes: u64,
-}
-
 /// Reads a file from `start` into `bytes` (reusing its memory if it is large
-/// enough), up to `length_max` bytes (bytes past it cannot have been written
-/// by this crate, and are counted, never allocated for), treating EIO like a
-/// checksum mismatch (as CTRL prescribes): if the file cannot be read at
-/// once, it is read again block by block, and blocks that still fail are
-/// replaced with `fill` so that what they held fails verification.
-fn read_tolerant_into(
-    file: &dyn File,
-    start: u64,
-    length_max: u64,
-    fill: u8,
-    bytes: &mut Vec<u8>,
-) -> Result<ReadDamage> {
-    let length = file.len()?.saturating_sub(start);
-    let oversized_bytes = length.saturating_sub(length_max);
-    let length = length.min(length_max) as usize;
+/// enough), up to `length_max` bytes (never allocating for more), treating
+/// EIO like a checksum mismatch (as CTRL prescribes): if the file cannot be
+/// read at once, it is read again block by block, and blocks that still fail
+/// are replaced with `fill` so that what they held fails verification.
+/// Returns how many bytes were replaced.
+fn read_tolerant_into(file: &dyn File, start: u64, length_max: u64, fill: u8, bytes: &mut Vec<u8>) -> Result<u64> {
+    let length = file.len()?.saturating_sub(start).min(length_max) as usize;
     if bytes.capacity() >= length {
         bytes.clear();
         bytes.resize(length, 0);
@@ -2005,12 +1990,7 @@ fn read_tolerant_into(
         *bytes = vec![0u8; length];
     }
     let read = match file.read_at(start, bytes) {
-        Ok(read) if read == bytes.len() => {
-            return Ok(ReadDamage {
-                unreadable_bytes: 0,
-                oversized_bytes,
-            })
-        }
+        Ok(read) if read == bytes.len() => return Ok(0),
         Ok(read) => read,
         Err(StorageError::Io { .. }) => 0,
         Err(error) => return Err(error),
@@ -2037,10 +2017,7 @@ fn read_tolerant_into(
             "read errors in a log file; the bytes count as damaged"
         );
     }
-    Ok(ReadDamage {
-        unreadable_bytes,
-        oversized_bytes,
-    })
+    Ok(unreadable_bytes)
 }
 
 /// Reads the frames in `range` that no identifier describes: those that
