@@ -18,10 +18,12 @@
 //!
 //! `sync-floor` measures, below the WAL, what keeping identifiers apart costs
 //! the disk: rounds per second of (a) one write of `--log-bytes` and an
-//! fdatasync, (b) that write plus one of `--value-bytes` far away in the same
-//! file and one fdatasync, (c) the two writes in two files synced at the same
-//! time by two threads, a round ending when both syncs have returned. Files
-//! are preallocated with zeros, so every sync flushes data only.
+//! fdatasync, (b) that write plus one of `--value-bytes` right after it, in a
+//! write of its own, and one fdatasync, (c) the same two writes far apart in
+//! the same file and one fdatasync (the WAL's layout), (d) the two writes in
+//! two files synced at the same time by two threads, a round ending when both
+//! syncs have returned. Files are preallocated with zeros, so every sync
+//! flushes data only.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -318,18 +320,38 @@ fn preallocated(path: &str, length_bytes: u64) -> std::fs::File {
 
 /// Rounds per second of writing `log` (and `ids`, if given, far away in the
 /// same file) then one fdatasync.
-fn one_file_rounds_per_s(path: &str, seconds: f64, log: &[u8], ids: Option<&[u8]>) -> f64 {
+/// Where [`one_file_rounds_per_s`] writes the second block of a round.
+#[derive(Clone, Copy)]
+enum SecondWrite {
+    /// None: the log's block alone.
+    Absent,
+    /// Right after the log's block, in a write of its own: what a log that
+    /// kept each batch's identifiers beside the next batch's frames would
+    /// write.
+    Adjacent,
+    /// In a region of its own past the log's space, as the WAL does.
+    Apart,
+}
+
+/// Rounds per second of writing `log` (and `ids`, placed as `second` says)
+/// into one preallocated file with one fdatasync per round.
+fn one_file_rounds_per_s(path: &str, seconds: f64, log: &[u8], ids: &[u8], second: SecondWrite) -> f64 {
     use std::os::unix::fs::FileExt;
     let file = preallocated(path, SYNC_FLOOR_LOG_SPACE_BYTES + SYNC_FLOOR_IDS_SPACE_BYTES);
     let started = Instant::now();
     let mut rounds = 0u64;
+    let stride = (log.len() + ids.len()) as u64;
     while started.elapsed().as_secs_f64() < seconds {
-        let log_offset = (rounds * log.len() as u64) % SYNC_FLOOR_LOG_SPACE_BYTES;
+        let log_offset = (rounds * stride) % (SYNC_FLOOR_LOG_SPACE_BYTES - stride);
         file.write_all_at(log, log_offset).expect("write");
-        if let Some(ids) = ids {
-            let ids_offset = (rounds * ids.len() as u64) % SYNC_FLOOR_IDS_SPACE_BYTES;
-            file.write_all_at(ids, SYNC_FLOOR_LOG_SPACE_BYTES + ids_offset)
-                .expect("write");
+        match second {
+            SecondWrite::Absent => {}
+            SecondWrite::Adjacent => file.write_all_at(ids, log_offset + log.len() as u64).expect("write"),
+            SecondWrite::Apart => {
+                let ids_offset = (rounds * ids.len() as u64) % SYNC_FLOOR_IDS_SPACE_BYTES;
+                file.write_all_at(ids, SYNC_FLOOR_LOG_SPACE_BYTES + ids_offset)
+                    .expect("write");
+            }
         }
         file.sync_data().expect("fdatasync");
         rounds += 1;
@@ -402,13 +424,15 @@ fn sync_floor(options: &Options) {
     let log = vec![0x5a; log_bytes as usize];
     let ids = vec![0xa5; ids_bytes];
     let single = format!("{}/floor.single", options.directory);
-    let alone = one_file_rounds_per_s(&single, seconds, &log, None);
-    let together = one_file_rounds_per_s(&single, seconds, &log, Some(&ids));
+    let alone = one_file_rounds_per_s(&single, seconds, &log, &ids, SecondWrite::Absent);
+    let adjacent = one_file_rounds_per_s(&single, seconds, &log, &ids, SecondWrite::Adjacent);
+    let together = one_file_rounds_per_s(&single, seconds, &log, &ids, SecondWrite::Apart);
     let apart = two_files_rounds_per_s(&options.directory, seconds, &log, &ids);
     println!(
         "sync-floor: log_bytes={log_bytes} ids_bytes={ids_bytes} log_only_rounds_per_s={alone:.0} \
-         one_file_rounds_per_s={together:.0} two_files_rounds_per_s={apart:.0} \
-         one_file_ratio={:.2} two_files_ratio={:.2}",
+         adjacent_rounds_per_s={adjacent:.0} one_file_rounds_per_s={together:.0} two_files_rounds_per_s={apart:.0} \
+         adjacent_ratio={:.2} one_file_ratio={:.2} two_files_ratio={:.2}",
+        adjacent / alone,
         together / alone,
         apart / alone
     );
