@@ -32,8 +32,8 @@ use std::sync::Arc;
 
 use synod_paxos::{DurableState, Instance, Persist};
 use synod_storage::{
-    AcceptorStore, AcceptorStoreConfig, Disk, FinishedSnapshot, FsDisk, GroupCommit, GroupCommitConfig, RejectReason,
-    StorageError, SyncFailurePolicy,
+    AcceptorStore, AcceptorStoreConfig, Disk, FinishedSnapshot, FsDisk, GroupCommit, GroupCommitConfig,
+    GroupCommitCounters, RejectReason, StorageError, SyncFailurePolicy,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -151,6 +151,11 @@ impl DiskWriter {
                 permits: Arc::new(Semaphore::new(DISK_QUEUE_SUBMISSIONS_MAX)),
             }),
         })
+    }
+
+    /// The group commit's live counters.
+    pub fn counters(&self) -> Arc<GroupCommitCounters> {
+        self.log().counters()
     }
 
     fn log(&self) -> &GroupCommit<AcceptorStore> {

@@ -198,11 +198,12 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         },
         inbound_sender,
         shared.clone(),
-        metrics,
+        metrics.clone(),
         shutdown.clone(),
     );
     let snapshots = acceptor_store.snapshots().clone();
     let disk = DiskWriter::start(acceptor_store).map_err(ServerError::DiskThread)?;
+    let _ = metrics.wal.set(disk.counters());
     let core = Core::new(
         replica,
         shared.clone(),

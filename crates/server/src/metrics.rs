@@ -4,7 +4,10 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use synod_storage::GroupCommitCounters;
 
 /// Upper bounds of the latency buckets, in seconds.
 const LATENCY_BUCKETS_SECONDS: [f64; 14] = [
@@ -79,6 +82,8 @@ pub struct Metrics {
     pub watch_streams: AtomicI64,
     pub watchers: AtomicI64,
     pub peer_messages_dropped: AtomicU64,
+    /// The write-ahead log's group-commit counters, once its writer runs.
+    pub wal: OnceLock<Arc<GroupCommitCounters>>,
 }
 
 impl Default for Metrics {
@@ -99,6 +104,7 @@ impl Default for Metrics {
             watch_streams: AtomicI64::new(0),
             watchers: AtomicI64::new(0),
             peer_messages_dropped: AtomicU64::new(0),
+            wal: OnceLock::new(),
         }
     }
 }
@@ -187,6 +193,52 @@ impl Metrics {
             "Peer messages dropped because a peer's send queue was full.",
             self.peer_messages_dropped.load(Ordering::Relaxed),
         );
+        if let Some(wal) = self.wal.get() {
+            let stats = wal.snapshot();
+            let seconds = |out: &mut String, name: &str, help: &str, micros: u64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                    micros as f64 / 1e6
+                );
+            };
+            counter(
+                &mut out,
+                "synod_wal_batches_total",
+                "Batches of log records the group commit made durable.",
+                stats.batches,
+            );
+            counter(
+                &mut out,
+                "synod_wal_records_total",
+                "Log records the group commit made durable.",
+                stats.records,
+            );
+            counter(
+                &mut out,
+                "synod_wal_syncs_total",
+                "fdatasyncs of the log: one per batch, and one for identifiers no batch followed at once.",
+                stats.syncs,
+            );
+            counter(
+                &mut out,
+                "synod_wal_metadata_writes_total",
+                "Acceptor metadata updates made durable (two copies each).",
+                stats.metadata_writes,
+            );
+            seconds(
+                &mut out,
+                "synod_wal_sync_seconds_total",
+                "Time the log writer spent writing and syncing frames and identifiers.",
+                stats.sync_micros,
+            );
+            seconds(
+                &mut out,
+                "synod_wal_metadata_sync_seconds_total",
+                "Time the log writer spent writing and syncing acceptor metadata.",
+                stats.metadata_sync_micros,
+            );
+        }
         out
     }
 }

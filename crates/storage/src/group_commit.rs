@@ -25,7 +25,9 @@
 //! back.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -193,6 +195,40 @@ pub struct GroupCommitStats {
     pub metadata_sync_micros: u64,
 }
 
+/// The writer's counters, readable while it runs (for a server's metrics);
+/// [`GroupCommitCounters::snapshot`] reads them as a [`GroupCommitStats`].
+#[derive(Debug, Default)]
+pub struct GroupCommitCounters {
+    batches: AtomicU64,
+    records: AtomicU64,
+    syncs: AtomicU64,
+    metadata_writes: AtomicU64,
+    sync_micros: AtomicU64,
+    metadata_sync_micros: AtomicU64,
+}
+
+impl GroupCommitCounters {
+    /// The counters now. Each is read on its own, so a snapshot taken while
+    /// the writer runs may see one counter of a round updated and not yet
+    /// another.
+    pub fn snapshot(&self) -> GroupCommitStats {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        GroupCommitStats {
+            batches: read(&self.batches),
+            records: read(&self.records),
+            syncs: read(&self.syncs),
+            metadata_writes: read(&self.metadata_writes),
+            sync_micros: read(&self.sync_micros),
+            metadata_sync_micros: read(&self.metadata_sync_micros),
+        }
+    }
+}
+
+/// Adds `amount` to a counter; only the writer thread adds.
+fn add(counter: &AtomicU64, amount: u64) {
+    counter.fetch_add(amount, Ordering::Relaxed);
+}
+
 /// The handle to the group-commit writer and completion threads.
 ///
 /// A writer thread owns the target (a [`Wal`] or a
@@ -221,7 +257,8 @@ pub struct GroupCommitStats {
 /// so that everything it does happens on one thread in a seeded order.
 pub struct GroupCommit<T: CommitTarget = Wal> {
     sender: Option<SyncSender<Command<T::Submission>>>,
-    writer: Option<JoinHandle<(T, GroupCommitStats)>>,
+    writer: Option<JoinHandle<T>>,
+    counters: Arc<GroupCommitCounters>,
 }
 
 impl<T: CommitTarget> fmt::Debug for GroupCommit<T> {
@@ -247,6 +284,7 @@ impl<T: CommitTarget> GroupCommit<T> {
             .spawn(move || run_completions(stage_receiver))
             .map_err(|e| StorageError::io("synod-wal-completions", "spawn", e))?;
         let (sender, receiver) = mpsc::sync_channel(config.queue_submissions_max);
+        let counters = Arc::new(GroupCommitCounters::default());
         let writer = Writer {
             target,
             config,
@@ -254,7 +292,7 @@ impl<T: CommitTarget> GroupCommit<T> {
             stages: Some(stages),
             waiters: Vec::new(),
             unsynced_identifiers: None,
-            stats: GroupCommitStats::default(),
+            counters: counters.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("synod-wal-writer".to_string())
@@ -263,6 +301,7 @@ impl<T: CommitTarget> GroupCommit<T> {
         Ok(GroupCommit {
             sender: Some(sender),
             writer: Some(writer),
+            counters,
         })
     }
 
@@ -365,12 +404,18 @@ impl<T: CommitTarget> GroupCommit<T> {
             })
     }
 
-    /// Completes everything queued, stops the threads and returns the target.
+    /// The writer's counters, live.
+    pub fn counters(&self) -> Arc<GroupCommitCounters> {
+        self.counters.clone()
+    }
+
+    /// Completes everything queued, stops the threads and returns the target
+    /// with the final counters.
     pub fn stop(mut self) -> (T, GroupCommitStats) {
         self.sender = None;
         let writer = self.writer.take().expect("writer lives until stop");
         match writer.join() {
-            Ok(result) => result,
+            Ok(target) => (target, self.counters.snapshot()),
             Err(panic) => std::panic::resume_unwind(panic),
         }
     }
@@ -425,14 +470,14 @@ struct Writer<T: CommitTarget> {
     /// The batch whose frames are durable and whose identifiers go into the
     /// next round, with its completions.
     unsynced_identifiers: Option<(IdentifierBatch, Vec<Waiter>)>,
-    stats: GroupCommitStats,
+    counters: Arc<GroupCommitCounters>,
 }
 
 impl<T: CommitTarget> Writer<T> {
     /// Blocks for the first request of a batch (unless identifiers wait for
     /// a round), then takes whatever else is already queued, up to
     /// `batch_bytes_max`, and runs a round.
-    fn run(mut self, receiver: Receiver<Command<T::Submission>>, completions: JoinHandle<()>) -> (T, GroupCommitStats) {
+    fn run(mut self, receiver: Receiver<Command<T::Submission>>, completions: JoinHandle<()>) -> T {
         loop {
             let mut next = if self.unsynced_identifiers.is_some() {
                 receiver.try_recv().ok()
@@ -460,7 +505,7 @@ impl<T: CommitTarget> Writer<T> {
         if let Some(reason) = self.failure.take() {
             self.target.stop_after(reason);
         }
-        (self.target, self.stats)
+        self.target
     }
 
     fn stopped(&self) -> Result<()> {
@@ -519,10 +564,13 @@ impl<T: CommitTarget> Writer<T> {
         self.stopped()?;
         let started = Instant::now();
         let written = self.target.write_metadata(metadata);
-        self.stats.metadata_sync_micros += started.elapsed().as_micros() as u64;
+        add(
+            &self.counters.metadata_sync_micros,
+            started.elapsed().as_micros() as u64,
+        );
         match written {
             Ok(()) => {
-                self.stats.metadata_writes += 1;
+                add(&self.counters.metadata_writes, 1);
                 Ok(())
             }
             Err(error) => {
@@ -555,14 +603,14 @@ impl<T: CommitTarget> Writer<T> {
             match self.write_and_sync(unsynced.as_ref().map(|(batch, _)| batch)) {
                 Ok(batch) => {
                     if staged > 0 {
-                        self.stats.batches += 1;
-                        self.stats.records += staged;
+                        add(&self.counters.batches, 1);
+                        add(&self.counters.records, staged);
                     }
                     identifiers = batch;
                 }
                 Err(error) => self.fail(&error),
             }
-            self.stats.sync_micros += started.elapsed().as_micros() as u64;
+            add(&self.counters.sync_micros, started.elapsed().as_micros() as u64);
         }
         if let Some((_, waiters)) = unsynced {
             self.complete(waiters);
@@ -583,7 +631,7 @@ impl<T: CommitTarget> Writer<T> {
         }
         let written = wal.write_frames()?;
         wal.sync_file()?;
-        self.stats.syncs += 1;
+        add(&self.counters.syncs, 1);
         Ok(written)
     }
 

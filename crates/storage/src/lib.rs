@@ -329,8 +329,8 @@ pub use disk::{Disk, File, FsDisk, FsFile};
 pub use error::{Result, StorageError};
 pub use fatal::fatal_sync_error;
 pub use group_commit::{
-    CommitTarget, Completion, GroupCommit, GroupCommitConfig, GroupCommitStats, RejectReason, Rejected,
-    SyncFailurePolicy, TrimCompletion, WriteOp,
+    CommitTarget, Completion, GroupCommit, GroupCommitConfig, GroupCommitCounters, GroupCommitStats, RejectReason,
+    Rejected, SyncFailurePolicy, TrimCompletion, WriteOp,
 };
 pub use metadata::{AcceptorMetadata, MetadataLoad, MetadataStore, METADATA_FILES};
 pub use replica::{open_replica, ReplicaStorage, StorageConfig};

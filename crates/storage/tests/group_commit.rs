@@ -240,9 +240,16 @@ fn a_record_is_reported_durable_only_once_its_identifier_is_synced() {
         matches!(receiver.try_recv(), Err(mpsc::TryRecvError::Empty)),
         "reported durable with its frame synced and its identifier not"
     );
+    let live = group.counters();
+    assert_eq!(
+        (live.snapshot().syncs, live.snapshot().batches),
+        (1, 1),
+        "the frame's sync, counted live"
+    );
     *disk.probe.close_gate_at_syncs.lock().unwrap() = None;
     disk.probe.open_gate();
     receiver.recv().unwrap().unwrap();
+    assert_eq!(live.snapshot().syncs, 2);
     let (_, stats) = group.stop();
     assert_eq!(stats.syncs, 2, "one sync for the frame, one for its identifier");
     // Once reported, frame and identifier both survive a crash: recovery

@@ -317,9 +317,21 @@ fn etcdctl_against_a_three_member_group() {
         "synod_applied_instance",
         "synod_compaction_pending_revision",
         "synod_watch_streams",
+        "synod_wal_sync_seconds_total",
     ] {
         assert!(body.contains(metric), "/metrics lacks {metric}");
     }
+    // the log's counters come from the running writer: the writes above synced it
+    let counter = |name: &str| -> u64 {
+        let line = body
+            .lines()
+            .find(|line| line.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("/metrics lacks {name}"));
+        line[name.len() + 1..].parse().expect("a counter's value")
+    };
+    assert!(counter("synod_wal_syncs_total") > 0);
+    assert!(counter("synod_wal_records_total") >= counter("synod_wal_batches_total"));
+    assert!(counter("synod_wal_batches_total") > 0);
 
     // hostile peers: garbage, a truncated frame, another cluster
     let peer_port = cluster.members[0].peer_port;
