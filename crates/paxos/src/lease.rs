@@ -15,7 +15,9 @@ use crate::{Ballot, NodeId, Time};
 /// stays silent until any lease it may have granted before has run out.
 #[derive(Debug)]
 pub(crate) struct LeaseAcceptor {
-    /// Planted bug (simulator tests only): accept proposals below the promise.
+    /// Planted bug (simulator tests only): accept proposals this acceptor
+    /// promised to refuse (below its promise, or while another owner's grant
+    /// runs).
     pub(crate) accept_lower_ballot: bool,
     promised: Ballot,
     accepted: Option<Grant>,
@@ -94,7 +96,18 @@ impl LeaseAcceptor {
         if self.is_silent(now) {
             return None;
         }
-        if ballot < self.promised && !self.accept_lower_ballot {
+        // A grant whose timer still runs here is never replaced by another
+        // owner's. Safety rests on every holder's majority keeping its grant
+        // until the holder's lease is over, so that any later prepare
+        // majority meets it; the ballot check alone does not ensure that
+        // once an acceptor has restarted (its promises are not on disk): a
+        // propose delayed from before the restart, at a ballot above
+        // everything the new incarnation promised, would overwrite the grant
+        // of the lease held now. A proposer that legitimately follows an
+        // expired holder never needs this: its own prepare would have been
+        // answered with the open grant.
+        let open_for_other = self.holder(now).is_some_and(|owner| owner != from);
+        if (ballot < self.promised || open_for_other) && !self.accept_lower_ballot {
             return Some(Message::LeaseProposeReply {
                 ballot,
                 granted: false,
@@ -392,6 +405,37 @@ mod tests {
         ));
         // After the timer runs out the lease is no longer reported.
         assert_eq!(acceptor.holder(Time(2_000_000_000)), None);
+    }
+
+    #[test]
+    fn an_open_grant_is_not_replaced_by_another_owner() {
+        // A restarted acceptor (promise forgotten) grants node 3 a lease at a
+        // low ballot; a propose node 2 sent before the restart, at a higher
+        // ballot, arrives late. It must not take node 3's grant away.
+        let mut acceptor = LeaseAcceptor::new(Time::ZERO);
+        let max = Duration::from_secs(10);
+        let low = Ballot::new(1, 3, NodeId(3));
+        let stale = Ballot::new(5, 1, NodeId(2));
+        acceptor.on_prepare(Time(0), low);
+        acceptor.on_propose(Time(0), NodeId(3), low, Duration::from_secs(1), max);
+        assert!(matches!(
+            acceptor.on_propose(Time(10), NodeId(2), stale, Duration::from_secs(1), max),
+            Some(Message::LeaseProposeReply { granted: false, .. })
+        ));
+        assert_eq!(acceptor.holder(Time(20)), Some(NodeId(3)));
+        // Its owner renews it; once it has run out, node 2 may have it.
+        let renewal = Ballot::new(6, 3, NodeId(3));
+        assert!(matches!(
+            acceptor.on_propose(Time(30), NodeId(3), renewal, Duration::from_secs(1), max),
+            Some(Message::LeaseProposeReply { granted: true, .. })
+        ));
+        let later = Ballot::new(7, 1, NodeId(2));
+        let after = Time(30 + 1_000_000_000);
+        assert!(matches!(
+            acceptor.on_propose(after, NodeId(2), later, Duration::from_secs(1), max),
+            Some(Message::LeaseProposeReply { granted: true, .. })
+        ));
+        assert_eq!(acceptor.holder(after), Some(NodeId(2)));
     }
 
     #[test]

@@ -20,8 +20,10 @@ use crate::{Ballot, Config, Instance, NodeId, Time};
 pub struct PlantedBugs {
     /// Count a majority as `n / 2` instead of `n / 2 + 1`.
     pub quorum_of_half: bool,
-    /// Accept proposals whose ballot is lower than the promise (both the log's
-    /// acceptor and the PaxosLease acceptor).
+    /// Accept proposals the acceptor promised to refuse: the log's acceptor
+    /// takes an `Accept` whose ballot is lower than its promise, and the
+    /// PaxosLease acceptor a propose below its promise or while another
+    /// owner's grant runs.
     pub accept_lower_ballot: bool,
     /// A restarted PaxosLease acceptor answers at once instead of staying silent.
     pub no_lease_silence_after_restart: bool,

@@ -176,3 +176,26 @@ fn a_seed_replays_exactly() {
     assert_eq!(run(17), run(17));
     assert_ne!(run(17), run(18));
 }
+
+/// Seeds outside the range above that once found a bug, with their group
+/// sizes, replayed on every run.
+const SEEDS_THAT_FOUND_BUGS: &[(u64, usize)] = &[
+    // A propose delayed from before an acceptor's restart replaced the grant
+    // of the lease another replica held: two replicas held the lease at once.
+    (7_000_224, 3),
+];
+
+#[test]
+fn seeds_that_found_bugs_pass() {
+    for &(seed, replicas) in SEEDS_THAT_FOUND_BUGS {
+        let report = run_seed(RunConfig {
+            seed,
+            replicas,
+            bugs: SimBugs::default(),
+        });
+        assert_eq!(
+            report.failure, None,
+            "seed {seed} ({replicas} replicas)\n  replay: cargo run --release -p synod-sim -- --seed {seed} --replicas {replicas}"
+        );
+    }
+}
