@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use synod_paxos::{
-    Config, DurableState, FreshStart, Instance, Message, NodeId, Outcome, Persist, Ready, Replica, StoredSlot, Time,
+    Batch, Config, DurableState, FreshStart, Instance, Message, NodeId, Outcome, Persist, Ready, Replica, StoredSlot,
+    Time,
 };
 
 /// What the group saw go by, for counting messages and commits.
@@ -34,6 +35,8 @@ pub struct Group {
     pub isolated: Vec<NodeId>,
     /// What each replica persisted, as a perfect disk would hold it.
     disks: Vec<MemoryDisk>,
+    /// What each replica delivered as chosen, by instance.
+    pub delivered: Vec<BTreeMap<Instance, Batch>>,
 }
 
 /// A replica's persisted records, folded as a restart reads them back.
@@ -126,6 +129,7 @@ impl Group {
             counters: GroupCounters::default(),
             isolated: Vec::new(),
             disks: vec![MemoryDisk::default(); replicas_len],
+            delivered: vec![BTreeMap::new(); replicas_len],
         };
         for index in 0..group.replicas.len() {
             group.drain(index);
@@ -138,6 +142,9 @@ impl Group {
     pub fn drain(&mut self, index: usize) -> Ready {
         let mut ready = self.replicas[index].take_ready();
         self.disks[index].persist(&ready.persist);
+        for committed in &ready.committed {
+            self.delivered[index].insert(committed.instance, committed.batch.clone());
+        }
         let from = self.replicas[index].node();
         for envelope in ready.messages.drain(..) {
             self.counters.messages += 1;
@@ -157,6 +164,25 @@ impl Group {
             }
         }
         ready
+    }
+
+    /// Takes the queued messages `select` picks out of the network, so a
+    /// script can deliver them later ([`Group::send`]) or never.
+    pub fn take_messages(
+        &mut self,
+        mut select: impl FnMut(NodeId, NodeId, &Message) -> bool,
+    ) -> Vec<(NodeId, NodeId, Message)> {
+        let (taken, kept) = self
+            .network
+            .drain(..)
+            .partition(|(from, to, message)| select(*from, *to, message));
+        self.network = kept;
+        taken.into_iter().collect()
+    }
+
+    /// Queues a message, as if `from` had just sent it.
+    pub fn send(&mut self, from: NodeId, to: NodeId, message: Message) {
+        self.network.push_back((from, to, message));
     }
 
     /// Delivers every queued message, and every message that causes.

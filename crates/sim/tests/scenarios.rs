@@ -1,11 +1,12 @@
 //! Scripted scenarios on a fault-free group: the submit API's definite answers,
 //! epochs, master leases under a pause and across restarts of the lease's
-//! grantors, and rejoining with an empty disk.
+//! grantors, rejoining with an empty disk, and an `Accept` from a deposed
+//! master delivered late.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use synod_paxos::{Epoch, FreshStart, PlantedBugs, ReadError, RejectReason, Replica, Voting};
+use synod_paxos::{Epoch, FreshStart, Instance, Message, PlantedBugs, ReadError, RejectReason, Replica, Voting};
 use synod_sim::cluster::sim_paxos_config;
 use synod_sim::group::Group;
 
@@ -208,5 +209,95 @@ fn planted_bug_lease_without_silence_after_restart_is_caught_by_a_script() {
     assert!(
         overlap,
         "without silence after a restart, a second lease is granted while the first is held"
+    );
+}
+
+/// A master's `Accept` is held back while it pauses; the two others elect a
+/// new master, and the held `Accept` then reaches the follower that promised
+/// the new ballot; the paused master wakes and counts the answers before its
+/// first tick (as a resumed process reads its socket before its timers
+/// fire). Then a client value is committed at the new master. Returns the
+/// instances whose chosen values differ between replicas.
+fn values_chosen_twice(bugs: PlantedBugs) -> Vec<Instance> {
+    let (mut group, old) = elected(3);
+    for replica in &mut group.replicas {
+        replica.plant_bugs(bugs);
+    }
+    let others: Vec<usize> = (0..3).filter(|index| *index != old).collect();
+    let old_node = group.replicas[old].node();
+    let now = group.now;
+    group.replicas[old]
+        .submit(now, Bytes::from_static(b"old"), None)
+        .expect("the master takes a submit");
+    group.drain(old);
+    let held = group.take_messages(|from, _, message| from == old_node && matches!(message, Message::Accept { .. }));
+    assert_eq!(held.len(), 2, "one Accept to each follower");
+
+    // The old master is paused: not ticked, cut off.
+    group.isolated.push(old_node);
+    let mut new = None;
+    for _ in 0..30_000 {
+        group.now = group.now + Duration::from_millis(1);
+        for &index in &others {
+            let now = group.now;
+            group.replicas[index].tick(now);
+            group.drain(index);
+        }
+        group.pump();
+        new = others
+            .iter()
+            .copied()
+            .find(|index| group.replicas[*index].read_lease(group.now).is_ok());
+        if new.is_some() {
+            break;
+        }
+    }
+    let new = new.expect("the two others elect a master");
+    let follower = others.iter().copied().find(|index| *index != new).expect("two others");
+
+    // The held Accept reaches the follower, and the old master wakes.
+    group.isolated.clear();
+    let follower_node = group.replicas[follower].node();
+    for (from, to, message) in held {
+        if to == follower_node {
+            group.send(from, to, message);
+        }
+    }
+    group.pump();
+
+    // A client value at the new master.
+    let now = group.now;
+    group.replicas[new]
+        .submit(now, Bytes::from_static(b"new"), None)
+        .expect("the new master takes a submit");
+    group.drain(new);
+    group.pump();
+    for _ in 0..2_000 {
+        group.now = group.now + Duration::from_millis(1);
+        group.tick_all();
+    }
+    let mut differing = Vec::new();
+    for (instance, batch) in &group.delivered[old] {
+        if group.delivered[new].get(instance).is_some_and(|other| other != batch) {
+            differing.push(*instance);
+        }
+    }
+    differing
+}
+
+#[test]
+fn a_held_accept_from_a_deposed_master_changes_nothing() {
+    assert_eq!(values_chosen_twice(PlantedBugs::default()), Vec::<Instance>::new());
+}
+
+#[test]
+fn planted_bug_accepting_a_lower_ballot_in_the_log_is_caught_by_a_script() {
+    let bugs = PlantedBugs {
+        accept_lower_ballot: true,
+        ..PlantedBugs::default()
+    };
+    assert!(
+        !values_chosen_twice(bugs).is_empty(),
+        "an Accept below the promise, once accepted, lets the deposed master choose a value the new one overwrites"
     );
 }
