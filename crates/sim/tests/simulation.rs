@@ -183,6 +183,10 @@ const SEEDS_THAT_FOUND_BUGS: &[(u64, usize)] = &[
     // A propose delayed from before an acceptor's restart replaced the grant
     // of the lease another replica held: two replicas held the lease at once.
     (7_000_224, 3),
+    // A replica installed a peer's snapshot over an instance it held a stale
+    // acceptance for; the snapshot was damaged on disk, and on restart the
+    // commit point passed that acceptance off as the chosen value.
+    (7_013_182, 5),
 ];
 
 #[test]

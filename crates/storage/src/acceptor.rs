@@ -118,10 +118,21 @@ impl AcceptorStore {
             }
             None => (Instance::ZERO, Epoch::default(), None),
         };
+        // The log below the newest snapshot on disk is dropped even when that
+        // snapshot failed its checks, as a trim would have dropped it. A
+        // snapshot installed from a peer moves the commit point over
+        // instances whose values this replica never learned, and its log
+        // may still hold older acceptances for them: read with the commit
+        // point, they would pass for the chosen values. Without them the
+        // replica finds its log does not reach back to the snapshot it could
+        // load, and fetches one from a peer.
+        let newest_on_disk = store.snapshots.instances()?.last().copied().unwrap_or(Instance::ZERO);
+        let log_floor = snapshot_instance.max(newest_on_disk);
         let durable = durable_state(
             storage.metadata_load.metadata,
             &recovery,
             snapshot_instance,
+            log_floor,
             snapshot_epoch,
             config.batch_bytes_max,
         );
@@ -300,13 +311,17 @@ fn split_snapshot(bytes: &[u8]) -> Result<(Epoch, Vec<u8>)> {
 /// fails to decode, or whose checksum failed, becomes a faulty slot (repaired
 /// from peers); a damaged record whose instance is unknown means this replica
 /// may have forgotten an acceptance, so it must rejoin as if its disk were lost.
+/// What a restart needs. Log records at or below `log_floor` (the newest
+/// snapshot on disk, loadable or not) are left out.
 fn durable_state(
     metadata: AcceptorMetadata,
     recovery: &Recovery,
     snapshot_instance: Instance,
+    log_floor: Instance,
     snapshot_epoch: Epoch,
     batch_bytes_max: usize,
 ) -> DurableState {
+    debug_assert!(log_floor >= snapshot_instance);
     let mut meta = Meta {
         promised: metadata.promised,
         incarnation: metadata.incarnation,
@@ -314,7 +329,7 @@ fn durable_state(
     };
     let mut slots = Vec::with_capacity(recovery.accepted.len());
     for (instance, accepted) in &recovery.accepted {
-        if *instance <= snapshot_instance {
+        if *instance <= log_floor {
             continue;
         }
         let value: Bytes = accepted.value.clone();
@@ -336,7 +351,7 @@ fn durable_state(
             continue;
         }
         match corrupt.instance {
-            Some(instance) if instance > snapshot_instance && !recovery.accepted.contains_key(&instance) => {
+            Some(instance) if instance > log_floor && !recovery.accepted.contains_key(&instance) => {
                 let ballot = corrupt.ballot.filter(|ballot| *ballot != Ballot::ZERO);
                 slots.push((instance, StoredSlot::Faulty { ballot }));
             }
@@ -455,5 +470,66 @@ mod tests {
         let instances: Vec<u64> = durable.slots.iter().map(|(instance, _)| instance.0).collect();
         assert_eq!(instances, (31..=50).collect::<Vec<_>>());
         assert_eq!(durable.chosen_through, Instance(50));
+    }
+
+    #[test]
+    fn the_log_below_a_damaged_snapshot_is_not_read_back() {
+        // A replica accepted a value for instance 5 that was never chosen,
+        // then installed a peer's snapshot through 10 (its commit point moved
+        // over 5 without learning 5's value) and went on to 12.
+        let sim = SimDisk::new(2, FaultConfig::default());
+        let disk: Arc<dyn Disk> = Arc::new(sim.clone());
+        let (mut store, _) = AcceptorStore::open(disk.clone(), &config()).unwrap();
+        let old = Ballot::new(1, 1, NodeId(1));
+        let new = Ballot::new(2, 1, NodeId(2));
+        store
+            .write(&[Persist::Meta(Meta {
+                promised: new,
+                incarnation: 1,
+                voting: Voting::Voter,
+            })])
+            .unwrap();
+        for instance in 1..=4 {
+            commit(&mut store, old, instance);
+        }
+        let stale = Batch::new(
+            BatchId {
+                ballot: old,
+                instance: Instance(5),
+            },
+            vec![],
+        );
+        store
+            .write(&[Persist::Accepted {
+                instance: Instance(5),
+                ballot: old,
+                batch: stale,
+            }])
+            .unwrap();
+        store.sync().unwrap();
+        store.save_snapshot(Instance(10), Epoch(new), &[9u8; 600]).unwrap();
+        store
+            .write(&[Persist::ChosenThrough { through: Instance(10) }])
+            .unwrap();
+        for instance in 11..=12 {
+            commit(&mut store, new, instance);
+        }
+        drop(store);
+
+        let slots = |recovered: Recovered| -> (Instance, Vec<u64>, Instance) {
+            let durable = recovered.durable.unwrap();
+            let instances = durable.slots.iter().map(|(instance, _)| instance.0).collect();
+            (durable.snapshot_instance, instances, durable.chosen_through)
+        };
+        let (_, recovered) = AcceptorStore::open(disk.clone(), &config()).unwrap();
+        assert_eq!(slots(recovered), (Instance(10), vec![11, 12], Instance(12)));
+
+        // The snapshot is damaged: it is left out, and so is the log below
+        // it, or the commit point would pass instance 5's stale acceptance
+        // off as the chosen value.
+        sim.flip_bit("snapshot-00000000000000000010.snap", 100, 3).unwrap();
+        let (_, recovered) = AcceptorStore::open(disk, &config()).unwrap();
+        assert_eq!(recovered.snapshot_state, None);
+        assert_eq!(slots(recovered), (Instance::ZERO, vec![11, 12], Instance(12)));
     }
 }
