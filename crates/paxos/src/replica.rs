@@ -60,9 +60,11 @@ struct MasterState {
     inflight: BTreeMap<Instance, Inflight>,
     /// Phase 1 found values up to here; lease reads wait until they are applied.
     recovery_through: Instance,
-    /// Instances phase 1 could not decide (every good copy lost): never proposed,
-    /// never invented.
+    /// Instances phase 1 could not decide (no good copy among the answers):
+    /// never proposed, never invented.
     unresolved: Vec<Instance>,
+    /// While `unresolved` is not empty, when to run phase 1 again.
+    unresolved_retry_at: Time,
     commit_sent_at: Time,
 }
 
@@ -1308,6 +1310,7 @@ impl Replica {
             inflight: BTreeMap::new(),
             recovery_through: highest,
             unresolved,
+            unresolved_retry_at: now + self.config.election_timeout,
             commit_sent_at: now,
         });
         self.master_hint = Some(self.config.node);
@@ -1478,6 +1481,17 @@ impl Replica {
 
     fn tick_role(&mut self, now: Time) {
         let retransmit = self.config.retransmit_interval;
+        if matches!(&self.role, Role::Master(master) if !master.unresolved.is_empty() && now >= master.unresolved_retry_at)
+        {
+            // Phase 1 ended with instances whose answers held no good copy of
+            // the deciding value; a replica that did not answer then (its
+            // promise lost, or it was down) may hold one, and it would refuse
+            // a second prepare at this ballot. Phase 1 again, at a higher
+            // ballot, asks everyone. If every copy is bad this repeats, every
+            // `election_timeout`, and the instance stays unresolved.
+            self.become_candidate(now);
+            return;
+        }
         match &mut self.role {
             Role::Follower => {
                 if self.is_voter()

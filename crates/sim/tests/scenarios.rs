@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use synod_paxos::{Epoch, FreshStart, Instance, Message, PlantedBugs, ReadError, RejectReason, Replica, Voting};
+use synod_paxos::{
+    Ballot, Batch, BatchId, DurableState, Entry, Epoch, FreshStart, Instance, Message, Meta, NodeId, PlantedBugs,
+    ReadError, RejectReason, Replica, StoredSlot, Time, Voting,
+};
 use synod_sim::cluster::sim_paxos_config;
 use synod_sim::group::Group;
 
@@ -299,5 +302,66 @@ fn planted_bug_accepting_a_lower_ballot_in_the_log_is_caught_by_a_script() {
     assert!(
         !values_chosen_twice(bugs).is_empty(),
         "an Accept below the promise, once accepted, lets the deposed master choose a value the new one overwrites"
+    );
+}
+
+/// Instance 1 was chosen (accepted at one ballot by replicas 1 and 3), but
+/// replica 1's copy is damaged and replica 2 never had it; replica 3, with the
+/// only good copy, misses phase 1. The master may not decide the instance from
+/// the answers it has, and must ask again once replica 3 can answer: a second
+/// prepare at the same ballot would be refused, so it runs phase 1 again.
+#[test]
+fn a_good_copy_that_missed_phase_one_is_found_by_the_next() {
+    let ballot = Ballot::new(1, 1, NodeId(1));
+    let batch = Batch::new(
+        BatchId {
+            ballot,
+            instance: Instance(1),
+        },
+        vec![Entry {
+            value: Bytes::from_static(b"kept"),
+            expected_epoch: None,
+        }],
+    );
+    let state = |slot: Option<StoredSlot>| DurableState {
+        meta: Meta {
+            promised: ballot,
+            incarnation: 1,
+            voting: Voting::Voter,
+        },
+        snapshot_instance: Instance::ZERO,
+        snapshot_epoch: Default::default(),
+        slots: slot.map(|slot| vec![(Instance(1), slot)]).unwrap_or_default(),
+        chosen_through: Instance::ZERO,
+    };
+    let states = vec![
+        state(Some(StoredSlot::Faulty { ballot: Some(ballot) })),
+        state(None),
+        state(Some(StoredSlot::Accepted {
+            ballot,
+            batch: batch.clone(),
+        })),
+    ];
+    let mut group = Group::restart(3, states, Time::ZERO, |_| {});
+    group.isolated.push(NodeId(3));
+    group.run_until(Duration::from_millis(1), Duration::from_secs(5), |_| false);
+    assert!(
+        group
+            .replicas
+            .iter()
+            .all(|replica| replica.chosen_value(Instance(1)).is_none()),
+        "decided without a good copy"
+    );
+    assert!(
+        group.replicas[..2].iter().any(|replica| replica.is_master()),
+        "one of the two became master, with the instance unresolved"
+    );
+    group.isolated.clear();
+    assert!(
+        group.run_until(Duration::from_millis(1), Duration::from_secs(10), |group| group
+            .replicas
+            .iter()
+            .all(|replica| replica.chosen_value(Instance(1)) == Some(&batch))),
+        "the good copy is found once its holder answers"
     );
 }

@@ -187,6 +187,11 @@ const SEEDS_THAT_FOUND_BUGS: &[(u64, usize)] = &[
     // acceptance for; the snapshot was damaged on disk, and on restart the
     // commit point passed that acceptance off as the chosen value.
     (7_013_182, 5),
+    // Phase 1 left an instance unresolved (the answers held only a damaged
+    // copy) while the replica with a good copy had not answered; the master
+    // never asked again and the group stopped committing.
+    (7_010_118, 3),
+    (7_013_829, 3),
 ];
 
 #[test]
