@@ -1223,8 +1223,11 @@ impl Replica {
         }
         candidate.entries.entry(from).or_default().extend(entries);
         if truncated {
-            let behind = candidate.lagging_behind.map_or(Instance::ZERO, |(_, at)| at);
-            if chosen_through > behind {
+            // A truncated answer leaves instances out, so this phase 1 must
+            // not decide anything, whatever the answerer's commit point (it
+            // may be this replica itself, whose log reaches far past a slot
+            // it cannot deliver). Catch up from whoever is furthest ahead.
+            if candidate.lagging_behind.is_none_or(|(_, at)| chosen_through > at) {
                 candidate.lagging_behind = Some((from, chosen_through));
             }
         }

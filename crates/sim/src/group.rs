@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use synod_paxos::{
-    Batch, Config, DurableState, FreshStart, Instance, Message, NodeId, Outcome, Persist, Ready, Replica, StoredSlot,
-    Time,
+    Ballot, Batch, BatchId, Config, DurableState, Entry, FreshStart, Instance, Message, Meta, NodeId, Outcome, Persist,
+    Ready, Replica, StoredSlot, Time, Voting,
 };
 
 /// What the group saw go by, for counting messages and commits.
@@ -239,5 +239,36 @@ impl Group {
         self.replicas
             .iter()
             .position(|replica| replica.read_lease(self.now).is_ok())
+    }
+}
+
+/// A batch of one value, `value-<instance>`, first proposed at `ballot` for
+/// `instance`: what scripted scenarios write into logs.
+pub fn numbered_batch(ballot: Ballot, instance: u64) -> Batch {
+    Batch::new(
+        BatchId {
+            ballot,
+            instance: Instance(instance),
+        },
+        vec![Entry {
+            value: bytes::Bytes::from(format!("value-{instance}")),
+            expected_epoch: None,
+        }],
+    )
+}
+
+/// What a voter that promised `promised` reads back from its disk: `slots`
+/// and a commit point, no snapshot.
+pub fn voter_state(promised: Ballot, slots: Vec<(Instance, StoredSlot)>, chosen_through: u64) -> DurableState {
+    DurableState {
+        meta: Meta {
+            promised,
+            incarnation: 1,
+            voting: Voting::Voter,
+        },
+        snapshot_instance: Instance::ZERO,
+        snapshot_epoch: Default::default(),
+        slots,
+        chosen_through: Instance(chosen_through),
     }
 }

@@ -9,25 +9,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use synod_paxos::{Ballot, Batch, BatchId, DurableState, Entry, Instance, Meta, NodeId, Persist, Time, Voting};
-use synod_sim::group::Group;
+use synod_paxos::{Ballot, Batch, DurableState, Instance, Meta, NodeId, Persist, Time, Voting};
+use synod_sim::group::{numbered_batch, Group};
 use synod_storage::{AcceptorStore, AcceptorStoreConfig, Disk, FaultConfig, SimDisk};
 
 const REPLICAS: usize = 3;
 const ENTRIES: usize = 4;
 
 fn chosen_batch(ballot: Ballot, instance: u64) -> Batch {
-    Batch::new(
-        BatchId {
-            ballot,
-            instance: Instance(instance),
-        },
-        vec![Entry {
-            value: Bytes::from(format!("value-{instance}")),
-            expected_epoch: None,
-        }],
-    )
+    numbered_batch(ballot, instance)
 }
 
 /// Every replica accepted all four entries at `ballot` (a quorum did, so they

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use synod_paxos::{
-    Ballot, Batch, BatchId, DurableState, Entry, Epoch, FreshStart, Instance, Message, Meta, NodeId, PlantedBugs,
-    ReadError, RejectReason, Replica, StoredSlot, Time, Voting,
+    Ballot, Epoch, FreshStart, Instance, Message, NodeId, PlantedBugs, ReadError, RejectReason, Replica, StoredSlot,
+    Time, Voting,
 };
 use synod_sim::cluster::sim_paxos_config;
-use synod_sim::group::Group;
+use synod_sim::group::{numbered_batch, voter_state, Group};
 
 fn elected(size: usize) -> (Group, usize) {
     let mut group = Group::new(size, |_| {});
@@ -313,34 +313,19 @@ fn planted_bug_accepting_a_lower_ballot_in_the_log_is_caught_by_a_script() {
 #[test]
 fn a_good_copy_that_missed_phase_one_is_found_by_the_next() {
     let ballot = Ballot::new(1, 1, NodeId(1));
-    let batch = Batch::new(
-        BatchId {
-            ballot,
-            instance: Instance(1),
-        },
-        vec![Entry {
-            value: Bytes::from_static(b"kept"),
-            expected_epoch: None,
-        }],
-    );
-    let state = |slot: Option<StoredSlot>| DurableState {
-        meta: Meta {
-            promised: ballot,
-            incarnation: 1,
-            voting: Voting::Voter,
-        },
-        snapshot_instance: Instance::ZERO,
-        snapshot_epoch: Default::default(),
-        slots: slot.map(|slot| vec![(Instance(1), slot)]).unwrap_or_default(),
-        chosen_through: Instance::ZERO,
-    };
+    let batch = numbered_batch(ballot, 1);
+    let slot = |slot: StoredSlot| vec![(Instance(1), slot)];
     let states = vec![
-        state(Some(StoredSlot::Faulty { ballot: Some(ballot) })),
-        state(None),
-        state(Some(StoredSlot::Accepted {
+        voter_state(ballot, slot(StoredSlot::Faulty { ballot: Some(ballot) }), 0),
+        voter_state(ballot, Vec::new(), 0),
+        voter_state(
             ballot,
-            batch: batch.clone(),
-        })),
+            slot(StoredSlot::Accepted {
+                ballot,
+                batch: batch.clone(),
+            }),
+            0,
+        ),
     ];
     let mut group = Group::restart(3, states, Time::ZERO, |_| {});
     group.isolated.push(NodeId(3));
@@ -363,5 +348,59 @@ fn a_good_copy_that_missed_phase_one_is_found_by_the_next() {
             .iter()
             .all(|replica| replica.chosen_value(Instance(1)) == Some(&batch))),
         "the good copy is found once its holder answers"
+    );
+}
+
+/// Replica 1 restarts with 30 chosen instances in its log, the first one
+/// damaged, so it cannot deliver any and its answer to a prepare from
+/// instance 1 is too long to send: it is truncated. Replica 2 holds only the
+/// last instance and replica 3, which has every value, is cut off. A phase 1
+/// over replicas 1 and 2 has not seen instances 1 to 29 and must not fill
+/// them with no-ops.
+#[test]
+fn a_truncated_promise_never_passes_for_an_empty_one() {
+    const INSTANCES: u64 = 30;
+    let ballot = Ballot::new(1, 1, NodeId(3));
+    let batch = |instance: u64| numbered_batch(ballot, instance);
+    let accepted = |from: u64| -> Vec<(Instance, StoredSlot)> {
+        (from..=INSTANCES)
+            .map(|instance| {
+                let slot = StoredSlot::Accepted {
+                    ballot,
+                    batch: batch(instance),
+                };
+                (Instance(instance), slot)
+            })
+            .collect()
+    };
+    let mut damaged = vec![(Instance(1), StoredSlot::Faulty { ballot: Some(ballot) })];
+    damaged.extend(accepted(2));
+    let states = vec![
+        voter_state(ballot, damaged, INSTANCES),
+        voter_state(ballot, accepted(INSTANCES), 0),
+        voter_state(ballot, accepted(1), INSTANCES),
+    ];
+    let mut group = Group::restart(3, states, Time::ZERO, |config| {
+        assert!(INSTANCES > config.accept_ahead_instances_max + config.window_instances_max);
+    });
+    group.isolated.push(NodeId(3));
+    group.run_until(Duration::from_millis(1), Duration::from_secs(5), |_| false);
+    for (index, replica) in group.replicas.iter().enumerate() {
+        for instance in 1..=INSTANCES {
+            if let Some(chosen) = replica.chosen_value(Instance(instance)) {
+                assert_eq!(chosen, &batch(instance), "replica {} at {instance}", index + 1);
+            }
+        }
+    }
+    // Once replica 3 answers, everything is learned.
+    group.isolated.clear();
+
+    assert!(
+        group.run_until(Duration::from_millis(1), Duration::from_secs(20), |group| {
+            group
+                .replicas
+                .iter()
+                .all(|replica| (1..=INSTANCES).all(|i| replica.chosen_value(Instance(i)) == Some(&batch(i))))
+        })
     );
 }

@@ -192,6 +192,11 @@ const SEEDS_THAT_FOUND_BUGS: &[(u64, usize)] = &[
     // never asked again and the group stopped committing.
     (7_010_118, 3),
     (7_013_829, 3),
+    // A candidate's own answer to its prepare was truncated (its log ran far
+    // past a slot it could not deliver) but counted as empty, because its
+    // commit point was no further on than anyone's: it filled a chosen
+    // instance with a no-op.
+    (7_022_967, 3),
 ];
 
 #[test]
