@@ -276,6 +276,15 @@ impl Simulation {
                 self.nodes[index].disk.wipe();
                 match self.nodes[index].disk.open() {
                     Ok(opened) => opened,
+                    Err(error) if error.contains("injected") => {
+                        // An injected I/O error while the new disk is laid
+                        // out stops the process, as any failed write or sync
+                        // does; it starts again later.
+                        self.stats.io_crashes += 1;
+                        let down = self.rng.random_range(10..=300);
+                        self.nodes[index].down_until_ms = Some(self.now_ms() + down);
+                        return;
+                    }
                     Err(error) => return self.fail(format!("an empty disk failed to open: {error}")),
                 }
             }

@@ -197,6 +197,9 @@ const SEEDS_THAT_FOUND_BUGS: &[(u64, usize)] = &[
     // commit point was no further on than anyone's: it filled a chosen
     // instance with a no-op.
     (7_022_967, 3),
+    // An injected I/O error while a replaced disk was laid out ended the run
+    // instead of stopping the process.
+    (7_017_546, 3),
 ];
 
 #[test]
