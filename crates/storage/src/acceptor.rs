@@ -311,8 +311,8 @@ fn split_snapshot(bytes: &[u8]) -> Result<(Epoch, Vec<u8>)> {
 /// fails to decode, or whose checksum failed, becomes a faulty slot (repaired
 /// from peers); a damaged record whose instance is unknown means this replica
 /// may have forgotten an acceptance, so it must rejoin as if its disk were lost.
-/// What a restart needs. Log records at or below `log_floor` (the newest
-/// snapshot on disk, loadable or not) are left out.
+/// Records at or below `log_floor` (the newest snapshot on disk, loadable or
+/// not) are left out.
 fn durable_state(
     metadata: AcceptorMetadata,
     recovery: &Recovery,
