@@ -162,10 +162,12 @@ impl NodeDisk {
     }
 
     /// Stops injecting faults (the liveness phase): the disk only loses unsynced
-    /// writes on a crash from now on.
+    /// writes on a crash from now on. A power failure scheduled for a sync
+    /// that has not come yet is called off too.
     pub fn stop_faults(&mut self) {
         self.faults = FaultConfig::default();
         self.disk.set_faults(self.faults.clone());
+        self.disk.cancel_scheduled();
     }
 
     pub fn snapshot_instance(&self) -> Instance {

@@ -200,6 +200,10 @@ const SEEDS_THAT_FOUND_BUGS: &[(u64, usize)] = &[
     // An injected I/O error while a replaced disk was laid out ended the run
     // instead of stopping the process.
     (7_017_546, 3),
+    // Power failures scheduled during the safety phase for syncs that came
+    // only in the liveness phase stopped two masters in turn, and no write
+    // committed in time.
+    (9_059_889, 3),
 ];
 
 #[test]

@@ -354,6 +354,14 @@ impl SimDisk {
         self.schedule_error_where(name, operation, 0, 0);
     }
 
+    /// Drops every scheduled error and power failure that has not happened
+    /// yet (latent sector errors stay: the damage is on the medium).
+    pub fn cancel_scheduled(&self) {
+        let mut state = self.lock();
+        state.scheduled_errors.clear();
+        state.power_failures.clear();
+    }
+
     /// Makes every read of `name` that overlaps `offset..offset + length`
     /// fail with EIO from now on: a latent sector error.
     pub fn set_unreadable(&self, name: &str, offset: u64, length: u64) {
