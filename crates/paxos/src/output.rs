@@ -186,6 +186,12 @@ pub struct DurableState {
     pub slots: Vec<(Instance, StoredSlot)>,
     /// The highest `Persist::ChosenThrough` read back.
     pub chosen_through: Instance,
+    /// The host had a snapshot through this instance that it could not read
+    /// back (zero: none lost). A snapshot installed from a peer moves the
+    /// commit point over instances whose values this replica never learned,
+    /// so an accepted slot at or below this instance is kept as an
+    /// acceptance (it is still one) but never taken as chosen.
+    pub snapshot_lost_through: Instance,
 }
 
 /// How a replica with an empty disk starts.

@@ -196,7 +196,11 @@ impl Replica {
                 continue;
             }
             let slot = match slot {
-                StoredSlot::Accepted { batch, .. } if instance <= durable.chosen_through => Slot::Chosen { batch },
+                StoredSlot::Accepted { batch, .. }
+                    if instance <= durable.chosen_through && instance > durable.snapshot_lost_through =>
+                {
+                    Slot::Chosen { batch }
+                }
                 StoredSlot::Accepted { ballot, batch } => Slot::Accepted { ballot, batch },
                 StoredSlot::Chosen { batch } => Slot::Chosen { batch },
                 StoredSlot::Faulty { ballot } => Slot::Faulty { ballot },
@@ -1619,6 +1623,35 @@ mod tests {
         replica.plant_bugs(bugs);
         replica.take_ready();
         replica
+    }
+
+    #[test]
+    fn slots_below_a_lost_snapshot_are_not_taken_as_chosen() {
+        let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let ballot = Ballot::new(1, 1, NodeId(2));
+        let accepted = |instance: u64| {
+            (
+                Instance(instance),
+                StoredSlot::Accepted {
+                    ballot,
+                    batch: batch(ballot, instance),
+                },
+            )
+        };
+        let durable = DurableState {
+            meta: Meta {
+                promised: ballot,
+                incarnation: 1,
+                voting: Voting::Voter,
+            },
+            slots: vec![accepted(5), accepted(11)],
+            chosen_through: Instance(12),
+            snapshot_lost_through: Instance(10),
+            ..DurableState::default()
+        };
+        let replica = Replica::restart(Config::new(NodeId(1), members), durable, Time::ZERO, 7);
+        assert_eq!(replica.chosen_value(Instance(5)), None, "kept as an acceptance only");
+        assert_eq!(replica.chosen_value(Instance(11)), Some(&batch(ballot, 11)));
     }
 
     fn batch(ballot: Ballot, instance: u64) -> Batch {

@@ -85,6 +85,7 @@ impl MemoryDisk {
                 .map(|(instance, slot)| (*instance, slot.clone()))
                 .collect(),
             chosen_through: self.chosen_through,
+            snapshot_lost_through: Instance::ZERO,
         })
     }
 }
@@ -270,5 +271,6 @@ pub fn voter_state(promised: Ballot, slots: Vec<(Instance, StoredSlot)>, chosen_
         snapshot_epoch: Default::default(),
         slots,
         chosen_through: Instance(chosen_through),
+        snapshot_lost_through: Instance::ZERO,
     }
 }

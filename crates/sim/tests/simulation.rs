@@ -204,6 +204,10 @@ const SEEDS_THAT_FOUND_BUGS: &[(u64, usize)] = &[
     // only in the liveness phase stopped two masters in turn, and no write
     // committed in time.
     (9_059_889, 3),
+    // With the log below a damaged snapshot dropped (the first answer to
+    // 7013182), a replica answered a prepare as if it had never accepted a
+    // chosen value, and the new master filled the instance with a no-op.
+    (10_084_194, 3),
 ];
 
 #[test]

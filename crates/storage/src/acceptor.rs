@@ -118,21 +118,20 @@ impl AcceptorStore {
             }
             None => (Instance::ZERO, Epoch::default(), None),
         };
-        // The log below the newest snapshot on disk is dropped even when that
-        // snapshot failed its checks, as a trim would have dropped it. A
-        // snapshot installed from a peer moves the commit point over
-        // instances whose values this replica never learned, and its log
-        // may still hold older acceptances for them: read with the commit
-        // point, they would pass for the chosen values. Without them the
-        // replica finds its log does not reach back to the snapshot it could
-        // load, and fetches one from a peer.
+        // A newer snapshot than the one loaded failed its checks: the log
+        // below it may hold acceptances the commit point must not vouch for
+        // (see `DurableState::snapshot_lost_through`).
         let newest_on_disk = store.snapshots.instances()?.last().copied().unwrap_or(Instance::ZERO);
-        let log_floor = snapshot_instance.max(newest_on_disk);
+        let snapshot_lost_through = if newest_on_disk > snapshot_instance {
+            newest_on_disk
+        } else {
+            Instance::ZERO
+        };
         let durable = durable_state(
             storage.metadata_load.metadata,
             &recovery,
             snapshot_instance,
-            log_floor,
+            snapshot_lost_through,
             snapshot_epoch,
             config.batch_bytes_max,
         );
@@ -311,17 +310,14 @@ fn split_snapshot(bytes: &[u8]) -> Result<(Epoch, Vec<u8>)> {
 /// fails to decode, or whose checksum failed, becomes a faulty slot (repaired
 /// from peers); a damaged record whose instance is unknown means this replica
 /// may have forgotten an acceptance, so it must rejoin as if its disk were lost.
-/// Records at or below `log_floor` (the newest snapshot on disk, loadable or
-/// not) are left out.
 fn durable_state(
     metadata: AcceptorMetadata,
     recovery: &Recovery,
     snapshot_instance: Instance,
-    log_floor: Instance,
+    snapshot_lost_through: Instance,
     snapshot_epoch: Epoch,
     batch_bytes_max: usize,
 ) -> DurableState {
-    debug_assert!(log_floor >= snapshot_instance);
     let mut meta = Meta {
         promised: metadata.promised,
         incarnation: metadata.incarnation,
@@ -329,7 +325,7 @@ fn durable_state(
     };
     let mut slots = Vec::with_capacity(recovery.accepted.len());
     for (instance, accepted) in &recovery.accepted {
-        if *instance <= log_floor {
+        if *instance <= snapshot_instance {
             continue;
         }
         let value: Bytes = accepted.value.clone();
@@ -351,7 +347,7 @@ fn durable_state(
             continue;
         }
         match corrupt.instance {
-            Some(instance) if instance > log_floor && !recovery.accepted.contains_key(&instance) => {
+            Some(instance) if instance > snapshot_instance && !recovery.accepted.contains_key(&instance) => {
                 let ballot = corrupt.ballot.filter(|ballot| *ballot != Ballot::ZERO);
                 slots.push((instance, StoredSlot::Faulty { ballot }));
             }
@@ -369,6 +365,7 @@ fn durable_state(
         snapshot_epoch,
         slots,
         chosen_through: recovery.committed_through,
+        snapshot_lost_through,
     }
 }
 
@@ -473,7 +470,7 @@ mod tests {
     }
 
     #[test]
-    fn the_log_below_a_damaged_snapshot_is_not_read_back() {
+    fn a_damaged_snapshot_is_reported_with_how_far_it_reached() {
         // A replica accepted a value for instance 5 that was never chosen,
         // then installed a peer's snapshot through 10 (its commit point moved
         // over 5 without learning 5's value) and went on to 12.
@@ -516,20 +513,32 @@ mod tests {
         }
         drop(store);
 
-        let slots = |recovered: Recovered| -> (Instance, Vec<u64>, Instance) {
+        let read = |recovered: Recovered| -> (Instance, Vec<u64>, Instance, Instance) {
             let durable = recovered.durable.unwrap();
             let instances = durable.slots.iter().map(|(instance, _)| instance.0).collect();
-            (durable.snapshot_instance, instances, durable.chosen_through)
+            (
+                durable.snapshot_instance,
+                instances,
+                durable.chosen_through,
+                durable.snapshot_lost_through,
+            )
         };
         let (_, recovered) = AcceptorStore::open(disk.clone(), &config()).unwrap();
-        assert_eq!(slots(recovered), (Instance(10), vec![11, 12], Instance(12)));
+        assert_eq!(
+            read(recovered),
+            (Instance(10), vec![11, 12], Instance(12), Instance::ZERO)
+        );
 
-        // The snapshot is damaged: it is left out, and so is the log below
-        // it, or the commit point would pass instance 5's stale acceptance
-        // off as the chosen value.
+        // The snapshot is damaged: it is left out, the log below it is read
+        // back (its acceptances are still acceptances), and the restart
+        // state says how far the lost snapshot reached, so that the commit
+        // point does not pass instance 5's stale acceptance off as chosen.
         sim.flip_bit("snapshot-00000000000000000010.snap", 100, 3).unwrap();
         let (_, recovered) = AcceptorStore::open(disk, &config()).unwrap();
         assert_eq!(recovered.snapshot_state, None);
-        assert_eq!(slots(recovered), (Instance::ZERO, vec![11, 12], Instance(12)));
+        assert_eq!(
+            read(recovered),
+            (Instance::ZERO, vec![1, 2, 3, 4, 5, 11, 12], Instance(12), Instance(10))
+        );
     }
 }
