@@ -527,6 +527,13 @@ impl Replica {
         self.trim_below(instance);
         self.chosen_through = instance;
         self.commit_hint = self.commit_hint.max(instance);
+        if let Role::Master(master) = &mut self.role {
+            // A master behind its acceptors stops proposing what the
+            // snapshot covers.
+            master.inflight = master.inflight.split_off(&instance.next());
+            master.unresolved.retain(|unresolved| *unresolved > instance);
+            master.next = master.next.max(instance.next());
+        }
         self.max_epoch_applied = self.max_epoch_applied.max(epoch);
         let skipped: Vec<Instance> = self.pending.range(..=instance).map(|(i, _)| *i).collect();
         for instance in skipped {
@@ -844,6 +851,12 @@ impl Replica {
             // another value, and an acceptance not really made must not count.
             if chosen == Some(batch.id) {
                 self.send(from, Message::Accepted { ballot, instance });
+            } else if chosen.is_none() && instance <= self.log_base {
+                // Its value is only in this replica's snapshot now: the
+                // master, which has not learned it, needs that snapshot.
+                // Without this it would resend the instance for ever.
+                let snapshot_instance = self.log_base;
+                self.send(from, Message::SnapshotNeeded { snapshot_instance });
             }
             self.learn_commit(now, from, ballot, chosen_through);
             return;
@@ -1652,6 +1665,41 @@ mod tests {
         let replica = Replica::restart(Config::new(NodeId(1), members), durable, Time::ZERO, 7);
         assert_eq!(replica.chosen_value(Instance(5)), None, "kept as an acceptance only");
         assert_eq!(replica.chosen_value(Instance(11)), Some(&batch(ballot, 11)));
+    }
+
+    #[test]
+    fn an_accept_for_an_instance_only_in_the_snapshot_is_answered_with_it() {
+        let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let ballot = Ballot::new(2, 1, NodeId(2));
+        let durable = DurableState {
+            meta: Meta {
+                promised: ballot,
+                incarnation: 1,
+                voting: Voting::Voter,
+            },
+            snapshot_instance: Instance(10),
+            chosen_through: Instance(10),
+            ..DurableState::default()
+        };
+        let mut replica = Replica::restart(Config::new(NodeId(1), members), durable, Time::ZERO, 7);
+        replica.take_ready();
+        let accept = Message::Accept {
+            ballot,
+            instance: Instance(5),
+            batch: batch(ballot, 5),
+            chosen_through: Instance(4),
+        };
+        replica.step(Time::ZERO, NodeId(2), accept);
+        let ready = replica.take_ready();
+        assert!(
+            ready.messages.iter().any(|envelope| envelope.to == NodeId(2)
+                && envelope.message
+                    == Message::SnapshotNeeded {
+                        snapshot_instance: Instance(10)
+                    }),
+            "{:?}",
+            ready.messages
+        );
     }
 
     fn batch(ballot: Ballot, instance: u64) -> Batch {

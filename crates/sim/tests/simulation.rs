@@ -208,6 +208,9 @@ const SEEDS_THAT_FOUND_BUGS: &[(u64, usize)] = &[
     // 7013182), a replica answered a prepare as if it had never accepted a
     // chosen value, and the new master filled the instance with a no-op.
     (10_084_194, 3),
+    // A master that had not learned an instance kept proposing it to
+    // acceptors that held it only in their snapshots; they never answered.
+    (11_004_678, 3),
 ];
 
 #[test]
