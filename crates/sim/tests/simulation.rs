@@ -11,23 +11,30 @@ fn replicas_for(seed: u64) -> usize {
     [3, 5, 7][(seed % 3) as usize]
 }
 
+/// Runs one seed with no planted bug: its stats, and its failure, if any,
+/// with the command that replays it.
+fn run_without_bugs(seed: u64, replicas: usize) -> (Stats, Option<String>) {
+    let report = run_seed(RunConfig {
+        seed,
+        replicas,
+        bugs: SimBugs::default(),
+    });
+    let failure = report.failure.map(|failure| {
+        format!(
+            "seed {seed} ({replicas} replicas): {failure}\n  replay: cargo run --release -p synod-sim -- --seed {seed} --replicas {replicas}"
+        )
+    });
+    (report.stats, failure)
+}
+
 #[test]
 fn every_seed_survives_its_faults() {
     let mut total = Stats::default();
     let mut failures = Vec::new();
     for seed in 0..SEEDS {
-        let report = run_seed(RunConfig {
-            seed,
-            replicas: replicas_for(seed),
-            bugs: SimBugs::default(),
-        });
-        total.add(&report.stats);
-        if let Some(failure) = report.failure {
-            failures.push(format!(
-                "seed {seed} ({} replicas): {failure}\n  replay: cargo run --release -p synod-sim -- --seed {seed} --replicas {}",
-                report.replicas, report.replicas
-            ));
-        }
+        let (stats, failure) = run_without_bugs(seed, replicas_for(seed));
+        total.add(&stats);
+        failures.extend(failure);
     }
     println!(
         "{SEEDS} seeds: simulated {} s, {} operations, {} values committed, {} crashes ({} wiped), {} pauses, partitions {:?}",
@@ -216,14 +223,7 @@ const SEEDS_THAT_FOUND_BUGS: &[(u64, usize)] = &[
 #[test]
 fn seeds_that_found_bugs_pass() {
     for &(seed, replicas) in SEEDS_THAT_FOUND_BUGS {
-        let report = run_seed(RunConfig {
-            seed,
-            replicas,
-            bugs: SimBugs::default(),
-        });
-        assert_eq!(
-            report.failure, None,
-            "seed {seed} ({replicas} replicas)\n  replay: cargo run --release -p synod-sim -- --seed {seed} --replicas {replicas}"
-        );
+        let (_, failure) = run_without_bugs(seed, replicas);
+        assert_eq!(failure, None);
     }
 }

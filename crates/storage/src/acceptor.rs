@@ -388,6 +388,16 @@ mod tests {
         }
     }
 
+    /// Makes `store` a voter that promised `promised`.
+    fn promise(store: &mut AcceptorStore, promised: Ballot) {
+        let meta = Meta {
+            promised,
+            incarnation: 1,
+            voting: Voting::Voter,
+        };
+        store.write(&[Persist::Meta(meta)]).unwrap();
+    }
+
     fn commit(store: &mut AcceptorStore, ballot: Ballot, instance: u64) {
         let batch = Batch::new(
             BatchId {
@@ -419,13 +429,7 @@ mod tests {
         let disk: Arc<dyn Disk> = Arc::new(SimDisk::new(1, FaultConfig::default()));
         let (mut store, _) = AcceptorStore::open(disk.clone(), &config()).unwrap();
         let ballot = Ballot::new(1, 1, NodeId(1));
-        store
-            .write(&[Persist::Meta(Meta {
-                promised: ballot,
-                incarnation: 1,
-                voting: Voting::Voter,
-            })])
-            .unwrap();
+        promise(&mut store, ballot);
         for instance in 1..=40 {
             commit(&mut store, ballot, instance);
         }
@@ -479,13 +483,7 @@ mod tests {
         let (mut store, _) = AcceptorStore::open(disk.clone(), &config()).unwrap();
         let old = Ballot::new(1, 1, NodeId(1));
         let new = Ballot::new(2, 1, NodeId(2));
-        store
-            .write(&[Persist::Meta(Meta {
-                promised: new,
-                incarnation: 1,
-                voting: Voting::Voter,
-            })])
-            .unwrap();
+        promise(&mut store, new);
         for instance in 1..=4 {
             commit(&mut store, old, instance);
         }

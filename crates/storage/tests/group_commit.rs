@@ -123,6 +123,15 @@ fn counting_disk() -> (SimDisk, CountingDisk) {
     (sim, disk)
 }
 
+/// A group commit over a fresh log on a counting disk.
+fn started(config: GroupCommitConfig) -> (SimDisk, CountingDisk, GroupCommit) {
+    let (sim, disk) = counting_disk();
+    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
+    let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
+    let group = GroupCommit::start(wal, config).unwrap();
+    (sim, disk, group)
+}
+
 fn record(instance: u64) -> Record {
     Record::Accepted {
         instance: Instance(instance),
@@ -202,10 +211,7 @@ fn concurrent_submitters_share_syncs() {
 
 #[test]
 fn nothing_is_reported_durable_before_its_sync_returns() {
-    let (sim, disk) = counting_disk();
-    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
-    let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
-    let group = GroupCommit::start(wal, test_config()).unwrap();
+    let (sim, disk, group) = started(test_config());
     disk.probe.close_gate();
     let receiver = group.submit_and_receive(record(1)).unwrap();
     std::thread::sleep(Duration::from_millis(50));
@@ -221,10 +227,7 @@ fn nothing_is_reported_durable_before_its_sync_returns() {
 
 #[test]
 fn a_record_is_reported_durable_only_once_its_identifier_is_synced() {
-    let (sim, disk) = counting_disk();
-    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
-    let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
-    let group = GroupCommit::start(wal, test_config()).unwrap();
+    let (sim, disk, group) = started(test_config());
     // The sync that makes the frame durable completes; the next one, which
     // would make its identifier durable, waits at the gate.
     let frames_synced = disk.probe.syncs.load(Ordering::SeqCst) + 1;
@@ -262,14 +265,10 @@ fn a_record_is_reported_durable_only_once_its_identifier_is_synced() {
 
 #[test]
 fn a_full_queue_hands_the_record_back() {
-    let (_, disk) = counting_disk();
-    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
-    let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
-    let config = GroupCommitConfig {
+    let (_, disk, group) = started(GroupCommitConfig {
         queue_submissions_max: 2,
         ..test_config()
-    };
-    let group = GroupCommit::start(wal, config).unwrap();
+    });
     disk.probe.close_gate();
     let done = Arc::new(AtomicU64::new(0));
     let mut rejected = None;
@@ -299,10 +298,7 @@ fn a_full_queue_hands_the_record_back() {
 
 #[test]
 fn a_failed_sync_fails_the_batch_and_stops_the_writer() {
-    let (_, disk) = counting_disk();
-    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
-    let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
-    let group = GroupCommit::start(wal, test_config()).unwrap();
+    let (_, disk, group) = started(test_config());
     group.submit_and_receive(record(1)).unwrap().recv().unwrap().unwrap();
     disk.probe.fail_syncs.store(true, Ordering::SeqCst);
     let outcome = group.submit_and_receive(record(2)).unwrap().recv().unwrap();
@@ -678,10 +674,7 @@ fn acceptor_restart_recovers_everything_acknowledged() {
 /// Runs inside a child process: a group commit with the default policy
 /// whose sync fails must abort the process.
 fn abort_child() {
-    let (_, disk) = counting_disk();
-    let shared: Arc<dyn Disk> = Arc::new(disk.clone());
-    let (wal, _) = Wal::open(shared, WalConfig::default()).unwrap();
-    let group = GroupCommit::start(wal, GroupCommitConfig::default()).unwrap();
+    let (_, disk, group) = started(GroupCommitConfig::default());
     disk.probe.fail_syncs.store(true, Ordering::SeqCst);
     let outcome = group.submit_and_receive(record(1)).unwrap().recv();
     // Never reached: the writer aborts the process before completing.
