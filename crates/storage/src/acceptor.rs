@@ -31,7 +31,7 @@ use crate::disk::Disk;
 use crate::error::{Result, StorageError};
 use crate::group_commit::{CommitTarget, WriteOp};
 use crate::metadata::{AcceptorMetadata, MetadataStore};
-use crate::replica::{open_replica, StorageConfig};
+use crate::open::{open_replica, StorageConfig};
 use crate::snapshot::{FinishedSnapshot, SnapshotStore, SnapshotWriter};
 use crate::wal::{Record, RecordKind, Recovery, Wal, WalConfig};
 

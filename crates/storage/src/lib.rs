@@ -31,9 +31,9 @@
 //! | `group_commit` | [`GroupCommit`] over a [`CommitTarget`] ([`AcceptorStore`] or [`Wal`]): the writer and completion threads, one sync per batch |
 //! | `metadata` | [`MetadataStore`], [`AcceptorMetadata`] |
 //! | `snapshot` | [`SnapshotStore`], [`SnapshotWriter`], [`SnapshotReader`], [`SnapshotInstaller`] |
-//! | `replica` | [`open_replica`]: metadata, snapshots and log opened in order |
+//! | `open` | [`open_replica`]: metadata, snapshots and log opened in order |
 //! | `fatal` | [`fatal_sync_error`] |
-//! | `codec` | bounded little-endian decoding, file headers |
+//! | `fields` | bounded little-endian decoding, file headers |
 //!
 //! One replica's files live in one flat directory:
 //!
@@ -313,13 +313,13 @@
 #![deny(missing_docs)]
 
 mod acceptor;
-mod codec;
 mod disk;
 mod error;
 mod fatal;
+mod fields;
 mod group_commit;
 mod metadata;
-mod replica;
+mod open;
 mod sim_disk;
 mod snapshot;
 mod wal;
@@ -333,7 +333,7 @@ pub use group_commit::{
     Rejected, SyncFailurePolicy, TrimCompletion, WriteOp,
 };
 pub use metadata::{AcceptorMetadata, MetadataLoad, MetadataStore, METADATA_FILES};
-pub use replica::{open_replica, ReplicaStorage, StorageConfig};
+pub use open::{open_replica, ReplicaStorage, StorageConfig};
 pub use sim_disk::{FaultConfig, FaultCounts, Operation, SimDisk, SimFile, SimRng};
 pub use snapshot::{
     FinishedSnapshot, InstallStep, SnapshotChunk, SnapshotInstaller, SnapshotManifest, SnapshotReader, SnapshotStore,

@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use synod_paxos::{Ballot, Instance, NodeId, Voting};
 
-use crate::codec::{put_u32, put_u64, Decoder};
 use crate::disk::{Disk, File};
 use crate::error::{Result, StorageError};
+use crate::fields::{put_u32, put_u64, Decoder};
 
 /// The names of the two copies.
 pub const METADATA_FILES: [&str; 2] = ["acceptor-a.meta", "acceptor-b.meta"];

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use synod_paxos::Instance;
 
-use crate::codec::{decode_file_header, encode_file_header, put_u32, put_u64, Decoder, FILE_HEADER_BYTES};
 use crate::disk::{Disk, File};
 use crate::error::{Result, StorageError};
+use crate::fields::{decode_file_header, encode_file_header, put_u32, put_u64, Decoder, FILE_HEADER_BYTES};
 
 const SNAPSHOT_MAGIC: u64 = u64::from_le_bytes(*b"SYNODSNP");
 const FORMAT_VERSION: u32 = 1;

@@ -64,9 +64,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use bytes::Bytes;
 use synod_paxos::{Ballot, Instance, NodeId};
 
-use crate::codec::{decode_file_header, encode_file_header, put_u32, put_u64, Decoder, FILE_HEADER_BYTES};
 use crate::disk::{Disk, File};
 use crate::error::{Result, StorageError};
+use crate::fields::{decode_file_header, encode_file_header, put_u32, put_u64, Decoder, FILE_HEADER_BYTES};
 use crate::snapshot::FinishedSnapshot;
 
 const LOG_MAGIC: u64 = u64::from_le_bytes(*b"SYNODLOG");

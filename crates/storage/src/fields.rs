@@ -1,5 +1,6 @@
-//! Little-endian encoding helpers with bounds checks: decoding never reads
-//! past its input and never allocates from a length it has not bounded.
+//! Little-endian fields with bounds checks (decoding never reads past its
+//! input and never allocates from a length it has not bounded), and the
+//! 32-byte header that every file of this crate starts with.
 
 /// Reads fixed-width little-endian fields from a byte slice.
 pub(crate) struct Decoder<'a> {
