@@ -29,7 +29,7 @@ use synod_paxos::{
 
 use crate::disk::Disk;
 use crate::error::{Result, StorageError};
-use crate::group_commit::{CommitTarget, WriteOp};
+use crate::group_commit::{sealed, CommitTarget, WriteOp};
 use crate::metadata::{AcceptorMetadata, MetadataStore};
 use crate::open::{open_replica, StorageConfig};
 use crate::snapshot::{FinishedSnapshot, SnapshotStore, SnapshotWriter};
@@ -232,6 +232,8 @@ impl AcceptorStore {
         }
     }
 }
+
+impl sealed::Sealed for AcceptorStore {}
 
 impl CommitTarget for AcceptorStore {
     type Submission = Vec<Persist>;

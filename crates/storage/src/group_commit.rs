@@ -54,11 +54,15 @@ pub enum WriteOp {
     Metadata(AcceptorMetadata),
 }
 
-mod sealed {
+/// Keeps [`CommitTarget`] to this crate's types. Each target implements
+/// [`sealed::Sealed`] beside its own [`CommitTarget`] impl, so this module
+/// needs nothing from the modules that use it.
+pub(crate) mod sealed {
+    /// Implemented only by this crate's commit targets.
     pub trait Sealed {}
-    impl Sealed for crate::wal::Wal {}
-    impl Sealed for crate::acceptor::AcceptorStore {}
 }
+
+impl sealed::Sealed for Wal {}
 
 /// What a [`GroupCommit`]'s writer thread owns and writes to: a bare [`Wal`],
 /// whose submissions are single [`Record`]s, or a
