@@ -1,290 +1,24 @@
-//! The write-ahead log: checksummed records in segment files, each segment
-//! with a region of identifiers far from its frames.
-//!
-//! # Files
-//!
-//! Segment `n` is one file, `wal-<n>.log`, in two regions:
-//!
-//! * the frame region, from offset 0: a checksummed 32-byte header, then
-//!   record frames, then unwritten space (zeros, or a hole);
-//! * the identifier region, from the *identifier base* (the frame region's
-//!   longest length, which the header records, a multiple of 4096 bytes):
-//!   a header of its own, then one fixed-size identifier per frame, in the
-//!   same order.
-//!
-//! The identifier region starts at least a whole segment (and a largest
-//! frame) away from the first frame, so damage to a few blocks rarely takes a
-//! frame and its identifier together, and one `fdatasync` covers both
-//! regions.
-//!
-//! A frame is `magic u32 | payload length u32 | crc32c u32 | payload`, the
-//! checksum covering the length and the payload. An identifier is 64 bytes:
-//! the record's kind, its frame checksum, instance, ballot, offset and frame
-//! length, and a checksum of its own.
-//!
-//! # Write ordering
-//!
-//! [`Wal::sync`] makes a batch durable in this order:
-//!
-//! 1. write the batch's frames, then `fdatasync` the file;
-//! 2. write their identifiers, then `fdatasync` the file;
-//! 3. only now report the batch durable.
-//!
-//! [`crate::GroupCommit`] folds step 2 of one batch into step 1 of the next:
-//! batch `n`'s identifiers are written beside batch `n + 1`'s frames, and one
-//! `fdatasync` makes both durable. The order holds for each batch.
-//!
-//! So an identifier is on disk only if its frame was durable first. After a
-//! crash, recovery reads it back:
-//!
-//! * whole frames past the last identifier are kept and given identifiers:
-//!   normally they were never reported durable (step 2 did not finish), but if
-//!   a misdirected write destroyed the identifiers of a reported batch they
-//!   were, and keeping an acceptance that was written is always safe while
-//!   dropping an acknowledged one is not; the first frame there that fails its
-//!   checksum is the torn write, and it and what follows are discarded;
-//! * an identifier whose frame is missing or fails its checksum cannot come
-//!   from a crash: that is corruption, and the instance (with its ballot from
-//!   the identifier) is reported for repair from peers, never silently
-//!   dropped;
-//! * a bad frame followed by later frames or identifiers is corruption too.
-//!
-//! Segments rotate only at batch boundaries, after both regions are synced,
-//! so every segment but the last is complete and a torn tail can only be in
-//! the last one. A new segment's file is created (directory fsynced) and both
-//! its headers synced before any record goes into it.
-//!
-//! Format version 2. Version 1 kept the identifiers in a second file per
-//! segment; this build refuses such a log with a clear error.
+//! Opening the log: [`Wal::open`] lists the segments, reads and verifies
+//! each (on reader threads where the disk allows), repairs damaged
+//! identifiers, cuts the last segment's torn tail, and merges what every
+//! segment holds into a [`Recovery`].
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
-use synod_paxos::{Ballot, Instance, NodeId};
+use synod_paxos::{Ballot, Instance};
 
+use super::format::*;
+use super::writer::create_segment;
+use super::{
+    AcceptedValue, AcceptedValues, ActiveSegment, CorruptEntry, Record, RecordKind, Recovery, SegmentInfo, Wal,
+    WalConfig,
+};
 use crate::disk::{Disk, File};
 use crate::error::{Result, StorageError};
-use crate::fields::{decode_file_header, encode_file_header, put_u32, put_u64, Decoder, FILE_HEADER_BYTES};
-use crate::snapshot::FinishedSnapshot;
-
-const LOG_MAGIC: u64 = u64::from_le_bytes(*b"SYNODLOG");
-const IDS_MAGIC: u64 = u64::from_le_bytes(*b"SYNODIDS");
-const FORMAT_VERSION: u32 = 2;
-/// Every file magic of this crate starts with these bytes.
-const OWN_MAGIC_PREFIX: &[u8] = b"SYNOD";
-const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"SREC");
-const FRAME_HEADER_BYTES: usize = 12;
-/// The bytes of one identifier in a segment's identifier region.
-pub const IDENTIFIER_BYTES: usize = 64;
-const KIND_ACCEPTED: u8 = 1;
-const KIND_COMMITTED: u8 = 2;
-/// Accepted payload without the value: kind, instance, ballot.
-const ACCEPTED_FIXED_BYTES: usize = 1 + 8 + 24;
-const COMMITTED_BYTES: usize = 1 + 8;
-
-/// One thing the acceptor persists.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Record {
-    /// The acceptor accepted `value` for `instance` at `ballot` (phase 2b).
-    /// The value is opaque: a batch of client values.
-    Accepted {
-        /// The Paxos instance.
-        instance: Instance,
-        /// The ballot of the accepted proposal.
-        ballot: Ballot,
-        /// The accepted value, at most `value_bytes_max` bytes.
-        value: Bytes,
-    },
-    /// Every instance up to and including `through` is chosen. Later records
-    /// supersede earlier ones, so these may be coalesced.
-    Committed {
-        /// The highest chosen instance with all before it chosen too.
-        through: Instance,
-    },
-}
-
-impl Record {
-    fn kind(&self) -> u8 {
-        match self {
-            Record::Accepted { .. } => KIND_ACCEPTED,
-            Record::Committed { .. } => KIND_COMMITTED,
-        }
-    }
-
-    fn instance(&self) -> Instance {
-        match self {
-            Record::Accepted { instance, .. } => *instance,
-            Record::Committed { through } => *through,
-        }
-    }
-
-    fn ballot(&self) -> Ballot {
-        match self {
-            Record::Accepted { ballot, .. } => *ballot,
-            Record::Committed { .. } => Ballot::ZERO,
-        }
-    }
-
-    /// The payload bytes of this record's frame.
-    fn payload_bytes(&self) -> usize {
-        match self {
-            Record::Accepted { value, .. } => ACCEPTED_FIXED_BYTES + value.len(),
-            Record::Committed { .. } => COMMITTED_BYTES,
-        }
-    }
-
-    /// The bytes this record takes in a segment.
-    pub fn frame_bytes(&self) -> usize {
-        FRAME_HEADER_BYTES + self.payload_bytes()
-    }
-}
-
-/// Which kind of record an identifier or a frame describes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordKind {
-    /// [`Record::Accepted`].
-    Accepted,
-    /// [`Record::Committed`].
-    Committed,
-}
-
-/// A record that recovery found damaged. The Paxos layer repairs these from
-/// peers (or learns that they were never chosen); it must not treat the
-/// instance as accepted by this replica in the meantime.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CorruptEntry {
-    /// The segment file.
-    pub file: String,
-    /// Where the frame should start, when known.
-    pub offset: Option<u64>,
-    /// From the identifier, when it survived.
-    pub kind: Option<RecordKind>,
-    /// The instance the damaged record was about, if its identifier survived.
-    pub instance: Option<Instance>,
-    /// The ballot it was accepted at, if its identifier survived.
-    pub ballot: Option<Ballot>,
-}
-
-/// A value the acceptor accepted, as recovered.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AcceptedValue {
-    /// The ballot of the proposal accepted.
-    pub ballot: Ballot,
-    /// The value accepted.
-    pub value: Bytes,
-}
-
-/// The values recovery found accepted: for each instance, the one accepted
-/// last. A list in instance order, looked up by binary search; it takes 64
-/// bytes per instance besides the values, which are slices of the segments
-/// recovery read.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct AcceptedValues {
-    /// Strictly increasing instances.
-    entries: Vec<(Instance, AcceptedValue)>,
-}
-
-impl AcceptedValues {
-    /// How many instances have a value.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether no instance has a value.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The value accepted for `instance`, if any.
-    pub fn get(&self, instance: &Instance) -> Option<&AcceptedValue> {
-        let index = self.entries.binary_search_by_key(instance, |(key, _)| *key).ok()?;
-        Some(&self.entries[index].1)
-    }
-
-    /// Whether `instance` has a value.
-    pub fn contains_key(&self, instance: &Instance) -> bool {
-        self.get(instance).is_some()
-    }
-
-    /// The instances with their values, in instance order.
-    pub fn iter(&self) -> AcceptedIter<'_> {
-        AcceptedIter(self.entries.iter())
-    }
-
-    /// The instances that have a value, in order.
-    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &Instance> + ExactSizeIterator {
-        self.entries.iter().map(|(instance, _)| instance)
-    }
-
-    /// The values, in instance order.
-    pub fn values(&self) -> impl DoubleEndedIterator<Item = &AcceptedValue> + ExactSizeIterator {
-        self.entries.iter().map(|(_, value)| value)
-    }
-
-    /// The instances with their values, in instance order.
-    pub fn as_slice(&self) -> &[(Instance, AcceptedValue)] {
-        &self.entries
-    }
-}
-
-impl std::fmt::Debug for AcceptedValues {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_map().entries(self.iter()).finish()
-    }
-}
-
-impl std::ops::Index<&Instance> for AcceptedValues {
-    type Output = AcceptedValue;
-
-    /// The value accepted for `instance`; panics if there is none.
-    fn index(&self, instance: &Instance) -> &AcceptedValue {
-        self.get(instance).expect("no value accepted for this instance")
-    }
-}
-
-impl<'a> IntoIterator for &'a AcceptedValues {
-    type Item = (&'a Instance, &'a AcceptedValue);
-    type IntoIter = AcceptedIter<'a>;
-
-    fn into_iter(self) -> AcceptedIter<'a> {
-        self.iter()
-    }
-}
-
-impl IntoIterator for AcceptedValues {
-    type Item = (Instance, AcceptedValue);
-    type IntoIter = std::vec::IntoIter<(Instance, AcceptedValue)>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.entries.into_iter()
-    }
-}
-
-/// The instances of an [`AcceptedValues`] with their values, in order.
-#[derive(Clone, Debug)]
-pub struct AcceptedIter<'a>(std::slice::Iter<'a, (Instance, AcceptedValue)>);
-
-impl<'a> Iterator for AcceptedIter<'a> {
-    type Item = (&'a Instance, &'a AcceptedValue);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.0.next().map(|(instance, value)| (instance, value))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.0.size_hint()
-    }
-}
-
-impl DoubleEndedIterator for AcceptedIter<'_> {
-    fn next_back(&mut self) -> Option<Self::Item> {
-        self.0.next_back().map(|(instance, value)| (instance, value))
-    }
-}
-
-impl ExactSizeIterator for AcceptedIter<'_> {}
+use crate::fields::{decode_file_header, encode_file_header, FILE_HEADER_BYTES};
 
 /// Accepted records in log order, from which [`AcceptedValues`] is built:
 /// records almost always come in increasing instance order, so appending
@@ -432,314 +166,6 @@ fn into_instance_order(mut entries: Vec<(Instance, AcceptedValue)>) -> Vec<(Inst
         entries[free] = straggler;
     }
     entries
-}
-
-/// What [`Wal::open`] found.
-#[derive(Clone, Debug, Default)]
-pub struct Recovery {
-    /// For each instance, the value accepted last (later records supersede
-    /// earlier ones). Instances whose newest record is corrupt are absent.
-    pub accepted: AcceptedValues,
-    /// The highest commit point found.
-    pub committed_through: Instance,
-    /// Damaged records, in log order: instances here need repair.
-    pub corrupted: Vec<CorruptEntry>,
-    /// Unreported tail bytes discarded from the last segment (records whose
-    /// identifiers were never written, i.e. never reported durable).
-    pub torn_tail_bytes: u64,
-    /// Identifier slots that failed their own checksum.
-    pub corrupt_identifiers: u64,
-    /// Bytes of segment files that failed to read (EIO) and were
-    /// treated as damaged.
-    pub unreadable_bytes: u64,
-    /// Segment file headers that failed their checksum (their frames were
-    /// still read).
-    pub damaged_headers: u64,
-    /// Bytes past the longest a segment's file can be (left by a misdirected
-    /// write): not read, since no frame or identifier was ever written there.
-    pub oversized_bytes: u64,
-    /// Damaged identifiers of frames that verify, rewritten from the frames.
-    pub repaired_identifiers: u64,
-    /// Good records read.
-    pub records: u64,
-    /// Bytes of frames read and verified (each segment's frame region up to
-    /// its last byte written).
-    pub bytes_scanned: u64,
-}
-
-/// Sizes and bounds of the log.
-#[derive(Clone, Debug)]
-pub struct WalConfig {
-    /// A segment rotates before a batch would take it past this size.
-    pub segment_bytes_max: u64,
-    /// The largest value an `Accepted` record may carry.
-    pub value_bytes_max: u32,
-    /// When a write would pass the space already written in a region of the
-    /// segment file, this many zero bytes are written beyond it (a quarter
-    /// of it for the identifier region), so that most syncs allocate no
-    /// blocks and change no file size, and need no file-system metadata
-    /// write. Never past the frame region's end. 0 turns preallocation off.
-    pub preallocate_bytes: u64,
-}
-
-impl Default for WalConfig {
-    fn default() -> WalConfig {
-        WalConfig {
-            segment_bytes_max: 64 << 20,
-            value_bytes_max: 16 << 20,
-            preallocate_bytes: 1 << 20,
-        }
-    }
-}
-
-impl WalConfig {
-    /// Checks the bounds are usable.
-    pub fn validate(&self) -> Result<()> {
-        if self.segment_bytes_max < 4096 {
-            return Err(StorageError::InvalidConfig {
-                what: format!("segment_bytes_max {} is below 4096", self.segment_bytes_max),
-            });
-        }
-        if self.value_bytes_max == 0 || self.value_bytes_max > 1 << 30 {
-            return Err(StorageError::InvalidConfig {
-                what: format!("value_bytes_max {} is not in 1..=1 GiB", self.value_bytes_max),
-            });
-        }
-        Ok(())
-    }
-
-    fn frame_bytes_max(&self) -> u64 {
-        (FRAME_HEADER_BYTES + ACCEPTED_FIXED_BYTES) as u64 + self.value_bytes_max as u64
-    }
-
-    /// The longest a frame region may be.
-    fn segment_file_bytes_max(&self) -> u64 {
-        FILE_HEADER_BYTES as u64 + self.segment_bytes_max.max(self.frame_bytes_max())
-    }
-
-    /// Where a new segment's identifier region starts.
-    pub fn identifier_base(&self) -> u64 {
-        encode_bound(self.segment_file_bytes_max()) as u64 * BOUND_UNIT_BYTES
-    }
-}
-
-/// Where a record lies, for tests and the simulator to aim faults at.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RecordLocation {
-    /// The segment's file.
-    pub file: String,
-    /// Where the frame starts.
-    pub offset: u64,
-    /// The frame's length, header included.
-    pub frame_bytes: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Identifier {
-    kind: u8,
-    record_crc: u32,
-    instance: Instance,
-    ballot: Ballot,
-    offset: u64,
-    frame_bytes: u32,
-}
-
-impl Identifier {
-    fn encode(&self, buffer: &mut Vec<u8>) {
-        let start = buffer.len();
-        buffer.push(self.kind);
-        buffer.extend_from_slice(&[0; 3]);
-        put_u32(buffer, self.record_crc);
-        put_u64(buffer, self.instance.0);
-        put_ballot(buffer, &self.ballot);
-        put_u64(buffer, self.offset);
-        put_u32(buffer, self.frame_bytes);
-        put_u32(buffer, 0);
-        let crc = crc32c::crc32c(&buffer[start..]);
-        put_u32(buffer, crc);
-        put_u32(buffer, 0);
-        debug_assert_eq!(buffer.len() - start, IDENTIFIER_BYTES);
-    }
-
-    fn decode(slot: &[u8]) -> Option<Identifier> {
-        let mut decoder = Decoder::new(slot);
-        let kind = decoder.u8()?;
-        decoder.take(3)?;
-        let record_crc = decoder.u32()?;
-        let instance = Instance(decoder.u64()?);
-        let ballot = get_ballot(&mut decoder)?;
-        let offset = decoder.u64()?;
-        let frame_bytes = decoder.u32()?;
-        decoder.u32()?;
-        let covered = decoder.position();
-        let crc = decoder.u32()?;
-        if crc != crc32c::crc32c(&slot[..covered]) {
-            return None;
-        }
-        if kind != KIND_ACCEPTED && kind != KIND_COMMITTED {
-            return None;
-        }
-        Some(Identifier {
-            kind,
-            record_crc,
-            instance,
-            ballot,
-            offset,
-            frame_bytes,
-        })
-    }
-}
-
-fn put_ballot(buffer: &mut Vec<u8>, ballot: &Ballot) {
-    put_u64(buffer, ballot.round);
-    put_u64(buffer, ballot.incarnation);
-    put_u64(buffer, ballot.node.0);
-}
-
-fn get_ballot(decoder: &mut Decoder<'_>) -> Option<Ballot> {
-    Some(Ballot::new(decoder.u64()?, decoder.u64()?, NodeId(decoder.u64()?)))
-}
-
-fn kind_of(kind: u8) -> Option<RecordKind> {
-    match kind {
-        KIND_ACCEPTED => Some(RecordKind::Accepted),
-        KIND_COMMITTED => Some(RecordKind::Committed),
-        _ => None,
-    }
-}
-
-/// Appends `record`'s frame to `buffer`, returning the frame checksum.
-fn encode_frame(record: &Record, buffer: &mut Vec<u8>) -> u32 {
-    let payload_bytes = record.payload_bytes();
-    let start = buffer.len();
-    put_u32(buffer, FRAME_MAGIC);
-    put_u32(buffer, payload_bytes as u32);
-    put_u32(buffer, 0);
-    buffer.push(record.kind());
-    put_u64(buffer, record.instance().0);
-    if let Record::Accepted { ballot, value, .. } = record {
-        put_ballot(buffer, ballot);
-        buffer.extend_from_slice(value);
-    }
-    assert_eq!(buffer.len() - start, FRAME_HEADER_BYTES + payload_bytes);
-    let crc = crc32c::crc32c(&buffer[start + 4..start + 8]);
-    let crc = crc32c::crc32c_append(crc, &buffer[start + FRAME_HEADER_BYTES..]);
-    buffer[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
-    crc
-}
-
-/// Decodes the frame at `offset` of `segment`, if it is whole and verifies.
-/// Returns the record, its checksum and its length.
-fn decode_frame(segment: &Bytes, offset: usize, payload_bytes_max: u64) -> Option<(Record, u32, usize)> {
-    let mut decoder = Decoder::new(segment.get(offset..)?);
-    if decoder.u32()? != FRAME_MAGIC {
-        return None;
-    }
-    let payload_bytes = decoder.u32()?;
-    if payload_bytes as u64 > payload_bytes_max {
-        return None;
-    }
-    let crc = decoder.u32()?;
-    let payload = decoder.take(payload_bytes as usize)?;
-    let computed = crc32c::crc32c_append(crc32c::crc32c(&payload_bytes.to_le_bytes()), payload);
-    if computed != crc {
-        return None;
-    }
-    let mut fields = Decoder::new(payload);
-    let record = match fields.u8()? {
-        KIND_ACCEPTED => {
-            let instance = Instance(fields.u64()?);
-            let ballot = get_ballot(&mut fields)?;
-            let value_start = offset + FRAME_HEADER_BYTES + fields.position();
-            let value_end = offset + FRAME_HEADER_BYTES + payload.len();
-            Record::Accepted {
-                instance,
-                ballot,
-                value: segment.slice(value_start..value_end),
-            }
-        }
-        KIND_COMMITTED => {
-            let through = Instance(fields.u64()?);
-            if !fields.rest().is_empty() {
-                return None;
-            }
-            Record::Committed { through }
-        }
-        _ => return None,
-    };
-    Some((record, crc, FRAME_HEADER_BYTES + payload.len()))
-}
-
-fn log_name(sequence: u64) -> String {
-    format!("wal-{sequence:020}.log")
-}
-
-/// Version 1 kept a segment's identifiers in a file of this name.
-fn version_1_ids_name(sequence: u64) -> String {
-    format!("wal-{sequence:020}.ids")
-}
-
-fn parse_segment_name(name: &str) -> Option<(u64, &'static str)> {
-    let rest = name.strip_prefix("wal-")?;
-    let (number, extension) = rest.split_once('.')?;
-    if number.len() != 20 || !number.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let extension = match extension {
-        "log" => "log",
-        "ids" => "ids",
-        _ => return None,
-    };
-    Some((number.parse().ok()?, extension))
-}
-
-#[derive(Clone, Debug)]
-struct SegmentInfo {
-    sequence: u64,
-    identifier_base: u64,
-    /// The highest instance named by any record in the segment.
-    instance_max: Instance,
-}
-
-/// The segment being appended to.
-#[derive(Debug)]
-struct ActiveSegment {
-    sequence: u64,
-    file: Box<dyn File>,
-    /// Where the identifier region starts in the file.
-    identifier_base: u64,
-    /// Bytes written to the frame region (from offset 0) and to the
-    /// identifier region (from `identifier_base`), headers included.
-    log_bytes: u64,
-    ids_bytes: u64,
-    /// How far each region has been written, zeros included: a write that
-    /// passes it preallocates.
-    log_written: u64,
-    ids_written: u64,
-}
-
-/// The write-ahead log, with a synchronous API: [`Wal::append`] stages
-/// records in memory, [`Wal::sync`] makes everything staged durable. The
-/// server's log lives in a [`crate::AcceptorStore`] owned by a
-/// [`crate::GroupCommit`] writer thread, which writes one batch's
-/// identifiers beside the next batch's frames and syncs both at once; the simulator
-/// calls [`crate::AcceptorStore::write`] and [`crate::AcceptorStore::sync`]
-/// on a [`crate::SimDisk`], which append and sync here directly.
-#[derive(Debug)]
-pub struct Wal {
-    disk: Arc<dyn Disk>,
-    config: WalConfig,
-    /// Closed segments, oldest first.
-    closed: Vec<SegmentInfo>,
-    active: ActiveSegment,
-    active_instance_max: Instance,
-    staged_log: Vec<u8>,
-    staged_ids: Vec<u8>,
-    staged_records: u64,
-    staged_instance_max: Instance,
-    /// Set after a failed write or sync: the log then refuses all work.
-    failure: Option<String>,
-    syncs: u64,
 }
 
 impl Wal {
@@ -917,330 +343,6 @@ impl Wal {
         };
         Ok((wal, recovery))
     }
-
-    fn check_running(&self) -> Result<()> {
-        match &self.failure {
-            Some(reason) => Err(StorageError::Stopped { reason: reason.clone() }),
-            None => Ok(()),
-        }
-    }
-
-    fn fail<T>(&mut self, error: StorageError) -> Result<T> {
-        self.failure = Some(error.to_string());
-        Err(error)
-    }
-
-    /// Stages `record`. It is durable only after a later [`Wal::sync`]
-    /// returns `Ok`. May write and sync what is already staged first, when
-    /// the record would take the segment past `segment_bytes_max`.
-    pub fn append(&mut self, record: &Record) -> Result<()> {
-        self.check_running()?;
-        if let Record::Accepted { value, .. } = record {
-            if value.len() as u64 > self.config.value_bytes_max as u64 {
-                return Err(StorageError::TooLarge {
-                    file: log_name(self.active.sequence),
-                    what: "accepted value",
-                    length: value.len() as u64,
-                    limit: self.config.value_bytes_max as u64,
-                });
-            }
-        }
-        let frame_bytes = record.frame_bytes() as u64;
-        if self.is_full_for(record) {
-            self.sync()?;
-            self.rotate()?;
-        }
-        let offset = self.active.log_bytes + self.staged_log.len() as u64;
-        let record_crc = encode_frame(record, &mut self.staged_log);
-        Identifier {
-            kind: record.kind(),
-            record_crc,
-            instance: record.instance(),
-            ballot: record.ballot(),
-            offset,
-            frame_bytes: frame_bytes as u32,
-        }
-        .encode(&mut self.staged_ids);
-        self.staged_records += 1;
-        self.staged_instance_max = self.staged_instance_max.max(record.instance());
-        Ok(())
-    }
-
-    /// Records staged and not yet synced.
-    pub fn staged_records(&self) -> u64 {
-        self.staged_records
-    }
-
-    /// Bytes staged and not yet synced.
-    pub fn staged_bytes(&self) -> usize {
-        self.staged_log.len()
-    }
-
-    /// Makes every staged record durable, in the order the module docs
-    /// describe: frames, sync, identifiers, sync. A failure stops the log for
-    /// good; a [`StorageError::SyncFailed`] must stop the process (server) or
-    /// count as a crash (simulator), never be retried.
-    pub fn sync(&mut self) -> Result<()> {
-        let Some(identifiers) = self.write_frames()? else {
-            return Ok(());
-        };
-        self.sync_file()?;
-        // The frames are durable; only now may their identifiers be written.
-        self.write_identifiers(&identifiers)?;
-        self.sync_file()?;
-        self.rotate_if_full()
-    }
-
-    /// Writes the staged frames to the active segment, without syncing.
-    /// Returns their identifiers, which may be written once a later
-    /// [`Wal::sync_file`] has returned: the batch is durable only when they
-    /// are synced too.
-    pub(crate) fn write_frames(&mut self) -> Result<Option<IdentifierBatch>> {
-        self.check_running()?;
-        if self.staged_records == 0 {
-            return Ok(None);
-        }
-        let active = &mut self.active;
-        if let Err(error) = write_preallocated(
-            active.file.as_mut(),
-            0,
-            active.log_bytes,
-            &self.staged_log,
-            self.config.preallocate_bytes,
-            active.identifier_base,
-            &mut active.log_written,
-        ) {
-            return self.fail(error);
-        }
-        let identifiers = IdentifierBatch {
-            sequence: active.sequence,
-            offset: active.ids_bytes,
-            bytes: std::mem::take(&mut self.staged_ids),
-        };
-        active.log_bytes += self.staged_log.len() as u64;
-        active.ids_bytes += identifiers.bytes.len() as u64;
-        assert_eq!(
-            (active.ids_bytes - FILE_HEADER_BYTES as u64) % IDENTIFIER_BYTES as u64,
-            0
-        );
-        assert!(
-            active.log_bytes <= active.identifier_base,
-            "frames never reach the identifiers"
-        );
-        self.active_instance_max = self.active_instance_max.max(self.staged_instance_max);
-        self.staged_log.clear();
-        self.staged_records = 0;
-        self.staged_instance_max = Instance::ZERO;
-        self.syncs += 1;
-        Ok(Some(identifiers))
-    }
-
-    /// Writes a batch's identifiers to the active segment, without syncing.
-    /// Only once the batch's frames are durable (a [`Wal::sync_file`] after
-    /// [`Wal::write_frames`] returned).
-    pub(crate) fn write_identifiers(&mut self, identifiers: &IdentifierBatch) -> Result<()> {
-        self.check_running()?;
-        assert_eq!(
-            identifiers.sequence, self.active.sequence,
-            "identifiers of another segment"
-        );
-        let active = &mut self.active;
-        if let Err(error) = write_preallocated(
-            active.file.as_mut(),
-            active.identifier_base,
-            identifiers.offset,
-            &identifiers.bytes,
-            self.config.preallocate_bytes / 4,
-            ids_bytes_max(active.identifier_base),
-            &mut active.ids_written,
-        ) {
-            return self.fail(error);
-        }
-        Ok(())
-    }
-
-    /// `fdatasync`s the active segment: everything written to it so far is
-    /// durable when this returns `Ok`.
-    pub(crate) fn sync_file(&mut self) -> Result<()> {
-        self.check_running()?;
-        if let Err(error) = self.active.file.sync() {
-            return self.fail(error);
-        }
-        Ok(())
-    }
-
-    /// Whether appending `record` now would take the active segment past
-    /// `segment_bytes_max` (so the batch must end and the segment rotate).
-    pub(crate) fn is_full_for(&self, record: &Record) -> bool {
-        let segment_bytes = self.active.log_bytes + self.staged_log.len() as u64;
-        segment_bytes + record.frame_bytes() as u64 > self.config.segment_bytes_max
-            && segment_bytes > FILE_HEADER_BYTES as u64
-    }
-
-    /// Whether the active segment reached `segment_bytes_max`.
-    pub(crate) fn is_full(&self) -> bool {
-        self.active.log_bytes >= self.config.segment_bytes_max
-    }
-
-    /// Starts a new segment if the active one reached `segment_bytes_max`.
-    /// Only when every identifier of the active segment is synced, so that
-    /// every segment but the last is complete.
-    pub(crate) fn rotate_if_full(&mut self) -> Result<()> {
-        if self.is_full() {
-            self.rotate()?;
-        }
-        Ok(())
-    }
-
-    /// Stops the log after a failure elsewhere (the identifier writer).
-    pub(crate) fn stop_after(&mut self, reason: String) {
-        self.failure.get_or_insert(reason);
-    }
-
-    /// How many batches of frames have been written (by [`Wal::sync`], or by
-    /// the group-commit writer); each is durable once a later sync returns.
-    pub fn sync_count(&self) -> u64 {
-        self.syncs
-    }
-
-    pub(crate) fn rotate(&mut self) -> Result<()> {
-        assert_eq!(self.staged_records, 0, "rotate only at a batch boundary");
-        let next = match create_segment(self.disk.as_ref(), &self.config, self.active.sequence + 1) {
-            Ok(next) => next,
-            Err(error) => return self.fail(error),
-        };
-        let previous = std::mem::replace(&mut self.active, next);
-        self.closed.push(SegmentInfo {
-            sequence: previous.sequence,
-            identifier_base: previous.identifier_base,
-            instance_max: self.active_instance_max,
-        });
-        self.active_instance_max = Instance::ZERO;
-        Ok(())
-    }
-
-    /// Deletes the oldest segments whose records all concern instances the
-    /// snapshot covers. Taking a [`FinishedSnapshot`] means the snapshot is
-    /// durably installed before any log it replaces goes away. The active
-    /// segment is never deleted.
-    pub fn trim(&mut self, snapshot: &FinishedSnapshot) -> Result<u64> {
-        self.check_running()?;
-        let covered = snapshot.instance();
-        let mut removed = 0;
-        while let Some(oldest) = self.closed.first() {
-            if oldest.instance_max > covered {
-                break;
-            }
-            self.disk.remove(&log_name(oldest.sequence))?;
-            self.closed.remove(0);
-            removed += 1;
-        }
-        Ok(removed)
-    }
-
-    /// The file of the segment being appended to, and where its identifier
-    /// region starts: where the simulator aims faults at the next sync.
-    pub fn active_file(&self) -> (String, u64) {
-        (log_name(self.active.sequence), self.active.identifier_base)
-    }
-
-    /// The number of segments, the active one included.
-    pub fn segment_count(&self) -> usize {
-        self.closed.len() + 1
-    }
-
-    /// Finds the newest durable `Accepted` record for `instance`, by reading
-    /// the identifier regions: lets a test or the simulator corrupt exactly
-    /// that record.
-    pub fn locate_accepted(&self, instance: Instance) -> Result<Option<RecordLocation>> {
-        let mut segments: Vec<(u64, u64)> = self.closed.iter().map(|s| (s.sequence, s.identifier_base)).collect();
-        segments.push((self.active.sequence, self.active.identifier_base));
-        for (sequence, identifier_base) in segments.into_iter().rev() {
-            let name = log_name(sequence);
-            let file = self.disk.open(&name)?;
-            let mut bytes = Vec::new();
-            read_tolerant_into(
-                file.as_ref(),
-                identifier_base,
-                ids_bytes_max(identifier_base),
-                UNREADABLE_IDENTIFIER_FILL,
-                &mut bytes,
-            )?;
-            let slots = bytes.get(FILE_HEADER_BYTES..).unwrap_or_default();
-            for slot in slots.chunks_exact(IDENTIFIER_BYTES).rev() {
-                if let Some(identifier) = Identifier::decode(slot) {
-                    if identifier.kind == KIND_ACCEPTED && identifier.instance == instance {
-                        return Ok(Some(RecordLocation {
-                            file: name,
-                            offset: identifier.offset,
-                            frame_bytes: identifier.frame_bytes as u64,
-                        }));
-                    }
-                }
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// Identifiers of one batch of frames, to be written to the segment's
-/// identifier region once the frames are durable, and synced before the
-/// batch is reported durable.
-#[derive(Debug)]
-pub(crate) struct IdentifierBatch {
-    sequence: u64,
-    /// Where in the identifier region they go.
-    offset: u64,
-    bytes: Vec<u8>,
-}
-
-/// Writes `data` at `offset` of the region starting at `base`; if that
-/// passes `written` (how far the region has been written), also writes
-/// `preallocate_bytes` zeros after it (never past `length_cap`, the region's
-/// longest length), so the next batches land in allocated blocks and their
-/// syncs change no file metadata. Nothing durable lies beyond the data
-/// written last, so the zeros never cover data, and recovery reads trailing
-/// zeros as space never written.
-fn write_preallocated(
-    file: &mut dyn File,
-    base: u64,
-    offset: u64,
-    data: &[u8],
-    preallocate_bytes: u64,
-    length_cap: u64,
-    written: &mut u64,
-) -> Result<()> {
-    let end = offset + data.len() as u64;
-    file.write_at(base + offset, data)?;
-    if end > *written {
-        let target = (end + preallocate_bytes).min(length_cap).max(end);
-        if target > end {
-            file.write_at(base + end, &vec![0u8; (target - end) as usize])?;
-        }
-        *written = target;
-    }
-    Ok(())
-}
-
-fn create_segment(disk: &dyn Disk, config: &WalConfig, sequence: u64) -> Result<ActiveSegment> {
-    let identifier_base = config.identifier_base();
-    let bound = encode_bound(identifier_base);
-    let mut file = disk.create(&log_name(sequence))?;
-    file.write_at(0, &encode_file_header(LOG_MAGIC, FORMAT_VERSION, sequence, bound))?;
-    file.write_at(
-        identifier_base,
-        &encode_file_header(IDS_MAGIC, FORMAT_VERSION, sequence, bound),
-    )?;
-    file.sync()?;
-    Ok(ActiveSegment {
-        sequence,
-        file,
-        identifier_base,
-        log_bytes: FILE_HEADER_BYTES as u64,
-        ids_bytes: FILE_HEADER_BYTES as u64,
-        log_written: FILE_HEADER_BYTES as u64,
-        ids_written: FILE_HEADER_BYTES as u64,
-    })
 }
 
 /// A record as a segment's scan found it.
@@ -1366,6 +468,12 @@ struct ScanScratch {
 
 /// Reads and verifies one segment. For the last segment, also cuts off its
 /// torn tail and returns `None` if its creation never finished.
+///
+/// The phases, in order (each one's file writes, for the last segment,
+/// come after the previous one's): [`read_regions`], [`check_headers`],
+/// [`decode_identifiers`], [`match_identified_frames`], [`scan_gaps`],
+/// [`scan_tail`], then the records are put in log order and
+/// [`rewrite_identifiers`] makes the next recovery see what this one saw.
 fn scan_segment(
     disk: &dyn Disk,
     config: &WalConfig,
@@ -1380,8 +488,107 @@ fn scan_segment(
         identifiers,
         items,
     } = scratch;
+    let Some(mut segment) = read_regions(disk, config, sequence, last, prefetched, ids_bytes)? else {
+        return Ok(None);
+    };
+    let (damaged_headers, oversized_bytes) = check_headers(&mut segment, sequence, last, ids_bytes)?;
+    let slot_count = decode_identifiers(ids_bytes, identifiers);
+    let identifiers = &identifiers[..];
+    let corrupt_identifiers = identifiers.iter().filter(|i| i.is_none()).count() as u64;
+
+    let payload_bytes_max = config.frame_bytes_max() - FRAME_HEADER_BYTES as u64;
+    let mut repairs = Vec::new();
+    match_identified_frames(&segment, identifiers, payload_bytes_max, items, &mut repairs);
+    let (identified_end, contiguous) = scan_gaps(&segment, payload_bytes_max, items);
+    let tail = scan_tail(
+        &mut segment,
+        identified_end,
+        slot_count,
+        last,
+        payload_bytes_max,
+        items,
+        &mut repairs,
+    )?;
+    // Log order decides which record of an instance is the newest.
+    if !contiguous || !items.is_sorted_by_key(|(range, _)| range.start) {
+        items.sort_by_key(|(range, _)| range.start);
+    }
+    rewrite_identifiers(&mut segment, ids_bytes.len(), slot_count, last, &repairs)?;
+    let ids_end = (FILE_HEADER_BYTES + tail.identifier_slots * IDENTIFIER_BYTES) as u64;
+    records.take(items);
+    let SegmentRegions {
+        file,
+        identifier_base,
+        log_written_end,
+        unreadable_bytes,
+        ..
+    } = segment;
+    Ok(Some(SegmentScan {
+        records,
+        files: ActiveSegment {
+            sequence,
+            file,
+            identifier_base,
+            log_bytes: tail.log_end.max(FILE_HEADER_BYTES) as u64,
+            ids_bytes: ids_end,
+            log_written: tail.log_end.max(FILE_HEADER_BYTES) as u64,
+            ids_written: ids_end,
+        },
+        torn_tail_bytes: tail.torn_tail_bytes,
+        corrupt_identifiers,
+        unreadable_bytes,
+        damaged_headers,
+        oversized_bytes,
+        repaired_identifiers: repairs.len() as u64,
+        log_file_bytes: log_written_end.max(FILE_HEADER_BYTES) as u64,
+    }))
+}
+
+/// One segment as its scan reads it: the frame region in memory, the file
+/// open for repairs.
+struct SegmentRegions {
+    /// The segment file's name.
+    name: String,
+    file: Box<dyn File>,
+    /// The frame region, from offset 0.
+    log_bytes: Bytes,
+    /// Where the identifier region starts.
+    identifier_base: u64,
+    /// Where the frame region's last byte that is not zero ends.
+    log_written_end: usize,
+    /// Bytes of both regions that failed to read and were replaced.
+    unreadable_bytes: u64,
+}
+
+impl SegmentRegions {
+    /// A damaged record at `offset`, with what its identifier (if it
+    /// survived) says about it.
+    fn corrupt_at(&self, offset: usize, identifier: Option<Identifier>) -> CorruptEntry {
+        CorruptEntry {
+            file: self.name.clone(),
+            offset: Some(offset as u64),
+            kind: identifier.and_then(|i| kind_of(i.kind)),
+            instance: identifier.map(|i| i.instance),
+            ballot: identifier.filter(|i| i.kind == KIND_ACCEPTED).map(|i| i.ballot),
+        }
+    }
+}
+
+/// Phase 1: reads both regions of segment `sequence` (the identifier region
+/// into `ids_bytes`), unreadable bytes replaced. Establishes that the
+/// segment was created: the last segment, if it holds no frames and its
+/// headers are incomplete, is a rotation that crashed, and is removed
+/// (`None`).
+fn read_regions(
+    disk: &dyn Disk,
+    config: &WalConfig,
+    sequence: u64,
+    last: bool,
+    prefetched: Option<Result<ReadFile>>,
+    ids_bytes: &mut Vec<u8>,
+) -> Result<Option<SegmentRegions>> {
     let log_file_name = log_name(sequence);
-    let mut file = disk.open(&log_file_name)?;
+    let file = disk.open(&log_file_name)?;
     let log_read = match prefetched {
         Some(result) => result?,
         None => read_log_file(file.as_ref(), config, sequence)?,
@@ -1409,7 +616,36 @@ fn scan_segment(
             return Ok(None);
         }
     }
-    let mut damaged_headers = check_segment_header(&log_file_name, &log_bytes, LOG_MAGIC, sequence)?;
+    Ok(Some(SegmentRegions {
+        name: log_file_name,
+        file,
+        log_bytes,
+        identifier_base,
+        log_written_end,
+        unreadable_bytes: log_unreadable + ids_unreadable,
+    }))
+}
+
+/// Phase 2: checks both region headers and the file's length. Establishes
+/// that the segment is of this format (an error otherwise) and that
+/// `ids_bytes` starts with an identifier header: a missing one is rebuilt
+/// (and, in the last segment, rewritten). Returns the damaged headers and
+/// the bytes past the longest the file can be.
+fn check_headers(
+    segment: &mut SegmentRegions,
+    sequence: u64,
+    last: bool,
+    ids_bytes: &mut Vec<u8>,
+) -> Result<(u64, u64)> {
+    let SegmentRegions {
+        name: log_file_name,
+        file,
+        log_bytes,
+        identifier_base,
+        ..
+    } = segment;
+    let identifier_base = *identifier_base;
+    let mut damaged_headers = check_segment_header(log_file_name, log_bytes, LOG_MAGIC, sequence)?;
     // Bytes past the longest identifier region cannot have been written by
     // this crate; they were not read.
     let oversized_bytes = file
@@ -1439,9 +675,17 @@ fn scan_segment(
             file.sync()?;
         }
     } else {
-        damaged_headers += check_segment_header(&log_file_name, ids_bytes, IDS_MAGIC, sequence)?;
+        damaged_headers += check_segment_header(log_file_name, ids_bytes, IDS_MAGIC, sequence)?;
     }
+    Ok((damaged_headers, oversized_bytes))
+}
 
+/// Phase 3: decodes the identifier slots into `identifiers` (`None` where a
+/// slot fails its checksum). Establishes which slots were ever written:
+/// trailing all-zero slots (space allocated, never written) and a trailing
+/// partial slot (a torn identifier write) are not slots. Returns the number
+/// of slots.
+fn decode_identifiers(ids_bytes: &[u8], identifiers: &mut Vec<Option<Identifier>>) -> usize {
     // Slots, without trailing all-zero ones (space allocated, never written)
     // and without a trailing partial slot (a torn identifier write).
     let slot_bytes = &ids_bytes[FILE_HEADER_BYTES..];
@@ -1459,32 +703,38 @@ fn scan_segment(
             .chunks_exact(IDENTIFIER_BYTES)
             .map(Identifier::decode),
     );
-    let identifiers = &identifiers[..];
-    let corrupt_identifiers = identifiers.iter().filter(|i| i.is_none()).count() as u64;
+    slot_count
+}
 
-    let payload_bytes_max = config.frame_bytes_max() - FRAME_HEADER_BYTES as u64;
+/// Phase 4: follows the identifiers through the frame region (frame `k` is
+/// described by identifier `k`). Establishes, for each identifier, whether
+/// its frame is there and is the record it names (good, into `items`) or
+/// not (corrupt, into `items`); a frame that verifies behind a damaged
+/// identifier is good, and its identifier goes into `repairs`.
+fn match_identified_frames(
+    segment: &SegmentRegions,
+    identifiers: &[Option<Identifier>],
+    payload_bytes_max: u64,
+    items: &mut Vec<(Range<usize>, Scanned)>,
+    repairs: &mut Vec<(usize, Identifier)>,
+) {
+    let log_bytes = &segment.log_bytes;
+    let log_written_end = segment.log_written_end;
     // Every item with the range of the log it covers, so that items can be
     // put in log order and the bytes no identifier led to can be checked.
     items.clear();
     items.reserve(identifiers.len());
     let mut position = FILE_HEADER_BYTES;
-    let corrupt_at = |offset: usize, identifier: Option<Identifier>| CorruptEntry {
-        file: log_file_name.clone(),
-        offset: Some(offset as u64),
-        kind: identifier.and_then(|i| kind_of(i.kind)),
-        instance: identifier.map(|i| i.instance),
-        ballot: identifier.filter(|i| i.kind == KIND_ACCEPTED).map(|i| i.ballot),
-    };
+    let corrupt_at = |offset: usize, identifier: Option<Identifier>| segment.corrupt_at(offset, identifier);
     // Frames and identifiers are in the same order: frame `k` is described by
     // identifier `k`.
     let mut index = 0;
-    let mut repairs = Vec::new();
     while index < identifiers.len() {
         let identifier = identifiers[index];
         if let Some(identifier) = identifier {
             position = usize::try_from(identifier.offset).unwrap_or(usize::MAX);
         }
-        let decoded = decode_frame(&log_bytes, position, payload_bytes_max);
+        let decoded = decode_frame(log_bytes, position, payload_bytes_max);
         let matches = match (&decoded, &identifier) {
             (Some((record, crc, length)), Some(identifier)) => {
                 *crc == identifier.record_crc
@@ -1533,7 +783,7 @@ fn scan_segment(
                 let next_known = identifiers[index + 1..].iter().flatten().next();
                 position = match next_known {
                     Some(next) => usize::try_from(next.offset).unwrap_or(usize::MAX),
-                    None => next_frame(&log_bytes, position + 1, payload_bytes_max).unwrap_or(log_bytes.len()),
+                    None => next_frame(log_bytes, position + 1, payload_bytes_max).unwrap_or(log_bytes.len()),
                 };
             }
         }
@@ -1541,7 +791,18 @@ fn scan_segment(
         items.push((covered, Scanned::Corrupt(Box::new(corrupt_at(start, identifier)))));
         index += 1;
     }
+}
 
+/// Phase 5: checks the bytes up to the last identified frame that no
+/// identifier led to (gaps). Establishes that every byte there belongs to an
+/// item: frames in a gap that verify are kept, the rest reported. Returns
+/// where identified frames end and whether the items were contiguous (so
+/// already in log order).
+fn scan_gaps(
+    segment: &SegmentRegions,
+    payload_bytes_max: u64,
+    items: &mut Vec<(Range<usize>, Scanned)>,
+) -> (usize, bool) {
     // Where identified frames end. Frames are written in order, so bytes up
     // to here that no identifier led to (a gap) mean an identifier went
     // missing, e.g. overwritten by a misdirected write: the frames there are
@@ -1573,11 +834,39 @@ fn scan_segment(
         }
     }
     for gap in gaps {
-        scan_unidentified(&log_bytes, gap, payload_bytes_max, items, |offset| {
-            corrupt_at(offset, None)
+        scan_unidentified(&segment.log_bytes, gap, payload_bytes_max, items, |offset| {
+            segment.corrupt_at(offset, None)
         });
     }
+    (identified_end, contiguous)
+}
 
+/// What [`scan_tail`] found past the last identified frame.
+struct Tail {
+    /// Bytes cut off the last segment as a torn write.
+    torn_tail_bytes: u64,
+    /// Where the next frame goes.
+    log_end: usize,
+    /// Identifier slots once the kept tail frames have theirs.
+    identifier_slots: usize,
+}
+
+/// Phase 6: reads the frames past the last identified one. Establishes where
+/// the segment's frames end: in the last segment, frames there that verify
+/// are kept (given identifiers in `repairs`) and the first that does not is
+/// the torn write, cut off with all after it; in a closed segment they can
+/// only follow damaged identifiers, so they are kept or reported like a gap.
+fn scan_tail(
+    segment: &mut SegmentRegions,
+    identified_end: usize,
+    slot_count: usize,
+    last: bool,
+    payload_bytes_max: u64,
+    items: &mut Vec<(Range<usize>, Scanned)>,
+    repairs: &mut Vec<(usize, Identifier)>,
+) -> Result<Tail> {
+    let log_bytes = &segment.log_bytes;
+    let identifier_base = segment.identifier_base;
     // Frames beyond the last identified one.
     let mut torn_tail_bytes = 0;
     let tail_start = identified_end.min(log_bytes.len());
@@ -1606,7 +895,7 @@ fn scan_segment(
             // are cut off.
             let mut kept_end = tail_start;
             while kept_end < written_end {
-                match decode_frame(&log_bytes, kept_end, payload_bytes_max) {
+                match decode_frame(log_bytes, kept_end, payload_bytes_max) {
                     Some((record, record_crc, length)) if kept_end + length <= log_bytes.len() => {
                         repairs.push((
                             identifier_slots,
@@ -1628,31 +917,49 @@ fn scan_segment(
             }
             torn_tail_bytes = written_end.saturating_sub(kept_end) as u64;
             if written_end > kept_end {
-                file.write_at(kept_end as u64, &vec![0u8; written_end - kept_end])?;
-                file.sync()?;
+                segment
+                    .file
+                    .write_at(kept_end as u64, &vec![0u8; written_end - kept_end])?;
+                segment.file.sync()?;
             }
             log_end = kept_end;
         } else {
             // Every segment but the last was complete when the next one was
             // created; frames without identifiers mean the identifier region
             // was damaged. Keep what verifies, report the rest.
-            scan_unidentified(
-                &log_bytes,
-                tail_start..written_end,
-                payload_bytes_max,
-                items,
-                |offset| corrupt_at(offset, None),
-            );
+            scan_unidentified(log_bytes, tail_start..written_end, payload_bytes_max, items, |offset| {
+                segment.corrupt_at(offset, None)
+            });
             log_end = log_bytes.len();
         }
     }
-    // Log order decides which record of an instance is the newest.
-    if !contiguous || !items.is_sorted_by_key(|(range, _)| range.start) {
-        items.sort_by_key(|(range, _)| range.start);
-    }
+    Ok(Tail {
+        torn_tail_bytes,
+        log_end,
+        identifier_slots,
+    })
+}
+
+/// Phase 7: writes back what the scan decided. Establishes that the next
+/// recovery reaches the same verdict: the last segment's identifier region
+/// loses what follows its slots (`ids_bytes` long as read), and a frame
+/// that verifies but whose identifier is damaged or missing gets its
+/// identifier rewritten (so the next recovery keeps telling corruption from
+/// a torn tail for it).
+fn rewrite_identifiers(
+    segment: &mut SegmentRegions,
+    ids_bytes: usize,
+    slot_count: usize,
+    last: bool,
+    repairs: &[(usize, Identifier)],
+) -> Result<()> {
+    let SegmentRegions {
+        file, identifier_base, ..
+    } = segment;
+    let identifier_base = *identifier_base;
     if last {
         let slots_bytes = (FILE_HEADER_BYTES + slot_count * IDENTIFIER_BYTES) as u64;
-        if (ids_bytes.len() as u64) != slots_bytes {
+        if (ids_bytes as u64) != slots_bytes {
             file.truncate(identifier_base + slots_bytes)?;
             file.sync()?;
         }
@@ -1660,7 +967,7 @@ fn scan_segment(
     // A frame that verifies but whose identifier is damaged gets its
     // identifier rewritten, so the next recovery sees what this one saw
     // (and keeps telling corruption from a torn tail for it).
-    for (index, identifier) in &repairs {
+    for (index, identifier) in repairs {
         let mut slot = Vec::with_capacity(IDENTIFIER_BYTES);
         identifier.encode(&mut slot);
         file.write_at(
@@ -1671,38 +978,7 @@ fn scan_segment(
     if !repairs.is_empty() {
         file.sync()?;
     }
-    let ids_end = (FILE_HEADER_BYTES + identifier_slots * IDENTIFIER_BYTES) as u64;
-    records.take(items);
-    Ok(Some(SegmentScan {
-        records,
-        files: ActiveSegment {
-            sequence,
-            file,
-            identifier_base,
-            log_bytes: log_end.max(FILE_HEADER_BYTES) as u64,
-            ids_bytes: ids_end,
-            log_written: log_end.max(FILE_HEADER_BYTES) as u64,
-            ids_written: ids_end,
-        },
-        torn_tail_bytes,
-        corrupt_identifiers,
-        unreadable_bytes: log_unreadable + ids_unreadable,
-        damaged_headers,
-        oversized_bytes,
-        repaired_identifiers: repairs.len() as u64,
-        log_file_bytes: log_written_end.max(FILE_HEADER_BYTES) as u64,
-    }))
-}
-
-/// The unit in which a segment header records the longest its frame region
-/// may be.
-const BOUND_UNIT_BYTES: u64 = 4096;
-/// The shortest frame (a `Committed` record): bounds how many identifiers a
-/// frame region of a given length can have.
-const FRAME_BYTES_MIN: u64 = (FRAME_HEADER_BYTES + COMMITTED_BYTES) as u64;
-
-fn encode_bound(log_bytes_max: u64) -> u32 {
-    u32::try_from(log_bytes_max.div_ceil(BOUND_UNIT_BYTES)).unwrap_or(u32::MAX)
+    Ok(())
 }
 
 /// Where the identifier region of the segment file with this header starts:
@@ -1735,12 +1011,6 @@ fn locate_identifier_base(file: &dyn File, header: &[u8], config: &WalConfig, se
         offset -= BOUND_UNIT_BYTES;
     }
     Ok(configured)
-}
-
-/// The longest an identifier region may be beside a frame region that ends
-/// at `identifier_base`.
-fn ids_bytes_max(identifier_base: u64) -> u64 {
-    FILE_HEADER_BYTES as u64 + (identifier_base / FRAME_BYTES_MIN + 1) * IDENTIFIER_BYTES as u64
 }
 
 /// Reads a segment's frame region, which ends where its identifier region
@@ -1961,7 +1231,7 @@ fn read_segment(
 const UNREADABLE_LOG_FILL: u8 = 0;
 /// What unreadable identifier bytes are replaced with: not zero, so the slots
 /// count as damaged identifiers rather than as never written.
-const UNREADABLE_IDENTIFIER_FILL: u8 = 0xFF;
+pub(super) const UNREADABLE_IDENTIFIER_FILL: u8 = 0xFF;
 /// The unit in which a file that failed to read whole is read again.
 const REREAD_BLOCK_BYTES: usize = 4096;
 
@@ -1980,7 +1250,13 @@ struct ReadFile {
 /// read at once, it is read again block by block, and blocks that still fail
 /// are replaced with `fill` so that what they held fails verification.
 /// Returns how many bytes were replaced.
-fn read_tolerant_into(file: &dyn File, start: u64, length_max: u64, fill: u8, bytes: &mut Vec<u8>) -> Result<u64> {
+pub(super) fn read_tolerant_into(
+    file: &dyn File,
+    start: u64,
+    length_max: u64,
+    fill: u8,
+    bytes: &mut Vec<u8>,
+) -> Result<u64> {
     let length = file.len()?.saturating_sub(start).min(length_max) as usize;
     if bytes.capacity() >= length {
         bytes.clear();
@@ -2072,6 +1348,7 @@ fn next_frame(segment: &Bytes, from: usize, payload_bytes_max: u64) -> Option<us
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use synod_paxos::NodeId;
 
     /// One record of a segment: a good `Accepted` record (with a ballot
     /// round to tell values apart) or a damaged one.
