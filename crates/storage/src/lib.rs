@@ -4,9 +4,11 @@
 //! replicated state machine needs to restart quickly:
 //!
 //! * [`Wal`]: a write-ahead log of checksummed [`Record`]s (accepted values
-//!   and commit points) in rotating segments, each with a separate identifier
-//!   file so recovery tells a torn tail (discarded) from corruption (reported
-//!   for repair from peers), as Protocol-Aware Recovery (CTRL) prescribes;
+//!   and commit points) in rotating segments, one file each (format version
+//!   2): frames from the start, and an identifier per frame from the
+//!   segment's identifier base, a whole segment further on, so recovery tells
+//!   a torn tail (discarded) from corruption (reported for repair from
+//!   peers), as Protocol-Aware Recovery (CTRL) prescribes;
 //! * [`AcceptorStore`]: a Paxos replica's `Persist` records (log and
 //!   metadata), snapshots and restart state on one disk;
 //! * [`GroupCommit`]: writer threads that own an [`AcceptorStore`] (the
@@ -27,7 +29,10 @@
 //! | `acceptor` | [`AcceptorStore`]: the Paxos replica's `Persist` records and restart state on one disk; [`AcceptorStore::begin_snapshot`] |
 //! | `disk` | [`Disk`], [`File`], [`FsDisk`] |
 //! | `sim_disk` | [`SimDisk`], [`FaultConfig`], [`FaultCounts`] |
-//! | `wal` | [`Wal`], [`Record`], [`Recovery`]; the log's write ordering |
+//! | `wal` | [`Wal`], [`Record`], [`Recovery`], [`WalConfig`]; the on-disk layout and write ordering |
+//! | `wal::format` | segment names, headers, frames and identifiers, byte by byte |
+//! | `wal::writer` | [`Wal::append`], [`Wal::sync`], rotation, [`Wal::trim`] |
+//! | `wal::recovery` | [`Wal::open`]: reading, verifying and repairing segments |
 //! | `group_commit` | [`GroupCommit`] over a [`CommitTarget`] ([`AcceptorStore`] or [`Wal`]): the writer and completion threads, one sync per batch |
 //! | `metadata` | [`MetadataStore`], [`AcceptorMetadata`] |
 //! | `snapshot` | [`SnapshotStore`], [`SnapshotWriter`], [`SnapshotReader`], [`SnapshotInstaller`] |
