@@ -37,12 +37,12 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Tunables;
-use crate::disk::{DiskError, DiskWriter};
+use crate::disk_writer::{DiskError, DiskWriter};
 use crate::frame::HEADER_BYTES;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::peer::{Payload, PeerEvents, PeerInput, PeerSender, SNAPSHOT_CHUNK_HEADER_BYTES};
-use crate::snapshot::{
+use crate::snapshot_transfer::{
     Assembly, ServedSnapshot, SnapshotAssembler, SnapshotChunk, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_TRANSFER_BYTES_MAX,
 };
 
@@ -976,7 +976,7 @@ mod tests {
     async fn a_snapshot_is_written_from_a_frozen_copy_while_the_store_moves_on() {
         let path = std::env::temp_dir().join(format!("synod-node-snapshot-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
-        let (acceptor, _) = crate::disk::open(&path, 1 << 20).unwrap();
+        let (acceptor, _) = crate::disk_writer::open(&path, 1 << 20).unwrap();
         let snapshots = acceptor.snapshots().clone();
         let disk = DiskWriter::start(acceptor).unwrap();
         let ballot = Ballot::new(1, 1, NodeId(1));
@@ -1009,7 +1009,7 @@ mod tests {
         assert_eq!(disk.trim(finished).unwrap().await.unwrap().unwrap(), instance);
 
         drop(disk);
-        let opened = crate::disk::tests::reopen(&path);
+        let opened = crate::disk_writer::tests::reopen(&path);
         assert_eq!(opened.durable.unwrap().snapshot_instance, instance);
         assert!(opened.snapshot_state.as_deref() == Some(&expected[..]));
         assert_ne!(store.snapshot(), expected);
