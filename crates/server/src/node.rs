@@ -32,7 +32,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use synod_kv::{Applied, LeaseRevokeRequest, LeaseTimeToLiveResponse, Lessor, Request, Store, TxnRequest, WatchHub};
-use synod_paxos::{NodeId, Outcome, Ready, RejectReason, Replica, SubmitId, Time};
+use synod_paxos::{
+    Committed, Envelope, NodeId, Outcome, Persist, Ready, RejectReason, Replica, SubmitId, SubmitOutcome, Time,
+};
 use synod_storage::SnapshotStore;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -246,6 +248,8 @@ pub struct Core {
     /// Our own snapshots, the one served to lagging peers, and a peer's
     /// being pulled.
     snapshots: SnapshotKeeper,
+    /// A Ready's persist is on its way to disk: its messages wait.
+    persisting: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -312,6 +316,7 @@ impl Core {
             next_expiry_check: Instant::now(),
             next_compaction_nudge: Instant::now(),
             snapshots: SnapshotKeeper::new(snapshots, snapshot_instance),
+            persisting: false,
         }
     }
 
@@ -521,25 +526,69 @@ impl Core {
         Ok(())
     }
 
+    /// Acts on one Ready in the order it documents: persist, send, apply,
+    /// answer; then, if this member is behind every peer's log, ask for a
+    /// snapshot.
     async fn act(&mut self, ready: Ready) -> Result<(), CoreError> {
-        // 1. Persist durably.
-        if !ready.persist.is_empty() {
+        let Ready {
+            persist,
+            messages,
+            committed,
+            outcomes,
+            snapshot_needed,
+        } = ready;
+        self.persist(persist).await?;
+        self.send(&messages);
+        let results = self.apply(&committed);
+        self.answer(outcomes, results);
+        if let Some((peer, instance)) = snapshot_needed {
+            self.snapshots.request(peer, instance, &self.peers);
+        }
+        Ok(())
+    }
+
+    /// 1. Makes the Ready's persist records durable; returns once they are
+    ///    (and every earlier Ready's with them).
+    async fn persist(&mut self, persist: Vec<Persist>) -> Result<(), CoreError> {
+        if !persist.is_empty() {
             let started = Instant::now();
-            self.disk.persist(ready.persist).await.map_err(CoreError::Persist)?;
+            self.persisting = true;
+            self.disk.persist(persist).await.map_err(CoreError::Persist)?;
+            self.persisting = false;
             self.shared.metrics.fsync_latency.observe_duration(started.elapsed());
         }
-        // 2. Then send.
-        for envelope in &ready.messages {
+        Ok(())
+    }
+
+    /// 2. Queues the Ready's messages to the peers.
+    fn send(&mut self, messages: &[Envelope]) {
+        // A persist that did not complete (its future dropped, or failed) is
+        // not known durable: nothing may be sent after it.
+        assert!(!self.persisting, "messages sent before their persist is durable");
+        for envelope in messages {
             self.peers.send(envelope.to, &envelope.message);
         }
-        // 3. Then apply, and answer.
+    }
+
+    /// 3. Applies the committed values to the store, in instance order, and
+    ///    feeds the lessor and the watch hubs. Returns what each applied
+    ///    value answered, by (instance, index in its batch).
+    fn apply(&mut self, committed_instances: &[Committed]) -> HashMap<(u64, u32), Applied> {
         let mut results: HashMap<(u64, u32), Applied> = HashMap::new();
-        if !ready.committed.is_empty() {
+        if !committed_instances.is_empty() {
             let now_ms = self.now_ms();
             let mut store = self.shared.store();
             let hubs: Vec<HubEntry> = lock(&self.shared.hubs).values().cloned().collect();
             let mut events = false;
-            for committed in &ready.committed {
+            for committed in committed_instances {
+                // Instances are delivered in order, each exactly once, from
+                // just above the applied one (a snapshot sets it).
+                let applied = self.status.borrow().applied_instance;
+                assert_eq!(
+                    committed.instance.0,
+                    applied + 1,
+                    "a delivered instance is not the next one"
+                );
                 self.shared
                     .metrics
                     .batch_values
@@ -579,7 +628,13 @@ impl Core {
                 }
             }
         }
-        for outcome in ready.outcomes {
+        results
+    }
+
+    /// 4. Answers the clients whose submits ended (after the apply: an
+    ///    outcome may report a value committed).
+    fn answer(&mut self, outcomes: Vec<SubmitOutcome>, mut results: HashMap<(u64, u32), Applied>) {
+        for outcome in outcomes {
             let Some((reply, started)) = self.pending.remove(&outcome.id) else {
                 continue;
             };
@@ -607,10 +662,6 @@ impl Core {
             };
             let _ = reply.send(answer);
         }
-        if let Some((peer, instance)) = ready.snapshot_needed {
-            self.snapshots.request(peer, instance, &self.peers);
-        }
-        Ok(())
     }
 
     fn publish_status(&mut self) {
