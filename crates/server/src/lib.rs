@@ -20,12 +20,12 @@
 //!   peer messages and client commands in; persist, send, apply out, in that
 //!   order. Snapshots are taken from a frozen copy of the store on
 //!   blocking-pool threads while commits go on.
-//! - [`disk`]: acceptor records made durable by synod-storage's group-commit
+//! - [`disk_writer`]: acceptor records made durable by synod-storage's group-commit
 //!   threads, awaited through oneshot channels; the log trimmed there, in
 //!   order with its writes, once a snapshot is durable.
 //! - [`peer`]: TCP connections between members; handshake, bounded queues,
 //!   reconnection with back-off.
-//! - [`snapshot`]: a lagging member pulls a peer's snapshot in checksummed
+//! - [`snapshot_transfer`]: a lagging member pulls a peer's snapshot in checksummed
 //!   chunks, one request per chunk, and reassembles it within a bound.
 //! - [`frame`]: the peer wire format. Bytes become [`frame::Frame`]s (magic,
 //!   version, flags, length, CRC32C, opaque payload) with a pure incremental
@@ -40,13 +40,13 @@
 
 pub mod api;
 pub mod config;
-pub mod disk;
+pub mod disk_writer;
 pub mod frame;
 pub mod identity;
 pub mod metrics;
 pub mod node;
 pub mod peer;
-pub mod snapshot;
+pub mod snapshot_transfer;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,7 +57,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{ClusterState, ServerConfig};
-use crate::disk::DiskWriter;
+use crate::disk_writer::DiskWriter;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::node::{Core, CoreInputs};
@@ -70,7 +70,7 @@ pub enum ServerError {
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
     #[error(transparent)]
-    Disk(#[from] disk::DiskError),
+    Disk(#[from] disk_writer::DiskError),
     #[error("data directory {data_dir} belongs to member {found:?}, not {expected:?}")]
     WrongMember {
         data_dir: String,
@@ -133,7 +133,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     let startup_config = config.clone();
     let (identity, acceptor_store, durable, store) = tokio::task::spawn_blocking(move || {
         let identity = load_identity(&startup_config)?;
-        let (acceptor_store, opened) = disk::open(&startup_config.data_dir, startup_config.tunables.batch_bytes_max)?;
+        let (acceptor_store, opened) =
+            disk_writer::open(&startup_config.data_dir, startup_config.tunables.batch_bytes_max)?;
         let store = match opened.snapshot_state {
             Some(state) => synod_kv::Store::restore(node::kv_config(), &state)
                 .map_err(|error| ServerError::Snapshot(error.to_string()))?,

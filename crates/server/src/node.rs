@@ -15,7 +15,8 @@
 //! directly (serializable reads, watches); only this task writes it.
 //!
 //! Nothing that costs time in proportion to the store runs on this task.
-//! Snapshots follow Paxos Made Live: the task freezes the store under its
+//! Snapshots follow Paxos Made Live; `node/snapshot_keeper.rs` holds their
+//! state and its module doc tells the flows: the task freezes the store under its
 //! lock ([`Store::freeze`], a copy of the key index's chunk directory), a
 //! blocking-pool thread streams the frozen copy into a snapshot writer while
 //! commits go on, and only once that snapshot is durable does the group commit's writer
@@ -31,20 +32,23 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use synod_kv::{Applied, LeaseRevokeRequest, LeaseTimeToLiveResponse, Lessor, Request, Store, TxnRequest, WatchHub};
-use synod_paxos::{Epoch, Instance, NodeId, Outcome, Ready, RejectReason, Replica, SubmitId, Time};
-use synod_storage::{AcceptorStore, FinishedSnapshot, SnapshotStore, StorageError};
+use synod_paxos::{
+    Committed, Envelope, NodeId, Outcome, Persist, Ready, RejectReason, Replica, SubmitId, SubmitOutcome, Time,
+};
+use synod_storage::SnapshotStore;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Tunables;
-use crate::disk::{DiskError, DiskWriter};
-use crate::frame::HEADER_BYTES;
+use crate::disk_writer::{DiskError, DiskWriter};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
-use crate::peer::{Payload, PeerEvents, PeerInput, PeerSender, SNAPSHOT_CHUNK_HEADER_BYTES};
-use crate::snapshot::{
-    Assembly, ServedSnapshot, SnapshotAssembler, SnapshotChunk, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_TRANSFER_BYTES_MAX,
-};
+use crate::peer::{PeerEvents, PeerInput, PeerSender};
+use crate::snapshot_transfer::SnapshotChunk;
+
+mod snapshot_keeper;
+
+use snapshot_keeper::{PeerSnapshot, SnapshotKeeper};
 
 /// How often the core's timers are advanced.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(5);
@@ -58,12 +62,6 @@ const COMPACTION_NUDGE_INTERVAL: Duration = Duration::from_millis(20);
 const LEASE_REVOKES_PER_CHECK_MAX: usize = 64;
 /// A revoke that has not taken effect is proposed again after this long, in milliseconds.
 const LEASE_REVOKE_RETRY_MS: u64 = 2_000;
-/// A snapshot request (for any chunk) to a peer that brought nothing is
-/// repeated after this long.
-const SNAPSHOT_REQUEST_RETRY: Duration = Duration::from_secs(2);
-/// A snapshot served to lagging peers is dropped after no chunk of it was
-/// asked for this long, so an idle member does not hold a copy of its store.
-const SERVED_SNAPSHOT_IDLE: Duration = Duration::from_secs(30);
 
 /// Keys a compaction's physical part visits per committed instance (one step
 /// per instance, whatever its number of entries), in keys: a few milliseconds
@@ -247,50 +245,11 @@ pub struct Core {
     last_master: Option<NodeId>,
     next_expiry_check: Instant,
     next_compaction_nudge: Instant,
-    /// The snapshot files: snapshots are written through a clone of them on
-    /// blocking-pool threads, never on this task or the group commit's writer.
-    snapshots: SnapshotStore,
-    /// The instance the newest durable snapshot covers.
-    snapshot_instance: u64,
-    /// This member's snapshot on its way to disk (one at a time).
-    snapshot_in_progress: Option<SnapshotProgress>,
-    /// When this member last asked a peer for a snapshot chunk.
-    snapshot_requested_at: Option<Instant>,
-    /// The instance the peers' logs start after, as last named by the core:
-    /// a snapshot must cover at least this.
-    snapshot_wanted: synod_paxos::Instance,
-    /// A peer's snapshot being pulled chunk by chunk.
-    snapshot_assembler: SnapshotAssembler,
-    /// The serialized snapshot served to lagging peers, and when a chunk of
-    /// it was last asked for.
-    served_snapshot: Option<(ServedSnapshot, Instant)>,
-    /// A snapshot for lagging peers being serialized (one at a time).
-    snapshot_serializing: Option<Serializing>,
-}
-
-/// This member's snapshot on its way to disk.
-enum SnapshotProgress {
-    /// A blocking-pool thread streams a frozen copy of the store into the
-    /// snapshot writer.
-    Writing {
-        instance: Instance,
-        started: Instant,
-        done: oneshot::Receiver<Result<FinishedSnapshot, StorageError>>,
-    },
-    /// Durable; the group commit's queue was full, so its trim is queued again.
-    Written(FinishedSnapshot),
-    /// The group commit's writer trims the log below it.
-    Trimming(oneshot::Receiver<Result<Instance, DiskError>>),
-}
-
-/// A snapshot for lagging peers being serialized on a blocking-pool thread.
-struct Serializing {
-    instance: Instance,
-    epoch: Epoch,
-    done: oneshot::Receiver<Vec<u8>>,
-    /// Chunk requests that came meanwhile, the latest per peer: answered when
-    /// it is ready.
-    waiting: HashMap<NodeId, (Instance, u32)>,
+    /// Our own snapshots, the one served to lagging peers, and a peer's
+    /// being pulled.
+    snapshots: SnapshotKeeper,
+    /// A Ready's persist is on its way to disk: its messages wait.
+    persisting: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -356,14 +315,8 @@ impl Core {
             last_master: None,
             next_expiry_check: Instant::now(),
             next_compaction_nudge: Instant::now(),
-            snapshots,
-            snapshot_instance,
-            snapshot_in_progress: None,
-            snapshot_requested_at: None,
-            snapshot_wanted: synod_paxos::Instance(0),
-            snapshot_assembler: SnapshotAssembler::new(SNAPSHOT_TRANSFER_BYTES_MAX),
-            served_snapshot: None,
-            snapshot_serializing: None,
+            snapshots: SnapshotKeeper::new(snapshots, snapshot_instance),
+            persisting: false,
         }
     }
 
@@ -406,9 +359,10 @@ impl Core {
                 }
             }
             self.process_ready().await?;
-            self.poll_snapshot();
-            self.poll_serializing();
-            self.snapshot_if_due();
+            self.snapshots.poll_own(&self.disk, &mut self.replica);
+            self.snapshots
+                .poll_serving(&self.shared, &self.replica, &self.peers, &self.status);
+            self.snapshots.take_if_due(&self.shared, &self.replica, &self.status);
         }
         for (_, (reply, _)) in self.pending.drain() {
             let _ = reply.send(Err(WriteError::Stopped));
@@ -422,179 +376,50 @@ impl Core {
                 let now = self.now();
                 self.replica.step(now, from, message);
             }
-            PeerInput::SnapshotRequest { instance, chunk_index } => self.serve_snapshot(from, instance, chunk_index),
+            PeerInput::SnapshotRequest { instance, chunk_index } => self.snapshots.serve(
+                from,
+                instance,
+                chunk_index,
+                &self.shared,
+                &self.replica,
+                &self.peers,
+                &self.status,
+            ),
             PeerInput::SnapshotChunk(chunk) => self.snapshot_chunk(from, chunk).await?,
         }
         Ok(())
     }
 
-    /// A lagging peer asked for one chunk of a snapshot. The serialized store
-    /// is kept between requests so each chunk does not serialize it again; it
-    /// is replaced only when it no longer covers what the peer needs. A new
-    /// one is serialized from a frozen copy on a blocking-pool thread; the
-    /// requests that come meanwhile are answered when it is ready.
-    fn serve_snapshot(&mut self, to: NodeId, instance: Instance, chunk_index: u32) {
-        if let Some((served, asked_at)) = &mut self.served_snapshot {
-            if served.instance >= instance {
-                *asked_at = Instant::now();
-                // A peer asking for a later chunk of an older snapshot gets this
-                // snapshot's chunk; it sees the instance differ and starts over.
-                if let Some(chunk) = served.chunk(chunk_index) {
-                    self.peers.send_payload(to, Payload::encode_snapshot_chunk(&chunk));
-                }
-                return;
-            }
-        }
-        if let Some(serializing) = &mut self.snapshot_serializing {
-            serializing.waiting.insert(to, (instance, chunk_index));
-            return;
-        }
-        let applied = self.status.borrow().applied_instance;
-        if applied < instance.0 || applied != self.replica.chosen_through().0 {
-            return;
-        }
-        self.served_snapshot = None;
-        let frozen = self.shared.store().freeze();
-        let (done, wait) = oneshot::channel();
-        tokio::task::spawn_blocking(move || {
-            let _ = done.send(frozen.snapshot());
-        });
-        tracing::info!(peer = %to, instance = applied, "serializing a snapshot for a lagging peer");
-        self.snapshot_serializing = Some(Serializing {
-            instance: Instance(applied),
-            epoch: self.replica.applied_epoch(),
-            done: wait,
-            waiting: HashMap::from([(to, (instance, chunk_index))]),
-        });
-    }
-
-    /// Serves the snapshot for lagging peers once it is serialized, answering
-    /// the requests that waited for it.
-    fn poll_serializing(&mut self) {
-        if self
-            .served_snapshot
-            .as_ref()
-            .is_some_and(|(_, asked_at)| asked_at.elapsed() >= SERVED_SNAPSHOT_IDLE)
-        {
-            self.served_snapshot = None;
-        }
-        let Some(serializing) = &mut self.snapshot_serializing else {
-            return;
-        };
-        let state = match serializing.done.try_recv() {
-            Err(oneshot::error::TryRecvError::Empty) => return,
-            Ok(state) => state,
-            Err(oneshot::error::TryRecvError::Closed) => {
-                // The peers ask again.
-                tracing::warn!(instance = %serializing.instance, "serializing a snapshot for peers failed");
-                self.snapshot_serializing = None;
-                return;
-            }
-        };
-        let Some(serializing) = self.snapshot_serializing.take() else {
-            return;
-        };
-        let frame_room = (self.shared.tunables.frame_bytes_max as usize)
-            .saturating_sub(HEADER_BYTES + 1 + SNAPSHOT_CHUNK_HEADER_BYTES);
-        let chunk_bytes = SNAPSHOT_CHUNK_BYTES_MAX.min(frame_room);
-        let served = ServedSnapshot::new(serializing.instance, serializing.epoch, Bytes::from(state), chunk_bytes);
-        tracing::info!(
-            instance = %served.instance,
-            snapshot_bytes = served.state.len(),
-            chunk_count = served.chunk_count(),
-            "serving a snapshot to lagging peers"
-        );
-        self.served_snapshot = Some((served, Instant::now()));
-        for (peer, (instance, chunk_index)) in serializing.waiting {
-            self.serve_snapshot(peer, instance, chunk_index);
-        }
-    }
-
-    /// A chunk of a peer's snapshot: verified and kept, then the next chunk is
-    /// asked of the same peer; the last one installs the whole snapshot.
+    /// A chunk of a peer's snapshot; the last one installs the whole snapshot.
     async fn snapshot_chunk(&mut self, from: NodeId, chunk: SnapshotChunk) -> Result<(), CoreError> {
-        let applied = self.status.borrow().applied_instance;
-        if chunk.instance.0 <= applied {
-            self.snapshot_assembler.reset();
+        let Some(snapshot) = self.snapshots.accept_chunk(from, chunk, &self.peers, &self.status) else {
             return Ok(());
-        }
-        match self.snapshot_assembler.accept(chunk) {
-            Assembly::Next { instance, chunk_index } => {
-                self.snapshot_requested_at = Some(Instant::now());
-                self.peers
-                    .send_payload(from, Payload::encode_snapshot_request(instance, chunk_index));
-            }
-            Assembly::Complete { instance, epoch, state } => {
-                // What the replica asked for so far must be durable before the
-                // snapshot replaces the state it was built on.
-                self.process_ready().await?;
-                self.install_snapshot(from, instance, epoch, state).await;
-            }
-            Assembly::Restart(error) => {
-                tracing::warn!(peer = %from, %error, "snapshot transfer restarts");
-                self.snapshot_requested_at = Some(Instant::now());
-                let wanted = self.snapshot_wanted.max(synod_paxos::Instance(applied + 1));
-                self.peers
-                    .send_payload(from, Payload::encode_snapshot_request(wanted, 0));
-            }
-            Assembly::Ignored => {}
-        }
+        };
+        // What the replica asked for so far must be durable before the
+        // snapshot replaces the state it was built on.
+        self.process_ready().await?;
+        self.install_snapshot(from, snapshot).await;
         Ok(())
     }
 
-    /// A snapshot from a peer: made durable first, then it replaces the store.
-    /// Restoring it and writing it cost time in proportion to its size: a
-    /// blocking-pool thread does both while this task waits.
-    async fn install_snapshot(&mut self, from: NodeId, instance: Instance, epoch: Epoch, state: Bytes) {
-        let applied = self.status.borrow().applied_instance;
-        if instance.0 <= applied {
+    /// Installs a peer's snapshot (see [`SnapshotKeeper::install`]); a master
+    /// then takes its client leases from the new store.
+    async fn install_snapshot(&mut self, from: NodeId, snapshot: PeerSnapshot) {
+        let instance = snapshot.instance;
+        let installed = self
+            .snapshots
+            .install(
+                from,
+                snapshot,
+                &self.shared,
+                &mut self.replica,
+                &self.disk,
+                &self.status,
+            )
+            .await;
+        if !installed {
             return;
         }
-        let snapshots = self.snapshots.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
-            let restored =
-                Store::restore(kv_config(), &state).map_err(|error| format!("refusing a damaged snapshot: {error}"))?;
-            let finished = AcceptorStore::write_snapshot(&snapshots, instance, epoch, |writer| writer.write(&state))
-                .map_err(|error| format!("cannot store a peer's snapshot: {error}"))?;
-            Ok::<_, String>((restored, finished))
-        })
-        .await;
-        let (restored, finished) = match prepared {
-            Ok(Ok(prepared)) => prepared,
-            Ok(Err(error)) => {
-                tracing::warn!(peer = %from, %instance, %error, "a peer's snapshot is not installed");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(peer = %from, %instance, %error, "installing a peer's snapshot failed");
-                return;
-            }
-        };
-        // The snapshot is durable: it may replace the store. The log below it
-        // goes once the group commit's writer gets to it (a failure there is logged and
-        // leaves the log as it was).
-        if let Some(trimmed) = self.disk.trim(finished) {
-            let _ = trimmed.await;
-        }
-        let replaced = self.shared.replace_store(restored);
-        // Freeing a whole store takes time too.
-        tokio::task::spawn_blocking(move || drop(replaced));
-        // Watchers did not see the revisions inside the snapshot: they replay
-        // them from the new store's history, or are cancelled as compacted.
-        let hubs: Vec<HubEntry> = lock(&self.shared.hubs).values().cloned().collect();
-        for entry in &hubs {
-            lock(&entry.hub).resync_all();
-            entry.notify.notify_one();
-        }
-        self.status.send_modify(|status| status.applied_instance = instance.0);
-        self.shared
-            .metrics
-            .applied_instance
-            .store(instance.0, Ordering::Relaxed);
-        self.replica.install_snapshot(instance, epoch);
-        self.snapshot_instance = instance.0;
-        self.snapshot_requested_at = None;
-        self.snapshot_assembler.reset();
         if self.replica.is_master() {
             let store = self.shared.store();
             self.lessor.promote(&store, self.origin.elapsed().as_millis() as u64);
@@ -639,93 +464,6 @@ impl Core {
                 });
                 let _ = reply.send(answer);
             }
-        }
-    }
-
-    /// Every `snapshot_interval_instances` applied instances the store is
-    /// frozen (cheap, under its lock) and a blocking-pool thread streams the
-    /// frozen copy into a snapshot while commits go on (see
-    /// [`Core::poll_snapshot`] for the rest).
-    fn snapshot_if_due(&mut self) {
-        if self.snapshot_in_progress.is_some() {
-            return;
-        }
-        let interval = self.shared.tunables.snapshot_interval_instances;
-        let applied = self.status.borrow().applied_instance;
-        if interval == 0 || applied < self.snapshot_instance + interval || applied != self.replica.chosen_through().0 {
-            return;
-        }
-        let frozen = self.shared.store().freeze();
-        let instance = Instance(applied);
-        let epoch = self.replica.applied_epoch();
-        let snapshots = self.snapshots.clone();
-        let (done, wait) = oneshot::channel();
-        tokio::task::spawn_blocking(move || {
-            let written = AcceptorStore::write_snapshot(&snapshots, instance, epoch, |writer| {
-                frozen.write_snapshot(|piece| writer.write(piece))
-            });
-            let _ = done.send(written);
-        });
-        self.snapshot_in_progress = Some(SnapshotProgress::Writing {
-            instance,
-            started: Instant::now(),
-            done: wait,
-        });
-    }
-
-    /// Moves this member's snapshot along: once it is durable the group commit's writer
-    /// trims the log below it, and then so does the replica. A snapshot that
-    /// fails leaves both logs as they were.
-    fn poll_snapshot(&mut self) {
-        loop {
-            let next = match &mut self.snapshot_in_progress {
-                None => return,
-                Some(SnapshotProgress::Writing {
-                    instance,
-                    started,
-                    done,
-                }) => match done.try_recv() {
-                    Err(oneshot::error::TryRecvError::Empty) => return,
-                    Ok(Ok(finished)) => {
-                        tracing::info!(
-                            %instance,
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "snapshot written"
-                        );
-                        Some(SnapshotProgress::Written(finished))
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, %instance, "snapshot failed; the log is kept");
-                        None
-                    }
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        tracing::warn!(%instance, "the snapshot writer stopped; the log is kept");
-                        None
-                    }
-                },
-                Some(SnapshotProgress::Written(finished)) => match self.disk.trim(*finished) {
-                    // The group commit's queue is full: again next round.
-                    None => return,
-                    Some(trimming) => Some(SnapshotProgress::Trimming(trimming)),
-                },
-                Some(SnapshotProgress::Trimming(done)) => {
-                    match done.try_recv() {
-                        Err(oneshot::error::TryRecvError::Empty) => return,
-                        Ok(Ok(instance)) => {
-                            // A peer's newer snapshot may have been installed meanwhile.
-                            if instance <= self.replica.chosen_through() {
-                                self.replica.trim(instance);
-                            }
-                            self.snapshot_instance = self.snapshot_instance.max(instance.0);
-                            tracing::info!(%instance, "snapshot durable; log trimmed below it");
-                        }
-                        // The group commit's writer logged why.
-                        Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {}
-                    }
-                    None
-                }
-            };
-            self.snapshot_in_progress = next;
         }
     }
 
@@ -788,25 +526,69 @@ impl Core {
         Ok(())
     }
 
+    /// Acts on one Ready in the order it documents: persist, send, apply,
+    /// answer; then, if this member is behind every peer's log, ask for a
+    /// snapshot.
     async fn act(&mut self, ready: Ready) -> Result<(), CoreError> {
-        // 1. Persist durably.
-        if !ready.persist.is_empty() {
+        let Ready {
+            persist,
+            messages,
+            committed,
+            outcomes,
+            snapshot_needed,
+        } = ready;
+        self.persist(persist).await?;
+        self.send(&messages);
+        let results = self.apply(&committed);
+        self.answer(outcomes, results);
+        if let Some((peer, instance)) = snapshot_needed {
+            self.snapshots.request(peer, instance, &self.peers);
+        }
+        Ok(())
+    }
+
+    /// 1. Makes the Ready's persist records durable; returns once they are
+    ///    (and every earlier Ready's with them).
+    async fn persist(&mut self, persist: Vec<Persist>) -> Result<(), CoreError> {
+        if !persist.is_empty() {
             let started = Instant::now();
-            self.disk.persist(ready.persist).await.map_err(CoreError::Persist)?;
+            self.persisting = true;
+            self.disk.persist(persist).await.map_err(CoreError::Persist)?;
+            self.persisting = false;
             self.shared.metrics.fsync_latency.observe_duration(started.elapsed());
         }
-        // 2. Then send.
-        for envelope in &ready.messages {
+        Ok(())
+    }
+
+    /// 2. Queues the Ready's messages to the peers.
+    fn send(&mut self, messages: &[Envelope]) {
+        // A persist that did not complete (its future dropped, or failed) is
+        // not known durable: nothing may be sent after it.
+        assert!(!self.persisting, "messages sent before their persist is durable");
+        for envelope in messages {
             self.peers.send(envelope.to, &envelope.message);
         }
-        // 3. Then apply, and answer.
+    }
+
+    /// 3. Applies the committed values to the store, in instance order, and
+    ///    feeds the lessor and the watch hubs. Returns what each applied
+    ///    value answered, by (instance, index in its batch).
+    fn apply(&mut self, committed_instances: &[Committed]) -> HashMap<(u64, u32), Applied> {
         let mut results: HashMap<(u64, u32), Applied> = HashMap::new();
-        if !ready.committed.is_empty() {
+        if !committed_instances.is_empty() {
             let now_ms = self.now_ms();
             let mut store = self.shared.store();
             let hubs: Vec<HubEntry> = lock(&self.shared.hubs).values().cloned().collect();
             let mut events = false;
-            for committed in &ready.committed {
+            for committed in committed_instances {
+                // Instances are delivered in order, each exactly once, from
+                // just above the applied one (a snapshot sets it).
+                let applied = self.status.borrow().applied_instance;
+                assert_eq!(
+                    committed.instance.0,
+                    applied + 1,
+                    "a delivered instance is not the next one"
+                );
                 self.shared
                     .metrics
                     .batch_values
@@ -846,7 +628,13 @@ impl Core {
                 }
             }
         }
-        for outcome in ready.outcomes {
+        results
+    }
+
+    /// 4. Answers the clients whose submits ended (after the apply: an
+    ///    outcome may report a value committed).
+    fn answer(&mut self, outcomes: Vec<SubmitOutcome>, mut results: HashMap<(u64, u32), Applied>) {
+        for outcome in outcomes {
             let Some((reply, started)) = self.pending.remove(&outcome.id) else {
                 continue;
             };
@@ -874,29 +662,6 @@ impl Core {
             };
             let _ = reply.send(answer);
         }
-        if let Some((peer, instance)) = ready.snapshot_needed {
-            let due = self
-                .snapshot_requested_at
-                .is_none_or(|at| at.elapsed() >= SNAPSHOT_REQUEST_RETRY);
-            if due {
-                self.snapshot_requested_at = Some(Instant::now());
-                self.snapshot_wanted = instance;
-                // A transfer that stalled resumes at its next chunk, from
-                // whichever peer the core names now; if that peer serves
-                // another snapshot, the assembler starts over.
-                let (request_instance, chunk_index) = match self.snapshot_assembler.in_progress() {
-                    Some((assembling, next_index)) if assembling >= instance => (assembling, next_index),
-                    _ => {
-                        self.snapshot_assembler.reset();
-                        (instance, 0)
-                    }
-                };
-                tracing::info!(%peer, %instance, chunk_index, "behind every peer's log; asking for a snapshot");
-                self.peers
-                    .send_payload(peer, Payload::encode_snapshot_request(request_instance, chunk_index));
-            }
-        }
-        Ok(())
     }
 
     fn publish_status(&mut self) {
@@ -950,69 +715,5 @@ fn write_error(reason: RejectReason) -> WriteError {
         RejectReason::EpochChanged { .. } => WriteError::MasterChanged,
         RejectReason::TooLarge { .. } => WriteError::TooLarge,
         RejectReason::QueueFull => WriteError::QueueFull,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use synod_kv::PutRequest;
-    use synod_paxos::{Ballot, Meta, Persist, Voting};
-
-    use super::*;
-
-    fn put(store: &mut Store, key: u32, value: &str) {
-        let request = Request::Put(PutRequest {
-            key: format!("key-{key:05}").into_bytes(),
-            value: value.as_bytes().to_vec(),
-            ..PutRequest::default()
-        });
-        assert!(store.apply(&request).result.is_ok());
-    }
-
-    /// The path `snapshot_if_due` and `poll_snapshot` take, without the core:
-    /// the live store keeps changing while a blocking-pool thread writes the
-    /// frozen copy, and what is on disk is the store as it was when frozen.
-    #[tokio::test]
-    async fn a_snapshot_is_written_from_a_frozen_copy_while_the_store_moves_on() {
-        let path = std::env::temp_dir().join(format!("synod-node-snapshot-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        let (acceptor, _) = crate::disk::open(&path, 1 << 20).unwrap();
-        let snapshots = acceptor.snapshots().clone();
-        let disk = DiskWriter::start(acceptor).unwrap();
-        let ballot = Ballot::new(1, 1, NodeId(1));
-        disk.persist(vec![Persist::Meta(Meta {
-            promised: ballot,
-            incarnation: 1,
-            voting: Voting::Voter,
-        })])
-        .await
-        .unwrap();
-
-        let mut store = Store::new(kv_config());
-        for key in 0..5_000 {
-            put(&mut store, key, "before");
-        }
-        let frozen = store.freeze();
-        let expected = store.snapshot();
-        let instance = Instance(store.applied_index());
-        let epoch = Epoch(ballot);
-        let writing = tokio::task::spawn_blocking(move || {
-            AcceptorStore::write_snapshot(&snapshots, instance, epoch, |writer| {
-                frozen.write_snapshot(|piece| writer.write(piece))
-            })
-        });
-        for key in 0..5_000 {
-            put(&mut store, key, "after");
-        }
-        let finished = writing.await.unwrap().unwrap();
-        assert_eq!(finished.instance(), instance);
-        assert_eq!(disk.trim(finished).unwrap().await.unwrap().unwrap(), instance);
-
-        drop(disk);
-        let opened = crate::disk::tests::reopen(&path);
-        assert_eq!(opened.durable.unwrap().snapshot_instance, instance);
-        assert!(opened.snapshot_state.as_deref() == Some(&expected[..]));
-        assert_ne!(store.snapshot(), expected);
-        let _ = std::fs::remove_dir_all(&path);
     }
 }

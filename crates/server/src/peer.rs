@@ -11,7 +11,7 @@
 //! connection is closed. After the handshake every frame's payload is a
 //! [`Payload`]: a kind byte, then a Paxos message ([`synod_paxos::encode_message`])
 //! or this member's client URL (so followers know where to forward writes),
-//! or a snapshot request or chunk ([`crate::snapshot`]), whose bodies start
+//! or a snapshot request or chunk ([`crate::snapshot_transfer`]), whose bodies start
 //! with their own encoding version.
 //!
 //! # Bounds and back-pressure
@@ -46,7 +46,7 @@ use tracing::Instrument;
 use crate::frame::{Frame, FrameCodec, FrameKind, Handshake, LocalMember, HANDSHAKE_PROTOCOL_VERSION};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
-use crate::snapshot::{SnapshotChunk, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_TRANSFER_BYTES_MAX};
+use crate::snapshot_transfer::{SnapshotChunk, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_TRANSFER_BYTES_MAX};
 
 /// Connections accepted at once on the peer port.
 pub const PEER_CONNECTIONS_MAX: usize = 64;
