@@ -147,6 +147,7 @@
 //! * `request` — [`Request`] / [`Response`] and their binary encoding.
 //! * `codec` — the varint encoder/decoder (bounded, panic-free decoding).
 //! * `store` — [`Store`]: MVCC keyspace, apply, range, txn, compaction, leases.
+//! * `applied` — [`Applied`] and [`LeaseEffect`]: what applying one entry did.
 //! * `index` — the ordered key index (sorted chunks, compact in memory,
 //!   shared copy-on-write between a store and its frozen copies).
 //! * `lessor` — [`Lessor`]: the master's lease deadlines (time injected).
@@ -165,6 +166,7 @@
 
 #![deny(missing_docs)]
 
+mod applied;
 mod codec;
 mod error;
 mod hash;
@@ -180,14 +182,14 @@ mod watch;
 #[cfg(test)]
 mod tests;
 
+pub use applied::{Applied, LeaseEffect};
 pub use error::{Code, KvError};
 pub use lessor::Lessor;
 pub use request::{Request, Response, TXN_DEPTH_MAX};
 pub use sequencer::Sequencer;
 pub use snapshot::FrozenStore;
 pub use store::{
-    Applied, Config, Lease, LeaseEffect, Store, COMPACTION_KEYS_PER_ENTRY_MAX, LEASE_TTL_SECONDS_MAX,
-    REQUEST_BYTES_MAX_DEFAULT,
+    Config, Lease, Store, COMPACTION_KEYS_PER_ENTRY_MAX, LEASE_TTL_SECONDS_MAX, REQUEST_BYTES_MAX_DEFAULT,
 };
 pub use types::*;
 pub use watch::{CatchUpJob, CatchUpResult, WatchConfig, WatchHub};
