@@ -13,9 +13,9 @@ use synod_paxos::{
     Batch, BatchId, Config, Epoch, FreshStart, Instance, NodeId, Outcome, Ready, Replica, SubmitId, Time, Voting,
 };
 
-use crate::disk::{add_counts, NodeDisk, Snapshot, Transfer};
 use crate::history::{History, OperationKind, Verdict};
 use crate::network::{Network, PartitionKind};
+use crate::replica_disk::{add_counts, NodeDisk, Snapshot, Transfer};
 use crate::swarm::{FaultMix, SimBugs};
 use synod_storage::{FaultConfig, FaultCounts};
 
