@@ -18,6 +18,8 @@
 //! - `group`: a fault-free group in memory, for throughput and scripted scenarios.
 //! - `cluster`: one run: faults, clients, and the checks after every step.
 
+#![deny(missing_docs)]
+
 pub mod cluster;
 pub mod group;
 pub mod history;
