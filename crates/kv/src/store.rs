@@ -488,7 +488,11 @@ impl Store {
             }),
         };
         assert!(result.is_ok() || !write.changed(), "a failed request changed the store");
+        assert_eq!(write.events.len(), write.sub as usize, "one event per change");
         if write.changed() {
+            // Every change of a request shares the next revision: the revision
+            // only goes up, by one per request that changes a key.
+            assert_eq!(write.revision, self.revision + 1);
             self.revision = write.revision;
             self.auto_compact();
         }
@@ -502,6 +506,18 @@ impl Store {
         lease_effect: Option<LeaseEffect>,
     ) -> Applied {
         self.applied_index += 1;
+        // Restore refuses a snapshot that breaks these, and compaction checks
+        // its revision against both; so they hold after every entry.
+        assert!(
+            self.compact_revision <= self.revision,
+            "compacted past the current revision"
+        );
+        assert!(
+            self.compaction
+                .as_ref()
+                .is_none_or(|pending| pending.target == self.compact_revision),
+            "a pending compaction is towards the compacted revision"
+        );
         let events = write.map(|write| write.events).unwrap_or_default();
         if let Ok(response) = &mut result {
             set_header_revision(response, self.revision);
