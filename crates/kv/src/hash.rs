@@ -5,9 +5,9 @@
 //! replicas that applied the same entries report the same hash and a
 //! divergence shows up at the first entry whose effects differ.
 
+use crate::applied::LeaseEffect;
 use crate::error::KvError;
 use crate::request::Response;
-use crate::store::LeaseEffect;
 use crate::types::{Event, EventType, KeyValue};
 
 /// SplitMix64's finalizer: a bijective mix of 64 bits.

@@ -12,7 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::store::{Applied, LeaseEffect, Store};
+use crate::applied::{Applied, LeaseEffect};
+use crate::store::Store;
 use crate::types::{LeaseKeepAliveResponse, LeaseTimeToLiveResponse, ResponseHeader};
 
 /// See the module docs.

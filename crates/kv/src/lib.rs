@@ -145,14 +145,15 @@
 //!
 //! * `types` — request/response structs mirroring etcd's protos field for field.
 //! * `request` — [`Request`] / [`Response`] and their binary encoding.
-//! * `codec` — the varint encoder/decoder (bounded, panic-free decoding).
+//! * `varint` — the varint encoder/decoder (bounded, panic-free decoding).
 //! * `store` — [`Store`]: MVCC keyspace, apply, range, txn, compaction, leases.
+//! * `applied` — [`Applied`] and [`LeaseEffect`]: what applying one entry did.
 //! * `index` — the ordered key index (sorted chunks, compact in memory,
 //!   shared copy-on-write between a store and its frozen copies).
 //! * `lessor` — [`Lessor`]: the master's lease deadlines (time injected).
 //! * `watch` — [`WatchHub`]: routing events, catch-up from history, progress.
 //! * `sequencer` — [`Sequencer`]: Chubby's fencing tokens.
-//! * `snapshot` — [`FrozenStore`], the streamed deterministic snapshot,
+//! * `store_snapshot` — [`FrozenStore`], the streamed deterministic snapshot,
 //!   chunking, validated restore.
 //! * `hash` — the chained state hash.
 //! * `error` — [`KvError`] with etcd's exact messages and [`Code`].
@@ -165,29 +166,30 @@
 
 #![deny(missing_docs)]
 
-mod codec;
+mod applied;
 mod error;
 mod hash;
 mod index;
 mod lessor;
 mod request;
 mod sequencer;
-mod snapshot;
 mod store;
+mod store_snapshot;
 mod types;
+mod varint;
 mod watch;
 
 #[cfg(test)]
 mod tests;
 
+pub use applied::{Applied, LeaseEffect};
 pub use error::{Code, KvError};
 pub use lessor::Lessor;
 pub use request::{Request, Response, TXN_DEPTH_MAX};
 pub use sequencer::Sequencer;
-pub use snapshot::FrozenStore;
 pub use store::{
-    Applied, Config, Lease, LeaseEffect, Store, COMPACTION_KEYS_PER_ENTRY_MAX, LEASE_TTL_SECONDS_MAX,
-    REQUEST_BYTES_MAX_DEFAULT,
+    Config, Lease, Store, COMPACTION_KEYS_PER_ENTRY_MAX, LEASE_TTL_SECONDS_MAX, REQUEST_BYTES_MAX_DEFAULT,
 };
+pub use store_snapshot::FrozenStore;
 pub use types::*;
 pub use watch::{CatchUpJob, CatchUpResult, WatchConfig, WatchHub};

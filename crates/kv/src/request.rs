@@ -1,8 +1,8 @@
 //! The requests the log carries, their results, and their binary encoding.
 
-use crate::codec::{Decoder, Encoder};
 use crate::error::KvError;
 use crate::types::*;
+use crate::varint::{Decoder, Encoder};
 
 /// Nesting depth of Txns a decoder accepts; bounds recursion on hostile input.
 pub const TXN_DEPTH_MAX: usize = 16;

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
+use crate::applied::{Applied, LeaseEffect};
 use crate::error::KvError;
 use crate::index::KeyIndex;
 use crate::request::{Request, Response, TXN_DEPTH_MAX};
@@ -228,39 +229,6 @@ pub struct Lease {
     pub ttl_seconds: i64,
     /// Keys currently attached, in key order.
     pub keys: BTreeSet<Box<[u8]>>,
-}
-
-/// What a lease request changed, for the master's [`crate::Lessor`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LeaseEffect {
-    /// A lease was granted.
-    Granted {
-        /// Its ID.
-        id: i64,
-        /// Its TTL in seconds.
-        ttl_seconds: i64,
-    },
-    /// A lease was revoked (its keys deleted).
-    Revoked {
-        /// Its ID.
-        id: i64,
-    },
-}
-
-/// The outcome of applying one log entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Applied {
-    /// The response, or the error to return to the client. Errors leave the
-    /// state unchanged except for the applied index.
-    pub result: Result<Response, KvError>,
-    /// The changes made, all at [`Applied::revision`], in order (with
-    /// `prev_kv` filled whenever the key existed). Feed them to
-    /// [`crate::WatchHub::observe`].
-    pub events: Vec<Event>,
-    /// Store revision after the apply.
-    pub revision: i64,
-    /// Lease granted or revoked, for [`crate::Lessor::observe`].
-    pub lease_effect: Option<LeaseEffect>,
 }
 
 /// The state of a write in progress: one revision shared by all its changes.
@@ -520,7 +488,11 @@ impl Store {
             }),
         };
         assert!(result.is_ok() || !write.changed(), "a failed request changed the store");
+        assert_eq!(write.events.len(), write.sub as usize, "one event per change");
         if write.changed() {
+            // Every change of a request shares the next revision: the revision
+            // only goes up, by one per request that changes a key.
+            assert_eq!(write.revision, self.revision + 1);
             self.revision = write.revision;
             self.auto_compact();
         }
@@ -534,6 +506,18 @@ impl Store {
         lease_effect: Option<LeaseEffect>,
     ) -> Applied {
         self.applied_index += 1;
+        // Restore refuses a snapshot that breaks these, and compaction checks
+        // its revision against both; so they hold after every entry.
+        assert!(
+            self.compact_revision <= self.revision,
+            "compacted past the current revision"
+        );
+        assert!(
+            self.compaction
+                .as_ref()
+                .is_none_or(|pending| pending.target == self.compact_revision),
+            "a pending compaction is towards the compacted revision"
+        );
         let events = write.map(|write| write.events).unwrap_or_default();
         if let Ok(response) = &mut result {
             set_header_revision(response, self.revision);

@@ -1569,7 +1569,7 @@ fn a_version_1_snapshot_restores_with_no_compaction_pending() {
     let body = store.snapshot();
     // Version 1 is version 2 without the pending-compaction field, which
     // follows the fixed header.
-    let mut header = crate::codec::Encoder::default();
+    let mut header = crate::varint::Encoder::default();
     header.u64(store.applied_index());
     header.i64(store.revision());
     header.i64(store.compact_revision());

@@ -34,9 +34,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::applied::Applied;
 use crate::error::KvError;
-use crate::snapshot::FrozenStore;
-use crate::store::{Applied, RangeEnd, Store};
+use crate::store::{RangeEnd, Store};
+use crate::store_snapshot::FrozenStore;
 use crate::types::*;
 
 /// Bounds of a [`WatchHub`].

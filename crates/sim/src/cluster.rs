@@ -13,9 +13,9 @@ use synod_paxos::{
     Batch, BatchId, Config, Epoch, FreshStart, Instance, NodeId, Outcome, Ready, Replica, SubmitId, Time, Voting,
 };
 
-use crate::disk::{add_counts, NodeDisk, Snapshot, Transfer};
 use crate::history::{History, OperationKind, Verdict};
 use crate::network::{Network, PartitionKind};
+use crate::replica_disk::{add_counts, NodeDisk, Snapshot, Transfer};
 use crate::swarm::{FaultMix, SimBugs};
 use synod_storage::{FaultConfig, FaultCounts};
 
@@ -34,27 +34,47 @@ const QUIET_MS: u64 = 2_000;
 /// Everything one run needs: the seed decides all the rest.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
+    /// Seeds the one generator every random choice of the run comes from: the
+    /// fault mix, clock drifts, latencies, faults and client operations.
     pub seed: u64,
+    /// Members of the group, all voters from the start.
     pub replicas: usize,
+    /// Bugs planted on purpose (none in a normal run), to show the checks catch them.
     pub bugs: SimBugs,
 }
 
 /// Counts of what a run did, for the long mode's report.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
+    /// Virtual time the run lasted, in milliseconds.
     pub simulated_ms: u64,
+    /// Messages the replicas handed to the network (a duplicated one counts once).
     pub messages_sent: u64,
+    /// Messages lost, at random or on a partitioned link.
     pub messages_dropped: u64,
+    /// Messages the network sent as two copies.
     pub messages_duplicated: u64,
+    /// Message copies held up far longer than usual, so they arrive out of order.
     pub messages_long_delayed: u64,
+    /// Partitions started, by [`PartitionKind`] in the order it declares them:
+    /// symmetric, one-way, majority/minority, bridge.
     pub partitions: [u64; 4],
+    /// Replica crashes: each loses its disk's unsynced writes.
     pub crashes: u64,
+    /// Crashes that also lost the replica's whole disk.
     pub wipes: u64,
+    /// Times a replica stopped for a while (as in a long GC pause) and went on
+    /// with its state intact.
     pub pauses: u64,
+    /// Snapshots a replica installed from a peer.
     pub snapshots_installed: u64,
+    /// Values applied to a replica's state machine, once per replica that applied them.
     pub values_committed: u64,
+    /// Lease reads a master answered from its own state.
     pub reads_answered: u64,
+    /// Client operations in the history, writes and reads.
     pub operations: u64,
+    /// Instances whose chosen value the agreement check has seen.
     pub instances_chosen: u64,
     /// Replicas that could not start from their disk and were given an empty one.
     pub disks_replaced: u64,
@@ -68,6 +88,7 @@ pub struct Stats {
     pub snapshot_transfers_resumed: u64,
     /// Transfers refused because the sending peer's snapshot failed its checks.
     pub damaged_snapshots_refused: u64,
+    /// Faults the simulated disks injected, summed over the replicas.
     pub disk_faults: FaultCounts,
     /// Client histories found linearizable.
     pub histories_checked: u64,
@@ -76,6 +97,7 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Adds another run's counts to these, for a total over many seeds.
     pub fn add(&mut self, other: &Stats) {
         self.simulated_ms += other.simulated_ms;
         self.messages_sent += other.messages_sent;
@@ -108,11 +130,15 @@ impl Stats {
 /// How a run ended.
 #[derive(Clone, Debug)]
 pub struct RunReport {
+    /// The seed that ran: replaying it gives this report again.
     pub seed: u64,
+    /// Members of the group.
     pub replicas: usize,
+    /// The fault rates the seed drew.
     pub mix: FaultMix,
     /// The first violated property, if any.
     pub failure: Option<String>,
+    /// What the run did.
     pub stats: Stats,
     /// Each replica's state at the end of a failed run.
     pub trace: Vec<String>,
@@ -194,6 +220,8 @@ pub fn sim_paxos_config(node: NodeId, members: Vec<NodeId>) -> Config {
 }
 
 impl Simulation {
+    /// Sets up a run: draws the fault mix and each replica's clock drift from
+    /// the seed and starts every replica as a member of a new group.
     pub fn new(config: RunConfig) -> Simulation {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let members: Vec<NodeId> = (1..=config.replicas as u64).map(NodeId).collect();

@@ -15,8 +15,11 @@ use synod_paxos::{
 /// What the group saw go by, for counting messages and commits.
 #[derive(Clone, Debug, Default)]
 pub struct GroupCounters {
+    /// Messages any replica sent.
     pub messages: u64,
+    /// Accept messages (phase 2a) any replica sent.
     pub accepts: u64,
+    /// Accepted messages (phase 2b) any replica sent.
     pub accepteds: u64,
     /// Values whose submit at the watched replica ended committed.
     pub committed_values: u64,
@@ -24,12 +27,17 @@ pub struct GroupCounters {
     pub committed_batches: u64,
 }
 
+/// A group of replicas in one thread, with a perfect network and perfect
+/// disks; time moves only when a script moves it.
 pub struct Group {
+    /// The replicas; replica `i` is `NodeId(i + 1)`.
     pub replicas: Vec<Replica>,
     network: VecDeque<(NodeId, NodeId, Message)>,
+    /// The one clock every replica reads.
     pub now: Time,
     /// The replica whose commits and outcomes are counted.
     pub watched: Option<usize>,
+    /// What went by so far.
     pub counters: GroupCounters,
     /// Replicas cut off from every other: messages to or from them are dropped.
     pub isolated: Vec<NodeId>,
@@ -214,6 +222,7 @@ impl Group {
         self.drain(index);
     }
 
+    /// Ticks every replica at [`Group::now`], then delivers every message that causes.
     pub fn tick_all(&mut self) {
         for index in 0..self.replicas.len() {
             self.replicas[index].tick(self.now);

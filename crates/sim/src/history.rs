@@ -6,7 +6,10 @@ use crate::linearizability::{check, Budget, CheckResult, Operation, RegisterInpu
 /// The linearizability checker's answer for one history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
+    /// Some order of the operations, each taking effect between its call and
+    /// its return, explains every read.
     Linearizable,
+    /// No such order exists, or the history is malformed: what went wrong.
     Violation(String),
     /// The search ran out of its step budget: neither pass nor fail.
     Inconclusive,
@@ -15,16 +18,23 @@ pub enum Verdict {
 /// What an operation did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OperationKind {
+    /// A write of this value.
     Write(String),
-    /// The value read; `None` inside means the key was absent.
+    /// A read: `None` while it has not returned, then the value read, where
+    /// `None` inside means the key was absent.
     Read(Option<Option<String>>),
 }
 
+/// One client operation as the history records it.
 #[derive(Clone, Debug)]
 pub struct Recorded {
+    /// The client that invoked it.
     pub client: usize,
+    /// The key it read or wrote.
     pub key: String,
+    /// The write, or the read and what it saw.
     pub kind: OperationKind,
+    /// Logical time of the call (see [`History`]).
     pub call: u64,
     /// `None`: the outcome is unknown (it may or may not have taken effect).
     pub returned: Option<u64>,
@@ -32,8 +42,9 @@ pub struct Recorded {
     pub failed: bool,
 }
 
-/// Times are logical: a counter bumped at every call and return, so real-time
-/// order in the simulation is exact.
+/// Every client operation of a run, in the order invoked. Times are logical:
+/// a counter bumped at every call and return, so real-time order in the
+/// simulation is exact.
 #[derive(Debug, Default)]
 pub struct History {
     operations: Vec<Recorded>,
@@ -42,23 +53,29 @@ pub struct History {
 }
 
 impl History {
+    /// Advances the logical clock and returns the new time, for a call or a return.
     pub fn next_time(&mut self) -> u64 {
         self.clock += 1;
         self.clock
     }
 
+    /// Number of operations invoked.
     pub fn len(&self) -> usize {
         self.operations.len()
     }
 
+    /// Whether no operation was invoked yet.
     pub fn is_empty(&self) -> bool {
         self.operations.is_empty()
     }
 
+    /// The operations, in the order invoked.
     pub fn operations(&self) -> &[Recorded] {
         &self.operations
     }
 
+    /// Records a call, with its outcome unknown until [`History::complete`] or
+    /// [`History::fail`]; returns the operation's index.
     pub fn invoke(&mut self, client: usize, key: &str, kind: OperationKind, call: u64) -> usize {
         self.operations.push(Recorded {
             client,
@@ -80,6 +97,7 @@ impl History {
         }
     }
 
+    /// Records that an operation definitely did not take effect (a rejected submit).
     pub fn fail(&mut self, op: usize) {
         self.operations[op].failed = true;
     }

@@ -11,18 +11,21 @@
 //! # Layout
 //! - `swarm`: fault rates drawn per seed, and the planted bugs.
 //! - `network`: latency, loss, duplication, reordering, partitions.
-//! - `disk`: a disk with fsync semantics that loses unsynced writes on a crash.
+//! - `replica_disk`: one replica's log, metadata and snapshots (synod-storage's
+//!   own code) on a simulated disk that loses unsynced writes on a crash.
 //! - `history`: the clients' operations, for the linearizability check.
 //! - `linearizability`: Wing & Gong's search with Lowe's memoization, per key.
 //! - `group`: a fault-free group in memory, for throughput and scripted scenarios.
 //! - `cluster`: one run: faults, clients, and the checks after every step.
 
+#![deny(missing_docs)]
+
 pub mod cluster;
-pub mod disk;
 pub mod group;
 pub mod history;
 pub mod linearizability;
 pub mod network;
+pub mod replica_disk;
 pub mod swarm;
 
 pub use cluster::{run_seed, RunConfig, RunReport, Simulation, Stats};

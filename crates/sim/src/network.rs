@@ -49,26 +49,38 @@ pub enum PartitionKind {
     Bridge,
 }
 
+/// What the network did to the messages handed to it.
 #[derive(Debug, Default)]
 pub struct NetworkCounters {
+    /// Messages handed to [`Network::send`].
     pub sent: u64,
+    /// Message copies handed to their receiver.
     pub delivered: u64,
+    /// Messages lost at random, and copies lost on a blocked link.
     pub dropped: u64,
+    /// Messages sent as two copies.
     pub duplicated: u64,
+    /// Copies given an extra long delay.
     pub long_delays: u64,
+    /// Partitions started, indexed by `PartitionKind as usize`.
     pub partitions: [u64; 4],
 }
 
+/// Messages in flight, ordered by delivery time (ties in send order), and
+/// the links a partition blocks. Every random choice comes from the run's
+/// generator, so a seed replays the same deliveries.
 #[derive(Debug)]
 pub struct Network {
     queue: BinaryHeap<Reverse<InFlight>>,
     sequence: u64,
     /// Directed links that lose every message.
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// What happened so far.
     pub counters: NetworkCounters,
 }
 
 impl Network {
+    /// A network with nothing in flight and no partition.
     pub fn new() -> Network {
         Network {
             queue: BinaryHeap::new(),
@@ -78,7 +90,15 @@ impl Network {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Sends a message from `from` to `to` at `now_us`: it is dropped with
+    /// `drop_probability`, else sent as two copies with
+    /// `duplicate_probability`; each copy takes a latency drawn from
+    /// `latency_us` (inclusive bounds, in microseconds), plus, with probability
+    /// `long_delay.0`, up to `long_delay.1` microseconds more.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the fault rates are the run's, passed per call so the network holds no copy of the mix"
+    )]
     pub fn send(
         &mut self,
         rng: &mut ChaCha8Rng,
@@ -152,10 +172,12 @@ impl Network {
         }));
     }
 
+    /// Whether any link is blocked.
     pub fn is_partitioned(&self) -> bool {
         !self.blocked.is_empty()
     }
 
+    /// Ends the partition: every link carries messages again (those lost stay lost).
     pub fn heal(&mut self) {
         self.blocked.clear();
     }

@@ -11,20 +11,30 @@ use synod_storage::FaultConfig;
 /// opportunity (per message, or per node per simulated millisecond).
 #[derive(Clone, Debug)]
 pub struct FaultMix {
+    /// Members of the group the mix was drawn for.
     pub replicas: usize,
+    /// Chance that a message is lost.
     pub drop_probability: f64,
+    /// Chance that a message is delivered twice.
     pub duplicate_probability: f64,
+    /// Shortest latency of a message, in milliseconds.
     pub latency_min_ms: u64,
+    /// Longest latency of a message (before any long delay), in milliseconds.
     pub latency_max_ms: u64,
     /// Chance that a message is held up far longer than usual (a congested link):
     /// it may then arrive after a master change.
     pub long_delay_probability: f64,
+    /// A long delay adds up to this, in milliseconds.
     pub long_delay_ms_max: u64,
     /// Chance per simulated millisecond that a new partition starts (when none is active).
     pub partition_per_ms: f64,
+    /// A partition heals after at most this, in milliseconds.
     pub partition_length_ms_max: u64,
+    /// Chance per running replica per simulated millisecond that it crashes.
     pub crash_per_ms: f64,
+    /// A crashed replica restarts after at most this, in milliseconds.
     pub down_ms_max: u64,
+    /// Chance per running replica per simulated millisecond that it pauses.
     pub pause_per_ms: f64,
     /// Pauses last up to this long: longer than a lease, on purpose.
     pub pause_ms_max: u64,
@@ -32,17 +42,24 @@ pub struct FaultMix {
     pub wipe_probability: f64,
     /// Each node's clock rate differs from real time by up to this, in ppm.
     pub clock_drift_ppm: u64,
-    /// Disk faults of the replicas whose disks may corrupt data: at most a
-    /// minority, so that every chosen value keeps a good copy on the others.
+    /// How many replicas (the first ones) have disks that corrupt data at the
+    /// `disk_faults` rates: at most a minority, so that every chosen value
+    /// keeps a good copy on the others.
     pub corrupting_disks: usize,
+    /// The rates of bit flips, misdirected writes and I/O errors on those disks.
     pub disk_faults: FaultConfig,
     /// Every disk may tear its last unsynced write on a crash.
     pub torn_write_probability: f64,
     /// Chance per Ready that the process dies between its writes and their
     /// sync: the writes are lost or torn, and nothing of the Ready was sent.
     pub crash_before_sync_probability: f64,
+    /// Clients issuing writes and lease reads, one operation in flight each.
     pub clients: usize,
+    /// Length of the first phase, with faults, in which only safety is checked,
+    /// in milliseconds.
     pub safety_ms: u64,
+    /// Length of the second phase, without faults, by whose end a write must
+    /// have committed and the replicas caught up, in milliseconds.
     pub liveness_ms: u64,
 }
 
@@ -98,6 +115,7 @@ impl FaultMix {
 /// Bugs planted on purpose to show the checkers catch them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SimBugs {
+    /// Bugs planted in the Paxos core itself.
     pub core: PlantedBugs,
     /// The host sends messages before the fsync covering its writes returns.
     pub send_before_sync: bool,

@@ -1,5 +1,7 @@
-//! Snapshots: the whole replicated state in a deterministic encoding, cut
-//! into checksummed chunks.
+//! Store snapshots: the state machine's whole replicated state in a
+//! deterministic encoding, cut into checksummed chunks, and [`FrozenStore`],
+//! the copy it is written from. (Keeping these bytes in snapshot files is
+//! synod-storage's job.)
 //!
 //! The encoding walks sorted structures only (keys, changes by revision,
 //! leases by ID), so replicas at the same applied index produce identical
@@ -34,11 +36,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::codec::{Decoder, Encoder};
 use crate::error::KvError;
 use crate::index::KeyIndex;
 use crate::store::{Change, Config, KeyHistory, Lease, PendingCompaction, Store};
 use crate::types::{RangeRequest, RangeResponse};
+use crate::varint::{Decoder, Encoder};
 
 /// The magic, then the format version (one byte), which changes whenever
 /// the layout does.

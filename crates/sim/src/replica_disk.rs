@@ -14,8 +14,12 @@ use synod_storage::{
 /// A state-machine snapshot as the simulated host keeps it.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// The last instance whose values the state reflects.
     pub instance: Instance,
+    /// The epoch in force at `instance` (the master epoch that values' expected
+    /// epochs are checked against), handed to the replica with the snapshot.
     pub epoch: Epoch,
+    /// The simulated state machine: each key's last written value.
     pub state: BTreeMap<String, String>,
 }
 
@@ -58,6 +62,7 @@ pub enum Transfer {
 pub struct Opened {
     /// `None`: the disk is empty.
     pub durable: Option<DurableState>,
+    /// The newest snapshot, if the disk holds one.
     pub snapshot: Option<Snapshot>,
 }
 
@@ -90,6 +95,7 @@ fn store_config() -> AcceptorStoreConfig {
 }
 
 impl NodeDisk {
+    /// An empty disk whose faults are drawn from `seed` at the rates in `faults`.
     pub fn new(seed: u64, faults: FaultConfig) -> NodeDisk {
         NodeDisk {
             seed,
@@ -126,10 +132,12 @@ impl NodeDisk {
         self.store.as_mut().ok_or_else(|| "store is not open".to_string())
     }
 
+    /// Writes a Ready's records to the log and metadata, not yet synced.
     pub fn write(&mut self, records: &[Persist]) -> Result<(), String> {
         self.store()?.write(records).map_err(|error| error.to_string())
     }
 
+    /// Makes every write so far durable; an error means the replica must stop.
     pub fn sync(&mut self) -> Result<(), String> {
         self.store()?.sync().map_err(|error| error.to_string())
     }
@@ -170,6 +178,7 @@ impl NodeDisk {
         self.disk.cancel_scheduled();
     }
 
+    /// The instance of the newest snapshot on this disk (zero if none).
     pub fn snapshot_instance(&self) -> Instance {
         self.snapshot_instance
     }
