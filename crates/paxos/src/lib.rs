@@ -13,25 +13,25 @@
 //!
 //! # Layout
 //! - `ballot`: ballots `(round, incarnation, node)` and instance numbers.
-//! - `codec`: the binary encoding of messages (wire) and batches (log).
+//! - `encoding`: the binary encoding of messages (wire) and batches (log).
 //! - `config`: every tunable with its unit, and [`Config::validate`].
-//! - `lease`: PaxosLease, the diskless master lease.
+//! - `master_lease`: PaxosLease, the diskless master lease.
 //! - `message`: what replicas say to each other; batches and epochs.
 //! - `output`: what the host must do ([`Ready`]) and what it hands back on restart.
 //! - `replica`: acceptor, learner and master in one state machine.
 
 mod ballot;
-mod codec;
 mod config;
-mod lease;
+mod encoding;
+mod master_lease;
 mod message;
 mod output;
 mod replica;
 mod time;
 
 pub use ballot::{Ballot, Instance, NodeId};
-pub use codec::{decode_batch, decode_message, encode_batch, encode_message, CodecError, CODEC_VERSION};
 pub use config::{Config, ConfigError};
+pub use encoding::{decode_batch, decode_message, encode_batch, encode_message, CodecError, CODEC_VERSION};
 pub use message::{Batch, BatchId, Entry, Epoch, Message, PromiseEntry, RefuseReason};
 pub use output::{
     Committed, DurableState, Envelope, FreshStart, Meta, Outcome, Persist, Ready, RejectReason, Rejected, StoredSlot,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::lease::{LeaseAcceptor, LeaseEvent, LeaseProposer};
+use crate::master_lease::{LeaseAcceptor, LeaseEvent, LeaseProposer};
 use crate::message::{Batch, BatchId, Entry, Epoch, Message, PromiseEntry, RefuseReason};
 use crate::output::{
     Committed, DurableState, Envelope, FreshStart, Meta, Outcome, Persist, Ready, RejectReason, Rejected, StoredSlot,
