@@ -275,7 +275,10 @@ impl LeaseProposer {
         self.attempt = Attempt::Idle;
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one PaxosLease reply's fields and the replica's group facts (quorum, members) that the lease state does not own"
+    )]
     pub(crate) fn on_prepare_reply(
         &mut self,
         node: NodeId,
@@ -328,7 +331,10 @@ impl LeaseProposer {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one PaxosLease reply's fields and the replica's group facts (quorum, members) that the lease state does not own"
+    )]
     pub(crate) fn on_propose_reply(
         &mut self,
         now: Time,
