@@ -9,7 +9,7 @@
 //! The sender keeps the one serialized snapshot it is serving
 //! ([`ServedSnapshot`]) so each chunk request does not serialize the store
 //! again; it serializes a frozen copy of the store on a blocking-pool thread
-//! (see `node.rs`). The receiver assembles chunks in a [`SnapshotAssembler`];
+//! (see `node/snapshot_keeper.rs`). The receiver assembles chunks in a [`SnapshotAssembler`];
 //! a chunk that fails its checksum, or belongs to another snapshot, throws the
 //! partial transfer away and the receiver starts over from chunk 0.
 
