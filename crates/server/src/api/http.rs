@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use synod_proto::etcdserverpb::cluster_server::ClusterServer;
 use synod_proto::etcdserverpb::kv_server::KvServer;
 use synod_proto::etcdserverpb::lease_server::LeaseServer;
@@ -94,6 +95,14 @@ pub fn router(api: Api) -> axum::Router {
 pub async fn serve(api: Api, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     let router = router(api);
     let graceful = shutdown.clone();
+    // Replies are small frames written one after another; with Nagle's algorithm on, each one
+    // after the first waits for the client's delayed ACK (about 40 ms on Linux). The peer port
+    // sets the same option.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "could not set TCP_NODELAY on a client connection");
+        }
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(async move { graceful.cancelled().await });
     tokio::select! {
         result = server => result,
