@@ -23,7 +23,7 @@ use crate::output::{
     DurableState, Envelope, FreshStart, Meta, Outcome, Persist, Ready, RejectReason, Rejected, StoredSlot, SubmitId,
     SubmitOutcome, Voting,
 };
-use crate::{Ballot, Config, Instance, NodeId, Time};
+use crate::{Ballot, Config, Instance, NodeId, SplitMix64, Time};
 
 mod acceptor;
 mod election;
@@ -121,28 +121,6 @@ struct Probing {
     sent_at: Time,
 }
 
-/// Small, fast, seeded PRNG (SplitMix64): the only randomness the core uses.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn duration_below(&mut self, max: Duration) -> Duration {
-        let nanos = max.as_nanos() as u64;
-        if nanos == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos(self.next_u64() % nanos)
-    }
-}
-
 /// One member of a Multi-Paxos group. Drive it with [`Replica::tick`],
 /// [`Replica::step`] and [`Replica::submit`]; after each call take the
 /// [`Ready`] with [`Replica::take_ready`] and act on it in its documented order.
@@ -151,7 +129,8 @@ pub struct Replica {
     config: Config,
     quorum: usize,
     bugs: PlantedBugs,
-    rng: Rng,
+    /// The only randomness the core uses: back-off jitter.
+    rng: SplitMix64,
     meta: Meta,
     probing: Option<Probing>,
     lease_acceptor: LeaseAcceptor,
@@ -240,7 +219,7 @@ impl Replica {
         config.validate().expect("configuration must be validated by the host");
         let quorum = config.quorum();
         let silent_until = now + config.lease_duration;
-        let mut rng = Rng(seed ^ config.node.0.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let mut rng = SplitMix64::new(seed ^ config.node.0.wrapping_mul(0x2545_F491_4F6C_DD1D));
         let first_attempt = now + config.election_timeout + rng.duration_below(config.backoff_max);
         Replica {
             quorum,
