@@ -591,6 +591,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SplitMix64;
 
     const BOUND: usize = 1 << 20;
 
@@ -810,17 +811,12 @@ mod tests {
         }
     }
 
-    /// SplitMix64, so the fuzz cases below replay from their seed without a
-    /// dependency.
-    struct Random(u64);
+    /// Fuzz cases replay from their seed.
+    struct Random(SplitMix64);
 
     impl Random {
         fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
+            self.0.next_u64()
         }
 
         fn below(&mut self, bound: usize) -> usize {
@@ -834,7 +830,7 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut random = Random(0x5EED);
+        let mut random = Random(SplitMix64::new(0x5EED));
         for _ in 0..20_000 {
             let length = random.below(256);
             let mut bytes = random.bytes(length);
@@ -855,7 +851,7 @@ mod tests {
 
     #[test]
     fn valid_prefixes_with_random_tails_never_panic() {
-        let mut random = Random(0xC0DEC);
+        let mut random = Random(SplitMix64::new(0xC0DEC));
         let messages = every_variant();
         for _ in 0..20_000 {
             let message = &messages[random.below(messages.len())];
@@ -870,7 +866,7 @@ mod tests {
 
     #[test]
     fn random_batches_round_trip() {
-        let mut random = Random(0xBA7C4);
+        let mut random = Random(SplitMix64::new(0xBA7C4));
         for _ in 0..2_000 {
             let count = random.below(20);
             let entries: Vec<Entry> = (0..count)

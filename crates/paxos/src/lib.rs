@@ -27,6 +27,7 @@ mod master_lease;
 mod message;
 mod output;
 mod replica;
+mod rng;
 mod time;
 
 pub use ballot::{Ballot, Instance, NodeId};
@@ -38,4 +39,5 @@ pub use output::{
     SubmitId, SubmitOutcome, Voting,
 };
 pub use replica::{PlantedBugs, ReadError, Replica};
+pub use rng::{mix64, SplitMix64};
 pub use time::Time;

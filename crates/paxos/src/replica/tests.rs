@@ -1,0 +1,204 @@
+//! Unit tests of one replica driven by hand: the acceptor's promises, restart
+//! from disk, and the phase-1 recovery rule.
+
+use super::master::{decide_instance, Decision};
+use super::*;
+use crate::message::{BatchId, RefuseReason};
+use crate::output::Meta;
+
+fn acceptor(bugs: PlantedBugs) -> Replica {
+    let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let durable = DurableState {
+        meta: Meta {
+            promised: Ballot::new(1, 1, NodeId(2)),
+            incarnation: 1,
+            voting: Voting::Voter,
+        },
+        ..DurableState::default()
+    };
+    let mut replica = Replica::restart(Config::new(NodeId(1), members), durable, Time::ZERO, 7);
+    replica.plant_bugs(bugs);
+    replica.take_ready();
+    replica
+}
+
+#[test]
+fn slots_below_a_lost_snapshot_are_not_taken_as_chosen() {
+    let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let ballot = Ballot::new(1, 1, NodeId(2));
+    let accepted = |instance: u64| {
+        (
+            Instance(instance),
+            StoredSlot::Accepted {
+                ballot,
+                batch: batch(ballot, instance),
+            },
+        )
+    };
+    let durable = DurableState {
+        meta: Meta {
+            promised: ballot,
+            incarnation: 1,
+            voting: Voting::Voter,
+        },
+        slots: vec![accepted(5), accepted(11)],
+        chosen_through: Instance(12),
+        snapshot_lost_through: Instance(10),
+        ..DurableState::default()
+    };
+    let replica = Replica::restart(Config::new(NodeId(1), members), durable, Time::ZERO, 7);
+    assert_eq!(replica.chosen_value(Instance(5)), None, "kept as an acceptance only");
+    assert_eq!(replica.chosen_value(Instance(11)), Some(&batch(ballot, 11)));
+}
+
+#[test]
+fn an_accept_for_an_instance_only_in_the_snapshot_is_answered_with_it() {
+    let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let ballot = Ballot::new(2, 1, NodeId(2));
+    let durable = DurableState {
+        meta: Meta {
+            promised: ballot,
+            incarnation: 1,
+            voting: Voting::Voter,
+        },
+        snapshot_instance: Instance(10),
+        chosen_through: Instance(10),
+        ..DurableState::default()
+    };
+    let mut replica = Replica::restart(Config::new(NodeId(1), members), durable, Time::ZERO, 7);
+    replica.take_ready();
+    let accept = Message::Accept {
+        ballot,
+        instance: Instance(5),
+        batch: batch(ballot, 5),
+        chosen_through: Instance(4),
+    };
+    replica.step(Time::ZERO, NodeId(2), accept);
+    let ready = replica.take_ready();
+    assert!(
+        ready.messages.iter().any(|envelope| envelope.to == NodeId(2)
+            && envelope.message
+                == Message::SnapshotNeeded {
+                    snapshot_instance: Instance(10)
+                }),
+        "{:?}",
+        ready.messages
+    );
+}
+
+fn batch(ballot: Ballot, instance: u64) -> Batch {
+    Batch::noop(BatchId {
+        ballot,
+        instance: Instance(instance),
+    })
+}
+
+/// Past the restart silence, so prepares are answered.
+const LATER: Time = Time(10_000_000_000);
+
+#[test]
+fn acceptor_keeps_both_promises() {
+    let mut replica = acceptor(PlantedBugs::default());
+    let low = Ballot::new(1, 1, NodeId(3));
+    let high = Ballot::new(2, 1, NodeId(2));
+    replica.step(
+        LATER,
+        NodeId(2),
+        Message::Prepare {
+            ballot: high,
+            from: Instance(1),
+        },
+    );
+    let ready = replica.take_ready();
+    assert_eq!(
+        ready.persist[0],
+        Persist::Meta(replica.meta()),
+        "the promise is persisted"
+    );
+    assert!(matches!(ready.messages[0].message, Message::Promise { ballot, .. } if ballot == high));
+    // No promise for a ballot <= the promise, no accept for a ballot < it.
+    replica.step(
+        LATER,
+        NodeId(3),
+        Message::Prepare {
+            ballot: high,
+            from: Instance(1),
+        },
+    );
+    assert!(matches!(
+        replica.take_ready().messages[0].message,
+        Message::Refuse { .. }
+    ));
+    let accept = Message::Accept {
+        ballot: low,
+        instance: Instance(1),
+        batch: batch(low, 1),
+        chosen_through: Instance::ZERO,
+    };
+    replica.step(LATER, NodeId(3), accept.clone());
+    let ready = replica.take_ready();
+    assert!(ready.persist.is_empty());
+    assert!(matches!(
+        ready.messages[0].message,
+        Message::Refuse {
+            reason: RefuseReason::Promised,
+            ..
+        }
+    ));
+    // The planted bug accepts it: this is what the simulator must catch.
+    let mut buggy = acceptor(PlantedBugs {
+        accept_lower_ballot: true,
+        ..PlantedBugs::default()
+    });
+    buggy.step(
+        LATER,
+        NodeId(2),
+        Message::Prepare {
+            ballot: high,
+            from: Instance(1),
+        },
+    );
+    buggy.take_ready();
+    buggy.step(LATER, NodeId(3), accept);
+    assert!(matches!(
+        buggy.take_ready().messages[0].message,
+        Message::Accepted { .. }
+    ));
+}
+
+#[test]
+fn recovery_rule_uses_faulty_ballots() {
+    let b1 = Ballot::new(1, 1, NodeId(1));
+    let b2 = Ballot::new(2, 1, NodeId(2));
+    let good = PromiseEntry::Accepted {
+        instance: Instance(1),
+        ballot: b1,
+        batch: batch(b1, 1),
+    };
+    let faulty_higher = PromiseEntry::Faulty {
+        instance: Instance(1),
+        ballot: Some(b2),
+    };
+    let faulty_same = PromiseEntry::Faulty {
+        instance: Instance(1),
+        ballot: Some(b1),
+    };
+    // Two good answers of three: the classic rule.
+    assert!(matches!(decide_instance(&[&good], 2, 2), Decision::Value(_)));
+    assert!(matches!(decide_instance(&[], 2, 2), Decision::Free));
+    // One good, one faulty of the same ballot: the good copy is that value.
+    assert!(matches!(
+        decide_instance(&[&good, &faulty_same], 2, 2),
+        Decision::Value(_)
+    ));
+    // The faulty copy has the higher ballot: its value may be the chosen one.
+    assert!(matches!(
+        decide_instance(&[&good, &faulty_higher], 2, 2),
+        Decision::Unresolved
+    ));
+    // Every copy bad: never invent a value.
+    assert!(matches!(
+        decide_instance(&[&faulty_same, &faulty_same], 2, 2),
+        Decision::Unresolved
+    ));
+}
