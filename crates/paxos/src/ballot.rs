@@ -18,12 +18,15 @@ impl fmt::Display for NodeId {
 pub struct Instance(pub u64);
 
 impl Instance {
+    /// "Nothing yet": below the first instance of every log.
     pub const ZERO: Instance = Instance(0);
 
+    /// The instance after this one.
     pub fn next(self) -> Instance {
         Instance(self.0 + 1)
     }
 
+    /// The instance before this one; instance 0 has none (a bug to ask).
     pub fn prev(self) -> Instance {
         assert!(self.0 > 0, "instance 0 has no predecessor");
         Instance(self.0 - 1)
@@ -42,8 +45,11 @@ impl fmt::Display for Instance {
 /// proposer that forgot its rounds from reusing a ballot it issued before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Ballot {
+    /// Raised past every round seen to outbid the current master.
     pub round: u64,
+    /// The proposer's incarnation: how many times it has started from its disk.
     pub incarnation: u64,
+    /// The proposer, so that no two proposers issue the same ballot.
     pub node: NodeId,
 }
 
@@ -55,6 +61,7 @@ impl Ballot {
         node: NodeId(0),
     };
 
+    /// The ballot `(round, incarnation, node)`.
     pub fn new(round: u64, incarnation: u64, node: NodeId) -> Ballot {
         Ballot {
             round,

@@ -49,28 +49,57 @@ const BATCH_BYTES_MIN: usize = 24 + 8 + 4;
 /// message this build can read; the caller drops it (and, for a peer, the connection).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
+    /// No bytes at all.
     #[error("empty input")]
     Empty,
+    /// Written by a build with another encoding (the version byte).
     #[error("unknown codec version {0} (this build reads version {CODEC_VERSION})")]
     UnknownVersion(u8),
+    /// Longer than the caller's bound.
     #[error("input of {bytes} bytes is over the bound of {bytes_max} bytes")]
-    TooLarge { bytes: usize, bytes_max: usize },
+    TooLarge {
+        /// The input's length.
+        bytes: usize,
+        /// The bound.
+        bytes_max: usize,
+    },
+    /// A field runs past the end.
     #[error("input ends early: {field} needs {needed} more bytes, {left} left")]
     Truncated {
+        /// The field being read.
         field: &'static str,
+        /// Bytes it needs.
         needed: usize,
+        /// Bytes left.
         left: usize,
     },
+    /// A tag byte names no known kind.
     #[error("unknown {what} tag {tag}")]
-    UnknownTag { what: &'static str, tag: u8 },
+    UnknownTag {
+        /// What the tag selects (message, promise entry, ...).
+        what: &'static str,
+        /// The byte read.
+        tag: u8,
+    },
+    /// A boolean byte other than 0 or 1.
     #[error("{field} is {value}, expected 0 or 1")]
-    InvalidFlag { field: &'static str, value: u8 },
+    InvalidFlag {
+        /// The field being read.
+        field: &'static str,
+        /// The byte read.
+        value: u8,
+    },
+    /// A count that the bytes left could not hold, refused before allocating.
     #[error("{field} counts {count} elements but only {left} bytes are left")]
     CountTooLarge {
+        /// The field being read.
         field: &'static str,
+        /// The count read.
         count: usize,
+        /// Bytes left.
         left: usize,
     },
+    /// Bytes after a complete message: not one message.
     #[error("{0} bytes left over after a complete message")]
     TrailingBytes(usize),
 }

@@ -15,6 +15,7 @@ pub struct Epoch(pub Ballot);
 /// One submitted value inside a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
+    /// The submitted bytes, opaque to the core.
     pub value: Bytes,
     /// The epoch the submitter saw, if it asked to be rejected on a master change.
     pub expected_epoch: Option<Epoch>,
@@ -35,7 +36,9 @@ pub struct BatchId {
 /// Cheap to clone: the entries are shared.
 #[derive(Clone, Debug)]
 pub struct Batch {
+    /// Who formed it, for which instance.
     pub id: BatchId,
+    /// The values, in submit order; empty for a no-op.
     pub entries: Arc<[Entry]>,
 }
 
@@ -47,6 +50,7 @@ impl PartialEq for Batch {
 impl Eq for Batch {}
 
 impl Batch {
+    /// A batch of `entries`, named `id`.
     pub fn new(id: BatchId, entries: Vec<Entry>) -> Batch {
         Batch {
             id,
@@ -54,14 +58,17 @@ impl Batch {
         }
     }
 
+    /// The no-op a new master proposes where phase 1 found nothing.
     pub fn noop(id: BatchId) -> Batch {
         Batch::new(id, Vec::new())
     }
 
+    /// Whether this batch carries no value.
     pub fn is_noop(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// The epoch of the master that formed it.
     pub fn epoch(&self) -> Epoch {
         Epoch(self.id.ballot)
     }
@@ -82,18 +89,32 @@ impl Batch {
 pub enum PromiseEntry {
     /// Accepted at `ballot`, not known to be chosen.
     Accepted {
+        /// The instance.
         instance: Instance,
+        /// The ballot of the proposal accepted last.
         ballot: Ballot,
+        /// Its value.
         batch: Batch,
     },
     /// Known to be chosen.
-    Chosen { instance: Instance, batch: Batch },
+    Chosen {
+        /// The instance.
+        instance: Instance,
+        /// The chosen value.
+        batch: Batch,
+    },
     /// Accepted at `ballot` (if the entry's identifier survived), but the stored
     /// value failed its checksum: the proposer must find a good copy elsewhere.
-    Faulty { instance: Instance, ballot: Option<Ballot> },
+    Faulty {
+        /// The instance.
+        instance: Instance,
+        /// The ballot read back from the damaged entry, when it was readable.
+        ballot: Option<Ballot>,
+    },
 }
 
 impl PromiseEntry {
+    /// The instance this entry is about.
     pub fn instance(&self) -> Instance {
         match self {
             PromiseEntry::Accepted { instance, .. }
@@ -125,66 +146,96 @@ pub enum RefuseReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     // PaxosLease: master election, nothing on disk.
+    /// PaxosLease phase 1a: a candidate for the master lease asks for promises.
     LeasePrepare {
+        /// The candidate's ballot.
         ballot: Ballot,
     },
+    /// PaxosLease phase 1b.
     LeasePrepareReply {
+        /// The ballot answered.
         ballot: Ballot,
+        /// Whether the acceptor promised.
         granted: bool,
         /// The acceptor's promised ballot, so a refused proposer can outbid it.
         promised: Ballot,
         /// The owner of a lease this acceptor accepted and whose timer still runs.
         open_owner: Option<NodeId>,
     },
+    /// PaxosLease phase 2a: grant the lease to the proposer for a duration.
     LeasePropose {
+        /// The proposer's ballot.
         ballot: Ballot,
+        /// How long the acceptor's timer for this grant runs, measured on its own clock.
         duration_nanos: u64,
     },
+    /// PaxosLease phase 2b.
     LeaseProposeReply {
+        /// The ballot answered.
         ballot: Ballot,
+        /// Whether the acceptor accepted the grant.
         granted: bool,
+        /// The acceptor's promised ballot.
         promised: Ballot,
     },
 
     // Multi-Paxos phase 1, once for every instance from `from` on.
+    /// Phase 1a for every instance from `from` on.
     Prepare {
+        /// The candidate's ballot.
         ballot: Ballot,
+        /// The first instance the candidate does not know chosen.
         from: Instance,
     },
     /// One piece of an acceptor's answer; the answer is complete with `last`.
     Promise {
+        /// The ballot promised.
         ballot: Ballot,
         /// The acceptor's known-chosen prefix.
         chosen_through: Instance,
+        /// What the acceptor holds from `from` on, in instance order.
         entries: Vec<PromiseEntry>,
         /// There were more accepted entries than `accept_ahead_instances_max`:
         /// the proposer is far behind and must catch up first.
         truncated: bool,
+        /// The last piece of this answer.
         last: bool,
     },
     /// Refusal of a prepare or an accept.
     Refuse {
+        /// The ballot refused.
         ballot: Ballot,
+        /// The acceptor's promise, for the proposer to outbid.
         promised: Ballot,
+        /// Why.
         reason: RefuseReason,
     },
 
     // Multi-Paxos phase 2.
+    /// Phase 2a: accept `batch` in `instance` at `ballot`.
     Accept {
+        /// The master's ballot.
         ballot: Ballot,
+        /// The instance.
         instance: Instance,
+        /// The proposed value.
         batch: Batch,
         /// The master's commit point (piggybacked commit notification).
         chosen_through: Instance,
     },
+    /// Phase 2b: the acceptance is on the acceptor's disk.
     Accepted {
+        /// The ballot accepted.
         ballot: Ballot,
+        /// The instance.
         instance: Instance,
     },
     /// Commit notification and heartbeat: every instance up to `chosen_through` is
     /// chosen, and where the receiver accepted `ballot` there, that value is it.
     Commit {
+        /// The master's ballot.
         ballot: Ballot,
+        /// The master's commit point.
         chosen_through: Instance,
         /// The highest instance this master has proposed in; a rejoining replica
         /// learns up to here before it votes again.
@@ -192,25 +243,35 @@ pub enum Message {
     },
 
     // Learning what was chosen.
+    /// Asks a peer for the chosen values of instances `from..=to`.
     CatchupRequest {
+        /// The first instance wanted.
         from: Instance,
+        /// The last instance wanted.
         to: Instance,
     },
+    /// Chosen values, in instance order, bounded by `message_bytes_max`.
     CatchupReply {
+        /// The chosen batches sent.
         entries: Vec<(Instance, Batch)>,
+        /// The sender's known-chosen prefix.
         chosen_through: Instance,
     },
     /// The requested instances are below the sender's snapshot: install a snapshot
     /// of at least `snapshot_instance` from this sender first.
     SnapshotNeeded {
+        /// The instance the sender's snapshot covers.
         snapshot_instance: Instance,
     },
 
     // Rejoining with an empty disk.
+    /// A replica that lost its disk asks what it may have promised or accepted.
     Probe,
+    /// The answer to a probe.
     ProbeReply {
         /// The sender itself has lost its state and knows nothing to tell.
         amnesiac: bool,
+        /// The sender's promise: the prober adopts the highest it hears.
         promised: Ballot,
         /// The sender has promised or accepted something: the group is not new.
         has_history: bool,

@@ -21,12 +21,16 @@ pub struct Meta {
 /// An acceptor's right to vote. Only `Voter` answers prepares and accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Voting {
+    /// Votes: answers prepares and accepts.
     #[default]
     Voter,
     /// Started with an empty disk; must ask its peers for their promises first.
     /// `new_group`: the operator said the group is new, so this replica knows it
     /// never voted (its answers to others' probes count).
-    ProbePending { new_group: bool },
+    ProbePending {
+        /// The operator said the group is new.
+        new_group: bool,
+    },
     /// Has adopted its peers' highest promise; waits to hear a master whose
     /// ballot is at least that promise, to learn how far that master proposed.
     AwaitMaster,
@@ -41,20 +45,33 @@ pub enum Persist {
     Meta(Meta),
     /// The acceptor accepted `batch` at `ballot` for `instance` (replacing what it had).
     Accepted {
+        /// The instance.
         instance: Instance,
+        /// The ballot accepted.
         ballot: Ballot,
+        /// The value accepted.
         batch: Batch,
     },
     /// `batch` is known to be chosen for `instance` (learned from a peer).
-    Chosen { instance: Instance, batch: Batch },
+    Chosen {
+        /// The instance.
+        instance: Instance,
+        /// The chosen value.
+        batch: Batch,
+    },
     /// Every instance up to `through` is chosen, and the log holds each chosen value.
-    ChosenThrough { through: Instance },
+    ChosenThrough {
+        /// The new commit point.
+        through: Instance,
+    },
 }
 
 /// An instance whose value is chosen, delivered in instance order, each exactly once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
+    /// The instance, one after the previous `Committed`.
     pub instance: Instance,
+    /// Its chosen value.
     pub batch: Batch,
     /// Indexes into `batch.entries` of values rejected because the master changed
     /// between their submit and their commit; the state machine must skip them.
@@ -82,11 +99,22 @@ pub struct SubmitId(pub u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RejectReason {
     /// This replica is not the master; `master` is the one it last heard from.
-    NotMaster { master: Option<NodeId> },
+    NotMaster {
+        /// The master last heard from, if any: where to retry.
+        master: Option<NodeId>,
+    },
     /// The master changed between the submitter's look at the epoch and the commit.
-    EpochChanged { current: Option<Epoch> },
+    EpochChanged {
+        /// The epoch now, if this replica knows one.
+        current: Option<Epoch>,
+    },
     /// The value is larger than `value_bytes_max`.
-    TooLarge { bytes: usize, bytes_max: usize },
+    TooLarge {
+        /// The value's length.
+        bytes: usize,
+        /// `Config::value_bytes_max`.
+        bytes_max: usize,
+    },
     /// The submit queue is at its bound.
     QueueFull,
 }
@@ -94,7 +122,9 @@ pub enum RejectReason {
 /// A definite "no": the value was not and will never be committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejected {
+    /// Why.
     pub reason: RejectReason,
+    /// The value submitted, handed back.
     pub value: Bytes,
 }
 
@@ -103,25 +133,33 @@ pub struct Rejected {
 pub enum Outcome {
     /// Chosen at `instance`, at position `index` of its batch.
     Committed {
+        /// The instance.
         instance: Instance,
+        /// The position in its batch.
         index: u32,
     },
+    /// Never committed.
     Rejected(Rejected),
     /// Cannot be known here: the instance was skipped by installing a peer's
     /// snapshot. The submitter must find out from the state machine.
     Unknown,
 }
 
+/// The end of one submit, reported in a [`Ready`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubmitOutcome {
+    /// The submit, as `Replica::submit` named it.
     pub id: SubmitId,
+    /// How it ended.
     pub outcome: Outcome,
 }
 
 /// A message to one peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
+    /// The peer.
     pub to: NodeId,
+    /// What to tell it.
     pub message: Message,
 }
 
@@ -139,9 +177,13 @@ pub struct Envelope {
 /// persists are durable too.
 #[derive(Clone, Debug, Default)]
 pub struct Ready {
+    /// Step 1: make these durable, in order.
     pub persist: Vec<Persist>,
+    /// Step 2: send these, after the persists are durable.
     pub messages: Vec<Envelope>,
+    /// Step 3: apply these, in instance order.
     pub committed: Vec<Committed>,
+    /// Step 4: answer the submitters.
     pub outcomes: Vec<SubmitOutcome>,
     /// This replica is behind every peer's log: install a snapshot of at least
     /// `instance` from `peer`, then call `Replica::install_snapshot`.
@@ -149,6 +191,7 @@ pub struct Ready {
 }
 
 impl Ready {
+    /// Nothing to do.
     pub fn is_empty(&self) -> bool {
         self.persist.is_empty()
             && self.messages.is_empty()
@@ -161,15 +204,21 @@ impl Ready {
 /// One stored log slot, as found on disk at restart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoredSlot {
+    /// An acceptance (`Persist::Accepted`).
     Accepted {
+        /// The ballot accepted.
         ballot: Ballot,
+        /// The value accepted.
         batch: Batch,
     },
+    /// A chosen value learned from a peer (`Persist::Chosen`).
     Chosen {
+        /// The chosen value.
         batch: Batch,
     },
     /// The value failed its checksum; the ballot is known if its identifier survived.
     Faulty {
+        /// The ballot, when its identifier survived.
         ballot: Option<Ballot>,
     },
 }
@@ -177,10 +226,12 @@ pub enum StoredSlot {
 /// What the host read back from disk at restart.
 #[derive(Clone, Debug, Default)]
 pub struct DurableState {
+    /// The last `Persist::Meta` read back.
     pub meta: Meta,
     /// The instance the host's state machine snapshot covers (its applied point at
-    /// restart), and the highest epoch applied by then.
+    /// restart).
     pub snapshot_instance: Instance,
+    /// The highest epoch applied by `snapshot_instance`.
     pub snapshot_epoch: Epoch,
     /// Log slots above the snapshot, in any order.
     pub slots: Vec<(Instance, StoredSlot)>,

@@ -10,12 +10,15 @@ use std::time::Duration;
 pub struct Time(pub u64);
 
 impl Time {
+    /// The clock's origin.
     pub const ZERO: Time = Time(0);
 
+    /// The reading `nanos` nanoseconds after the origin.
     pub fn from_nanos(nanos: u64) -> Time {
         Time(nanos)
     }
 
+    /// Nanoseconds since the origin.
     pub fn as_nanos(self) -> u64 {
         self.0
     }

@@ -25,26 +25,41 @@ pub enum ClusterState {
 /// One member as listed in `--initial-cluster`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemberSpec {
+    /// The member's name, unique in the cluster.
     pub name: String,
+    /// Its member ID, derived from the name and the initial cluster.
     pub id: u64,
+    /// Where its peer port listens.
     pub peer_address: String,
 }
 
 /// Why the command-line identity is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// An entry that is not `NAME=HOST:PORT`.
     #[error("--initial-cluster entry {0:?} is not NAME=HOST:PORT")]
     MalformedMember(String),
+    /// No members at all.
     #[error("--initial-cluster is empty")]
     EmptyCluster,
+    /// Two members of one name.
     #[error("--initial-cluster lists the name {0:?} twice")]
     DuplicateName(String),
     #[error("--name {name:?} is not listed in --initial-cluster ({cluster})")]
-    NameNotListed { name: String, cluster: String },
+    /// `--name` is not among the members.
+    NameNotListed {
+        /// The name given.
+        name: String,
+        /// The initial cluster given.
+        cluster: String,
+    },
+    /// More members than the core's 63-bit vote sets hold.
     #[error("--initial-cluster lists {0} members; at most 63 are supported")]
     TooManyMembers(usize),
+    /// A name with characters other than letters, digits, '-', '_' or '.'.
     #[error("member name {0:?} must be 1 to 255 bytes of letters, digits, '-', '_' or '.'")]
     BadName(String),
+    /// The tunables make an unsafe or unworkable core configuration.
     #[error("{0}")]
     Paxos(#[from] synod_paxos::ConfigError),
 }
@@ -186,15 +201,21 @@ impl Default for Tunables {
 /// Everything one member needs to start.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
+    /// This member's name (`--name`).
     pub name: String,
+    /// Where this member keeps its files (`--data-dir`).
     pub data_dir: PathBuf,
+    /// The client port's address.
     pub listen_client: SocketAddr,
+    /// The peer port's address.
     pub listen_peer: SocketAddr,
     /// The URL other members and clients use to reach this member's client port.
     pub advertise_client_url: String,
     /// As given on the command line; ignored when the data directory holds a member.
     pub initial_cluster: String,
+    /// Whether the group is new or this member rejoins it.
     pub initial_cluster_state: ClusterState,
+    /// Bounds and timings.
     pub tunables: Tunables,
 }
 

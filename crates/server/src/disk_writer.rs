@@ -43,16 +43,22 @@ pub const STORAGE_DIRECTORY: &str = "paxos";
 /// in, the writer threads; beyond it `persist` waits for one to complete.
 pub const DISK_QUEUE_SUBMISSIONS_MAX: usize = 1_024;
 
+/// Why acceptor state could not be made durable.
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
+    /// The store could not be opened.
     #[error("cannot open the acceptor store in {path}: {source}")]
     Open {
+        /// The data directory.
         path: PathBuf,
+        /// What failed.
         #[source]
         source: StorageError,
     },
+    /// A write or sync failed: the member stops, since a failed fsync cannot be retried safely.
     #[error("acceptor store failed (never retried): {0}")]
     Failed(String),
+    /// The writer threads are gone.
     #[error("the disk writer has stopped after a failure")]
     Stopped,
 }

@@ -12,30 +12,46 @@ use std::path::{Path, PathBuf};
 use crate::config::{cluster_id, parse_initial_cluster, ConfigError, MemberSpec};
 
 /// File name inside the data directory.
+/// The identity file's name in the data directory.
 pub const IDENTITY_FILE: &str = "member";
 const HEADER: &str = "synod-member-v1";
 
 /// Who this member is and which group it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
+    /// This member's name.
     pub name: String,
+    /// This member's ID.
     pub member_id: u64,
+    /// The cluster's ID: a request or peer for another cluster is refused.
     pub cluster_id: u64,
     /// The initial cluster string the IDs were derived from.
     pub initial_cluster: String,
+    /// Every member, this one included.
     pub members: Vec<MemberSpec>,
 }
 
+/// Why the identity file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// The file could not be read or written.
     #[error("cannot use data directory {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What failed.
         #[source]
         source: std::io::Error,
     },
     #[error("data directory {path} holds a damaged member file: {reason}")]
-    Malformed { path: PathBuf, reason: String },
+    /// The file is damaged or not a member file.
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The flags describe no valid member.
     #[error("{0}")]
     Config(#[from] ConfigError),
 }
@@ -59,6 +75,7 @@ impl Identity {
         })
     }
 
+    /// This member's entry in `members`.
     pub fn me(&self) -> &MemberSpec {
         self.members
             .iter()

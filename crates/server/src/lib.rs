@@ -38,6 +38,8 @@
 //! queue has a named bound; nothing a peer or a client sends can panic the
 //! server or make it allocate beyond a configured bound.**
 
+#![deny(missing_docs)]
+
 pub mod api;
 pub mod config;
 pub mod disk_writer;
@@ -65,31 +67,46 @@ use crate::node::{Core, CoreInputs};
 /// Why the server could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// Bad flags.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    /// The data directory's identity file.
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
+    /// The acceptor store.
     #[error(transparent)]
     Disk(#[from] disk_writer::DiskError),
+    /// The data directory is another member's.
     #[error("data directory {data_dir} belongs to member {found:?}, not {expected:?}")]
     WrongMember {
+        /// The data directory.
         data_dir: String,
+        /// The member it belongs to.
         found: String,
+        /// The member the flags name.
         expected: String,
     },
+    /// A port could not be bound.
     #[error("cannot listen on {address} for {purpose}: {source}")]
     Listen {
+        /// The address.
         address: String,
+        /// Which port (client or peer).
         purpose: &'static str,
+        /// What failed.
         #[source]
         source: std::io::Error,
     },
+    /// The newest snapshot could not be read into the store.
     #[error("the newest snapshot cannot be restored: {0}")]
     Snapshot(String),
+    /// The group-commit threads could not start.
     #[error("cannot start the disk writer threads: {0}")]
     DiskThread(std::io::Error),
+    /// The core task stopped.
     #[error(transparent)]
     Core(#[from] node::CoreError),
+    /// The client API server stopped.
     #[error("client API server failed: {0}")]
     Serve(std::io::Error),
 }

@@ -36,6 +36,7 @@ impl Histogram {
         }
     }
 
+    /// Counts one observation of `value` (seconds, or a count).
     pub fn observe(&self, value: f64) {
         if let Some(index) = self.bounds.iter().position(|bound| value <= *bound) {
             self.buckets[index].fetch_add(1, Ordering::Relaxed);
@@ -44,6 +45,7 @@ impl Histogram {
         self.sum_micros.fetch_add((value * 1e6) as u64, Ordering::Relaxed);
     }
 
+    /// Counts one observation of `duration`, in seconds.
     pub fn observe_duration(&self, duration: Duration) {
         self.observe(duration.as_secs_f64());
     }
@@ -65,22 +67,36 @@ impl Histogram {
 /// Every metric the server exports.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Submit to committed-and-applied at this member, in seconds.
     pub commit_latency: Histogram,
+    /// Time for one Ready's records to become durable, in seconds.
     pub fsync_latency: Histogram,
+    /// Values per committed batch.
     pub batch_values: Histogram,
+    /// Times this member saw the master change.
     pub master_changes: AtomicU64,
+    /// Submits that ended committed.
     pub proposals_committed: AtomicU64,
+    /// Submits that ended rejected.
     pub proposals_rejected: AtomicU64,
+    /// Submits whose outcome could not be known here.
     pub proposals_unknown: AtomicU64,
+    /// Submits whose caller gave up waiting.
     pub proposals_timed_out: AtomicU64,
+    /// Requests this follower forwarded to the master.
     pub proposals_forwarded: AtomicU64,
+    /// The highest instance applied to the store.
     pub applied_instance: AtomicU64,
     /// The target revision of a compaction whose physical part is still
     /// running, 0 if none.
     pub compaction_pending_revision: AtomicI64,
+    /// 1 while this member is the master, else 0.
     pub is_master: AtomicU64,
+    /// Open watch streams.
     pub watch_streams: AtomicI64,
+    /// Watchers across all streams.
     pub watchers: AtomicI64,
+    /// Peer messages dropped at a full per-peer queue.
     pub peer_messages_dropped: AtomicU64,
     /// The write-ahead log's group-commit counters, once its writer runs.
     pub wal: OnceLock<Arc<GroupCommitCounters>>,

@@ -89,7 +89,9 @@ pub enum WriteError {
     NotMaster(Option<NodeId>),
     /// The master changed before the write was committed: it was not applied.
     MasterChanged,
+    /// The request is larger than the core's value bound.
     TooLarge,
+    /// The master's submit queue is full: retry later.
     QueueFull,
     /// The write may or may not have been applied.
     Unknown,
@@ -104,6 +106,7 @@ pub struct Status {
     pub applied_instance: u64,
     /// Highest instance known chosen.
     pub chosen_through: u64,
+    /// Whether this member is the master now.
     pub is_master: bool,
     /// The master as far as this member knows.
     pub master: Option<u64>,
@@ -116,23 +119,31 @@ pub struct Status {
 pub enum Command {
     /// Append a kv request to the log; answered when applied here.
     Submit {
+        /// The encoded kv request.
         value: Bytes,
+        /// The applied result, or why it was not applied.
         reply: oneshot::Sender<Result<Applied, WriteError>>,
     },
     /// A linearizable read point: the instance to have applied, if this member
     /// holds the master lease now.
     ReadIndex {
+        /// The instance to wait for, or why this member cannot say.
         reply: oneshot::Sender<Result<u64, WriteError>>,
     },
     /// Refresh a client lease's deadline. `None`: not the master.
     KeepAlive {
+        /// The lease.
         id: i64,
+        /// What the lessor answered.
         reply: oneshot::Sender<Option<i64>>,
     },
     /// A client lease's remaining time. `None`: not the master.
     TimeToLive {
+        /// The lease.
         id: i64,
+        /// Whether to list the keys attached to it.
         keys: bool,
+        /// The answer.
         reply: oneshot::Sender<Option<LeaseTimeToLiveResponse>>,
     },
 }
@@ -140,18 +151,26 @@ pub enum Command {
 /// One registered watch stream's hub.
 #[derive(Clone, Debug)]
 pub struct HubEntry {
+    /// The stream's watchers and their pending events.
     pub hub: Arc<Mutex<WatchHub>>,
+    /// Woken when events were added to the hub.
     pub notify: Arc<Notify>,
 }
 
 /// State shared between the core task and the client API.
 pub struct Shared {
+    /// Who this member is and the cluster it belongs to.
     pub identity: Identity,
+    /// This member's advertised client URL.
     pub client_url: String,
+    /// The server's tunables.
     pub tunables: Tunables,
+    /// The `/metrics` counters.
     pub metrics: Arc<Metrics>,
     store: Mutex<Store>,
+    /// The core's latest status.
     pub status: watch::Receiver<Status>,
+    /// Into the core task; bounded by `Tunables::command_queue_max`.
     pub commands: mpsc::Sender<Command>,
     client_urls: Mutex<HashMap<u64, String>>,
     hubs: Mutex<HashMap<u64, HubEntry>>,
@@ -176,6 +195,7 @@ impl Shared {
         std::mem::replace(&mut *lock(&self.store), store)
     }
 
+    /// The client URL of `member_id`, as it announced it (this member's own too).
     pub fn client_url_of(&self, member_id: u64) -> Option<String> {
         if member_id == self.identity.member_id {
             return Some(self.client_url.clone());
@@ -190,10 +210,12 @@ impl Shared {
         id
     }
 
+    /// Stops delivering events to the hub registered as `id`.
     pub fn unregister_hub(&self, id: u64) {
         lock(&self.hubs).remove(&id);
     }
 
+    /// The core's status after its latest round.
     pub fn current_status(&self) -> Status {
         *self.status.borrow()
     }
@@ -252,15 +274,19 @@ pub struct Core {
     persisting: bool,
 }
 
+/// Why the core task stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
+    /// Acceptor state could not be made durable: the member must stop.
     #[error("making acceptor state durable failed: {0}")]
     Persist(DiskError),
 }
 
 /// Channels into a core that is not started yet.
 pub struct CoreInputs {
+    /// What the client API asks.
     pub commands: mpsc::Receiver<Command>,
+    /// What the peers send.
     pub inbound: mpsc::Receiver<(NodeId, PeerInput)>,
 }
 
@@ -290,6 +316,7 @@ pub fn shared(
 }
 
 impl Core {
+    /// A core over `replica`; run it with [`Core::run`].
     #[allow(clippy::too_many_arguments, reason = "each is a distinct part the server built")]
     pub fn new(
         replica: Replica,

@@ -75,6 +75,7 @@ pub const SNAPSHOT_CHUNK_HEADER_BYTES: usize = 1 + 8 + 24 + 4 + 4 + 8 + 4;
 /// What one frame after the handshake carries.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Payload {
+    /// A Paxos message.
     Message(Message),
     /// The sender's client URL.
     ClientUrl(String),
@@ -83,7 +84,9 @@ pub enum Payload {
     /// (for chunks after the first, the instance of the snapshot it is
     /// assembling).
     SnapshotRequest {
+        /// The snapshot wanted (at least this instance).
         instance: Instance,
+        /// The chunk wanted.
         chunk_index: u32,
     },
     /// One chunk of a state machine snapshot.
@@ -93,28 +96,44 @@ pub enum Payload {
 /// What the core task receives from the peers.
 #[derive(Debug)]
 pub enum PeerInput {
+    /// A Paxos message.
     Message(Message),
-    SnapshotRequest { instance: Instance, chunk_index: u32 },
+    /// A peer asks for a chunk of a snapshot of at least `instance`.
+    SnapshotRequest {
+        /// The snapshot wanted (at least this instance).
+        instance: Instance,
+        /// The chunk wanted.
+        chunk_index: u32,
+    },
+    /// One chunk of a snapshot the core asked for.
     SnapshotChunk(SnapshotChunk),
 }
 
+/// Why a frame's payload was refused: the connection is dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
+    /// No bytes.
     #[error("empty payload")]
     Empty,
+    /// A payload kind this build does not know.
     #[error("unknown payload kind {0}")]
     UnknownKind(u8),
+    /// A client URL that is not UTF-8 or over its bound.
     #[error("bad client URL announcement")]
     BadClientUrl,
+    /// A snapshot request or chunk of the wrong length.
     #[error("malformed snapshot payload")]
     BadSnapshot,
+    /// A snapshot body encoding this build does not know.
     #[error("unknown snapshot encoding version {0}")]
     SnapshotVersion(u8),
+    /// The Paxos message inside did not decode.
     #[error("undecodable Paxos message: {0}")]
     Message(#[from] synod_paxos::CodecError),
 }
 
 impl Payload {
+    /// A frame payload carrying `message`.
     pub fn encode_message(message: &Message) -> Bytes {
         let encoded = encode_message(message);
         let mut buffer = BytesMut::with_capacity(1 + encoded.len());
@@ -123,6 +142,7 @@ impl Payload {
         buffer.freeze()
     }
 
+    /// A frame payload announcing this member's client URL.
     pub fn encode_client_url(url: &str) -> Bytes {
         let mut buffer = BytesMut::with_capacity(1 + url.len());
         buffer.put_u8(PAYLOAD_CLIENT_URL);
@@ -130,6 +150,7 @@ impl Payload {
         buffer.freeze()
     }
 
+    /// A frame payload asking for chunk `chunk_index` of a snapshot of at least `instance`.
     pub fn encode_snapshot_request(instance: Instance, chunk_index: u32) -> Bytes {
         let mut buffer = BytesMut::with_capacity(1 + SNAPSHOT_REQUEST_BYTES);
         buffer.put_u8(PAYLOAD_SNAPSHOT_REQUEST);
@@ -139,6 +160,7 @@ impl Payload {
         buffer.freeze()
     }
 
+    /// A frame payload carrying one snapshot chunk.
     pub fn encode_snapshot_chunk(chunk: &SnapshotChunk) -> Bytes {
         let mut buffer = BytesMut::with_capacity(1 + SNAPSHOT_CHUNK_HEADER_BYTES + chunk.bytes.len());
         buffer.put_u8(PAYLOAD_SNAPSHOT_CHUNK);
@@ -155,6 +177,7 @@ impl Payload {
         buffer.freeze()
     }
 
+    /// Decodes a frame payload, refusing anything malformed or over `message_bytes_max` bytes.
     pub fn decode(payload: Bytes, message_bytes_max: usize) -> Result<Payload, PayloadError> {
         let Some(&kind) = payload.first() else {
             return Err(PayloadError::Empty);
@@ -261,9 +284,13 @@ impl PeerSender {
 /// Settings of the transport.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
+    /// Largest frame read or written, in bytes.
     pub frame_bytes_max: u32,
+    /// Largest Paxos message decoded, in bytes.
     pub message_bytes_max: usize,
+    /// Messages queued per peer before new ones are dropped (Paxos retransmits).
     pub peer_queue_messages_max: usize,
+    /// This member's client URL, announced to each peer.
     pub client_url: String,
 }
 

@@ -32,26 +32,34 @@ pub struct SnapshotChunk {
     pub instance: Instance,
     /// The epoch of the last value applied in the snapshot.
     pub epoch: Epoch,
+    /// This chunk's position, from 0.
     pub chunk_index: u32,
+    /// How many chunks the whole snapshot has.
     pub chunk_count: u32,
     /// Size of the whole snapshot.
     pub total_bytes: u64,
     /// CRC32C of `bytes`.
     pub crc32c: u32,
+    /// The chunk's bytes.
     pub bytes: Bytes,
 }
 
 /// Why a transfer in progress was thrown away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TransferError {
+    /// A chunk failed its CRC32C.
     #[error("chunk checksum mismatch")]
     Checksum,
+    /// A chunk of another snapshot than the one being assembled.
     #[error("chunk belongs to another snapshot")]
     OtherSnapshot,
+    /// Not the chunk asked for.
     #[error("chunk arrived out of order")]
     OutOfOrder,
+    /// Over `total_bytes_max`.
     #[error("snapshot larger than the transfer bound")]
     TooLarge,
+    /// The chunks' lengths disagree with `total_bytes`.
     #[error("chunks do not add up to the announced size")]
     Length,
 }
@@ -60,11 +68,19 @@ pub enum TransferError {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Assembly {
     /// Ask the same sender for this chunk of this snapshot.
-    Next { instance: Instance, chunk_index: u32 },
+    Next {
+        /// The snapshot being assembled.
+        instance: Instance,
+        /// The chunk to ask for.
+        chunk_index: u32,
+    },
     /// Every chunk arrived: install this state.
     Complete {
+        /// The instance it covers.
         instance: Instance,
+        /// The epoch of the last value applied in it.
         epoch: Epoch,
+        /// The serialized state machine.
         state: Bytes,
     },
     /// The partial transfer was dropped; ask for chunk 0 again.
@@ -92,6 +108,7 @@ pub struct SnapshotAssembler {
 }
 
 impl SnapshotAssembler {
+    /// An assembler that refuses snapshots over `total_bytes_max` bytes.
     pub fn new(total_bytes_max: u64) -> SnapshotAssembler {
         SnapshotAssembler {
             total_bytes_max,
@@ -111,6 +128,7 @@ impl SnapshotAssembler {
         self.transfer = None;
     }
 
+    /// Offers one received chunk: what to ask for next, or the whole state.
     pub fn accept(&mut self, chunk: SnapshotChunk) -> Assembly {
         if crc32c::crc32c(&chunk.bytes) != chunk.crc32c {
             self.transfer = None;
@@ -183,8 +201,11 @@ impl SnapshotAssembler {
 /// time, replaced when a newer one is needed.
 #[derive(Debug)]
 pub struct ServedSnapshot {
+    /// The instance the snapshot covers.
     pub instance: Instance,
+    /// The epoch of the last value applied in it.
     pub epoch: Epoch,
+    /// The serialized state machine.
     pub state: Bytes,
     chunk_bytes: usize,
 }
@@ -200,6 +221,7 @@ impl ServedSnapshot {
         }
     }
 
+    /// How many chunks the state is served in (at least one).
     pub fn chunk_count(&self) -> u32 {
         let count = self.state.len().div_ceil(self.chunk_bytes).max(1);
         u32::try_from(count).unwrap_or(u32::MAX)

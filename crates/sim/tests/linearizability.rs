@@ -487,19 +487,11 @@ fn every_state_an_unknown_operation_could_reach_is_tried() {
 }
 
 /// A small deterministic generator, so large histories need no seed plumbing.
-struct SplitMix(u64);
+struct SplitMix(synod_paxos::SplitMix64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut mixed = self.0;
-        mixed = (mixed ^ (mixed >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        mixed = (mixed ^ (mixed >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        mixed ^ (mixed >> 31)
-    }
-
     fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
+        self.0.next_u64() % bound
     }
 }
 
@@ -606,7 +598,7 @@ fn random_plan(random: &mut SplitMix, length: usize, keys: u8) -> Vec<PlannedOpe
 
 #[test]
 fn thousands_of_operations_over_several_keys_check_quickly() {
-    let mut random = SplitMix(7);
+    let mut random = SplitMix(synod_paxos::SplitMix64::new(7));
     let history = execute(&random_plan(&mut random, 2_000, 8));
     let started = Instant::now();
     let result = check(&RegisterModel::new(), &history, Budget::default());
@@ -617,7 +609,7 @@ fn thousands_of_operations_over_several_keys_check_quickly() {
 
 #[test]
 fn a_planted_bug_in_a_large_history_is_found_quickly() {
-    let mut random = SplitMix(11);
+    let mut random = SplitMix(synod_paxos::SplitMix64::new(11));
     let mut history = execute(&random_plan(&mut random, 2_000, 8));
     let read_position = history
         .iter()
@@ -689,7 +681,7 @@ fn closed_loop_history(
 #[test]
 fn timeouts_from_many_clients_neither_hide_a_bug_nor_exhaust_the_budget() {
     for seed in 0..3 {
-        let mut random = SplitMix(seed);
+        let mut random = SplitMix(synod_paxos::SplitMix64::new(seed));
         let mut history = closed_loop_history(&mut random, 2_000, 20, 8, 50);
         assert_eq!(
             check(&RegisterModel::new(), &history, Budget::default()),
@@ -726,7 +718,7 @@ fn exhausted_budget_reports_unknown_never_pass() {
     );
 
     // Even a linearizable history is "unknown", not "ok", when the budget is too small.
-    let mut random = SplitMix(3);
+    let mut random = SplitMix(synod_paxos::SplitMix64::new(3));
     let legal = execute(&random_plan(&mut random, 100, 2));
     let result = check(&RegisterModel::new(), &legal, Budget::steps(10)).unwrap();
     assert!(matches!(result, CheckResult::Unknown { .. }), "{result:?}");

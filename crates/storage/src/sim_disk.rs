@@ -21,29 +21,30 @@ use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use synod_paxos::SplitMix64;
+
 use crate::disk::{validate_name, Disk, File};
 use crate::error::{Result, StorageError};
 
-/// A small deterministic PRNG (SplitMix64). Good enough for fault placement,
-/// and it keeps the simulator free of any dependency's idea of randomness.
+/// The fault injector's deterministic generator: the core's [`SplitMix64`]
+/// with the draws fault placement needs. Good enough for fault placement, and
+/// it keeps the simulator free of any dependency's idea of randomness.
 #[derive(Debug, Clone)]
 pub struct SimRng {
-    state: u64,
+    inner: SplitMix64,
 }
 
 impl SimRng {
     /// A generator whose whole sequence follows from `seed`.
     pub fn new(seed: u64) -> SimRng {
-        SimRng { state: seed }
+        SimRng {
+            inner: SplitMix64::new(seed),
+        }
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.inner.next_u64()
     }
 
     /// A value in `0..bound`; `bound` must be positive.

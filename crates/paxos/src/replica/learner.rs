@@ -83,7 +83,7 @@ impl Replica {
         while let Some(Slot::Chosen { batch }) = self.log.get(&self.chosen_through.next()) {
             let instance = self.chosen_through.next();
             let batch = batch.clone();
-            self.chosen_through = instance;
+            self.advance_chosen_through(instance);
             self.deliver(instance, batch);
         }
         if self.chosen_through > before {
@@ -94,6 +94,8 @@ impl Replica {
     }
 
     fn deliver(&mut self, instance: Instance, batch: Batch) {
+        // Delivered in instance order: the host's applied index is one behind.
+        assert_eq!(instance, self.chosen_through, "delivered out of order");
         let epoch = batch.epoch();
         let mut rejected = Vec::new();
         for (index, entry) in batch.entries.iter().enumerate() {

@@ -16,6 +16,11 @@ use crate::message::{Batch, BatchId, Message, PromiseEntry, RefuseReason};
 use crate::output::{Outcome, RejectReason, Rejected, SubmitOutcome};
 use crate::{Ballot, Instance, NodeId, Time};
 
+/// What phase 1 decided: for every instance from the candidate's `from` on,
+/// the batch to propose (`None`: a no-op fills the gap), and the instances no
+/// answer could decide.
+type Phase1Values = (BTreeMap<Instance, Option<Batch>>, Vec<Instance>);
+
 impl Replica {
     pub(super) fn become_candidate(&mut self, now: Time) {
         let round = self.round_seen.max(self.meta.promised.round) + 1;
@@ -34,7 +39,10 @@ impl Replica {
         self.broadcast(Message::Prepare { ballot, from });
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the fields of Message::Promise, unpacked like every other handler's"
+    )]
     pub(super) fn on_promise(
         &mut self,
         now: Time,
@@ -91,8 +99,7 @@ impl Replica {
     /// from the candidate's `from` on: the chosen value where anyone knows it,
     /// else the value of the highest ballot, else a no-op; an instance whose
     /// deciding copy is faulty everywhere is left unresolved.
-    #[allow(clippy::type_complexity)]
-    fn phase1_values(&self) -> (BTreeMap<Instance, Option<Batch>>, Vec<Instance>) {
+    fn phase1_values(&self) -> Phase1Values {
         let Role::Candidate(candidate) = &self.role else {
             unreachable!("only a candidate decides phase 1")
         };

@@ -51,8 +51,13 @@ pub struct PlantedBugs {
 /// Why a lease read cannot be answered here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ReadError {
+    /// Ask the master instead.
     #[error("not the master (last heard from {master:?})")]
-    NotMaster { master: Option<NodeId> },
+    NotMaster {
+        /// The master last heard from, if any.
+        master: Option<NodeId>,
+    },
+    /// Wait: the state is not yet known to include every chosen value.
     #[error("master, but still recovering the values found in phase 1")]
     Recovering,
 }
@@ -132,6 +137,9 @@ pub struct Replica {
     /// The only randomness the core uses: back-off jitter.
     rng: SplitMix64,
     meta: Meta,
+    /// The promise last handed to the host to persist: `meta.promised` never
+    /// goes below it (checked in `persist_meta`).
+    promised_persisted: Ballot,
     probing: Option<Probing>,
     lease_acceptor: LeaseAcceptor,
     lease_proposer: LeaseProposer,
@@ -174,7 +182,7 @@ impl Replica {
         let mut replica = Replica::build(config, meta, now, seed);
         if start == FreshStart::NewGroup {
             // This replica knows it never voted: its answers to probes count.
-            replica.ready.persist.push(Persist::Meta(replica.meta));
+            replica.persist_meta();
         }
         replica.start_probe(now);
         replica
@@ -207,7 +215,7 @@ impl Replica {
         }
         replica.round_seen = replica.meta.promised.round;
         // The new incarnation must be durable before any ballot that uses it is sent.
-        replica.ready.persist.push(Persist::Meta(replica.meta));
+        replica.persist_meta();
         if let Voting::ProbePending { .. } = replica.meta.voting {
             replica.start_probe(now);
         }
@@ -225,6 +233,7 @@ impl Replica {
             quorum,
             bugs: PlantedBugs::default(),
             rng,
+            promised_persisted: meta.promised,
             meta,
             probing: None,
             lease_acceptor: LeaseAcceptor::new(silent_until),
@@ -267,10 +276,12 @@ impl Replica {
 
     // ----- Queries -----
 
+    /// This replica's identity.
     pub fn node(&self) -> NodeId {
         self.config.node
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -301,6 +312,7 @@ impl Replica {
         }
     }
 
+    /// Whether this replica is the master (phase 1 done, lease held or not).
     pub fn is_master(&self) -> bool {
         matches!(self.role, Role::Master(_))
     }
@@ -319,10 +331,12 @@ impl Replica {
         self.lease_proposer.is_held(now)
     }
 
+    /// When this replica's PaxosLease runs out by its own clock, if it holds one.
     pub fn lease_expires_at(&self) -> Option<Time> {
         self.lease_proposer.held_until()
     }
 
+    /// The acceptor metadata: promise, incarnation, right to vote.
     pub fn meta(&self) -> Meta {
         self.meta
     }
@@ -446,8 +460,32 @@ impl Replica {
         }
     }
 
+    /// Hands the metadata to the host to persist. Every change of the promise
+    /// passes here before any message that reveals it, so this is where "a
+    /// promise never goes down" must hold (Lamport 2001, P1a): an acceptor that
+    /// lowered its promise could accept what it swore to refuse.
     fn persist_meta(&mut self) {
+        assert!(
+            self.meta.promised >= self.promised_persisted,
+            "promise went down from {:?} to {:?}",
+            self.promised_persisted,
+            self.meta.promised
+        );
+        self.promised_persisted = self.meta.promised;
         self.ready.persist.push(Persist::Meta(self.meta));
+    }
+
+    /// Moves the delivered, known-chosen prefix forward to `through`. The
+    /// prefix only grows: an instance once delivered is never delivered again,
+    /// and the host applies each exactly once, in order.
+    fn advance_chosen_through(&mut self, through: Instance) {
+        assert!(
+            through > self.chosen_through,
+            "chosen prefix would shrink or stall: {:?} -> {:?}",
+            self.chosen_through,
+            through
+        );
+        self.chosen_through = through;
     }
 
     // ----- Entry points -----
@@ -523,7 +561,7 @@ impl Replica {
             return;
         }
         self.trim_below(instance);
-        self.chosen_through = instance;
+        self.advance_chosen_through(instance);
         self.commit_hint = self.commit_hint.max(instance);
         if let Role::Master(master) = &mut self.role {
             // A master behind its acceptors stops proposing what the

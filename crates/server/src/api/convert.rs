@@ -157,12 +157,16 @@ pub fn watch_create(request: pb::WatchCreateRequest) -> Result<kv::WatchCreateRe
 /// Identity fields the store leaves to the server.
 #[derive(Clone, Copy, Debug)]
 pub struct HeaderIdentity {
+    /// The cluster's ID.
     pub cluster_id: u64,
+    /// The answering member's ID.
     pub member_id: u64,
+    /// The highest ballot round seen, reported as etcd's raft term.
     pub raft_term: u64,
 }
 
 impl HeaderIdentity {
+    /// A response header at `revision`.
     pub fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
         Some(pb::ResponseHeader {
             cluster_id: self.cluster_id,

@@ -64,10 +64,12 @@ pub struct Api {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
+/// etcd's answer when no master is known.
 pub fn no_leader() -> Status {
     Status::unavailable("etcdserver: no leader")
 }
 
+/// etcd's answer when a request's outcome is not known in time.
 pub fn timed_out() -> Status {
     Status::unavailable("etcdserver: request timed out")
 }
@@ -93,6 +95,7 @@ pub fn forwarded<T>(message: T) -> tonic::Request<T> {
 }
 
 impl Api {
+    /// The API over the state shared with the core.
     pub fn new(shared: Arc<Shared>) -> Api {
         Api {
             shared,
@@ -100,6 +103,7 @@ impl Api {
         }
     }
 
+    /// The state shared with the core.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }

@@ -209,37 +209,9 @@ impl Wal {
     /// 150 MB in all while segments are verified.
     pub fn open(disk: Arc<dyn Disk>, config: WalConfig) -> Result<(Wal, Recovery)> {
         config.validate()?;
-        let mut logs = Vec::new();
-        for name in disk.list()? {
-            match parse_segment_name(&name) {
-                Some((sequence, "log")) => logs.push(sequence),
-                Some((sequence, _)) => {
-                    return Err(StorageError::UnsupportedVersion {
-                        file: version_1_ids_name(sequence),
-                        found: 1,
-                        expected: FORMAT_VERSION,
-                    })
-                }
-                None => {}
-            }
-        }
-        for pair in logs.windows(2) {
-            if pair[1] != pair[0] + 1 {
-                return Err(StorageError::Malformed {
-                    file: log_name(pair[0] + 1),
-                    what: format!(
-                        "segment missing between {} and {}",
-                        log_name(pair[0]),
-                        log_name(pair[1])
-                    ),
-                });
-            }
-        }
-
+        let logs = list_segments(disk.as_ref())?;
         let mut recovery = Recovery::default();
-        let mut corrupt_by_instance: BTreeMap<Instance, CorruptEntry> = BTreeMap::new();
-        let mut corrupt_unknown = Vec::new();
-        let mut accepted = AcceptedLog::default();
+        let mut merged = MergedRecords::default();
         let mut closed = Vec::new();
         let mut active = None;
         let mut active_instance_max = Instance::ZERO;
@@ -258,15 +230,8 @@ impl Wal {
                     // The readers are done: let their memory go first.
                     readers.stop();
                     let records = std::mem::take(&mut spare);
-                    scan_segment(
-                        disk.as_ref(),
-                        &config,
-                        sequence,
-                        last,
-                        Some(read),
-                        &mut scratch,
-                        records,
-                    )?
+                    let read = Some(read);
+                    scan_segment(disk.as_ref(), &config, sequence, last, read, &mut scratch, records)?
                 }
                 Some(SegmentWork::Panicked(_)) => unreachable!("take resumes a reader's panic"),
                 None => {
@@ -281,25 +246,9 @@ impl Wal {
                 next_sequence = sequence;
                 continue;
             };
-            recovery.bytes_scanned += scan.log_file_bytes;
-            recovery.torn_tail_bytes += scan.torn_tail_bytes;
-            recovery.corrupt_identifiers += scan.corrupt_identifiers;
-            recovery.unreadable_bytes += scan.unreadable_bytes;
-            recovery.damaged_headers += scan.damaged_headers;
-            recovery.oversized_bytes += scan.oversized_bytes;
-            recovery.repaired_identifiers += scan.repaired_identifiers;
+            recovery.count_scan(&scan);
             let mut records = scan.records;
-            recovery.records += records.records;
-            recovery.committed_through = recovery.committed_through.max(records.committed_through);
-            accepted.append(&mut records.accepted);
-            for entry in records.corrupted.drain(..) {
-                match (entry.kind, entry.instance) {
-                    (Some(RecordKind::Accepted), Some(instance)) => {
-                        corrupt_by_instance.insert(instance, entry);
-                    }
-                    _ => corrupt_unknown.push(entry),
-                }
-            }
+            merged.take(&mut records, &mut recovery);
             let instance_max = records.instance_max;
             records.clear();
             spare = records;
@@ -317,12 +266,7 @@ impl Wal {
         }
         // Stop the readers and free what only verifying needed.
         drop((readers, scratch, spare));
-        recovery.accepted = accepted.finish();
-        // An instance whose newest record is damaged needs repair; one with a
-        // good record after the damaged one does not.
-        corrupt_by_instance.retain(|instance, _| !recovery.accepted.contains_key(instance));
-        recovery.corrupted = corrupt_unknown;
-        recovery.corrupted.extend(corrupt_by_instance.into_values());
+        merged.finish(&mut recovery);
 
         let active = match active {
             Some(active) => active,
@@ -342,6 +286,91 @@ impl Wal {
             syncs: 0,
         };
         Ok((wal, recovery))
+    }
+}
+
+/// The log's segment numbers, in order: refuses a version-1 identifier file
+/// (that format is no longer read) and a gap in the numbering (a lost
+/// segment, whose records recovery cannot vouch for).
+fn list_segments(disk: &dyn Disk) -> Result<Vec<u64>> {
+    let mut logs = Vec::new();
+    for name in disk.list()? {
+        match parse_segment_name(&name) {
+            Some((sequence, "log")) => logs.push(sequence),
+            Some((sequence, _)) => {
+                return Err(StorageError::UnsupportedVersion {
+                    file: version_1_ids_name(sequence),
+                    found: 1,
+                    expected: FORMAT_VERSION,
+                })
+            }
+            None => {}
+        }
+    }
+    logs.sort_unstable();
+    for pair in logs.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            return Err(StorageError::Malformed {
+                file: log_name(pair[0] + 1),
+                what: format!(
+                    "segment missing between {} and {}",
+                    log_name(pair[0]),
+                    log_name(pair[1])
+                ),
+            });
+        }
+    }
+    Ok(logs)
+}
+
+impl Recovery {
+    /// Adds one segment's scan counts.
+    fn count_scan(&mut self, scan: &SegmentScan) {
+        self.bytes_scanned += scan.log_file_bytes;
+        self.torn_tail_bytes += scan.torn_tail_bytes;
+        self.corrupt_identifiers += scan.corrupt_identifiers;
+        self.unreadable_bytes += scan.unreadable_bytes;
+        self.damaged_headers += scan.damaged_headers;
+        self.oversized_bytes += scan.oversized_bytes;
+        self.repaired_identifiers += scan.repaired_identifiers;
+    }
+}
+
+/// Every segment's records, merged in log order as the segments are verified.
+#[derive(Default)]
+struct MergedRecords {
+    accepted: AcceptedLog,
+    /// Damaged `Accepted` records by instance: the newest damaged one of each.
+    corrupt_by_instance: BTreeMap<Instance, CorruptEntry>,
+    /// Damaged records of no known instance.
+    corrupt_unknown: Vec<CorruptEntry>,
+}
+
+impl MergedRecords {
+    /// Takes the records of the next segment in log order.
+    fn take(&mut self, records: &mut SegmentRecords, recovery: &mut Recovery) {
+        recovery.records += records.records;
+        recovery.committed_through = recovery.committed_through.max(records.committed_through);
+        self.accepted.append(&mut records.accepted);
+        for entry in records.corrupted.drain(..) {
+            match (entry.kind, entry.instance) {
+                (Some(RecordKind::Accepted), Some(instance)) => {
+                    self.corrupt_by_instance.insert(instance, entry);
+                }
+                _ => self.corrupt_unknown.push(entry),
+            }
+        }
+    }
+
+    /// Hands the merged records to `recovery`. An instance whose newest record
+    /// is damaged needs repair; one with a good record after the damaged one
+    /// does not.
+    fn finish(mut self, recovery: &mut Recovery) {
+        recovery.accepted = self.accepted.finish();
+        self.corrupt_by_instance
+            .retain(|instance, _| !recovery.accepted.contains_key(instance));
+        recovery.corrupted = self.corrupt_unknown;
+        recovery.corrupted.extend(self.corrupt_by_instance.into_values());
     }
 }
 
