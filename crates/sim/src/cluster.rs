@@ -10,13 +10,14 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use synod_paxos::{
-    Batch, BatchId, Config, Epoch, FreshStart, Instance, NodeId, Outcome, Ready, Replica, SubmitId, Time, Voting,
+    Ballot, Batch, BatchId, Config, Envelope, Epoch, FreshStart, Instance, Message, NodeId, Outcome, Persist, Ready,
+    Replica, SubmitId, Time, Voting,
 };
 
 use crate::history::{History, OperationKind, Verdict};
 use crate::network::{Network, PartitionKind};
 use crate::replica_disk::{add_counts, NodeDisk, Snapshot, Transfer};
-use crate::swarm::{FaultMix, SimBugs};
+use crate::swarm::{ChurnMix, FaultMix, SimBugs};
 use synod_storage::{FaultConfig, FaultCounts};
 
 /// Simulated milliseconds between two ticks of a replica.
@@ -30,6 +31,8 @@ const KEYS: [&str; 3] = ["x", "y", "z"];
 const LAZY_SYNC_MS: u64 = 500;
 /// The last milliseconds of a run carry no new client operations.
 const QUIET_MS: u64 = 2_000;
+/// Mixed into the seed for the master-churn faults' own generator.
+const CHURN_SEED_MASK: u64 = 0x6368_7572_6e5f_6d78;
 
 /// Everything one run needs: the seed decides all the rest.
 #[derive(Clone, Debug)]
@@ -41,6 +44,9 @@ pub struct RunConfig {
     pub replicas: usize,
     /// Bugs planted on purpose (none in a normal run), to show the checks catch them.
     pub bugs: SimBugs,
+    /// Whether the seed also draws faults aimed at the master ([`ChurnMix`]).
+    /// Off only to replay seeds recorded before those faults existed.
+    pub churn: bool,
 }
 
 /// Counts of what a run did, for the long mode's report.
@@ -63,6 +69,14 @@ pub struct Stats {
     pub crashes: u64,
     /// Crashes that also lost the replica's whole disk.
     pub wipes: u64,
+    /// Crashes aimed at the master ([`ChurnMix`]), counted in `crashes` too.
+    pub master_crashes: u64,
+    /// Of those, crashes right after only some of a master's `Accept`s left.
+    pub partial_accept_crashes: u64,
+    /// `Commit` messages lost on purpose ([`ChurnMix`]).
+    pub commits_dropped: u64,
+    /// Runs whose core timeouts were shortened ([`ChurnMix::timeout_divisor`]).
+    pub short_timeout_runs: u64,
     /// Times a replica stopped for a while (as in a long GC pause) and went on
     /// with its state intact.
     pub pauses: u64,
@@ -109,6 +123,10 @@ impl Stats {
         }
         self.crashes += other.crashes;
         self.wipes += other.wipes;
+        self.master_crashes += other.master_crashes;
+        self.partial_accept_crashes += other.partial_accept_crashes;
+        self.commits_dropped += other.commits_dropped;
+        self.short_timeout_runs += other.short_timeout_runs;
         self.pauses += other.pauses;
         self.snapshots_installed += other.snapshots_installed;
         self.values_committed += other.values_committed;
@@ -136,6 +154,8 @@ pub struct RunReport {
     pub replicas: usize,
     /// The fault rates the seed drew.
     pub mix: FaultMix,
+    /// The faults aimed at the master that the seed drew.
+    pub churn: ChurnMix,
     /// The first violated property, if any.
     pub failure: Option<String>,
     /// What the run did.
@@ -186,6 +206,9 @@ pub struct Simulation {
     rng: ChaCha8Rng,
     config: RunConfig,
     mix: FaultMix,
+    /// The master-churn faults and their own generator.
+    churn: ChurnMix,
+    churn_rng: ChaCha8Rng,
     paxos: Config,
     nodes: Vec<Node>,
     network: Network,
@@ -195,6 +218,12 @@ pub struct Simulation {
     partition_heals_at_ms: Option<u64>,
     /// The one value ever chosen for each instance, as first seen delivered anywhere.
     chosen: BTreeMap<Instance, BatchId>,
+    /// Every acceptance made durable (or sent, with a host that sends before
+    /// it syncs), by instance and ballot: the value and the acceptors, as bits.
+    acceptances: BTreeMap<Instance, BTreeMap<Ballot, (BatchId, u64)>>,
+    /// For each instance a majority accepted a value at: the lowest such
+    /// ballot and its value. Chosen, whether or not anyone learns it.
+    chosen_at: BTreeMap<Instance, (Ballot, BatchId)>,
     submitted: HashSet<Bytes>,
     stats: Stats,
     failure: Option<String>,
@@ -225,8 +254,25 @@ impl Simulation {
     pub fn new(config: RunConfig) -> Simulation {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let members: Vec<NodeId> = (1..=config.replicas as u64).map(NodeId).collect();
-        let paxos = sim_paxos_config(members[0], members.clone());
+        let mut paxos = sim_paxos_config(members[0], members.clone());
         let mix = FaultMix::draw(&mut rng, config.replicas, paxos.clock_drift_max_ppm);
+        let mut churn_rng = ChaCha8Rng::seed_from_u64(config.seed ^ CHURN_SEED_MASK);
+        let churn = if config.churn && !mix.calm {
+            ChurnMix::draw(&mut churn_rng)
+        } else {
+            ChurnMix::default()
+        };
+        // A lease must leave room for its two round trips at the worst
+        // latency, or no master could ever be elected.
+        let divisor = churn.timeout_divisor;
+        if divisor > 1 && paxos.lease_duration.as_millis() as u64 / u64::from(divisor) >= 8 * mix.latency_max_ms {
+            paxos.lease_duration /= divisor;
+            paxos.lease_renew_interval /= divisor;
+            paxos.election_timeout /= divisor;
+            paxos.heartbeat_interval /= divisor;
+            paxos.retransmit_interval /= divisor;
+            paxos.backoff_max /= divisor;
+        }
         let mut nodes = Vec::new();
         for (index, id) in members.iter().enumerate() {
             let drift = mix.clock_drift_ppm as i64;
@@ -266,6 +312,8 @@ impl Simulation {
             rng,
             config,
             mix,
+            churn,
+            churn_rng,
             paxos,
             nodes,
             network: Network::new(),
@@ -274,11 +322,16 @@ impl Simulation {
             now_us: 0,
             partition_heals_at_ms: None,
             chosen: BTreeMap::new(),
+            acceptances: BTreeMap::new(),
+            chosen_at: BTreeMap::new(),
             submitted: HashSet::new(),
             stats: Stats::default(),
             failure: None,
             trace: Vec::new(),
         };
+        if simulation.paxos.lease_duration < sim_paxos_config(NodeId(1), vec![NodeId(1)]).lease_duration {
+            simulation.stats.short_timeout_runs = 1;
+        }
         for index in 0..simulation.nodes.len() {
             simulation.start_node(index, Some(FreshStart::NewGroup));
         }
@@ -385,6 +438,7 @@ impl Simulation {
             // Nothing of this Ready leaves the process.
             return self.io_failure(index);
         }
+        self.check_acceptances(index, &ready.persist);
         let latency = (self.mix.latency_min_ms * 1_000, self.mix.latency_max_ms * 1_000);
         let (drop, duplicate, long_delay) = if self.in_liveness_phase() {
             (0.0, 0.0, (0.0, 0))
@@ -395,7 +449,9 @@ impl Simulation {
                 (self.mix.long_delay_probability, self.mix.long_delay_ms_max * 1_000),
             )
         };
-        for envelope in ready.messages {
+        let mut messages = ready.messages;
+        let crash_after_send = self.churn_messages(index, &mut messages);
+        for envelope in messages {
             self.network.send(
                 &mut self.rng,
                 self.now_us,
@@ -446,7 +502,112 @@ impl Simulation {
         if let Some((peer, instance)) = ready.snapshot_needed {
             self.transfer_snapshot(index, peer, instance);
         }
+        if crash_after_send {
+            self.stats.master_crashes += 1;
+            self.stats.partial_accept_crashes += 1;
+            return self.crash(index);
+        }
         self.maybe_snapshot(index);
+    }
+
+    /// Applies the master-churn faults to a Ready's messages: drops lost
+    /// commits and, now and then, all but some of a master's `Accept`s;
+    /// returns whether the master must then crash.
+    fn churn_messages(&mut self, index: usize, messages: &mut Vec<Envelope>) -> bool {
+        if self.in_liveness_phase() {
+            return false;
+        }
+        let churn = &self.churn;
+        if churn.commit_drop_probability > 0.0 {
+            let (rng, p) = (&mut self.churn_rng, churn.commit_drop_probability);
+            let before = messages.len();
+            messages.retain(|envelope| !matches!(envelope.message, Message::Commit { .. }) || !rng.random_bool(p));
+            self.stats.commits_dropped += (before - messages.len()) as u64;
+        }
+        let is_master = self.nodes[index].replica.as_ref().is_some_and(Replica::is_master);
+        let has_accepts = messages
+            .iter()
+            .any(|envelope| matches!(envelope.message, Message::Accept { .. }));
+        if !is_master
+            || !has_accepts
+            || churn.partial_accept_crash_probability == 0.0
+            || !self.churn_rng.random_bool(churn.partial_accept_crash_probability)
+        {
+            return false;
+        }
+        let kept: Vec<bool> = (0..self.nodes.len()).map(|_| self.churn_rng.random_bool(0.5)).collect();
+        let position = |to: NodeId| self.nodes.iter().position(|node| node.id == to);
+        let keep: Vec<bool> = messages
+            .iter()
+            .map(|envelope| position(envelope.to).is_some_and(|peer| kept[peer]))
+            .collect();
+        let mut keep = keep.into_iter();
+        messages.retain(|_| keep.next().unwrap_or(false));
+        true
+    }
+
+    /// The invariant behind Paxos's safety proof (Lamport 2001, P2c): once a
+    /// majority accepted value `v` at ballot `b`, every acceptance at a ballot
+    /// above `b` is of `v`. Checked on every acceptance as it becomes real (its
+    /// Ready's messages leave), so a wrong re-proposal fails the run at once,
+    /// before anyone delivers it, even if nobody ever learns the instance.
+    fn check_acceptances(&mut self, index: usize, persist: &[Persist]) {
+        let majority = self.config.replicas / 2 + 1;
+        let bit = 1u64 << index;
+        let node = self.nodes[index].id;
+        for record in persist {
+            let Persist::Accepted {
+                instance,
+                ballot,
+                batch,
+            } = record
+            else {
+                continue;
+            };
+            let (instance, ballot, id) = (*instance, *ballot, batch.id);
+            let at_instance = self.acceptances.entry(instance).or_default();
+            let (value, acceptors) = at_instance.entry(ballot).or_insert((id, 0));
+            if *value != id {
+                let message = format!(
+                    "two values proposed at {instance} in ballot {ballot}: {:?} and {:?} (accepted by {node})",
+                    value, id
+                );
+                return self.fail(message);
+            }
+            *acceptors |= bit;
+            let quorum_reached = acceptors.count_ones() as usize >= majority;
+            if let Some(&(chosen_ballot, chosen)) = self.chosen_at.get(&instance) {
+                if ballot > chosen_ballot && id != chosen {
+                    let message = format!(
+                        "{node} accepted {id:?} at {instance} in ballot {ballot}, \
+                         but a majority accepted {chosen:?} there in ballot {chosen_ballot}"
+                    );
+                    return self.fail(message);
+                }
+            }
+            if !quorum_reached
+                || self
+                    .chosen_at
+                    .get(&instance)
+                    .is_some_and(|(lowest, _)| *lowest <= ballot)
+            {
+                continue;
+            }
+            // A majority at a ballot lower than any seen so far: every
+            // acceptance above it must agree.
+            if let Some((higher, (other, _))) = at_instance
+                .range(ballot..)
+                .find(|(_, (other, _))| *other != id)
+                .map(|(b, v)| (*b, *v))
+            {
+                let message = format!(
+                    "a majority accepted {id:?} at {instance} in ballot {ballot}, \
+                     but {other:?} was accepted there in the higher ballot {higher}"
+                );
+                return self.fail(message);
+            }
+            self.chosen_at.insert(instance, (ballot, id));
+        }
     }
 
     fn check_chosen(&mut self, index: usize, instance: Instance, batch: &Batch) {
@@ -624,6 +785,7 @@ impl Simulation {
             seed: self.config.seed,
             replicas: self.config.replicas,
             mix: self.mix,
+            churn: self.churn,
             failure: self.failure,
             stats: self.stats,
             trace: self.trace,
@@ -707,6 +869,15 @@ impl Simulation {
                 let length = self.rng.random_range(100..=self.mix.pause_ms_max);
                 self.nodes[index].paused_until_ms = Some(now_ms + length);
                 self.stats.pauses += 1;
+            }
+        }
+        if self.churn.master_crash_per_ms > 0.0 && self.churn_rng.random_bool(self.churn.master_crash_per_ms) {
+            let master = self.nodes.iter().position(|node| {
+                node.paused_until_ms.is_none() && node.replica.as_ref().is_some_and(Replica::is_master)
+            });
+            if let Some(master) = master {
+                self.stats.master_crashes += 1;
+                self.crash(master);
             }
         }
     }

@@ -29,4 +29,4 @@ pub mod replica_disk;
 pub mod swarm;
 
 pub use cluster::{run_seed, RunConfig, RunReport, Simulation, Stats};
-pub use swarm::{FaultMix, SimBugs};
+pub use swarm::{ChurnMix, FaultMix, SimBugs};

@@ -24,12 +24,17 @@ struct Arguments {
     /// Group size; by default 3, 5 and 7 in turn.
     #[arg(long)]
     replicas: Option<usize>,
-    /// Plant a bug: quorum-of-half, accept-lower-ballot, no-lease-silence, send-before-sync.
+    /// Plant a bug: quorum-of-half, accept-lower-ballot, no-lease-silence,
+    /// send-before-sync, phase1-lowest-ballot.
     #[arg(long)]
     bug: Option<String>,
     /// Print every seed's outcome.
     #[arg(long)]
     verbose: bool,
+    /// Draw no faults aimed at the master: replays seeds recorded before
+    /// they existed.
+    #[arg(long)]
+    no_churn: bool,
 }
 
 fn parse_bug(name: &str) -> Result<SimBugs, String> {
@@ -39,6 +44,7 @@ fn parse_bug(name: &str) -> Result<SimBugs, String> {
         "accept-lower-ballot" => bugs.core.accept_lower_ballot = true,
         "no-lease-silence" => bugs.core.no_lease_silence_after_restart = true,
         "send-before-sync" => bugs.send_before_sync = true,
+        "phase1-lowest-ballot" => bugs.core.phase1_lowest_ballot = true,
         other => return Err(format!("unknown bug {other:?}")),
     }
     Ok(bugs)
@@ -66,6 +72,7 @@ fn main() -> ExitCode {
             seed: *seed,
             replicas,
             bugs,
+            churn: !arguments.no_churn,
         });
         total.add(&report.stats);
         if arguments.verbose || arguments.seed.is_some() {
@@ -100,13 +107,17 @@ fn main() -> ExitCode {
         total.messages_long_delayed
     );
     println!(
-        "faults: partitions symmetric {} one-way {} majority/minority {} bridge {}; crashes {} (disk wiped {}); pauses {}; snapshots installed {} (transfers interrupted {}, resumed {}, refused as damaged at the sender {})",
+        "faults: partitions symmetric {} one-way {} majority/minority {} bridge {}; crashes {} (disk wiped {}, aimed at the master {}, of which after a partial Accept broadcast {}); commits dropped {}; runs with short timeouts {}; pauses {}; snapshots installed {} (transfers interrupted {}, resumed {}, refused as damaged at the sender {})",
         total.partitions[0],
         total.partitions[1],
         total.partitions[2],
         total.partitions[3],
         total.crashes,
         total.wipes,
+        total.master_crashes,
+        total.partial_accept_crashes,
+        total.commits_dropped,
+        total.short_timeout_runs,
         total.pauses,
         total.snapshots_installed,
         total.snapshot_transfers_interrupted,

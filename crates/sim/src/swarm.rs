@@ -13,6 +13,8 @@ use synod_storage::FaultConfig;
 pub struct FaultMix {
     /// Members of the group the mix was drawn for.
     pub replicas: usize,
+    /// A calm seed (one in ten): no faults at all, only latency and drift.
+    pub calm: bool,
     /// Chance that a message is lost.
     pub drop_probability: f64,
     /// Chance that a message is delivered twice.
@@ -71,6 +73,7 @@ impl FaultMix {
         let latency_min_ms = rng.random_range(1..=5);
         FaultMix {
             replicas,
+            calm,
             drop_probability: scale * rng.random_range(0.0..0.2),
             duplicate_probability: scale * rng.random_range(0.0..0.1),
             latency_min_ms,
@@ -119,4 +122,54 @@ pub struct SimBugs {
     pub core: PlantedBugs,
     /// The host sends messages before the fsync covering its writes returns.
     pub send_before_sync: bool,
+}
+
+/// Faults aimed at the master, drawn per seed like [`FaultMix`] but from a
+/// generator of their own, so a seed that draws none of them runs exactly as
+/// it did before they existed.
+///
+/// They build the histories a wrong phase 1 needs to show itself: several
+/// masters in a row, each leaving different values accepted at the same
+/// instances on different acceptors, deposed before their commits spread.
+/// PaxosLease keeps masters so well apart that the other faults almost never
+/// do.
+#[derive(Clone, Debug, Default)]
+pub struct ChurnMix {
+    /// Chance per simulated millisecond that the master crashes.
+    pub master_crash_per_ms: f64,
+    /// Chance per Ready of a master that carries `Accept`s that only some of
+    /// them leave (each peer's with probability one half) and the master then
+    /// crashes: its last values are accepted by a random part of the group.
+    pub partial_accept_crash_probability: f64,
+    /// Chance that a `Commit` is lost, so that acceptors go on reporting the
+    /// values they accepted as merely accepted, not chosen.
+    pub commit_drop_probability: f64,
+    /// Every timeout of the core (lease, renewal, election, heartbeat,
+    /// retransmission, back-off) is divided by this: with shorter leases a
+    /// run sees many more master changes (0 or 1: as configured).
+    pub timeout_divisor: u32,
+}
+
+impl ChurnMix {
+    /// Draws a mix: about half of the seeds draw none (and run as the plain
+    /// [`FaultMix`] alone would, which finds other bugs best); in the others
+    /// each fault is switched on in about half of the seeds.
+    pub fn draw(rng: &mut ChaCha8Rng) -> ChurnMix {
+        if rng.random_bool(0.5) {
+            return ChurnMix::default();
+        }
+        let mut rate = |max: f64| {
+            if rng.random_bool(0.5) {
+                rng.random_range(0.0..max)
+            } else {
+                0.0
+            }
+        };
+        ChurnMix {
+            master_crash_per_ms: rate(0.01),
+            partial_accept_crash_probability: rate(0.5),
+            commit_drop_probability: rate(0.8),
+            timeout_divisor: [1, 2, 4][rng.random_range(0..3)],
+        }
+    }
 }

@@ -122,7 +122,7 @@ impl Replica {
         let mut instance = candidate.from;
         while instance <= highest {
             let reports = per_instance.get(&instance).map(Vec::as_slice).unwrap_or(&[]);
-            match decide_instance(reports, replied, self.quorum) {
+            match decide_instance(reports, replied, self.quorum, self.bugs.phase1_lowest_ballot) {
                 Decision::Value(batch) => {
                     values.insert(instance, Some(batch));
                 }
@@ -406,7 +406,12 @@ pub(super) enum Decision {
 /// Protocol-aware recovery of one instance from a set of promises (`replied`
 /// of them, at least a quorum). Paxos needs the highest-ballot value among any
 /// quorum of answers; a faulty copy is an answer whose value is unknown.
-pub(super) fn decide_instance(reports: &[&PromiseEntry], replied: usize, quorum: usize) -> Decision {
+pub(super) fn decide_instance(
+    reports: &[&PromiseEntry],
+    replied: usize,
+    quorum: usize,
+    planted_lowest_ballot: bool,
+) -> Decision {
     let mut best: Option<(Ballot, &Batch)> = None;
     let mut faulty_count = 0;
     let mut faulty_best: Option<Ballot> = None;
@@ -415,7 +420,14 @@ pub(super) fn decide_instance(reports: &[&PromiseEntry], replied: usize, quorum:
         match report {
             PromiseEntry::Chosen { batch, .. } => return Decision::Value(batch.clone()),
             PromiseEntry::Accepted { ballot, batch, .. } => {
-                if best.is_none_or(|(current, _)| *ballot > current) {
+                let better = |current: Ballot| {
+                    if planted_lowest_ballot {
+                        *ballot < current
+                    } else {
+                        *ballot > current
+                    }
+                };
+                if best.is_none_or(|(current, _)| better(current)) {
                     best = Some((*ballot, batch));
                 }
             }

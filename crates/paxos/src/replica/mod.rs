@@ -46,6 +46,10 @@ pub struct PlantedBugs {
     pub accept_lower_ballot: bool,
     /// A restarted PaxosLease acceptor answers at once instead of staying silent.
     pub no_lease_silence_after_restart: bool,
+    /// Phase 1 re-proposes the value of the lowest ballot its promises report
+    /// instead of the highest (the textbook mistake: it can overwrite a chosen
+    /// value with an older one).
+    pub phase1_lowest_ballot: bool,
 }
 
 /// Why a lease read cannot be answered here.

@@ -184,21 +184,21 @@ fn recovery_rule_uses_faulty_ballots() {
         ballot: Some(b1),
     };
     // Two good answers of three: the classic rule.
-    assert!(matches!(decide_instance(&[&good], 2, 2), Decision::Value(_)));
-    assert!(matches!(decide_instance(&[], 2, 2), Decision::Free));
+    assert!(matches!(decide_instance(&[&good], 2, 2, false), Decision::Value(_)));
+    assert!(matches!(decide_instance(&[], 2, 2, false), Decision::Free));
     // One good, one faulty of the same ballot: the good copy is that value.
     assert!(matches!(
-        decide_instance(&[&good, &faulty_same], 2, 2),
+        decide_instance(&[&good, &faulty_same], 2, 2, false),
         Decision::Value(_)
     ));
     // The faulty copy has the higher ballot: its value may be the chosen one.
     assert!(matches!(
-        decide_instance(&[&good, &faulty_higher], 2, 2),
+        decide_instance(&[&good, &faulty_higher], 2, 2, false),
         Decision::Unresolved
     ));
     // Every copy bad: never invent a value.
     assert!(matches!(
-        decide_instance(&[&faulty_same, &faulty_same], 2, 2),
+        decide_instance(&[&faulty_same, &faulty_same], 2, 2, false),
         Decision::Unresolved
     ));
 }
