@@ -3,8 +3,8 @@
 //!
 //! # Who answers what
 //!
-//! - **Writes** (Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke) go
-//!   through the log. At the master: encode the request (synod-kv's
+//! - **Writes** (Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke,
+//!   Alarm ACTIVATE and DEACTIVATE) go through the log. At the master: encode the request (synod-kv's
 //!   `Store::prepare`), submit it, answer once it is applied here. At a
 //!   follower: **forwarded** to the master's client port as the same gRPC
 //!   call, so a client may talk to any member. With no master known the answer
@@ -15,8 +15,12 @@
 //!   answered by any member from its own store. A range that looks at more
 //!   than `RANGE_KEYS_IN_PLACE_MAX` keys is answered from a frozen copy of
 //!   the store on a blocking-pool thread, not under the store's lock here.
-//! - **Lease keep-alives and time-to-live** need the master's lease deadlines,
-//!   so followers forward them too; the list of leases is read locally.
+//! - **Lease keep-alives, time-to-live and the list of leases** are answered
+//!   by the master after the same read point (it alone knows the deadlines);
+//!   followers forward them. So are alarm listings, Election's Leader and
+//!   the first answer of Observe: every read but a serializable Range, Watch,
+//!   Status, Hash and HashKV (each about the member asked) is linearizable
+//!   on every member.
 //! - **Watches** are served by the member the client is connected to, from
 //!   its own applied log.
 //!
