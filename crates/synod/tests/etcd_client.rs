@@ -145,6 +145,78 @@ fn etcd_client_against_every_member_of_a_three_member_group() {
     }
 }
 
+/// After the master is killed, the new master and the remaining follower
+/// still list the lease granted before, give it a time to live, keep it
+/// alive, and list the alarm raised before: each answer waits until the new
+/// master has applied everything chosen under the old one.
+#[test]
+fn leases_and_alarms_survive_a_master_change_on_every_member() {
+    let mut cluster = Cluster::start(3, "etcd-client-failover");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let members = runtime.block_on(Members::connect(&cluster));
+    let old_master = members.master;
+    let follower = (old_master + 1) % 3;
+    let mut clients = members.clients.clone();
+    let (lease, alarmed) = runtime.block_on(async {
+        let client = &mut clients[follower];
+        let lease = client.lease_grant(60, None).await.expect("grant").id();
+        client
+            .put("failover/leased", "v", Some(PutOptions::new().with_lease(lease)))
+            .await
+            .expect("put");
+        let mut about = AlarmOptions::new();
+        about.with_member(members.ids[follower]);
+        client
+            .alarm(AlarmAction::Activate, AlarmType::Corrupt, Some(about))
+            .await
+            .expect("activate");
+        (lease, members.ids[follower])
+    });
+    cluster.kill(old_master);
+    runtime.block_on(async {
+        for index in (0..3).filter(|index| *index != old_master) {
+            let client = &mut clients[index];
+            // Until a new master is chosen the answer is an error, never a
+            // wrong list.
+            let deadline = Instant::now() + PATIENCE;
+            let listed = loop {
+                match client.leases().await {
+                    Ok(response) => break lease_ids(&response),
+                    Err(error) => {
+                        assert!(Instant::now() < deadline, "no lease list within {PATIENCE:?}: {error}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            };
+            assert!(
+                listed.contains(&lease),
+                "member {index} lists {listed:x?} after the failover"
+            );
+            let ttl = client
+                .lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+                .await
+                .expect("time to live");
+            assert_eq!(ttl.granted_ttl(), 60);
+            assert!(ttl.ttl() > 0, "time to live at member {index}: {}", ttl.ttl());
+            assert_eq!(ttl.keys(), [b"failover/leased".to_vec()]);
+            let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.expect("keep-alive");
+            keeper.keep_alive().await.expect("send keep-alive");
+            let response = responses.message().await.expect("keep-alive reply").expect("a reply");
+            assert_eq!(response.ttl(), 60, "keep-alive at member {index}");
+            let alarms = client
+                .alarm(AlarmAction::Get, AlarmType::None, None)
+                .await
+                .expect("get alarms");
+            let alarms: Vec<(u64, AlarmType)> = alarms.alarms().iter().map(|a| (a.member_id(), a.alarm())).collect();
+            assert_eq!(alarms, [(alarmed, AlarmType::Corrupt)], "alarms at member {index}");
+        }
+    });
+}
+
 async fn kv_and_txn(members: &mut Members, index: usize) {
     let role = members.role(index);
     let client = &mut members.clients[index];
