@@ -217,6 +217,47 @@ fn leases_and_alarms_survive_a_master_change_on_every_member() {
     });
 }
 
+/// A Lock sent to a follower waits as long as its client does, as etcd's
+/// does, not only the request timeout (here 1 s).
+#[test]
+fn a_lock_waits_past_the_request_timeout_on_a_follower() {
+    let cluster = Cluster::start_with(3, "etcd-client-wait", &["--request-timeout-ms", "1000"]);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut members = Members::connect(&cluster).await;
+        let follower = (members.master + 1) % 3;
+        let held = members.clients[members.master]
+            .lock("long-wait", None)
+            .await
+            .expect("lock");
+        let mut waiting = members.clients[follower].clone();
+        let waiter = tokio::spawn(async move { waiting.lock("long-wait", None).await });
+        let probe = members.clients[members.master].clone();
+        eventually("the waiter's key", || {
+            let mut probe = probe.clone();
+            async move { count_prefix(&mut probe, "long-wait/").await == 2 }
+        })
+        .await;
+        // Twice the request timeout.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!waiter.is_finished(), "the waiter gave up or got a held lock");
+        members.clients[members.master]
+            .unlock(held.key())
+            .await
+            .expect("unlock");
+        let second = tokio::time::timeout(PATIENCE, waiter)
+            .await
+            .expect("the waiter gets the lock")
+            .expect("task")
+            .expect("the lock, after waiting longer than the request timeout");
+        assert!(second.key().starts_with(b"long-wait/"));
+    });
+}
+
 async fn kv_and_txn(members: &mut Members, index: usize) {
     let role = members.role(index);
     let client = &mut members.clients[index];

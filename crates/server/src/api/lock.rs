@@ -9,7 +9,8 @@
 //!
 //! Waiting re-checks the store each time the core applies something, so a
 //! holder's key deleted by unlock, resign or lease expiry wakes the next one.
-//! Followers forward these calls to the master.
+//! Followers forward these calls to the master; a Lock or Campaign waits
+//! there as long as its client does, not only the request timeout.
 //!
 //! A Lock or Campaign with lease 0 runs on a session of its own, as etcd's
 //! lock and election services do (`concurrency.NewSession`): the master
@@ -372,7 +373,7 @@ impl Api {
 #[tonic::async_trait]
 impl Lock for Api {
     async fn lock(&self, request: GrpcRequest<LockRequest>) -> Result<GrpcResponse<LockResponse>, Status> {
-        if let Some(channel) = self.route(&request)? {
+        if let Some(channel) = self.route_waiting(&request)? {
             return LockClient::new(channel).lock(forwarded(request.into_inner())).await;
         }
         let LockRequest { name, lease } = request.into_inner();
@@ -403,7 +404,7 @@ type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> +
 #[tonic::async_trait]
 impl Election for Api {
     async fn campaign(&self, request: GrpcRequest<CampaignRequest>) -> Result<GrpcResponse<CampaignResponse>, Status> {
-        if let Some(channel) = self.route(&request)? {
+        if let Some(channel) = self.route_waiting(&request)? {
             return ElectionClient::new(channel)
                 .campaign(forwarded(request.into_inner()))
                 .await;

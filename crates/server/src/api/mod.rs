@@ -65,7 +65,9 @@ const RANGE_KEYS_IN_PLACE_MAX: usize = 4_096;
 #[derive(Clone, Debug)]
 pub struct Api {
     shared: Arc<Shared>,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Channels to other members' client ports, by URL and whether calls
+    /// on them time out.
+    channels: Arc<Mutex<HashMap<(String, bool), Channel>>>,
 }
 
 pub fn no_leader() -> Status {
@@ -118,8 +120,20 @@ impl Api {
     }
 
     /// Where a request only the master may answer goes: `None` to answer it
-    /// here, or a channel to the master.
+    /// here, or a channel to the master whose calls time out after the
+    /// request timeout.
     pub fn route<T>(&self, request: &tonic::Request<T>) -> Result<Option<Channel>, Status> {
+        self.route_with(request, true)
+    }
+
+    /// [`Api::route`] for a call that waits as long as its client does (Lock,
+    /// Campaign, as in etcd): the channel to the master sets no timeout of its
+    /// own.
+    pub fn route_waiting<T>(&self, request: &tonic::Request<T>) -> Result<Option<Channel>, Status> {
+        self.route_with(request, false)
+    }
+
+    fn route_with<T>(&self, request: &tonic::Request<T>, timed: bool) -> Result<Option<Channel>, Status> {
         let status = self.shared.current_status();
         if status.is_master {
             return Ok(None);
@@ -134,15 +148,17 @@ impl Api {
             .proposals_forwarded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut channels = lock_mutex(&self.channels);
-        if let Some(channel) = channels.get(&url) {
+        if let Some(channel) = channels.get(&(url.clone(), timed)) {
             return Ok(Some(channel.clone()));
         }
-        let endpoint = Endpoint::from_shared(url.clone())
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|_| no_leader())?
-            .connect_timeout(FORWARD_CONNECT_TIMEOUT)
-            .timeout(self.shared.tunables.request_timeout);
+            .connect_timeout(FORWARD_CONNECT_TIMEOUT);
+        if timed {
+            endpoint = endpoint.timeout(self.shared.tunables.request_timeout);
+        }
         let channel = endpoint.connect_lazy();
-        channels.insert(url, channel.clone());
+        channels.insert((url, timed), channel.clone());
         Ok(Some(channel))
     }
 
