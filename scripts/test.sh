@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The one gate: formatting, lints, and every test in the workspace.
-# Installs the Debian packages the integration tests need when they are missing.
+# Installs the Debian packages the integration tests need when they are missing:
+# etcd-client (etcdctl) and protobuf-compiler (protoc, for the etcd-client crate's
+# build script; synod itself builds without it).
 # With CI=true a missing tool is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_packages=()
 command -v etcdctl >/dev/null 2>&1 || need_packages+=(etcd-client)
+command -v protoc >/dev/null 2>&1 || need_packages+=(protobuf-compiler)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need_packages[*]}"
@@ -14,7 +17,9 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   fi
 fi
 if [ "${CI:-}" = true ]; then
-  command -v etcdctl >/dev/null 2>&1 || { echo "etcdctl is missing and CI=true" >&2; exit 1; }
+  for tool in etcdctl protoc; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "$tool is missing and CI=true" >&2; exit 1; }
+  done
 fi
 
 cargo fmt --all --check

@@ -67,6 +67,9 @@ pub enum KvError {
     /// A watch stream already has `watchers_max` watchers.
     #[error("synod: too many watchers on this stream")]
     TooManyWatchers,
+    /// Activating one more alarm would pass [`crate::ALARMS_MAX`].
+    #[error("synod: too many alarms")]
+    TooManyAlarms,
     /// A fencing token no longer matches the lock key (the holder lost the lock).
     #[error("synod: sequencer is stale")]
     StaleSequencer,
@@ -89,7 +92,9 @@ impl KvError {
             | KvError::DuplicateKey
             | KvError::TooManyOperations
             | KvError::RequestTooLarge => Code::InvalidArgument,
-            KvError::DatabaseSpaceExceeded | KvError::TooManyWatchers => Code::ResourceExhausted,
+            KvError::DatabaseSpaceExceeded | KvError::TooManyWatchers | KvError::TooManyAlarms => {
+                Code::ResourceExhausted
+            }
             KvError::Corrupt(_) => Code::DataLoss,
         }
     }

@@ -1,7 +1,7 @@
 //! The state hash: a cheap chained digest of every applied entry's effects.
 //!
 //! Each entry folds a CRC-32C of its effects (result, events, lease change,
-//! revisions) into a 64-bit chain value with a strong integer mixer, so two
+//! alarms raised or cleared, revisions) into a 64-bit chain value with a strong integer mixer, so two
 //! replicas that applied the same entries report the same hash and a
 //! divergence shows up at the first entry whose effects differ.
 
@@ -45,6 +45,14 @@ pub(crate) fn chain(
         Ok(_) => crc32c::crc32c_append(crc, &[0]),
         Err(error) => crc32c::crc32c_append(crc, error.to_string().as_bytes()),
     };
+    if let Ok(Response::Alarm(alarm)) = result {
+        // Only an alarm request answers alarms; every other entry hashes as
+        // it did before alarms existed.
+        for raised in &alarm.alarms {
+            crc = crc32c::crc32c_append(crc, &raised.member_id.to_le_bytes());
+            crc = crc32c::crc32c_append(crc, &[crate::request::alarm_type_code(raised.alarm)]);
+        }
+    }
     for event in events {
         let kind = match event.r#type {
             EventType::Put => 1u8,

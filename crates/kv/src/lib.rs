@@ -8,7 +8,8 @@
 //!
 //! # How the server drives it
 //!
-//! * **Writes** (Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke):
+//! * **Writes** (Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke,
+//!   Alarm ACTIVATE and DEACTIVATE):
 //!   build a [`Request`], call [`Store::prepare`] (stateless checks and the
 //!   size limit, then the bytes to propose), propose the bytes, and on every
 //!   replica apply each chosen entry with [`Store::apply_bytes`]. The
@@ -29,6 +30,10 @@
 //!   [`Lessor::expired`] lists. Expiry thus goes through the log and every
 //!   replica deletes the same keys at the same revision. `LeaseLeases` is
 //!   [`Store::lease_leases`].
+//! * **Alarms**: raised and cleared per member through the log
+//!   ([`Request::Alarm`]), kept in the state and its snapshots, listed by
+//!   [`Store::alarms`]. The store only records them; what an alarm refuses is
+//!   the server's business.
 //! * **Snapshots**: [`Store::freeze`] under the store's lock (cheap: the key
 //!   index's chunks are shared copy-on-write), then, on another thread while
 //!   the live store goes on applying, [`FrozenStore::write_snapshot`] streams
@@ -43,7 +48,7 @@
 //! The store revision starts at 1. Each request that changes at least one key
 //! adds 1, and every change in one Txn shares that revision; a request that
 //! changes nothing (a delete that matches nothing, a read-only Txn, a grant,
-//! a compaction, a revoke of a lease without keys) leaves it alone.
+//! a compaction, a revoke of a lease without keys, an alarm) leaves it alone.
 //!
 //! # Where this differs from etcd, on purpose
 //!
@@ -188,7 +193,7 @@ pub use lessor::Lessor;
 pub use request::{Request, Response, TXN_DEPTH_MAX};
 pub use sequencer::Sequencer;
 pub use store::{
-    Config, Lease, Store, COMPACTION_KEYS_PER_ENTRY_MAX, LEASE_TTL_SECONDS_MAX, REQUEST_BYTES_MAX_DEFAULT,
+    Config, Lease, Store, ALARMS_MAX, COMPACTION_KEYS_PER_ENTRY_MAX, LEASE_TTL_SECONDS_MAX, REQUEST_BYTES_MAX_DEFAULT,
 };
 pub use store_snapshot::FrozenStore;
 pub use types::*;

@@ -23,6 +23,10 @@ pub enum Request {
     LeaseGrant(LeaseGrantRequest),
     /// `Lease.LeaseRevoke`, and the master's revocation of an expired lease.
     LeaseRevoke(LeaseRevokeRequest),
+    /// `Maintenance.Alarm` with action `ACTIVATE` or `DEACTIVATE`. A build
+    /// older than this variant applies it as an error (`unknown request
+    /// tag`), so every member must know it before anyone raises an alarm.
+    Alarm(AlarmRequest),
 }
 
 /// The successful result of applying a [`Request`].
@@ -40,6 +44,8 @@ pub enum Response {
     LeaseGrant(LeaseGrantResponse),
     /// Result of [`Request::LeaseRevoke`].
     LeaseRevoke(LeaseRevokeResponse),
+    /// Result of [`Request::Alarm`].
+    Alarm(AlarmResponse),
 }
 
 impl Response {
@@ -52,6 +58,7 @@ impl Response {
             Response::Compaction(response) => &response.header,
             Response::LeaseGrant(response) => &response.header,
             Response::LeaseRevoke(response) => &response.header,
+            Response::Alarm(response) => &response.header,
         }
     }
 }
@@ -62,6 +69,7 @@ const TAG_TXN: u8 = 3;
 const TAG_COMPACTION: u8 = 4;
 const TAG_LEASE_GRANT: u8 = 5;
 const TAG_LEASE_REVOKE: u8 = 6;
+const TAG_ALARM: u8 = 7;
 const TAG_OP_RANGE: u8 = 1;
 const TAG_OP_PUT: u8 = 2;
 const TAG_OP_DELETE_RANGE: u8 = 3;
@@ -101,6 +109,15 @@ impl Request {
                 encoder.u8(TAG_LEASE_REVOKE);
                 encoder.i64(revoke.id);
             }
+            Request::Alarm(alarm) => {
+                encoder.u8(TAG_ALARM);
+                encoder.u8(match alarm.action {
+                    AlarmAction::Activate => 0,
+                    AlarmAction::Deactivate => 1,
+                });
+                encoder.u64(alarm.member_id);
+                encoder.u8(alarm_type_code(alarm.alarm));
+            }
         }
         encoder.bytes
     }
@@ -125,10 +142,38 @@ impl Request {
                 id: decoder.i64()?,
             }),
             TAG_LEASE_REVOKE => Request::LeaseRevoke(LeaseRevokeRequest { id: decoder.i64()? }),
+            TAG_ALARM => Request::Alarm(AlarmRequest {
+                action: match decoder.u8()? {
+                    0 => AlarmAction::Activate,
+                    1 => AlarmAction::Deactivate,
+                    _ => return Err(KvError::Corrupt("unknown alarm action")),
+                },
+                member_id: decoder.u64()?,
+                alarm: alarm_type_of(decoder.u8()?).ok_or(KvError::Corrupt("unknown alarm type"))?,
+            }),
             _ => return Err(KvError::Corrupt("unknown request tag")),
         };
         decoder.finish()?;
         Ok(request)
+    }
+}
+
+/// An alarm type's code in the log and in snapshots (etcd's enum numbers).
+pub(crate) fn alarm_type_code(alarm: AlarmType) -> u8 {
+    match alarm {
+        AlarmType::None => 0,
+        AlarmType::Nospace => 1,
+        AlarmType::Corrupt => 2,
+    }
+}
+
+/// The alarm type of a code, if it is one.
+pub(crate) fn alarm_type_of(code: u8) -> Option<AlarmType> {
+    match code {
+        0 => Some(AlarmType::None),
+        1 => Some(AlarmType::Nospace),
+        2 => Some(AlarmType::Corrupt),
+        _ => None,
     }
 }
 
@@ -414,6 +459,16 @@ mod tests {
             }),
             Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 0 }),
             Request::LeaseRevoke(LeaseRevokeRequest { id: i64::MAX }),
+            Request::Alarm(AlarmRequest {
+                action: AlarmAction::Activate,
+                member_id: u64::MAX,
+                alarm: AlarmType::Nospace,
+            }),
+            Request::Alarm(AlarmRequest {
+                action: AlarmAction::Deactivate,
+                member_id: 7,
+                alarm: AlarmType::Corrupt,
+            }),
         ];
         for request in requests {
             let bytes = request.encode();
@@ -435,6 +490,22 @@ mod tests {
                 let _ = Request::decode(&damaged);
             }
         }
+    }
+
+    #[test]
+    fn an_unknown_alarm_action_or_type_is_an_error() {
+        let bytes = Request::Alarm(AlarmRequest {
+            action: AlarmAction::Deactivate,
+            member_id: 3,
+            alarm: AlarmType::Corrupt,
+        })
+        .encode();
+        let mut action = bytes.clone();
+        action[2] = 2;
+        assert_eq!(Request::decode(&action), Err(KvError::Corrupt("unknown alarm action")));
+        let mut kind = bytes.clone();
+        *kind.last_mut().unwrap() = 3;
+        assert_eq!(Request::decode(&kind), Err(KvError::Corrupt("unknown alarm type")));
     }
 
     #[test]

@@ -12,6 +12,9 @@ use crate::types::*;
 pub const REQUEST_BYTES_MAX_DEFAULT: usize = 1_572_864;
 /// etcd's largest lease TTL, in seconds.
 pub const LEASE_TTL_SECONDS_MAX: i64 = 9_000_000_000;
+/// Most alarms the store holds at once (one per member and kind; a group
+/// of 7 members raises at most 14).
+pub const ALARMS_MAX: usize = 1_024;
 /// Default of [`Config::compaction_keys_per_entry_max`], in keys: about 10 ms
 /// of work per applied entry (a whole compaction walks 1,000,000 keys in
 /// about a second).
@@ -307,6 +310,8 @@ pub struct Store {
     pub(crate) revision: i64,
     pub(crate) compact_revision: i64,
     pub(crate) leases: BTreeMap<i64, Lease>,
+    /// Raised alarms, by member then kind; never [`AlarmType::None`].
+    pub(crate) alarms: BTreeSet<AlarmMember>,
     pub(crate) applied_index: u64,
     pub(crate) state_hash: u64,
     pub(crate) retained_bytes: u64,
@@ -328,6 +333,7 @@ impl Store {
             revision: 1,
             compact_revision: 0,
             leases: BTreeMap::new(),
+            alarms: BTreeSet::new(),
             applied_index: 0,
             state_hash: 0,
             retained_bytes: 0,
@@ -411,6 +417,20 @@ impl Store {
         }
     }
 
+    /// `Maintenance.Alarm` with action `GET`: the raised alarms of kind
+    /// `alarm` (every kind for [`AlarmType::None`]), by member then kind.
+    pub fn alarms(&self, alarm: AlarmType) -> AlarmResponse {
+        AlarmResponse {
+            header: ResponseHeader::at(self.revision),
+            alarms: self
+                .alarms
+                .iter()
+                .filter(|raised| alarm == AlarmType::None || raised.alarm == alarm)
+                .copied()
+                .collect(),
+        }
+    }
+
     /// Stateless checks the server runs before proposing (so bad requests
     /// never reach the log), then the encoding to propose.
     pub fn prepare(&self, request: &Request) -> Result<Vec<u8>, KvError> {
@@ -486,6 +506,7 @@ impl Store {
                 lease_effect = Some(LeaseEffect::Revoked { id: revoke.id });
                 Response::LeaseRevoke(LeaseRevokeResponse::default())
             }),
+            Request::Alarm(alarm) => self.alarm(alarm).map(Response::Alarm),
         };
         assert!(result.is_ok() || !write.changed(), "a failed request changed the store");
         assert_eq!(write.events.len(), write.sub as usize, "one event per change");
@@ -699,7 +720,7 @@ impl Store {
                 check_intervals(&txn.failure)?;
                 Ok(())
             }
-            Request::Compaction(_) | Request::LeaseGrant(_) | Request::LeaseRevoke(_) => Ok(()),
+            Request::Compaction(_) | Request::LeaseGrant(_) | Request::LeaseRevoke(_) | Request::Alarm(_) => Ok(()),
         }
     }
 
@@ -1065,6 +1086,36 @@ impl Store {
         Ok(())
     }
 
+    // ----------------------------------------------------------------- alarms
+
+    /// Raises or clears one alarm (etcd's `AlarmStore`): an activation
+    /// answers the alarm whether it is new or was raised before, a
+    /// deactivation the alarm it cleared, if any. Neither changes the
+    /// revision. Activating [`AlarmType::None`] does nothing.
+    fn alarm(&mut self, request: &AlarmRequest) -> Result<AlarmResponse, KvError> {
+        let member = AlarmMember {
+            member_id: request.member_id,
+            alarm: request.alarm,
+        };
+        let mut response = AlarmResponse::default();
+        match request.action {
+            AlarmAction::Activate if member.alarm == AlarmType::None => {}
+            AlarmAction::Activate => {
+                if !self.alarms.contains(&member) && self.alarms.len() >= ALARMS_MAX {
+                    return Err(KvError::TooManyAlarms);
+                }
+                self.alarms.insert(member);
+                response.alarms.push(member);
+            }
+            AlarmAction::Deactivate => {
+                if self.alarms.remove(&member) {
+                    response.alarms.push(member);
+                }
+            }
+        }
+        Ok(response)
+    }
+
     // ------------------------------------------------------------- watch support
 
     /// Events in `[key, range_end)` from `start_revision` on, in revision order,
@@ -1317,5 +1368,6 @@ fn set_header_revision(response: &mut Response, revision: i64) {
         Response::Compaction(compaction) => compaction.header.revision = revision,
         Response::LeaseGrant(grant) => grant.header.revision = revision,
         Response::LeaseRevoke(revoke) => revoke.header.revision = revision,
+        Response::Alarm(alarm) => alarm.header.revision = revision,
     }
 }

@@ -8,10 +8,11 @@
 //! bytes and can repair each other chunk by chunk. Layout:
 //!
 //! ```text
-//! body  = magic "SYNODKV" version ("2") | applied_index | revision
+//! body  = magic "SYNODKV" version ("3") | applied_index | revision
 //!         | compact_revision | state_hash (u64 LE) | retained_bytes
 //!         | compaction pending (bool) | [target revision, cursor key]
 //!         | lease count | (id, ttl_seconds)*
+//!         | alarm count | (member_id, alarm type (u8))*
 //!         | key count | (key, change count | (mod_revision, sub,
 //!           create_revision, version, lease, live, [value]) *)*
 //!         | crc32c(body so far) (u32 LE)
@@ -28,8 +29,10 @@
 //! state: a store restored from a snapshot taken halfway through one goes on
 //! from the same key, as the original does. Version 1 (written before that
 //! field existed, when a compaction finished within its entry) is read as
-//! having none pending, so a member restarts from the snapshot an older
-//! build left; any other version is refused.
+//! having none pending, and versions 1 and 2 (written before alarms existed)
+//! as having no alarm raised, so a member restarts from the snapshot an
+//! older build left; any other version is refused. Alarms are sorted by
+//! member, then kind, like every other part.
 //!
 //! Restore checks every checksum, bound and ordering rule and returns
 //! [`KvError::Corrupt`] on any violation; it never panics on input.
@@ -38,15 +41,18 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::KvError;
 use crate::index::KeyIndex;
-use crate::store::{Change, Config, KeyHistory, Lease, PendingCompaction, Store};
-use crate::types::{RangeRequest, RangeResponse};
+use crate::request::{alarm_type_code, alarm_type_of};
+use crate::store::{Change, Config, KeyHistory, Lease, PendingCompaction, Store, ALARMS_MAX};
+use crate::types::{AlarmMember, AlarmType, RangeRequest, RangeResponse};
 use crate::varint::{Decoder, Encoder};
 
 /// The magic, then the format version (one byte), which changes whenever
 /// the layout does.
 const MAGIC: &[u8; 7] = b"SYNODKV";
-const VERSION: u8 = b'2';
-/// The layout before the pending compaction was recorded.
+const VERSION: u8 = b'3';
+/// The layout before alarms were recorded.
+const VERSION_WITHOUT_ALARMS: u8 = b'2';
+/// The layout before the pending compaction (and alarms) were recorded.
 const VERSION_WITHOUT_PENDING_COMPACTION: u8 = b'1';
 
 const CHUNK_HEADER_BYTES: usize = 12;
@@ -133,6 +139,7 @@ impl Store {
                         )
                     })
                     .collect(),
+                alarms: self.alarms.clone(),
                 applied_index: self.applied_index,
                 state_hash: self.state_hash,
                 retained_bytes: self.retained_bytes,
@@ -213,7 +220,7 @@ impl Store {
             return Err(KvError::Corrupt("not a snapshot"));
         }
         let version = body[MAGIC.len()];
-        if version != VERSION && version != VERSION_WITHOUT_PENDING_COMPACTION {
+        if ![VERSION, VERSION_WITHOUT_ALARMS, VERSION_WITHOUT_PENDING_COMPACTION].contains(&version) {
             return Err(KvError::Corrupt("snapshot format version not supported"));
         }
         let (content, trailer) = body.split_at(body.len() - 4);
@@ -255,6 +262,23 @@ impl Store {
                     keys: BTreeSet::new(),
                 },
             );
+        }
+        let mut alarms = BTreeSet::new();
+        if version == VERSION {
+            // Smallest encoding: a one-byte member ID and the type.
+            let alarm_count = decoder.count(2)?;
+            if alarm_count > ALARMS_MAX {
+                return Err(INVALID);
+            }
+            for _ in 0..alarm_count {
+                let member_id = decoder.u64()?;
+                let alarm = alarm_type_of(decoder.u8()?).ok_or(INVALID)?;
+                let raised = AlarmMember { member_id, alarm };
+                if alarm == AlarmType::None || alarms.last().is_some_and(|last| *last >= raised) {
+                    return Err(INVALID);
+                }
+                alarms.insert(raised);
+            }
         }
         let key_count = decoder.count(2)?;
         let mut elements: Vec<(&[u8], KeyHistory)> = Vec::with_capacity(key_count);
@@ -319,6 +343,7 @@ impl Store {
             revision,
             compact_revision,
             leases,
+            alarms,
             applied_index,
             state_hash,
             retained_bytes,
@@ -395,6 +420,11 @@ fn write_snapshot<E>(store: &Store, sink: impl FnMut(&[u8]) -> Result<(), E>) ->
         stream.encoder.i64(*id);
         stream.encoder.i64(lease.ttl_seconds);
         stream.flush_if_full()?;
+    }
+    stream.encoder.len(store.alarms.len());
+    for raised in &store.alarms {
+        stream.encoder.u64(raised.member_id);
+        stream.encoder.u8(alarm_type_code(raised.alarm));
     }
     stream.encoder.len(store.index.len());
     for (key, history) in store.index.iter() {

@@ -920,7 +920,7 @@ fn damaged_snapshots_are_rejected_without_panics() {
     }
     // Another format version, behind a valid checksum.
     let mut other_version = body.clone();
-    other_version[7] = b'3';
+    other_version[7] = b'4';
     let content_length = other_version.len() - 4;
     let checksum = crc32c::crc32c(&other_version[..content_length]);
     other_version[content_length..].copy_from_slice(&checksum.to_le_bytes());
@@ -1560,15 +1560,11 @@ fn a_host_may_step_a_compaction_once_per_batch_instead_of_per_entry() {
     assert_eq!(per_batch.retained_bytes(), per_entry.retained_bytes());
 }
 
-#[test]
-fn a_version_1_snapshot_restores_with_no_compaction_pending() {
-    let mut store = store();
-    for i in 0..5 {
-        store.apply(&put(&format!("k{i}"), "value"));
-    }
+/// A snapshot of `store` (no leases) in an older layout: version 2 lacks
+/// the alarm count after the (empty) lease list, version 1 also the
+/// pending-compaction flag before it.
+fn older_snapshot(store: &Store, version: u8) -> Vec<u8> {
     let body = store.snapshot();
-    // Version 1 is version 2 without the pending-compaction field, which
-    // follows the fixed header.
     let mut header = crate::varint::Encoder::default();
     header.u64(store.applied_index());
     header.i64(store.revision());
@@ -1576,13 +1572,145 @@ fn a_version_1_snapshot_restores_with_no_compaction_pending() {
     header.u64_fixed(store.state_hash());
     header.u64(store.retained_bytes());
     let field = 8 + header.bytes.len();
-    assert_eq!(body[field], 0, "no compaction pending");
-    let mut version_1 = body[..body.len() - 4].to_vec();
-    version_1.remove(field);
-    version_1[7] = b'1';
-    let checksum = crc32c::crc32c(&version_1);
-    version_1.extend_from_slice(&checksum.to_le_bytes());
+    assert_eq!(
+        body[field..field + 3],
+        [0, 0, 0],
+        "no compaction pending, no lease, no alarm"
+    );
+    let mut older = body[..body.len() - 4].to_vec();
+    older.remove(field + 2);
+    if version == b'1' {
+        older.remove(field);
+    }
+    older[7] = version;
+    let checksum = crc32c::crc32c(&older);
+    older.extend_from_slice(&checksum.to_le_bytes());
+    older
+}
+
+#[test]
+fn a_version_1_snapshot_restores_with_no_compaction_pending() {
+    let mut store = store();
+    for i in 0..5 {
+        store.apply(&put(&format!("k{i}"), "value"));
+    }
+    let version_1 = older_snapshot(&store, b'1');
     let restored = Store::restore(Config::default(), &version_1).expect("a version 1 snapshot restores");
     assert_eq!(restored.pending_compaction(), None);
-    assert_eq!(restored.snapshot(), body, "and is the same state");
+    assert_eq!(restored.snapshot(), store.snapshot(), "and is the same state");
+}
+
+#[test]
+fn a_version_2_snapshot_restores_with_no_alarm_raised() {
+    let mut store = store();
+    for i in 0..5 {
+        store.apply(&put(&format!("k{i}"), "value"));
+    }
+    let version_2 = older_snapshot(&store, b'2');
+    let restored = Store::restore(Config::default(), &version_2).expect("a version 2 snapshot restores");
+    assert_eq!(restored.alarms(AlarmType::None).alarms, []);
+    assert_eq!(restored.snapshot(), store.snapshot(), "and is the same state");
+}
+
+fn alarm(action: AlarmAction, member_id: u64, alarm: AlarmType) -> Request {
+    Request::Alarm(AlarmRequest {
+        action,
+        member_id,
+        alarm,
+    })
+}
+
+fn alarms_of(response: Response) -> Vec<AlarmMember> {
+    match response {
+        Response::Alarm(response) => response.alarms,
+        other => panic!("not an alarm response: {other:?}"),
+    }
+}
+
+#[test]
+fn alarms_are_raised_listed_and_cleared_per_member_and_kind() {
+    let mut store = store();
+    store.apply(&put("k", "v"));
+    let revision = store.revision();
+    let nospace_2 = AlarmMember {
+        member_id: 2,
+        alarm: AlarmType::Nospace,
+    };
+    let corrupt_1 = AlarmMember {
+        member_id: 1,
+        alarm: AlarmType::Corrupt,
+    };
+    let nospace_1 = AlarmMember {
+        member_id: 1,
+        alarm: AlarmType::Nospace,
+    };
+    use AlarmAction::{Activate, Deactivate};
+    assert_eq!(
+        alarms_of(ok(&mut store, alarm(Activate, 2, AlarmType::Nospace))),
+        [nospace_2]
+    );
+    // Raising it again answers the same alarm and changes nothing.
+    assert_eq!(
+        alarms_of(ok(&mut store, alarm(Activate, 2, AlarmType::Nospace))),
+        [nospace_2]
+    );
+    assert_eq!(
+        alarms_of(ok(&mut store, alarm(Activate, 1, AlarmType::Corrupt))),
+        [corrupt_1]
+    );
+    assert_eq!(
+        alarms_of(ok(&mut store, alarm(Activate, 1, AlarmType::Nospace))),
+        [nospace_1]
+    );
+    // Raising NONE does nothing.
+    assert_eq!(alarms_of(ok(&mut store, alarm(Activate, 3, AlarmType::None))), []);
+    assert_eq!(store.revision(), revision, "alarms leave the revision alone");
+    assert_eq!(store.alarms(AlarmType::None).alarms, [nospace_1, corrupt_1, nospace_2]);
+    assert_eq!(store.alarms(AlarmType::Nospace).alarms, [nospace_1, nospace_2]);
+    assert_eq!(store.alarms(AlarmType::Corrupt).alarms, [corrupt_1]);
+    assert_eq!(store.alarms(AlarmType::None).header.revision, revision);
+    // A snapshot keeps them.
+    let restored = Store::restore(Config::default(), &store.snapshot()).unwrap();
+    assert_eq!(restored.alarms(AlarmType::None), store.alarms(AlarmType::None));
+    assert_eq!(restored.snapshot(), store.snapshot());
+    // Deactivating clears exactly that alarm; NONE, another member or a
+    // cleared alarm clears nothing (etcd's semantics).
+    assert_eq!(alarms_of(ok(&mut store, alarm(Deactivate, 1, AlarmType::None))), []);
+    assert_eq!(alarms_of(ok(&mut store, alarm(Deactivate, 3, AlarmType::Nospace))), []);
+    assert_eq!(
+        alarms_of(ok(&mut store, alarm(Deactivate, 1, AlarmType::Nospace))),
+        [nospace_1]
+    );
+    assert_eq!(alarms_of(ok(&mut store, alarm(Deactivate, 1, AlarmType::Nospace))), []);
+    assert_eq!(store.alarms(AlarmType::None).alarms, [corrupt_1, nospace_2]);
+    assert_eq!(store.revision(), revision);
+}
+
+#[test]
+fn alarms_are_bounded() {
+    let mut store = store();
+    for member_id in 0..ALARMS_MAX as u64 {
+        ok(&mut store, alarm(AlarmAction::Activate, member_id, AlarmType::Corrupt));
+    }
+    assert_eq!(
+        err(&mut store, alarm(AlarmAction::Activate, u64::MAX, AlarmType::Corrupt)),
+        KvError::TooManyAlarms
+    );
+    // Raising one already raised still answers it.
+    ok(&mut store, alarm(AlarmAction::Activate, 0, AlarmType::Corrupt));
+    let restored = Store::restore(Config::default(), &store.snapshot()).unwrap();
+    assert_eq!(restored.alarms(AlarmType::None).alarms.len(), ALARMS_MAX);
+}
+
+#[test]
+fn alarms_enter_the_state_hash() {
+    let mut raised = store();
+    let mut other = store();
+    ok(&mut raised, alarm(AlarmAction::Activate, 1, AlarmType::Nospace));
+    ok(&mut other, alarm(AlarmAction::Activate, 2, AlarmType::Nospace));
+    assert_ne!(raised.state_hash(), other.state_hash());
+    let mut twin = store();
+    ok(&mut twin, alarm(AlarmAction::Activate, 1, AlarmType::Nospace));
+    assert_eq!(raised.state_hash(), twin.state_hash());
+    assert_eq!(raised.snapshot(), twin.snapshot());
 }

@@ -443,3 +443,58 @@ pub struct WatchResponse {
     /// Events, ordered by revision; one revision is never split across responses.
     pub events: Vec<Event>,
 }
+
+/// `etcdserverpb.AlarmType`: what a member raised. `None` is never stored; in
+/// a query it means every kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlarmType {
+    /// No alarm; in [`crate::Store::alarms`], every kind.
+    #[default]
+    None,
+    /// The member's space quota is exhausted.
+    Nospace,
+    /// The member found its state corrupt.
+    Corrupt,
+}
+
+/// `etcdserverpb.AlarmMember`: one alarm raised on one member.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AlarmMember {
+    /// The member the alarm is raised on.
+    pub member_id: u64,
+    /// What was raised.
+    pub alarm: AlarmType,
+}
+
+/// What an alarm request through the log does (`GET` is a read:
+/// [`crate::Store::alarms`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AlarmAction {
+    /// Raise the alarm on the member; raising `None` does nothing.
+    #[default]
+    Activate,
+    /// Clear the alarm on the member, if it is raised.
+    Deactivate,
+}
+
+/// `etcdserverpb.AlarmRequest` with action `ACTIVATE` or `DEACTIVATE`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AlarmRequest {
+    /// Raise or clear.
+    pub action: AlarmAction,
+    /// The member the alarm is about.
+    pub member_id: u64,
+    /// The alarm.
+    pub alarm: AlarmType,
+}
+
+/// `etcdserverpb.AlarmResponse`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AlarmResponse {
+    /// Header.
+    pub header: ResponseHeader,
+    /// For an activation, the alarm (raised now or before); for a
+    /// deactivation, the alarm cleared, if it was raised; for a query, every
+    /// matching alarm, by member then kind.
+    pub alarms: Vec<AlarmMember>,
+}

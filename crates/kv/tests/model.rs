@@ -1,11 +1,11 @@
 //! Model-based property test: random sequences of puts, deletes, txns,
-//! compactions, lease grants, revokes, keep-alives, expiries, ranges and
-//! watches run against the store and against a deliberately naive model that
+//! compactions, lease grants, revokes, keep-alives, expiries, alarms, ranges
+//! and watches run against the store and against a deliberately naive model that
 //! keeps the full state of every revision. Responses, errors, revisions,
 //! events, lease expiries and watch streams must agree; at the end the
 //! snapshot must restore to an identical store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use synod_kv::*;
@@ -28,6 +28,8 @@ struct Model {
     deadlines: BTreeMap<i64, u64>,
     /// The store's `history_revisions_max` (auto-compaction), 0 = off.
     history_revisions_max: i64,
+    /// Raised alarms.
+    alarms: BTreeSet<AlarmMember>,
 }
 
 fn in_range(key: &[u8], range_end: &[u8], candidate: &[u8]) -> bool {
@@ -47,6 +49,7 @@ impl Model {
             leases: BTreeMap::new(),
             deadlines: BTreeMap::new(),
             history_revisions_max,
+            alarms: BTreeSet::new(),
         }
     }
 
@@ -545,6 +548,24 @@ impl Model {
                 }))
             }
             Request::LeaseRevoke(revoke) => self.revoke(revoke.id),
+            Request::Alarm(alarm) => {
+                let member = AlarmMember {
+                    member_id: alarm.member_id,
+                    alarm: alarm.alarm,
+                };
+                let answered = match alarm.action {
+                    AlarmAction::Activate if alarm.alarm == AlarmType::None => false,
+                    AlarmAction::Activate => {
+                        self.alarms.insert(member);
+                        true
+                    }
+                    AlarmAction::Deactivate => self.alarms.remove(&member),
+                };
+                Ok(Response::Alarm(AlarmResponse {
+                    header: self.header(),
+                    alarms: if answered { vec![member] } else { Vec::new() },
+                }))
+            }
         }
     }
 }
@@ -733,6 +754,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (lease_id(), 1i64..6).prop_map(|(id, ttl)| Op::Apply(Request::LeaseGrant(LeaseGrantRequest { ttl, id }))),
         1 => (1i64..4).prop_map(|id| Op::Apply(Request::LeaseRevoke(LeaseRevokeRequest { id }))),
         1 => (1i64..4).prop_map(Op::KeepAlive),
+        1 => (any::<bool>(), 0u64..3, 0u8..3).prop_map(|(activate, member_id, kind)| Op::Apply(Request::Alarm(AlarmRequest {
+            action: if activate { AlarmAction::Activate } else { AlarmAction::Deactivate },
+            member_id,
+            alarm: [AlarmType::None, AlarmType::Nospace, AlarmType::Corrupt][usize::from(kind)],
+        }))),
         2 => (0u64..4000).prop_map(Op::Tick),
         4 => (range_request(), -1i64..6).prop_map(|(range, back)| Op::Range(range, back)),
         2 => (key(), range_end(), any::<bool>(), 0u8..3, -1i64..8).prop_map(|(key, range_end, prev_kv, filter, back)| {
@@ -775,7 +801,7 @@ enum CatchUp {
     /// As the server does it: jobs made against a copy frozen at one
     /// collect run at the next, after whatever was applied in between (which
     /// the watchers' tails must hold).
-    OffLock(Option<(FrozenStore, Vec<CatchUpJob>)>),
+    OffLock(Option<(Box<FrozenStore>, Vec<CatchUpJob>)>),
 }
 
 /// Takes the hub's ready responses into their watch records.
@@ -789,7 +815,7 @@ fn collect(hub: &mut WatchHub, store: &Store, watches: &mut [WatchRecord], catch
             if hub.catching_up() {
                 let frozen = store.freeze();
                 let jobs = hub.catch_up_jobs(frozen.revision());
-                *pending = Some((frozen, jobs));
+                *pending = Some((Box::new(frozen), jobs));
             }
             hub.take_ready(store)
         }
@@ -1039,12 +1065,18 @@ fn run(ops: Vec<Op>, config: Config, mut catch_up: CatchUp) -> Result<(), TestCa
         prop_assert_eq!(store.range(&everything), model.range(&everything));
     }
 
+    prop_assert_eq!(
+        store.alarms(AlarmType::None).alarms,
+        model.alarms.iter().copied().collect::<Vec<_>>()
+    );
+
     // Snapshot, restore, and continue identically.
     let chunks: Vec<Vec<u8>> = store.snapshot_chunks(256).collect();
     let restored = Store::restore_chunks(config.clone(), chunks.iter().map(|c| c.as_slice()))
         .map_err(|error| TestCaseError::fail(error.to_string()))?;
     prop_assert_eq!(restored.snapshot(), store.snapshot());
     prop_assert_eq!(restored.state_hash(), store.state_hash());
+    prop_assert_eq!(restored.alarms(AlarmType::None), store.alarms(AlarmType::None));
     for (id, lease) in store.leases() {
         prop_assert_eq!(restored.lease(id), Some(lease));
         let expected: Vec<Vec<u8>> = model

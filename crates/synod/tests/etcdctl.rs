@@ -267,7 +267,17 @@ fn etcdctl_against_a_three_member_group() {
         1,
         "exactly one leader: {status}"
     );
-    assert!(status.contains(", 3.5.0, "), "{status}");
+    assert!(status.contains(", 3.4.0, "), "{status}");
+    // No alarm raised: etcdctl lists none, and disarming clears nothing.
+    assert_eq!(run(&all, &["alarm", "list"]), "");
+    assert_eq!(run(&all, &["alarm", "disarm"]), "");
+    for index in 0..3 {
+        assert_eq!(
+            run(&at(index), &["defrag"]).lines().count(),
+            1,
+            "defrag at member {index}"
+        );
+    }
     let health = etcdctl(&[all[0], all[1], "endpoint", "health"]);
     let health_text = String::from_utf8_lossy(&health.stdout).into_owned() + &String::from_utf8_lossy(&health.stderr);
     assert!(health.status.success(), "{health_text}");
@@ -305,7 +315,7 @@ fn etcdctl_against_a_three_member_group() {
     assert_eq!((code, body.as_str()), (200, "{\"health\":\"true\",\"reason\":\"\"}"));
     let (code, body) = http_get(client_port, "/version");
     assert_eq!(code, 200);
-    assert!(body.contains("\"etcdserver\":\"3.5.0\""), "{body}");
+    assert!(body.contains("\"etcdserver\":\"3.4.0\""), "{body}");
     let (code, body) = http_get(client_port, "/metrics");
     assert_eq!(code, 200);
     for metric in [

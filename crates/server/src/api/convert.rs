@@ -152,6 +152,16 @@ pub fn watch_create(request: pb::WatchCreateRequest) -> Result<kv::WatchCreateRe
     })
 }
 
+/// `AlarmType` from the wire.
+pub fn alarm_type(alarm: i32) -> Result<kv::AlarmType, Status> {
+    match pb::AlarmType::try_from(alarm) {
+        Ok(pb::AlarmType::None) => Ok(kv::AlarmType::None),
+        Ok(pb::AlarmType::Nospace) => Ok(kv::AlarmType::Nospace),
+        Ok(pb::AlarmType::Corrupt) => Ok(kv::AlarmType::Corrupt),
+        Err(_) => Err(invalid("alarm type")),
+    }
+}
+
 // ----- Responses -----
 
 /// Identity fields the store leaves to the server.
@@ -273,6 +283,35 @@ pub fn time_to_live_response(
         granted_ttl: response.granted_ttl,
         keys: response.keys.into_iter().map(Bytes::from).collect(),
     }
+}
+
+pub fn alarm_member(alarm: kv::AlarmMember) -> pb::AlarmMember {
+    pb::AlarmMember {
+        member_id: alarm.member_id,
+        alarm: match alarm.alarm {
+            kv::AlarmType::None => pb::AlarmType::None,
+            kv::AlarmType::Nospace => pb::AlarmType::Nospace,
+            kv::AlarmType::Corrupt => pb::AlarmType::Corrupt,
+        } as i32,
+    }
+}
+
+pub fn alarm_response(identity: HeaderIdentity, response: kv::AlarmResponse) -> pb::AlarmResponse {
+    pb::AlarmResponse {
+        header: identity.of(&response.header),
+        alarms: response.alarms.into_iter().map(alarm_member).collect(),
+    }
+}
+
+/// An alarm as etcd's `Status` lists it among its errors (the protobuf text
+/// form of the `AlarmMember`).
+pub fn alarm_text(alarm: kv::AlarmMember) -> String {
+    let kind = match alarm.alarm {
+        kv::AlarmType::None => "NONE",
+        kv::AlarmType::Nospace => "NOSPACE",
+        kv::AlarmType::Corrupt => "CORRUPT",
+    };
+    format!("memberID:{} alarm:{kind} ", alarm.member_id)
 }
 
 /// The gRPC status for a state machine error: etcd's exact message and code.

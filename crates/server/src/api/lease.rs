@@ -1,5 +1,9 @@
-//! `etcdserverpb.Lease`: grant and revoke through the log; keep-alive and
-//! time-to-live at the master, which alone tracks deadlines.
+//! `etcdserverpb.Lease`: grant and revoke through the log; keep-alive,
+//! time-to-live and the list of leases at the master, after a linearizable
+//! read point, so each of them sees every grant and revoke that finished
+//! before it was asked, whichever member it is asked of. (The master alone
+//! tracks deadlines; etcd 3.4 answers the list from the asked member's own
+//! lessor, which on a follower may miss a lease just granted.)
 
 use std::pin::Pin;
 
@@ -33,8 +37,11 @@ struct Upstream {
 }
 
 impl Api {
-    /// One keep-alive at this member, the master: refresh the deadline.
+    /// One keep-alive at this member, the master: refresh the deadline. The
+    /// read point first: a master that has not yet applied a grant committed
+    /// under its predecessor would answer TTL 0, lease gone.
     async fn keep_alive_here(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+        self.linearizable_point().await?;
         let identity = self.identity();
         let ttl = self
             .ask(|reply| Command::KeepAlive { id, reply })
@@ -185,6 +192,7 @@ impl Lease for Api {
                 .lease_time_to_live(forwarded(request.into_inner()))
                 .await;
         }
+        self.linearizable_point().await?;
         let identity = self.identity();
         let LeaseTimeToLiveRequest { id, keys } = request.into_inner();
         let response = self
@@ -196,8 +204,14 @@ impl Lease for Api {
 
     async fn lease_leases(
         &self,
-        _request: GrpcRequest<LeaseLeasesRequest>,
+        request: GrpcRequest<LeaseLeasesRequest>,
     ) -> Result<GrpcResponse<LeaseLeasesResponse>, Status> {
+        if let Some(channel) = self.route(&request)? {
+            return LeaseClient::new(channel)
+                .lease_leases(forwarded(request.into_inner()))
+                .await;
+        }
+        self.linearizable_point().await?;
         let identity = self.identity();
         let leases = self.shared.store().lease_leases();
         Ok(GrpcResponse::new(LeaseLeasesResponse {

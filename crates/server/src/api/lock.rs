@@ -9,15 +9,29 @@
 //!
 //! Waiting re-checks the store each time the core applies something, so a
 //! holder's key deleted by unlock, resign or lease expiry wakes the next one.
-//! Followers forward these calls to the master.
+//! Followers forward these calls to the master; a Lock or Campaign waits
+//! there as long as its client does, not only the request timeout.
+//!
+//! A Lock or Campaign with lease 0 runs on a session of its own, as etcd's
+//! lock and election services do (`concurrency.NewSession`): the master
+//! grants a lease of [`SESSION_TTL_SECONDS`] and the key is put on it. The
+//! call refreshes that lease while it waits (etcd stops refreshing at once,
+//! so a wait longer than the TTL loses the key there); once the lock or
+//! leadership is won, the lease is the caller's to keep alive (its ID is the
+//! key's suffix and the `LeaderKey`'s lease) or to let expire. A call that
+//! fails or is cancelled before it wins revokes the session lease it granted,
+//! or deletes the key it created on the caller's lease (as etcd's mutex does),
+//! so an abandoned waiter never blocks the ones behind it.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::Stream;
 use synod_kv::{
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest, Request, RequestOp,
-    Response, ResponseOp, SortOrder, SortTarget, TargetUnion, TxnRequest, TxnResponse,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, LeaseGrantRequest, LeaseRevokeRequest,
+    PutRequest, RangeRequest, Request, RequestOp, Response, ResponseOp, SortOrder, SortTarget, TargetUnion, TxnRequest,
+    TxnResponse,
 };
 use synod_proto::v3electionpb::election_client::ElectionClient;
 use synod_proto::v3electionpb::election_server::Election;
@@ -33,6 +47,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 use super::{convert, forwarded, Api};
+use crate::node::Command;
 
 /// Observe responses queued for one client before its task waits.
 const OBSERVE_QUEUE_MAX: usize = 16;
@@ -40,6 +55,72 @@ const OBSERVE_QUEUE_MAX: usize = 16;
 const WAIT_RECHECK: Duration = Duration::from_millis(500);
 /// Longest lock or election name, in bytes.
 const NAME_BYTES_MAX: usize = 4_096;
+/// TTL of the session lease granted for a Lock or Campaign given lease 0,
+/// in seconds (etcd's `concurrency` default).
+pub const SESSION_TTL_SECONDS: i64 = 60;
+/// How often a waiting call refreshes its session lease: a third of its TTL.
+const SESSION_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(SESSION_TTL_SECONDS as u64 / 3);
+
+/// The lease a Lock or Campaign holds its key on.
+#[derive(Clone, Copy, Debug)]
+struct Session {
+    lease: i64,
+    /// Granted by this call (lease 0 asked), not the caller's.
+    owned: bool,
+}
+
+/// Undoes a Lock or Campaign that did not win: revokes the session lease it
+/// granted, or deletes the key it created on the caller's lease. Runs on
+/// drop, so a call cancelled by its client is undone too.
+struct Abandon {
+    api: Api,
+    session: Session,
+    created_key: Option<Vec<u8>>,
+    armed: bool,
+}
+
+impl Abandon {
+    fn new(api: &Api, session: Session) -> Abandon {
+        Abandon {
+            api: api.clone(),
+            session,
+            created_key: None,
+            armed: true,
+        }
+    }
+
+    /// The call won: keep what it made.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let request = if self.session.owned {
+            Request::LeaseRevoke(LeaseRevokeRequest { id: self.session.lease })
+        } else if let Some(key) = self.created_key.take() {
+            Request::DeleteRange(DeleteRangeRequest {
+                key,
+                ..DeleteRangeRequest::default()
+            })
+        } else {
+            return;
+        };
+        let api = self.api.clone();
+        // Not awaited by anyone: if it fails (say, the master changed), an
+        // owned session lease still expires, and a key on the caller's
+        // lease goes with that lease.
+        tokio::spawn(async move {
+            if let Err(error) = api.write(request).await {
+                tracing::debug!(%error, "undoing an abandoned lock or campaign failed");
+            }
+        });
+    }
+}
 
 /// The end of the range of keys that start with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
@@ -83,8 +164,81 @@ impl Api {
         }
     }
 
-    /// Creates `key` on `lease` with `value` unless it exists; returns its create revision.
-    async fn create_candidate(&self, key: &[u8], lease: i64, value: &[u8]) -> Result<i64, Status> {
+    /// The lease a Lock or Campaign holds its key on: the caller's, or for
+    /// lease 0 a session lease granted now.
+    async fn session(&self, lease: i64) -> Result<Session, Status> {
+        if lease != 0 {
+            return Ok(Session { lease, owned: false });
+        }
+        match self
+            .write(Request::LeaseGrant(LeaseGrantRequest {
+                ttl: SESSION_TTL_SECONDS,
+                id: 0,
+            }))
+            .await?
+        {
+            Response::LeaseGrant(granted) => Ok(Session {
+                lease: granted.id,
+                owned: true,
+            }),
+            _ => Err(Status::internal("synod: unexpected response to a lease grant")),
+        }
+    }
+
+    /// Runs `work`, refreshing the session lease meanwhile if this call owns it.
+    async fn keeping_alive<T>(
+        &self,
+        session: Session,
+        work: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        if !session.owned {
+            return work.await;
+        }
+        let refresh = async {
+            let mut interval = tokio::time::interval(SESSION_KEEP_ALIVE_INTERVAL);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                // A refresh that fails (no longer master) needs no answer:
+                // the wait fails on its own.
+                let _ = self
+                    .ask(|reply| Command::KeepAlive {
+                        id: session.lease,
+                        reply,
+                    })
+                    .await;
+            }
+        };
+        tokio::select! {
+            result = work => result,
+            () = refresh => Err(super::timed_out()),
+        }
+    }
+
+    /// Puts the key of a Lock or Campaign on its session and waits for its
+    /// turn; returns the key's create revision. Undone if it does not win.
+    async fn acquire(&self, name: &[u8], session: Session, value: &[u8]) -> Result<(Vec<u8>, i64), Status> {
+        let key = candidate_key(name, session.lease);
+        let mut abandon = Abandon::new(self, session);
+        let won = self
+            .keeping_alive(session, async {
+                let (revision, created) = self.create_candidate(&key, session.lease, value).await?;
+                if created {
+                    abandon.created_key = Some(key.clone());
+                }
+                self.wait_turn(&prefix_of(name), &key, revision).await?;
+                Ok(revision)
+            })
+            .await;
+        let revision = won?;
+        abandon.disarm();
+        Ok((key, revision))
+    }
+
+    /// Creates `key` on `lease` with `value` unless it exists; returns its
+    /// create revision, and whether this call created it.
+    async fn create_candidate(&self, key: &[u8], lease: i64, value: &[u8]) -> Result<(i64, bool), Status> {
         if self.shared.store().lease(lease).is_none() {
             return Err(Status::not_found("etcdserver: requested lease not found"));
         }
@@ -110,13 +264,13 @@ impl Api {
             })
             .await?;
         if response.succeeded {
-            return Ok(response.header.revision);
+            return Ok((response.header.revision, true));
         }
         match response.responses.first() {
             Some(ResponseOp::Range(range)) => range
                 .kvs
                 .first()
-                .map(|kv| kv.create_revision)
+                .map(|kv| (kv.create_revision, false))
                 .ok_or_else(|| Status::aborted("synod: candidate key vanished; retry")),
             _ => Err(Status::internal("synod: unexpected txn response")),
         }
@@ -219,14 +373,13 @@ impl Api {
 #[tonic::async_trait]
 impl Lock for Api {
     async fn lock(&self, request: GrpcRequest<LockRequest>) -> Result<GrpcResponse<LockResponse>, Status> {
-        if let Some(channel) = self.route(&request)? {
+        if let Some(channel) = self.route_waiting(&request)? {
             return LockClient::new(channel).lock(forwarded(request.into_inner())).await;
         }
         let LockRequest { name, lease } = request.into_inner();
         check_name(&name)?;
-        let key = candidate_key(&name, lease);
-        let revision = self.create_candidate(&key, lease, b"").await?;
-        self.wait_turn(&prefix_of(&name), &key, revision).await?;
+        let session = self.session(lease).await?;
+        let (key, _) = self.acquire(&name, session, b"").await?;
         let current = self.shared.store().revision();
         Ok(GrpcResponse::new(LockResponse {
             header: self.identity().header(current),
@@ -251,16 +404,15 @@ type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> +
 #[tonic::async_trait]
 impl Election for Api {
     async fn campaign(&self, request: GrpcRequest<CampaignRequest>) -> Result<GrpcResponse<CampaignResponse>, Status> {
-        if let Some(channel) = self.route(&request)? {
+        if let Some(channel) = self.route_waiting(&request)? {
             return ElectionClient::new(channel)
                 .campaign(forwarded(request.into_inner()))
                 .await;
         }
         let CampaignRequest { name, lease, value } = request.into_inner();
         check_name(&name)?;
-        let key = candidate_key(&name, lease);
-        let revision = self.create_candidate(&key, lease, &value).await?;
-        self.wait_turn(&prefix_of(&name), &key, revision).await?;
+        let session = self.session(lease).await?;
+        let (key, revision) = self.acquire(&name, session, &value).await?;
         let current = self.shared.store().revision();
         Ok(GrpcResponse::new(CampaignResponse {
             header: self.identity().header(current),
@@ -268,7 +420,7 @@ impl Election for Api {
                 name,
                 key: key.into(),
                 rev: revision,
-                lease,
+                lease: session.lease,
             }),
         }))
     }

@@ -1,13 +1,23 @@
 //! `etcdserverpb.Cluster` (member list), `etcdserverpb.Maintenance` (status,
 //! alarms, hashes) and `grpc.health.v1.Health`.
 //!
+//! Alarms are raised and cleared per member through the log, as etcd does,
+//! and listed at the master after a linearizable read point (etcd 3.4 sends
+//! even a listing through its log), so every member lists the same alarms.
+//! synod only records them: raising NOSPACE or CORRUPT refuses nothing.
+//!
 //! Membership is fixed for a group's life, so member add, remove, update and
 //! promote are refused; so are snapshot download, leader moves and downgrades.
 
 use std::pin::Pin;
 
 use futures_util::Stream;
+use synod_kv::{
+    AlarmAction as KvAlarmAction, AlarmRequest as KvAlarmRequest, AlarmType as KvAlarmType, Request, Response,
+};
+use synod_proto::etcdserverpb::alarm_request::AlarmAction;
 use synod_proto::etcdserverpb::cluster_server::Cluster;
+use synod_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use synod_proto::etcdserverpb::maintenance_server::Maintenance;
 use synod_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest, DowngradeResponse,
@@ -21,10 +31,13 @@ use synod_proto::grpc::health::v1::health_server::Health;
 use synod_proto::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
-use super::Api;
+use super::{convert, forwarded, Api};
 
-/// The etcd server version reported to clients (the API level synod speaks).
-pub const ETCD_VERSION: &str = "3.5.0";
+/// The etcd version reported to clients (`Status`, `/version`): the API synod
+/// speaks is etcd 3.4's. Nothing 3.5 added is served (`Downgrade` is refused,
+/// `Defragment` answers no header), and where synod does better than 3.4
+/// (linearizable lease lists, for one) a 3.4 client loses nothing.
+pub const ETCD_VERSION: &str = "3.4.0";
 
 fn fixed_membership() -> Status {
     Status::unimplemented("synod: membership is fixed for the group's life")
@@ -91,20 +104,63 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 #[tonic::async_trait]
 impl Maintenance for Api {
     async fn alarm(&self, request: GrpcRequest<AlarmRequest>) -> Result<GrpcResponse<AlarmResponse>, Status> {
-        // No alarms are raised: the space quota refuses writes directly.
-        let _ = request;
-        Ok(GrpcResponse::new(AlarmResponse {
-            header: self.identity().header(self.revision()),
-            alarms: Vec::new(),
-        }))
+        if let Some(channel) = self.route(&request)? {
+            return MaintenanceClient::new(channel)
+                .alarm(forwarded(request.into_inner()))
+                .await;
+        }
+        let AlarmRequest {
+            action,
+            member_id,
+            alarm,
+        } = request.into_inner();
+        let alarm = convert::alarm_type(alarm)?;
+        let action = match AlarmAction::try_from(action) {
+            Ok(AlarmAction::Get) => {
+                self.linearizable_point().await?;
+                let identity = self.identity();
+                let alarms = self.shared.store().alarms(alarm);
+                return Ok(GrpcResponse::new(convert::alarm_response(identity, alarms)));
+            }
+            Ok(AlarmAction::Activate) => KvAlarmAction::Activate,
+            Ok(AlarmAction::Deactivate) => KvAlarmAction::Deactivate,
+            Err(_) => return Err(Status::invalid_argument("etcdserver: invalid alarm action")),
+        };
+        let is_member = self.shared.identity.members.iter().any(|member| member.id == member_id);
+        if action == KvAlarmAction::Activate && alarm != KvAlarmType::None && !is_member {
+            return Err(Status::not_found("etcdserver: member not found"));
+        }
+        let identity = self.identity();
+        match self
+            .write(Request::Alarm(KvAlarmRequest {
+                action,
+                member_id,
+                alarm,
+            }))
+            .await?
+        {
+            Response::Alarm(response) => Ok(GrpcResponse::new(convert::alarm_response(identity, response))),
+            _ => Err(Status::internal("synod: unexpected response to an alarm")),
+        }
     }
 
     async fn status(&self, _: GrpcRequest<StatusRequest>) -> Result<GrpcResponse<StatusResponse>, Status> {
         let status = self.shared.current_status();
-        let (revision, bytes) = {
+        let (revision, bytes, alarms) = {
             let store = self.shared.store();
-            (store.revision(), store.retained_bytes() as i64)
+            (
+                store.revision(),
+                store.retained_bytes() as i64,
+                store.alarms(KvAlarmType::None).alarms,
+            )
         };
+        // etcd lists a missing leader, then this member's view of the
+        // alarms, among the errors.
+        let mut errors = Vec::new();
+        if status.master.is_none() {
+            errors.push("etcdserver: no leader".to_string());
+        }
+        errors.extend(alarms.into_iter().map(convert::alarm_text));
         Ok(GrpcResponse::new(StatusResponse {
             header: self.identity().header(revision),
             version: ETCD_VERSION.to_string(),
@@ -113,7 +169,7 @@ impl Maintenance for Api {
             raft_index: status.chosen_through,
             raft_term: status.round,
             raft_applied_index: status.applied_instance,
-            errors: Vec::new(),
+            errors,
             db_size_in_use: bytes,
             is_learner: false,
             ..StatusResponse::default()
@@ -121,10 +177,9 @@ impl Maintenance for Api {
     }
 
     async fn defragment(&self, _: GrpcRequest<DefragmentRequest>) -> Result<GrpcResponse<DefragmentResponse>, Status> {
-        // The store is in memory; there is nothing to defragment.
-        Ok(GrpcResponse::new(DefragmentResponse {
-            header: self.identity().header(self.revision()),
-        }))
+        // The store is in memory; there is nothing to defragment. etcd
+        // answers no header here, and clients check that.
+        Ok(GrpcResponse::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, _: GrpcRequest<HashRequest>) -> Result<GrpcResponse<HashResponse>, Status> {

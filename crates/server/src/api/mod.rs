@@ -3,8 +3,8 @@
 //!
 //! # Who answers what
 //!
-//! - **Writes** (Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke) go
-//!   through the log. At the master: encode the request (synod-kv's
+//! - **Writes** (Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke,
+//!   Alarm ACTIVATE and DEACTIVATE) go through the log. At the master: encode the request (synod-kv's
 //!   `Store::prepare`), submit it, answer once it is applied here. At a
 //!   follower: **forwarded** to the master's client port as the same gRPC
 //!   call, so a client may talk to any member. With no master known the answer
@@ -15,8 +15,12 @@
 //!   answered by any member from its own store. A range that looks at more
 //!   than `RANGE_KEYS_IN_PLACE_MAX` keys is answered from a frozen copy of
 //!   the store on a blocking-pool thread, not under the store's lock here.
-//! - **Lease keep-alives and time-to-live** need the master's lease deadlines,
-//!   so followers forward them too; the list of leases is read locally.
+//! - **Lease keep-alives, time-to-live and the list of leases** are answered
+//!   by the master after the same read point (it alone knows the deadlines);
+//!   followers forward them. So are alarm listings, Election's Leader and
+//!   the first answer of Observe: every read but a serializable Range, Watch,
+//!   Status, Hash and HashKV (each about the member asked) is linearizable
+//!   on every member.
 //! - **Watches** are served by the member the client is connected to, from
 //!   its own applied log.
 //!
@@ -61,7 +65,9 @@ const RANGE_KEYS_IN_PLACE_MAX: usize = 4_096;
 #[derive(Clone, Debug)]
 pub struct Api {
     shared: Arc<Shared>,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Channels to other members' client ports, by URL and whether calls
+    /// on them time out.
+    channels: Arc<Mutex<HashMap<(String, bool), Channel>>>,
 }
 
 /// etcd's answer when no master is known.
@@ -118,8 +124,20 @@ impl Api {
     }
 
     /// Where a request only the master may answer goes: `None` to answer it
-    /// here, or a channel to the master.
+    /// here, or a channel to the master whose calls time out after the
+    /// request timeout.
     pub fn route<T>(&self, request: &tonic::Request<T>) -> Result<Option<Channel>, Status> {
+        self.route_with(request, true)
+    }
+
+    /// [`Api::route`] for a call that waits as long as its client does (Lock,
+    /// Campaign, as in etcd): the channel to the master sets no timeout of its
+    /// own.
+    pub fn route_waiting<T>(&self, request: &tonic::Request<T>) -> Result<Option<Channel>, Status> {
+        self.route_with(request, false)
+    }
+
+    fn route_with<T>(&self, request: &tonic::Request<T>, timed: bool) -> Result<Option<Channel>, Status> {
         let status = self.shared.current_status();
         if status.is_master {
             return Ok(None);
@@ -134,15 +152,17 @@ impl Api {
             .proposals_forwarded
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut channels = lock_mutex(&self.channels);
-        if let Some(channel) = channels.get(&url) {
+        if let Some(channel) = channels.get(&(url.clone(), timed)) {
             return Ok(Some(channel.clone()));
         }
-        let endpoint = Endpoint::from_shared(url.clone())
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|_| no_leader())?
-            .connect_timeout(FORWARD_CONNECT_TIMEOUT)
-            .timeout(self.shared.tunables.request_timeout);
+            .connect_timeout(FORWARD_CONNECT_TIMEOUT);
+        if timed {
+            endpoint = endpoint.timeout(self.shared.tunables.request_timeout);
+        }
         let channel = endpoint.connect_lazy();
-        channels.insert(url, channel.clone());
+        channels.insert((url, timed), channel.clone());
         Ok(Some(channel))
     }
 
