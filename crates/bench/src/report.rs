@@ -12,6 +12,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// The most kinds of error a report lists one by one, so that messages carrying changing
+/// details cannot grow it without bound.
+pub const ERROR_KINDS_MAX: usize = 32;
+
 /// The slowest latency the histogram can hold, in microseconds (one minute); slower ones are
 /// clamped to it.
 pub const LATENCY_US_MAX: u64 = 60_000_000;
@@ -57,9 +61,19 @@ impl Recorder {
         self.ops_per_second[second] += 1;
     }
 
-    /// A failed operation, counted under `kind` (a gRPC status code name, "timeout", ...).
+    /// A failed operation, counted under `kind` (a gRPC status code and message, "timeout",
+    /// ...); past [`ERROR_KINDS_MAX`] kinds, new ones are counted as "other".
     pub fn error(&mut self, kind: &str) {
-        *self.errors.entry(kind.to_string()).or_default() += 1;
+        self.add_error(kind, 1);
+    }
+
+    fn add_error(&mut self, kind: &str, count: u64) {
+        let kind = if self.errors.len() < ERROR_KINDS_MAX || self.errors.contains_key(kind) {
+            kind
+        } else {
+            "other"
+        };
+        *self.errors.entry(kind.to_string()).or_default() += count;
     }
 
     /// Counts `times` an outcome that is neither a success's latency nor an error (e.g. a txn
@@ -88,7 +102,7 @@ impl Recorder {
     /// elsewhere, like the watch workload's puts).
     pub fn merge_errors(&mut self, other: &Recorder) {
         for (kind, count) in &other.errors {
-            *self.errors.entry(kind.clone()).or_default() += count;
+            self.add_error(kind, *count);
         }
     }
 
@@ -222,11 +236,10 @@ impl fmt::Display for Report {
         writeln!(f, "elapsed      {:.2} s", self.elapsed_s)?;
         writeln!(f, "ops          {}", self.ops)?;
         writeln!(f, "throughput   {:.1} ops/s", self.throughput_ops_per_s)?;
-        write!(f, "errors       {}", self.errors_total)?;
+        writeln!(f, "errors       {}", self.errors_total)?;
         for (kind, count) in &self.errors {
-            write!(f, "  {kind}: {count}")?;
+            writeln!(f, "  {count:>10}  {kind}")?;
         }
-        writeln!(f)?;
         for (name, count) in &self.counters {
             writeln!(f, "{name:<12} {count}")?;
         }
@@ -290,6 +303,20 @@ mod tests {
         assert_eq!(report.errors_total, 1);
         assert_eq!(report.counters["compare_failed"], 2);
         assert_eq!(report.ops_per_second, [1, 0, 0, 1]);
+    }
+
+    #[test]
+    fn error_kinds_are_bounded() {
+        let mut recorder = Recorder::new();
+        for index in 0..100 {
+            recorder.error(&format!("Unknown (revision {index})"));
+        }
+        recorder.error("Unknown (revision 3)");
+        let report = recorder.report("put", Duration::from_secs(1));
+        assert_eq!(report.errors.len(), ERROR_KINDS_MAX + 1);
+        assert_eq!(report.errors["Unknown (revision 3)"], 2);
+        assert_eq!(report.errors["other"], 100 - ERROR_KINDS_MAX as u64);
+        assert_eq!(report.errors_total, 101);
     }
 
     #[test]

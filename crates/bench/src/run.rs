@@ -52,9 +52,18 @@ struct Live {
     errors: AtomicU64,
 }
 
-/// The name an error is counted under: the gRPC status code's name.
+/// The longest error message kept in an error's kind, in characters.
+const ERROR_MESSAGE_CHARS_MAX: usize = 80;
+
+/// The name an error is counted under: the gRPC status code's name and the server's message
+/// (etcd and synod say "no leader", "too many requests", ... under the same code).
 fn error_kind(status: &Status) -> String {
-    format!("{:?}", status.code())
+    let message: String = status.message().chars().take(ERROR_MESSAGE_CHARS_MAX).collect();
+    if message.is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?} ({message})", status.code())
+    }
 }
 
 /// Opens `args.connections` channels round-robin over the endpoints, failing with the first
@@ -272,7 +281,14 @@ struct LeaseWorker {
 }
 
 impl LeaseWorker {
-    async fn open(channel: Channel) -> Result<LeaseWorker, String> {
+    /// Grants a lease and opens its keep-alive stream, within `timeout`.
+    async fn open(channel: Channel, timeout: Duration) -> Result<LeaseWorker, String> {
+        tokio::time::timeout(timeout, LeaseWorker::open_now(channel))
+            .await
+            .map_err(|_| format!("lease: no keep-alive stream within {timeout:?}"))?
+    }
+
+    async fn open_now(channel: Channel) -> Result<LeaseWorker, String> {
         let mut leases = LeaseClient::new(channel);
         let granted = leases
             .lease_grant(LeaseGrantRequest {
@@ -283,17 +299,28 @@ impl LeaseWorker {
             .map_err(|status| format!("lease grant failed: {}", status.message()))?
             .into_inner();
         let (requests, receiver) = mpsc::channel(1);
-        let responses = leases
+        // A first keep-alive goes out with the call: etcd (grpc-go) sends the stream's
+        // response headers only with its first message, which would otherwise never come.
+        requests
+            .send(LeaseKeepAliveRequest { id: granted.id })
+            .await
+            .map_err(|_| "lease: the request stream closed".to_string())?;
+        let mut responses = leases
             .lease_keep_alive(ReceiverStream::new(receiver))
             .await
             .map_err(|status| format!("lease keep-alive stream failed: {}", status.message()))?
             .into_inner();
-        Ok(LeaseWorker {
-            leases,
-            id: granted.id,
-            requests,
-            responses,
-        })
+        match responses.message().await {
+            Ok(Some(response)) if response.ttl > 0 => Ok(LeaseWorker {
+                leases,
+                id: granted.id,
+                requests,
+                responses,
+            }),
+            Ok(Some(_)) => Err("lease: expired before its first keep-alive".into()),
+            Ok(None) => Err("lease: the server closed the keep-alive stream".into()),
+            Err(status) => Err(format!("lease keep-alive failed: {}", status.message())),
+        }
     }
 
     /// One keep-alive round trip.
@@ -421,7 +448,11 @@ pub async fn run(args: &Args) -> Result<Report, String> {
     let mut watchers = Vec::new();
     if args.workload == Workload::Watch {
         for index in 0..args.watchers as usize {
-            watchers.push(open_watch(channels[index % channels.len()].clone()).await?);
+            let opening = open_watch(channels[index % channels.len()].clone());
+            let watcher = tokio::time::timeout(args.request_timeout(), opening)
+                .await
+                .map_err(|_| format!("watch: not created within {:?}", args.request_timeout()))??;
+            watchers.push(watcher);
         }
     }
 
@@ -429,7 +460,7 @@ pub async fn run(args: &Args) -> Result<Report, String> {
     for client in 0..args.clients as usize {
         let channel = channels[client % channels.len()].clone();
         let worker = match args.workload {
-            Workload::Lease => Worker::Lease(Box::new(LeaseWorker::open(channel).await?)),
+            Workload::Lease => Worker::Lease(Box::new(LeaseWorker::open(channel, args.request_timeout()).await?)),
             workload => Worker::Kv(Box::new(KvWorker {
                 kv: KvClient::new(channel),
                 workload,
@@ -502,7 +533,8 @@ pub async fn run(args: &Args) -> Result<Report, String> {
     Ok(report)
 }
 
-/// Opens a watch on the key prefix and waits for the server to confirm it.
+/// Opens a watch on the key prefix and waits for the server to confirm it. The create request
+/// goes out with the call, since etcd sends the stream's headers only with its first reply.
 async fn open_watch(channel: Channel) -> Result<(mpsc::Sender<WatchRequest>, Streaming<WatchResponse>), String> {
     let (sender, receiver) = mpsc::channel(1);
     let prefix = KEY_PREFIX.as_bytes();
@@ -521,12 +553,11 @@ async fn open_watch(channel: Channel) -> Result<(mpsc::Sender<WatchRequest>, Str
         .await
         .map_err(|status| format!("watch failed: {}", status.message()))?
         .into_inner();
-    match tokio::time::timeout(CONNECT_TIMEOUT, stream.message()).await {
-        Ok(Ok(Some(response))) if response.created && !response.canceled => Ok((sender, stream)),
-        Ok(Ok(Some(response))) => Err(format!("watch was not created: {}", response.cancel_reason)),
-        Ok(Ok(None)) => Err("watch: the server closed the stream".into()),
-        Ok(Err(status)) => Err(format!("watch failed: {}", status.message())),
-        Err(_) => Err(format!("watch: not created within {CONNECT_TIMEOUT:?}")),
+    match stream.message().await {
+        Ok(Some(response)) if response.created && !response.canceled => Ok((sender, stream)),
+        Ok(Some(response)) => Err(format!("watch was not created: {}", response.cancel_reason)),
+        Ok(None) => Err("watch: the server closed the stream".into()),
+        Err(status) => Err(format!("watch failed: {}", status.message())),
     }
 }
 
