@@ -54,6 +54,7 @@ stop_group() {
   group_pids=()
 }
 trap 'stop_group; rm -rf "$root"' EXIT
+trap 'exit 130' INT TERM
 
 synod_endpoints=127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579
 etcd_endpoints=127.0.0.1:12379,127.0.0.1:12479,127.0.0.1:12579
@@ -81,20 +82,20 @@ start_etcd() {
   done
 }
 
-# Waits until every member of the group accepts a write through the load generator itself.
+# Waits until the group takes a burst of writes through every member without one error: a
+# member can accept a first write a little before the group is settled.
 wait_ready() {
-  local endpoints=$1 endpoint attempt
-  for endpoint in ${endpoints//,/ }; do
-    for attempt in $(seq 60); do
-      if "$synod" bench put --total 1 --clients 1 --connections 1 --key-space 1 --quiet \
-        --endpoints "$endpoint" >/dev/null 2>&1; then
-        continue 2
-      fi
-      sleep 0.5
-    done
-    echo "$endpoint did not become ready" >&2
-    return 1
+  local endpoints=$1 attempt probe="$root/ready.json"
+  for attempt in $(seq 60); do
+    if "$synod" bench put --total 100 --clients 6 --connections 3 --key-space 1 --quiet \
+      --request-timeout-ms 2000 --endpoints "$endpoints" --json "$probe" >/dev/null 2>&1 &&
+      [ "$(field "$probe" errors_total)" = 0 ]; then
+      return 0
+    fi
+    sleep 0.5
   done
+  echo "$endpoints did not become ready" >&2
+  return 1
 }
 
 # The number after "FIELD": in a report (the reports are pretty-printed, one field a line).
