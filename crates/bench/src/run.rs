@@ -422,8 +422,7 @@ fn plan(args: &Args) -> Plan {
     Plan {
         stop: match (args.total, args.duration()) {
             (Some(total), _) => Stop::Total(total),
-            (None, Some(length)) => Stop::After(length),
-            (None, None) => Stop::Total(0),
+            (None, length) => Stop::After(length.unwrap_or_default()),
         },
         rate_per_s: args.rate_per_s,
     }
@@ -515,7 +514,8 @@ pub async fn run(args: &Args) -> Result<Report, String> {
     }
     let report = if args.workload == Workload::Watch {
         puts_acked.store(writes.successes(), Ordering::Relaxed);
-        puts_finished.store(true, Ordering::Relaxed);
+        // Release: a watcher that sees the writers finished sees their count too.
+        puts_finished.store(true, Ordering::Release);
         let mut deliveries = Recorder::new();
         for task in watch_tasks {
             let recorder = task.await.map_err(|error| format!("a watcher failed: {error}"))?;
@@ -579,7 +579,7 @@ async fn receive_events(mut watcher: WatchReceiver) -> Recorder {
     let mut received = 0u64;
     let mut drain_deadline = None;
     loop {
-        if watcher.finished.load(Ordering::Relaxed) {
+        if watcher.finished.load(Ordering::Acquire) {
             let acked = watcher.acked.load(Ordering::Relaxed);
             if received >= acked {
                 break;
