@@ -25,6 +25,21 @@
 
 #![deny(missing_docs)]
 
+/// The `range_end` that makes a range or watch cover every key starting with `prefix`: the
+/// prefix with its last byte below 0xff incremented (and what follows dropped), or `"\0"`
+/// (every key from the start key on) when there is none, as etcd's clients compute it.
+/// Here because the server (locks, elections) and the load generator both need it.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 /// Multi-version key-value records (`mvccpb`).
 pub mod mvccpb {
     #![expect(
@@ -82,5 +97,18 @@ pub mod grpc {
             )]
             tonic::include_proto!("grpc.health.v1");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
+        assert_eq!(prefix_end(&[b'a', 0xff]), b"b".to_vec());
+        assert_eq!(prefix_end(&[0xff]), vec![0]);
+        assert_eq!(prefix_end(b""), vec![0]);
     }
 }

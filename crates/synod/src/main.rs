@@ -1,5 +1,6 @@
 //! The `synod` command line: `synod server` runs one member, `synod dev` a
-//! whole group on loopback for trying it out.
+//! whole group on loopback for trying it out, `synod bench` loads a group
+//! (synod's or etcd's) through the etcd v3 API.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ enum Mode {
     Server(ServerFlags),
     /// Run a whole group on loopback (client ports 2379, 2479, 2579, ...).
     Dev(DevFlags),
+    /// Load a group (synod or etcd) through the etcd v3 API and report throughput and latency.
+    Bench(synod_bench::Args),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -193,6 +196,7 @@ fn main() -> ExitCode {
         match command.mode {
             Mode::Server(flags) => server(flags, shutdown).await,
             Mode::Dev(flags) => dev(flags, shutdown).await,
+            Mode::Bench(args) => bench(args, shutdown).await,
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -223,6 +227,14 @@ async fn server(flags: ServerFlags, shutdown: CancellationToken) -> Result<(), S
     synod_server::run(config, shutdown)
         .await
         .map_err(|error| error.to_string())
+}
+
+/// Runs the load generator; Ctrl-C abandons the run without a report.
+async fn bench(args: synod_bench::Args, shutdown: CancellationToken) -> Result<(), String> {
+    tokio::select! {
+        result = synod_bench::run_cli(args) => result,
+        () = shutdown.cancelled() => Err("interrupted before the run finished".into()),
+    }
 }
 
 async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String> {

@@ -33,6 +33,7 @@ use synod_kv::{
     PutRequest, RangeRequest, Request, RequestOp, Response, ResponseOp, SortOrder, SortTarget, TargetUnion, TxnRequest,
     TxnResponse,
 };
+use synod_proto::prefix_end;
 use synod_proto::v3electionpb::election_client::ElectionClient;
 use synod_proto::v3electionpb::election_server::Election;
 use synod_proto::v3electionpb::{
@@ -120,18 +121,6 @@ impl Drop for Abandon {
             }
         });
     }
-}
-
-/// The end of the range of keys that start with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 fn candidate_key(name: &[u8], lease: i64) -> Vec<u8> {
@@ -551,10 +540,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefix_ends() {
-        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
-        assert_eq!(prefix_end(&[b'a', 0xff]), b"b".to_vec());
-        assert_eq!(prefix_end(&[0xff]), vec![0]);
+    fn candidate_keys() {
         assert_eq!(candidate_key(b"job", 255), b"job/ff".to_vec());
     }
 }
