@@ -202,3 +202,60 @@ fn recovery_rule_uses_faulty_ballots() {
         Decision::Unresolved
     ));
 }
+
+/// Whether an acceptor holding `accepted` acceptances (instances 1 on, none
+/// known chosen) answers a prepare from `from` with a truncated promise.
+fn promise_is_truncated(accepted: u64, from: Instance) -> bool {
+    let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let ballot = Ballot::new(1, 1, NodeId(2));
+    let durable = DurableState {
+        meta: Meta {
+            promised: ballot,
+            incarnation: 1,
+            voting: Voting::Voter,
+        },
+        slots: (1..=accepted)
+            .map(|instance| {
+                let slot = StoredSlot::Accepted {
+                    ballot,
+                    batch: batch(ballot, instance),
+                };
+                (Instance(instance), slot)
+            })
+            .collect(),
+        ..DurableState::default()
+    };
+    let mut replica = Replica::restart(Config::new(NodeId(1), members), durable, Time::ZERO, 7);
+    replica.take_ready();
+    let prepare = Message::Prepare {
+        ballot: Ballot::new(2, 1, NodeId(3)),
+        from,
+    };
+    replica.step(LATER, NodeId(3), prepare);
+    let promises: Vec<bool> = replica
+        .take_ready()
+        .messages
+        .into_iter()
+        .filter_map(|envelope| match envelope.message {
+            Message::Promise { truncated, .. } => Some(truncated),
+            _ => None,
+        })
+        .collect();
+    assert!(!promises.is_empty(), "the prepare is answered");
+    promises[0]
+}
+
+#[test]
+fn a_promise_is_truncated_only_past_the_accept_ahead_and_window_bounds() {
+    // The bound is what an acceptor can hold beyond a candidate's commit
+    // point: accept_ahead_instances_max plus the pipelining window.
+    let config = Config::new(NodeId(1), vec![NodeId(1)]);
+    let bound = config.accept_ahead_instances_max + config.window_instances_max;
+    assert!(!promise_is_truncated(bound, Instance(1)), "exactly at the bound: whole");
+    assert!(
+        promise_is_truncated(bound + 1, Instance(1)),
+        "one past the bound: truncated"
+    );
+    // With no snapshot (log base 0), even a prepare from instance 0 gets it all.
+    assert!(!promise_is_truncated(3, Instance(0)));
+}
