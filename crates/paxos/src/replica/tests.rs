@@ -206,7 +206,18 @@ fn recovery_rule_uses_faulty_ballots() {
 /// Whether an acceptor holding `accepted` acceptances (instances 1 on, none
 /// known chosen) answers a prepare from `from` with a truncated promise.
 fn promise_is_truncated(accepted: u64, from: Instance) -> bool {
-    let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+    promise_pieces(
+        Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]),
+        accepted,
+        from,
+    )[0]
+    .1
+}
+
+/// The promise an acceptor holding `accepted` acceptances (instances 1 on)
+/// sends for a prepare from `from`: each piece's entries, truncated and last
+/// flags.
+fn promise_pieces(config: Config, accepted: u64, from: Instance) -> Vec<(Vec<PromiseEntry>, bool, bool)> {
     let ballot = Ballot::new(1, 1, NodeId(2));
     let durable = DurableState {
         meta: Meta {
@@ -225,24 +236,60 @@ fn promise_is_truncated(accepted: u64, from: Instance) -> bool {
             .collect(),
         ..DurableState::default()
     };
-    let mut replica = Replica::restart(Config::new(NodeId(1), members), durable, Time::ZERO, 7);
+    let mut replica = Replica::restart(config, durable, Time::ZERO, 7);
     replica.take_ready();
     let prepare = Message::Prepare {
         ballot: Ballot::new(2, 1, NodeId(3)),
         from,
     };
     replica.step(LATER, NodeId(3), prepare);
-    let promises: Vec<bool> = replica
+    let promises: Vec<_> = replica
         .take_ready()
         .messages
         .into_iter()
         .filter_map(|envelope| match envelope.message {
-            Message::Promise { truncated, .. } => Some(truncated),
+            Message::Promise {
+                entries,
+                truncated,
+                last,
+                ..
+            } => Some((entries, truncated, last)),
             _ => None,
         })
         .collect();
     assert!(!promises.is_empty(), "the prepare is answered");
-    promises[0]
+    promises
+}
+
+#[test]
+fn a_long_promise_is_cut_into_pieces_within_the_message_bound() {
+    let mut config = Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)]);
+    config.value_bytes_max = 1;
+    config.batch_bytes_max = 1;
+    // 37 entries of 104 bytes fill a piece exactly.
+    config.message_bytes_max = 104 * 37 + 256;
+    config.validate().expect("a valid configuration");
+    let pieces = promise_pieces(config.clone(), 100, Instance(1));
+    // The acceptor leaves 256 bytes of each message for the framing.
+    let budget = config.message_bytes_max - 256;
+    assert!(pieces.len() > 1, "100 entries do not fit one message of {budget} bytes");
+    let mut instances = Vec::new();
+    for (index, (entries, truncated, last)) in pieces.iter().enumerate() {
+        assert!(!entries.is_empty() && !truncated);
+        assert_eq!(*last, index + 1 == pieces.len(), "only the final piece is the last");
+        let bytes: usize = entries.iter().map(Message::promise_entry_bytes).sum();
+        assert!(bytes <= budget, "piece {index}: {bytes} bytes over {budget}");
+        if index + 1 < pieces.len() {
+            let next = Message::promise_entry_bytes(&pieces[index + 1].0[0]);
+            assert!(bytes + next > budget, "piece {index} could have taken the next entry");
+        }
+        instances.extend(entries.iter().map(PromiseEntry::instance));
+    }
+    assert_eq!(
+        instances,
+        (1..=100).map(Instance).collect::<Vec<_>>(),
+        "every entry, in order, once"
+    );
 }
 
 #[test]
