@@ -306,3 +306,75 @@ fn a_promise_is_truncated_only_past_the_accept_ahead_and_window_bounds() {
     // With no snapshot (log base 0), even a prepare from instance 0 gets it all.
     assert!(!promise_is_truncated(3, Instance(0)));
 }
+
+/// What an acceptor answers to one `Accept` from node 2.
+fn answer_to_accept(replica: &mut Replica, ballot: Ballot, instance: u64, batch_ballot: Ballot) -> Vec<Message> {
+    let accept = Message::Accept {
+        ballot,
+        instance: Instance(instance),
+        batch: batch(batch_ballot, instance),
+        chosen_through: Instance::ZERO,
+    };
+    replica.step(LATER, NodeId(2), accept);
+    let ready = replica.take_ready();
+    ready
+        .messages
+        .into_iter()
+        .filter(|envelope| envelope.to == NodeId(2))
+        .map(|envelope| envelope.message)
+        .collect()
+}
+
+#[test]
+fn an_acceptor_accepts_no_further_ahead_than_its_bound() {
+    let mut replica = acceptor(PlantedBugs::default());
+    let ballot = Ballot::new(1, 1, NodeId(2));
+    let ahead = replica.config().accept_ahead_instances_max;
+    let accepted = |answers: &[Message]| answers.iter().any(|m| matches!(m, Message::Accepted { .. }));
+    assert!(
+        accepted(&answer_to_accept(&mut replica, ballot, ahead, ballot)),
+        "at the bound"
+    );
+    assert!(
+        !accepted(&answer_to_accept(&mut replica, ballot, ahead + 2, ballot)),
+        "past it"
+    );
+}
+
+#[test]
+fn an_accept_of_another_value_for_a_chosen_instance_gets_no_answer() {
+    let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+    let chosen_at = Ballot::new(1, 1, NodeId(3));
+    let durable = DurableState {
+        meta: Meta {
+            promised: chosen_at,
+            incarnation: 1,
+            voting: Voting::Voter,
+        },
+        slots: vec![(
+            Instance(5),
+            StoredSlot::Chosen {
+                batch: batch(chosen_at, 5),
+            },
+        )],
+        ..DurableState::default()
+    };
+    let mut replica = Replica::restart(Config::new(NodeId(1), members), durable, Time::ZERO, 7);
+    replica.take_ready();
+    // Not the chosen batch: neither vouched for nor answered with a snapshot
+    // (the value is still in the log, so no snapshot is needed).
+    let higher = Ballot::new(2, 1, NodeId(2));
+    let answers = answer_to_accept(&mut replica, higher, 5, higher);
+    assert!(
+        !answers
+            .iter()
+            .any(|m| matches!(m, Message::Accepted { .. } | Message::SnapshotNeeded { .. })),
+        "{answers:?}"
+    );
+    // The chosen batch itself is vouched for.
+    let answers = answer_to_accept(&mut replica, higher, 5, chosen_at);
+    assert!(
+        answers.iter().any(|m| matches!(m, Message::Accepted { .. })),
+        "{answers:?}"
+    );
+}
