@@ -378,3 +378,44 @@ fn an_accept_of_another_value_for_a_chosen_instance_gets_no_answer() {
         "{answers:?}"
     );
 }
+
+#[test]
+fn an_accept_raises_the_promise_and_only_when_higher_writes_it() {
+    let mut replica = acceptor(PlantedBugs::default());
+    let promised = replica.meta().promised;
+    // At the promised ballot: the acceptance alone is written.
+    replica.step(
+        LATER,
+        NodeId(2),
+        Message::Accept {
+            ballot: promised,
+            instance: Instance(1),
+            batch: batch(promised, 1),
+            chosen_through: Instance::ZERO,
+        },
+    );
+    let ready = replica.take_ready();
+    assert!(
+        !ready.persist.iter().any(|p| matches!(p, Persist::Meta(_))),
+        "{:?}",
+        ready.persist
+    );
+    // Above it: the promise goes up with the acceptance, so a ballot in
+    // between is refused afterwards.
+    let high = Ballot::new(3, 1, NodeId(2));
+    let answers = answer_to_accept(&mut replica, high, 2, high);
+    assert!(answers.iter().any(|m| matches!(m, Message::Accepted { .. })));
+    assert_eq!(replica.meta().promised, high);
+    let between = Ballot::new(2, 1, NodeId(3));
+    let answers = answer_to_accept(&mut replica, between, 3, between);
+    assert!(
+        answers.iter().any(|m| matches!(
+            m,
+            Message::Refuse {
+                reason: RefuseReason::Promised,
+                ..
+            }
+        )),
+        "{answers:?}"
+    );
+}
