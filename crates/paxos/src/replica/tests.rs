@@ -6,14 +6,19 @@ use super::*;
 use crate::message::{BatchId, RefuseReason};
 use crate::output::Meta;
 
+/// The metadata of a voter that promised `promised` in its first incarnation.
+fn voter(promised: Ballot) -> Meta {
+    Meta {
+        promised,
+        incarnation: 1,
+        voting: Voting::Voter,
+    }
+}
+
 fn acceptor(bugs: PlantedBugs) -> Replica {
     let members = vec![NodeId(1), NodeId(2), NodeId(3)];
     let durable = DurableState {
-        meta: Meta {
-            promised: Ballot::new(1, 1, NodeId(2)),
-            incarnation: 1,
-            voting: Voting::Voter,
-        },
+        meta: voter(Ballot::new(1, 1, NodeId(2))),
         ..DurableState::default()
     };
     let mut replica = Replica::restart(Config::new(NodeId(1), members), durable, Time::ZERO, 7);
@@ -36,11 +41,7 @@ fn slots_below_a_lost_snapshot_are_not_taken_as_chosen() {
         )
     };
     let durable = DurableState {
-        meta: Meta {
-            promised: ballot,
-            incarnation: 1,
-            voting: Voting::Voter,
-        },
+        meta: voter(ballot),
         slots: vec![accepted(5), accepted(11)],
         chosen_through: Instance(12),
         snapshot_lost_through: Instance(10),
@@ -56,11 +57,7 @@ fn an_accept_for_an_instance_only_in_the_snapshot_is_answered_with_it() {
     let members = vec![NodeId(1), NodeId(2), NodeId(3)];
     let ballot = Ballot::new(2, 1, NodeId(2));
     let durable = DurableState {
-        meta: Meta {
-            promised: ballot,
-            incarnation: 1,
-            voting: Voting::Voter,
-        },
+        meta: voter(ballot),
         snapshot_instance: Instance(10),
         chosen_through: Instance(10),
         ..DurableState::default()
@@ -220,11 +217,7 @@ fn promise_is_truncated(accepted: u64, from: Instance) -> bool {
 fn promise_pieces(config: Config, accepted: u64, from: Instance) -> Vec<(Vec<PromiseEntry>, bool, bool)> {
     let ballot = Ballot::new(1, 1, NodeId(2));
     let durable = DurableState {
-        meta: Meta {
-            promised: ballot,
-            incarnation: 1,
-            voting: Voting::Voter,
-        },
+        meta: voter(ballot),
         slots: (1..=accepted)
             .map(|instance| {
                 let slot = StoredSlot::Accepted {
@@ -346,11 +339,7 @@ fn an_accept_of_another_value_for_a_chosen_instance_gets_no_answer() {
     let members = vec![NodeId(1), NodeId(2), NodeId(3)];
     let chosen_at = Ballot::new(1, 1, NodeId(3));
     let durable = DurableState {
-        meta: Meta {
-            promised: chosen_at,
-            incarnation: 1,
-            voting: Voting::Voter,
-        },
+        meta: voter(chosen_at),
         slots: vec![(
             Instance(5),
             StoredSlot::Chosen {
