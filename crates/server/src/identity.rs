@@ -4,6 +4,12 @@
 //! directory; its presence is what "this directory holds a member" means. A
 //! restarted member takes its name, IDs and peers from here, never from flags,
 //! so a changed `--initial-cluster` cannot silently move it to another cluster.
+//!
+//! Kept as two copies, `member` and `member.copy`, each ending in a CRC32C of
+//! what precedes it, the way the acceptor metadata is kept: one bit flip or
+//! truncation in either copy is detected, the member starts from the other and
+//! rewrites the damaged one. Only when both copies are damaged does the member
+//! refuse to start, naming both files.
 
 use std::fs;
 use std::io::Write;
@@ -11,10 +17,16 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{cluster_id, parse_initial_cluster, ConfigError, MemberSpec};
 
-/// File name inside the data directory.
 /// The identity file's name in the data directory.
 pub const IDENTITY_FILE: &str = "member";
-const HEADER: &str = "synod-member-v1";
+/// The name of the identity file's second copy in the data directory.
+pub const IDENTITY_COPY_FILE: &str = "member.copy";
+/// The first line of a file written before copies and checksums (read, never written).
+const HEADER_V1: &str = "synod-member-v1";
+/// The first line of a checksummed copy.
+const HEADER: &str = "synod-member-v2";
+/// The last line's key: the CRC32C of every byte before that line, in hex.
+const CHECKSUM_KEY: &str = "crc32c=";
 
 /// Who this member is and which group it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,56 +96,67 @@ impl Identity {
     }
 
     /// Reads the identity in `data_dir`, or `None` if the directory holds no member.
+    ///
+    /// A damaged or missing copy beside a good one is rewritten from the good
+    /// one (a warning says which), so one damaged file never keeps the member down.
     pub fn load(data_dir: &Path) -> Result<Option<Identity>, IdentityError> {
-        let path = data_dir.join(IDENTITY_FILE);
-        let text = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(IdentityError::Io { path, source }),
+        let primary = data_dir.join(IDENTITY_FILE);
+        let copy = data_dir.join(IDENTITY_COPY_FILE);
+        let from_primary = read_copy(&primary)?;
+        let from_copy = read_copy(&copy)?;
+        let (identity, damaged) = match (from_primary, from_copy) {
+            (None, None) => return Ok(None),
+            (Some(Ok(identity)), Some(Ok(other))) => {
+                if identity != other {
+                    return Err(IdentityError::Malformed {
+                        path: copy,
+                        reason: format!("both copies are intact but differ; {} is not this member's copy", IDENTITY_COPY_FILE),
+                    });
+                }
+                return Ok(Some(identity));
+            }
+            (Some(Ok(identity)), None) => (identity, None),
+            (Some(Ok(identity)), Some(Err(error))) | (Some(Err(error)), Some(Ok(identity))) => (identity, Some(error)),
+            (None, Some(Ok(identity))) => (identity, None),
+            (Some(Err(error)), None) | (None, Some(Err(error))) => return Err(error),
+            (Some(Err(error)), Some(Err(other))) => {
+                return Err(IdentityError::Malformed {
+                    path: data_dir.to_path_buf(),
+                    reason: format!("both copies of the member file are damaged ({error}; {other}); restore the data directory from a backup, or remove it and add the member anew"),
+                })
+            }
         };
-        let malformed = |reason: &str| IdentityError::Malformed {
-            path: path.clone(),
-            reason: reason.to_string(),
-        };
-        let text = String::from_utf8(text).map_err(|_| malformed("not UTF-8"))?;
-        let mut lines = text.lines();
-        if lines.next() != Some(HEADER) {
-            return Err(malformed("unknown header"));
+        match damaged {
+            Some(error) => tracing::warn!(%error, "member file repaired from its other copy"),
+            None => {
+                tracing::warn!(dir = %data_dir.display(), "member file copy missing or in the old format; rewriting both copies")
+            }
         }
-        let mut field = |key: &str| -> Result<String, IdentityError> {
-            let line = lines.next().ok_or_else(|| malformed("ends early"))?;
-            line.strip_prefix(key)
-                .and_then(|rest| rest.strip_prefix('='))
-                .map(str::to_string)
-                .ok_or_else(|| malformed(&format!("expected {key}=")))
-        };
-        let name = field("name")?;
-        let member_id = u64::from_str_radix(&field("member_id")?, 16).map_err(|_| malformed("bad member_id"))?;
-        let cluster_id = u64::from_str_radix(&field("cluster_id")?, 16).map_err(|_| malformed("bad cluster_id"))?;
-        let initial_cluster = field("initial_cluster")?;
-        let identity = Identity::from_flags(&name, &initial_cluster).map_err(|error| malformed(&error.to_string()))?;
-        if identity.member_id != member_id || identity.cluster_id != cluster_id {
-            return Err(malformed("IDs do not match the recorded initial cluster"));
-        }
+        identity.store(data_dir)?;
         Ok(Some(identity))
     }
 
-    /// Writes the identity durably (temporary file, fsync, rename, directory fsync).
+    /// Writes both copies durably (each: temporary file, fsync, rename), then
+    /// fsyncs the directory. A crash between the two renames leaves one good
+    /// copy and one old or missing one, which [`Identity::load`] repairs.
     pub fn store(&self, data_dir: &Path) -> Result<(), IdentityError> {
         let io = |source| IdentityError::Io {
             path: data_dir.to_path_buf(),
             source,
         };
         fs::create_dir_all(data_dir).map_err(io)?;
-        let temporary = data_dir.join(format!("{IDENTITY_FILE}.tmp"));
-        let text = format!(
+        let body = format!(
             "{HEADER}\nname={}\nmember_id={:x}\ncluster_id={:x}\ninitial_cluster={}\n",
             self.name, self.member_id, self.cluster_id, self.initial_cluster
         );
-        let mut file = fs::File::create(&temporary).map_err(io)?;
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        fs::rename(&temporary, data_dir.join(IDENTITY_FILE)).map_err(io)?;
+        let text = format!("{body}{CHECKSUM_KEY}{:08x}\n", crc32c::crc32c(body.as_bytes()));
+        for name in [IDENTITY_FILE, IDENTITY_COPY_FILE] {
+            let temporary = data_dir.join(format!("{name}.tmp"));
+            let mut file = fs::File::create(&temporary).map_err(io)?;
+            file.write_all(text.as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            fs::rename(&temporary, data_dir.join(name)).map_err(io)?;
+        }
         fs::File::open(data_dir)
             .and_then(|directory| directory.sync_all())
             .map_err(io)?;
@@ -141,21 +164,148 @@ impl Identity {
     }
 }
 
+/// One copy of the identity: `None` if the file does not exist, `Some(Err)` if
+/// it is damaged. A file in the old, unchecksummed format parses here too;
+/// [`Identity::load`] then rewrites it in the new one.
+fn read_copy(path: &Path) -> Result<Option<Result<Identity, IdentityError>>, IdentityError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(IdentityError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    Ok(Some(parse_copy(&bytes).map_err(|reason| IdentityError::Malformed {
+        path: path.to_path_buf(),
+        reason,
+    })))
+}
+
+fn parse_copy(bytes: &[u8]) -> Result<Identity, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
+    let body = if text.starts_with(HEADER_V1) {
+        text
+    } else if text.starts_with(HEADER) {
+        if !text.ends_with('\n') {
+            return Err("ends early".to_string());
+        }
+        let body_end = text
+            .trim_end_matches('\n')
+            .rfind('\n')
+            .map(|at| at + 1)
+            .ok_or("ends early")?;
+        let (body, last) = text.split_at(body_end);
+        let recorded = last
+            .strip_prefix(CHECKSUM_KEY)
+            .and_then(|hex| u32::from_str_radix(hex.trim_end_matches('\n'), 16).ok())
+            .ok_or("no checksum line")?;
+        if recorded != crc32c::crc32c(body.as_bytes()) {
+            return Err("checksum mismatch".to_string());
+        }
+        body
+    } else {
+        return Err("unknown header".to_string());
+    };
+    let mut lines = body.lines().skip(1);
+    let mut field = |key: &str| -> Result<String, String> {
+        let line = lines.next().ok_or("ends early")?;
+        line.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix('='))
+            .map(str::to_string)
+            .ok_or_else(|| format!("expected {key}="))
+    };
+    let name = field("name")?;
+    let member_id = u64::from_str_radix(&field("member_id")?, 16).map_err(|_| "bad member_id")?;
+    let cluster_id = u64::from_str_radix(&field("cluster_id")?, 16).map_err(|_| "bad cluster_id")?;
+    let initial_cluster = field("initial_cluster")?;
+    let identity = Identity::from_flags(&name, &initial_cluster).map_err(|error| error.to_string())?;
+    if identity.member_id != member_id || identity.cluster_id != cluster_id {
+        return Err("IDs do not match the recorded initial cluster".to_string());
+    }
+    Ok(identity)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn identity_round_trips_and_damage_is_reported() {
-        let directory = std::env::temp_dir().join(format!("synod-identity-{}", std::process::id()));
+    fn scratch(name: &str) -> PathBuf {
+        let directory = std::env::temp_dir().join(format!("synod-identity-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&directory);
+        directory
+    }
+
+    #[test]
+    fn identity_round_trips_and_damage_to_both_copies_is_reported() {
+        let directory = scratch("both");
         assert_eq!(Identity::load(&directory).unwrap(), None);
         let identity = Identity::from_flags("b", "a=127.0.0.1:1,b=127.0.0.1:2").unwrap();
         identity.store(&directory).unwrap();
         assert_eq!(Identity::load(&directory).unwrap(), Some(identity));
         fs::write(directory.join(IDENTITY_FILE), b"garbage").unwrap();
+        fs::write(directory.join(IDENTITY_COPY_FILE), b"garbage").unwrap();
         let error = Identity::load(&directory).unwrap_err();
-        assert!(error.to_string().contains("damaged member file"), "{error}");
+        assert!(error.to_string().contains("both copies"), "{error}");
+        let _ = fs::remove_dir_all(&directory);
+    }
+
+    /// Every single-bit flip (one per byte, the bit rotating) and every
+    /// truncation of either copy is detected and repaired from the other.
+    #[test]
+    fn one_damaged_copy_is_repaired_from_the_other() {
+        let directory = scratch("repair");
+        let identity = Identity::from_flags("b", "a=127.0.0.1:1,b=127.0.0.1:2,c=127.0.0.1:3").unwrap();
+        identity.store(&directory).unwrap();
+        let good = fs::read(directory.join(IDENTITY_FILE)).unwrap();
+        assert_eq!(good, fs::read(directory.join(IDENTITY_COPY_FILE)).unwrap());
+        let mut damaged_copies = Vec::new();
+        for at in 0..good.len() {
+            let mut flipped = good.clone();
+            flipped[at] ^= 1 << (at % 8);
+            damaged_copies.push(flipped);
+        }
+        for length in 0..good.len() {
+            damaged_copies.push(good[..length].to_vec());
+        }
+        for (index, damaged) in damaged_copies.iter().enumerate() {
+            let name = [IDENTITY_FILE, IDENTITY_COPY_FILE][index % 2];
+            fs::write(directory.join(name), damaged).unwrap();
+            assert!(parse_copy(damaged).is_err(), "damage {index} went unseen");
+            assert_eq!(
+                Identity::load(&directory).unwrap().as_ref(),
+                Some(&identity),
+                "damage {index}"
+            );
+            assert_eq!(
+                fs::read(directory.join(name)).unwrap(),
+                good,
+                "damage {index} not repaired"
+            );
+        }
+        let _ = fs::remove_dir_all(&directory);
+    }
+
+    #[test]
+    fn a_lost_copy_and_an_old_format_file_are_rewritten() {
+        let directory = scratch("old");
+        let identity = Identity::from_flags("a", "a=127.0.0.1:1,b=127.0.0.1:2").unwrap();
+        identity.store(&directory).unwrap();
+        let good = fs::read(directory.join(IDENTITY_FILE)).unwrap();
+        fs::remove_file(directory.join(IDENTITY_FILE)).unwrap();
+        assert_eq!(Identity::load(&directory).unwrap().as_ref(), Some(&identity));
+        assert_eq!(fs::read(directory.join(IDENTITY_FILE)).unwrap(), good);
+        fs::remove_file(directory.join(IDENTITY_COPY_FILE)).unwrap();
+        let old = format!(
+            "{HEADER_V1}\nname=a\nmember_id={:x}\ncluster_id={:x}\ninitial_cluster={}\n",
+            identity.member_id, identity.cluster_id, identity.initial_cluster
+        );
+        fs::write(directory.join(IDENTITY_FILE), old).unwrap();
+        assert_eq!(Identity::load(&directory).unwrap().as_ref(), Some(&identity));
+        assert_eq!(fs::read(directory.join(IDENTITY_FILE)).unwrap(), good);
+        assert_eq!(fs::read(directory.join(IDENTITY_COPY_FILE)).unwrap(), good);
         let _ = fs::remove_dir_all(&directory);
     }
 
