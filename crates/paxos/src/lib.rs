@@ -121,7 +121,7 @@ mod time;
 pub use ballot::{Ballot, Instance, NodeId};
 pub use config::{Config, ConfigError};
 pub use encoding::{decode_batch, decode_message, encode_batch, encode_message, CodecError, CODEC_VERSION};
-pub use message::{Batch, BatchId, Entry, Epoch, Message, PromiseEntry, RefuseReason};
+pub use message::{Batch, BatchId, Entry, Epoch, InvalidMessage, Message, PromiseEntry, RefuseReason, COUNTER_MAX};
 pub use output::{
     Committed, DurableState, Envelope, FreshStart, Meta, Outcome, Persist, Ready, RejectReason, Rejected, StoredSlot,
     SubmitId, SubmitOutcome, Voting,

@@ -280,7 +280,95 @@ pub enum Message {
     },
 }
 
+/// Largest ballot round or incarnation, and largest instance, a peer's message
+/// may carry. Half of `u64`: a replica adds one to the highest round and
+/// incarnation it has seen, and to instances, so a peer that sends `u64::MAX`
+/// would otherwise wrap them (or panic) and stop the group from ever electing
+/// again. At a million ballots or instances a second the bound is 290,000 years away.
+pub const COUNTER_MAX: u64 = u64::MAX / 2;
+
+/// Why a peer's message was refused before the core acted on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvalidMessage {
+    /// A round, incarnation or instance above [`COUNTER_MAX`].
+    OutOfRange,
+    /// A ballot that only its proposer sends names another member than the sender.
+    ForeignBallot,
+}
+
 impl Message {
+    /// Checks what the core would otherwise take at face value: that every
+    /// counter is within [`COUNTER_MAX`], and that a message only a proposer
+    /// sends (lease prepare and propose, prepare, accept, commit) carries a
+    /// ballot of the member it came from.
+    pub fn validate(&self, from: NodeId) -> Result<(), InvalidMessage> {
+        let ballot_ok = |ballot: &Ballot| ballot.round <= COUNTER_MAX && ballot.incarnation <= COUNTER_MAX;
+        let instance_ok = |instance: &Instance| instance.0 <= COUNTER_MAX;
+        let in_range = match self {
+            Message::LeasePrepare { ballot } | Message::LeasePropose { ballot, .. } => ballot_ok(ballot),
+            Message::LeasePrepareReply { ballot, promised, .. }
+            | Message::LeaseProposeReply { ballot, promised, .. }
+            | Message::Refuse { ballot, promised, .. } => ballot_ok(ballot) && ballot_ok(promised),
+            Message::Prepare { ballot, from } => ballot_ok(ballot) && instance_ok(from),
+            Message::Promise {
+                ballot,
+                chosen_through,
+                entries,
+                ..
+            } => {
+                ballot_ok(ballot)
+                    && instance_ok(chosen_through)
+                    && entries.iter().all(|entry| {
+                        instance_ok(&entry.instance())
+                            && match entry {
+                                PromiseEntry::Accepted { ballot, .. } => ballot_ok(ballot),
+                                PromiseEntry::Faulty { ballot, .. } => ballot.as_ref().is_none_or(ballot_ok),
+                                PromiseEntry::Chosen { .. } => true,
+                            }
+                    })
+            }
+            Message::Accept {
+                ballot,
+                instance,
+                chosen_through,
+                ..
+            } => ballot_ok(ballot) && instance_ok(instance) && instance_ok(chosen_through),
+            Message::Accepted { ballot, instance } => ballot_ok(ballot) && instance_ok(instance),
+            Message::Commit {
+                ballot,
+                chosen_through,
+                proposed_through,
+            } => ballot_ok(ballot) && instance_ok(chosen_through) && instance_ok(proposed_through),
+            Message::CatchupRequest { from, to } => instance_ok(from) && instance_ok(to),
+            Message::CatchupReply {
+                entries,
+                chosen_through,
+            } => instance_ok(chosen_through) && entries.iter().all(|(instance, _)| instance_ok(instance)),
+            Message::SnapshotNeeded { snapshot_instance } => instance_ok(snapshot_instance),
+            Message::Probe => true,
+            Message::ProbeReply {
+                promised,
+                incarnation_seen,
+                ..
+            } => ballot_ok(promised) && *incarnation_seen <= COUNTER_MAX,
+        };
+        if !in_range {
+            return Err(InvalidMessage::OutOfRange);
+        }
+        match self {
+            Message::LeasePrepare { ballot }
+            | Message::LeasePropose { ballot, .. }
+            | Message::Prepare { ballot, .. }
+            | Message::Accept { ballot, .. }
+            | Message::Commit { ballot, .. }
+                if ballot.node != from =>
+            {
+                Err(InvalidMessage::ForeignBallot)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// A bound on this message's encoded size, for cutting replies to `message_bytes_max`.
     pub fn encoded_bytes(&self) -> usize {
         match self {

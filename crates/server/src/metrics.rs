@@ -98,6 +98,9 @@ pub struct Metrics {
     pub watchers: AtomicI64,
     /// Peer messages dropped at a full per-peer queue.
     pub peer_messages_dropped: AtomicU64,
+    /// Peer messages the core refused unread (a counter out of range, or a
+    /// proposer's ballot not of its sender).
+    pub peer_messages_invalid: AtomicU64,
     /// The write-ahead log's group-commit counters, once its writer runs.
     pub wal: OnceLock<Arc<GroupCommitCounters>>,
 }
@@ -120,6 +123,7 @@ impl Default for Metrics {
             watch_streams: AtomicI64::new(0),
             watchers: AtomicI64::new(0),
             peer_messages_dropped: AtomicU64::new(0),
+            peer_messages_invalid: AtomicU64::new(0),
             wal: OnceLock::new(),
         }
     }
@@ -208,6 +212,12 @@ impl Metrics {
             "synod_peer_messages_dropped_total",
             "Peer messages dropped because a peer's send queue was full.",
             self.peer_messages_dropped.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "synod_peer_messages_invalid_total",
+            "Peer messages refused before the core acted on them: a round, incarnation or instance out of range, or a ballot not of its sender.",
+            self.peer_messages_invalid.load(Ordering::Relaxed),
         );
         if let Some(wal) = self.wal.get() {
             let stats = wal.snapshot();

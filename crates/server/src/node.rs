@@ -401,7 +401,15 @@ impl Core {
         match input {
             PeerInput::Message(message) => {
                 let now = self.now();
+                let invalid_before = self.replica.messages_invalid();
                 self.replica.step(now, from, message);
+                if self.replica.messages_invalid() > invalid_before {
+                    self.shared
+                        .metrics
+                        .peer_messages_invalid
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = from.0, "refused a peer message: a round, incarnation or instance out of range, or a ballot not of its sender");
+                }
             }
             PeerInput::SnapshotRequest { instance, chunk_index } => self.snapshots.serve(
                 from,

@@ -144,6 +144,8 @@ pub struct Replica {
     /// The promise last handed to the host to persist: `meta.promised` never
     /// goes below it (checked in `persist_meta`).
     promised_persisted: Ballot,
+    /// Peer messages refused by [`Message::validate`] before the core acted on them.
+    messages_invalid: u64,
     probing: Option<Probing>,
     lease_acceptor: LeaseAcceptor,
     lease_proposer: LeaseProposer,
@@ -238,6 +240,7 @@ impl Replica {
             bugs: PlantedBugs::default(),
             rng,
             promised_persisted: meta.promised,
+            messages_invalid: 0,
             meta,
             probing: None,
             lease_acceptor: LeaseAcceptor::new(silent_until),
@@ -343,6 +346,12 @@ impl Replica {
     /// The acceptor metadata: promise, incarnation, right to vote.
     pub fn meta(&self) -> Meta {
         self.meta
+    }
+
+    /// How many peer messages were refused unread: a counter out of range, or a
+    /// proposer's ballot from another member than the sender ([`Message::validate`]).
+    pub fn messages_invalid(&self) -> u64 {
+        self.messages_invalid
     }
 
     /// The highest Multi-Paxos round this replica has seen; reported as etcd's raft_term.
@@ -508,6 +517,10 @@ impl Replica {
     /// Handles one message from a peer.
     pub fn step(&mut self, now: Time, from: NodeId, message: Message) {
         if self.member_bit(from).is_none() || from == self.config.node {
+            return;
+        }
+        if message.validate(from).is_err() {
+            self.messages_invalid += 1;
             return;
         }
         self.handle(now, from, message);

@@ -3,7 +3,7 @@
 
 use super::master::{decide_instance, Decision};
 use super::*;
-use crate::message::{BatchId, RefuseReason};
+use crate::message::{BatchId, RefuseReason, COUNTER_MAX};
 use crate::output::Meta;
 
 /// The metadata of a voter that promised `promised` in its first incarnation.
@@ -118,7 +118,7 @@ fn acceptor_keeps_both_promises() {
         LATER,
         NodeId(3),
         Message::Prepare {
-            ballot: high,
+            ballot: Ballot::new(2, 0, NodeId(3)),
             from: Instance(1),
         },
     );
@@ -308,12 +308,12 @@ fn answer_to_accept(replica: &mut Replica, ballot: Ballot, instance: u64, batch_
         batch: batch(batch_ballot, instance),
         chosen_through: Instance::ZERO,
     };
-    replica.step(LATER, NodeId(2), accept);
+    replica.step(LATER, ballot.node, accept);
     let ready = replica.take_ready();
     ready
         .messages
         .into_iter()
-        .filter(|envelope| envelope.to == NodeId(2))
+        .filter(|envelope| envelope.to == ballot.node)
         .map(|envelope| envelope.message)
         .collect()
 }
@@ -407,4 +407,68 @@ fn an_accept_raises_the_promise_and_only_when_higher_writes_it() {
         )),
         "{answers:?}"
     );
+}
+
+#[test]
+fn a_peer_message_with_a_counter_out_of_range_or_a_foreign_ballot_is_refused_unread() {
+    let mut replica = acceptor(PlantedBugs::default());
+    let promised = replica.meta().promised;
+    let hostile = [
+        (
+            NodeId(2),
+            Message::Prepare {
+                ballot: Ballot::new(u64::MAX, 1, NodeId(2)),
+                from: Instance(1),
+            },
+        ),
+        (
+            NodeId(2),
+            Message::LeasePrepare {
+                ballot: Ballot::new(1, u64::MAX, NodeId(2)),
+            },
+        ),
+        (
+            NodeId(3),
+            Message::Prepare {
+                ballot: Ballot::new(9, 1, NodeId(2)),
+                from: Instance(1),
+            },
+        ),
+        (
+            NodeId(2),
+            Message::Commit {
+                ballot: promised,
+                chosen_through: Instance(u64::MAX),
+                proposed_through: Instance(u64::MAX),
+            },
+        ),
+        (
+            NodeId(3),
+            Message::CatchupRequest {
+                from: Instance(1),
+                to: Instance(u64::MAX),
+            },
+        ),
+    ];
+    let count = hostile.len() as u64;
+    for (from, message) in hostile {
+        replica.step(LATER, from, message);
+        let ready = replica.take_ready();
+        assert!(ready.messages.is_empty() && ready.persist.is_empty(), "{ready:?}");
+    }
+    assert_eq!(replica.messages_invalid(), count);
+    assert_eq!(replica.meta().promised, promised);
+    assert_eq!(replica.round(), promised.round);
+    // At the bound itself the message is taken.
+    let highest = Ballot::new(COUNTER_MAX, 1, NodeId(2));
+    replica.step(
+        LATER,
+        NodeId(2),
+        Message::Prepare {
+            ballot: highest,
+            from: Instance(1),
+        },
+    );
+    assert!(matches!(replica.take_ready().messages[0].message, Message::Promise { ballot, .. } if ballot == highest));
+    assert_eq!(replica.messages_invalid(), count);
 }
