@@ -486,20 +486,30 @@ impl Core {
                 let _ = reply.send(result);
             }
             Command::KeepAlive { id, reply } => {
-                let answer = self.replica.is_master().then(|| {
+                let answer = self.answers_for_leases().then(|| {
                     let store = self.shared.store();
                     self.lessor.keep_alive(&store, id, self.now_ms())
                 });
                 let _ = reply.send(answer);
             }
             Command::TimeToLive { id, keys, reply } => {
-                let answer = self.replica.is_master().then(|| {
+                let answer = self.answers_for_leases().then(|| {
                     let store = self.shared.store();
                     self.lessor.time_to_live(&store, id, keys, self.now_ms())
                 });
                 let _ = reply.send(answer);
             }
         }
+    }
+
+    /// Whether this member may answer a client lease's keep-alive or time to
+    /// live: only while it holds the master lease by a clock read now, in the
+    /// same step that answers. Being master is not enough: a master paused past
+    /// its lease still thinks it is one until it hears otherwise, while its
+    /// successor, which started every deadline afresh when it took over, may
+    /// revoke the lease before the deadline the lapsed master would promise.
+    fn answers_for_leases(&self) -> bool {
+        self.replica.read_lease(self.now()).is_ok()
     }
 
     /// The master proposes a revoke for each client lease past its deadline.
