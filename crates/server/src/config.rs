@@ -59,6 +59,12 @@ pub enum ConfigError {
     /// A name with characters other than letters, digits, '-', '_' or '.'.
     #[error("member name {0:?} must be 1 to 255 bytes of letters, digits, '-', '_' or '.'")]
     BadName(String),
+    /// An `--initial-cluster-token` that is too long or holds control characters.
+    #[error("--initial-cluster-token must be at most {max} bytes without control characters")]
+    BadToken {
+        /// The longest token accepted, in bytes.
+        max: usize,
+    },
     /// The tunables make an unsafe or unworkable core configuration.
     #[error("{0}")]
     Paxos(#[from] synod_paxos::ConfigError),
@@ -91,6 +97,22 @@ pub fn cluster_id(members: &[MemberSpec]) -> u64 {
         parts.push(member.peer_address.as_bytes());
     }
     stable_hash(&parts)
+}
+
+/// The cluster's ID from its members and `--initial-cluster-token`, as etcd
+/// mixes the token in: two groups of the same names and addresses (a group
+/// and the one restored from its backup, say) get different IDs, so neither
+/// takes the other's members or clients. An empty token leaves the ID of
+/// [`cluster_id`], which groups made before the token existed have.
+pub fn cluster_id_with_token(members: &[MemberSpec], token: &str) -> u64 {
+    if token.is_empty() {
+        return cluster_id(members);
+    }
+    stable_hash(&[
+        b"synod-cluster-token",
+        &cluster_id(members).to_le_bytes(),
+        token.as_bytes(),
+    ])
 }
 
 /// A member's ID, from its name.
@@ -215,6 +237,9 @@ pub struct ServerConfig {
     pub initial_cluster: String,
     /// Whether the group is new or this member rejoins it.
     pub initial_cluster_state: ClusterState,
+    /// Mixed into the cluster ID (`--initial-cluster-token`); empty for none.
+    /// Ignored, like `initial_cluster`, when the data directory holds a member.
+    pub initial_cluster_token: String,
     /// Bounds and timings.
     pub tunables: Tunables,
 }

@@ -15,7 +15,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::config::{cluster_id, parse_initial_cluster, ConfigError, MemberSpec};
+use crate::config::{cluster_id_with_token, parse_initial_cluster, ConfigError, MemberSpec};
 
 /// The identity file's name in the data directory.
 pub const IDENTITY_FILE: &str = "member";
@@ -25,6 +25,10 @@ pub const IDENTITY_COPY_FILE: &str = "member.copy";
 const HEADER_V1: &str = "synod-member-v1";
 /// The first line of a checksummed copy.
 const HEADER: &str = "synod-member-v2";
+/// The key of the optional line holding `--initial-cluster-token`.
+const TOKEN_KEY: &str = "initial_cluster_token";
+/// The longest `--initial-cluster-token` accepted, in bytes.
+pub const TOKEN_BYTES_MAX: usize = 255;
 /// The last line's key: the CRC32C of every byte before that line, in hex.
 const CHECKSUM_KEY: &str = "crc32c=";
 
@@ -39,6 +43,8 @@ pub struct Identity {
     pub cluster_id: u64,
     /// The initial cluster string the IDs were derived from.
     pub initial_cluster: String,
+    /// The cluster token mixed into the cluster ID (empty for none).
+    pub token: String,
     /// Every member, this one included.
     pub members: Vec<MemberSpec>,
 }
@@ -71,6 +77,14 @@ pub enum IdentityError {
 impl Identity {
     /// A new member's identity from its flags.
     pub fn from_flags(name: &str, initial_cluster: &str) -> Result<Identity, ConfigError> {
+        Identity::from_flags_with_token(name, initial_cluster, "")
+    }
+
+    /// A new member's identity from its flags, `--initial-cluster-token` included.
+    pub fn from_flags_with_token(name: &str, initial_cluster: &str, token: &str) -> Result<Identity, ConfigError> {
+        if token.len() > TOKEN_BYTES_MAX || token.chars().any(char::is_control) {
+            return Err(ConfigError::BadToken { max: TOKEN_BYTES_MAX });
+        }
         let members = parse_initial_cluster(initial_cluster)?;
         let Some(me) = members.iter().find(|member| member.name == name) else {
             return Err(ConfigError::NameNotListed {
@@ -81,8 +95,9 @@ impl Identity {
         Ok(Identity {
             name: name.to_string(),
             member_id: me.id,
-            cluster_id: cluster_id(&members),
+            cluster_id: cluster_id_with_token(&members, token),
             initial_cluster: initial_cluster.to_string(),
+            token: token.to_string(),
             members,
         })
     }
@@ -145,10 +160,13 @@ impl Identity {
             source,
         };
         fs::create_dir_all(data_dir).map_err(io)?;
-        let body = format!(
+        let mut body = format!(
             "{HEADER}\nname={}\nmember_id={:x}\ncluster_id={:x}\ninitial_cluster={}\n",
             self.name, self.member_id, self.cluster_id, self.initial_cluster
         );
+        if !self.token.is_empty() {
+            body.push_str(&format!("{TOKEN_KEY}={}\n", self.token));
+        }
         let text = format!("{body}{CHECKSUM_KEY}{:08x}\n", crc32c::crc32c(body.as_bytes()));
         for name in [IDENTITY_FILE, IDENTITY_COPY_FILE] {
             let temporary = data_dir.join(format!("{name}.tmp"));
@@ -221,7 +239,20 @@ fn parse_copy(bytes: &[u8]) -> Result<Identity, String> {
     let member_id = u64::from_str_radix(&field("member_id")?, 16).map_err(|_| "bad member_id")?;
     let cluster_id = u64::from_str_radix(&field("cluster_id")?, 16).map_err(|_| "bad cluster_id")?;
     let initial_cluster = field("initial_cluster")?;
-    let identity = Identity::from_flags(&name, &initial_cluster).map_err(|error| error.to_string())?;
+    // The token line is there only when a token was given.
+    let token = match lines.next() {
+        None => String::new(),
+        Some(line) => line
+            .strip_prefix(TOKEN_KEY)
+            .and_then(|rest| rest.strip_prefix('='))
+            .map(str::to_string)
+            .ok_or_else(|| format!("expected {TOKEN_KEY}= or the end"))?,
+    };
+    if lines.next().is_some() {
+        return Err("unexpected lines after the last field".to_string());
+    }
+    let identity =
+        Identity::from_flags_with_token(&name, &initial_cluster, &token).map_err(|error| error.to_string())?;
     if identity.member_id != member_id || identity.cluster_id != cluster_id {
         return Err("IDs do not match the recorded initial cluster".to_string());
     }
@@ -236,6 +267,25 @@ mod tests {
         let directory = std::env::temp_dir().join(format!("synod-identity-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&directory);
         directory
+    }
+
+    #[test]
+    fn a_cluster_token_changes_the_cluster_id_and_is_kept_in_the_member_file() {
+        let cluster = "a=127.0.0.1:1,b=127.0.0.1:2";
+        let plain = Identity::from_flags("a", cluster).unwrap();
+        let tokened = Identity::from_flags_with_token("a", cluster, "restored-1").unwrap();
+        assert_eq!(plain.member_id, tokened.member_id);
+        assert_ne!(plain.cluster_id, tokened.cluster_id);
+        assert_eq!(Identity::from_flags_with_token("a", cluster, "").unwrap(), plain);
+        assert!(Identity::from_flags_with_token("a", cluster, "bad\ntoken").is_err());
+        assert!(Identity::from_flags_with_token("a", cluster, &"x".repeat(TOKEN_BYTES_MAX + 1)).is_err());
+        let directory = scratch("token");
+        tokened.store(&directory).unwrap();
+        assert_eq!(Identity::load(&directory).unwrap(), Some(tokened.clone()));
+        // A file without the token line (written before tokens) reads as no token.
+        plain.store(&directory).unwrap();
+        assert_eq!(Identity::load(&directory).unwrap(), Some(plain));
+        fs::remove_dir_all(&directory).unwrap();
     }
 
     #[test]

@@ -41,6 +41,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod disk_writer;
 pub mod frame;
@@ -128,7 +129,8 @@ fn load_identity(config: &ServerConfig) -> Result<Identity, ServerError> {
         );
         return Ok(identity);
     }
-    let identity = Identity::from_flags(&config.name, &config.initial_cluster)?;
+    let identity =
+        Identity::from_flags_with_token(&config.name, &config.initial_cluster, &config.initial_cluster_token)?;
     identity.store(&config.data_dir)?;
     Ok(identity)
 }

@@ -40,6 +40,48 @@ enum Mode {
     Dev(DevFlags),
     /// Load a group (synod or etcd) through the etcd v3 API and report throughput and latency.
     Bench(synod_bench::Args),
+    /// Check a backup (written by `etcdctl snapshot save`) or seed a new group's member from it.
+    #[command(subcommand)]
+    Snapshot(SnapshotAction),
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotAction {
+    /// Check a backup file and print its hash, revision, total keys and total size.
+    Status {
+        /// The backup file.
+        file: PathBuf,
+        /// Output format.
+        #[arg(short = 'w', long = "write-out", value_enum, default_value = "simple")]
+        write_out: StatusFormat,
+    },
+    /// Write a member of a new group, holding the backup, into an empty data
+    /// directory. Restore every member from the same file with the same
+    /// --initial-cluster, then start each with `synod server`.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The member's name; must appear in --initial-cluster.
+        #[arg(long)]
+        name: String,
+        /// The member's data directory (absent or empty).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Every member of the new group: NAME=HOST:PORT,NAME=HOST:PORT,...
+        #[arg(long)]
+        initial_cluster: String,
+        /// Mixed into the new cluster's ID; by default one derived from the
+        /// backup's SHA-256, so the new group never shares the old one's ID.
+        #[arg(long)]
+        initial_cluster_token: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StatusFormat {
+    Simple,
+    Json,
+    Table,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -71,6 +113,10 @@ struct ServerFlags {
     /// `new` for a group being created, `existing` for a member rejoining with an empty data directory.
     #[arg(long, value_enum, default_value = "new")]
     initial_cluster_state: InitialClusterState,
+    /// Mixed into the cluster ID, as etcd's flag is; a member rejoining a
+    /// group restored from a backup gives the token the restore printed.
+    #[arg(long, default_value = "")]
+    initial_cluster_token: String,
     #[command(flatten)]
     tunables: TunableFlags,
 }
@@ -197,6 +243,7 @@ fn main() -> ExitCode {
             Mode::Server(flags) => server(flags, shutdown).await,
             Mode::Dev(flags) => dev(flags, shutdown).await,
             Mode::Bench(args) => bench(args, shutdown).await,
+            Mode::Snapshot(action) => snapshot(action),
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -222,11 +269,86 @@ async fn server(flags: ServerFlags, shutdown: CancellationToken) -> Result<(), S
             InitialClusterState::New => ClusterState::New,
             InitialClusterState::Existing => ClusterState::Existing,
         },
+        initial_cluster_token: flags.initial_cluster_token,
         tunables: flags.tunables.tunables(),
     };
     synod_server::run(config, shutdown)
         .await
         .map_err(|error| error.to_string())
+}
+
+/// `synod snapshot status` and `synod snapshot restore`.
+fn snapshot(action: SnapshotAction) -> Result<(), String> {
+    use synod_server::backup;
+    match action {
+        SnapshotAction::Status { file, write_out } => {
+            let summary = backup::read(&file).map_err(|error| error.to_string())?.summary;
+            let (hash, revision, keys, bytes) = (
+                summary.hash32(),
+                summary.revision,
+                summary.key_count,
+                summary.file_bytes,
+            );
+            match write_out {
+                StatusFormat::Simple => println!("{hash:x}, {revision}, {keys}, {bytes} B"),
+                StatusFormat::Json => {
+                    println!(r#"{{"hash":{hash},"revision":{revision},"totalKey":{keys},"totalSize":{bytes}}}"#)
+                }
+                StatusFormat::Table => {
+                    let row = [
+                        format!("{hash:x}"),
+                        revision.to_string(),
+                        keys.to_string(),
+                        format!("{bytes} B"),
+                    ];
+                    let head = ["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"];
+                    let widths: Vec<usize> = head.iter().zip(&row).map(|(h, r)| h.len().max(r.len())).collect();
+                    let rule: String = widths
+                        .iter()
+                        .map(|w| format!("+{}", "-".repeat(w + 2)))
+                        .collect::<String>()
+                        + "+";
+                    let line = |cells: &[&str]| -> String {
+                        cells
+                            .iter()
+                            .zip(&widths)
+                            .map(|(cell, width)| format!("| {cell:^width$} "))
+                            .collect::<String>()
+                            + "|"
+                    };
+                    let row: Vec<&str> = row.iter().map(String::as_str).collect();
+                    println!("{rule}\n{}\n{rule}\n{}\n{rule}", line(&head), line(&row));
+                }
+            }
+            Ok(())
+        }
+        SnapshotAction::Restore {
+            file,
+            name,
+            data_dir,
+            initial_cluster,
+            initial_cluster_token,
+        } => {
+            let restored = backup::restore(
+                &file,
+                &name,
+                &data_dir,
+                &initial_cluster,
+                initial_cluster_token.as_deref(),
+            )
+            .map_err(|error| error.to_string())?;
+            println!(
+                "restored member {name} (ID {:x}) of new cluster {:x} into {} at revision {} ({} keys)",
+                restored.identity.member_id,
+                restored.identity.cluster_id,
+                data_dir.display(),
+                restored.summary.revision,
+                restored.summary.key_count
+            );
+            println!("cluster token: {}", restored.token);
+            Ok(())
+        }
+    }
 }
 
 /// Runs the load generator; Ctrl-C abandons the run without a report.
@@ -286,6 +408,7 @@ async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String>
             advertise_client_url: format!("http://{}", client(index)),
             initial_cluster: initial_cluster.clone(),
             initial_cluster_state: ClusterState::New,
+            initial_cluster_token: String::new(),
             tunables: flags.tunables.tunables(),
         };
         let span = tracing::info_span!("member", name = %name);

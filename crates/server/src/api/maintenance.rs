@@ -7,7 +7,8 @@
 //! synod only records them: raising NOSPACE or CORRUPT refuses nothing.
 //!
 //! Membership is fixed for a group's life, so member add, remove, update and
-//! promote are refused; so are snapshot download, leader moves and downgrades.
+//! promote are refused; so are leader moves and downgrades. A snapshot
+//! download is a backup ([`crate::backup`]).
 
 use std::pin::Pin;
 
@@ -29,7 +30,11 @@ use synod_proto::etcdserverpb::{
 use synod_proto::grpc::health::v1::health_check_response::ServingStatus;
 use synod_proto::grpc::health::v1::health_server::Health;
 use synod_proto::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+
+use crate::backup::{BackupPlan, DIGEST_BYTES};
 
 use super::{convert, forwarded, Api};
 
@@ -38,6 +43,13 @@ use super::{convert, forwarded, Api};
 /// `Defragment` answers no header), and where synod does better than 3.4
 /// (linearizable lease lists, for one) a 3.4 client loses nothing.
 pub const ETCD_VERSION: &str = "3.4.0";
+
+/// Backup downloads one member serves at once.
+pub const BACKUP_STREAMS_MAX: usize = 2;
+/// The most bytes of a backup in one `SnapshotResponse`.
+const BACKUP_MESSAGE_BYTES: usize = 64 * 1024;
+/// Messages of a backup queued for a slow client before encoding waits.
+const BACKUP_QUEUE_MESSAGES_MAX: usize = 16;
 
 fn fixed_membership() -> Status {
     Status::unimplemented("synod: membership is fixed for the group's life")
@@ -208,8 +220,62 @@ impl Maintenance for Api {
 
     type SnapshotStream = SnapshotStream;
 
+    /// A backup of this member's state machine as it is now (see
+    /// [`crate::backup`]): frozen under the store's lock with the instance it
+    /// had applied, encoded and sent from a blocking-pool thread, the file's
+    /// SHA-256 last, as etcd sends it. The answer is this member's state, as
+    /// etcd's is: ask the master for the newest.
     async fn snapshot(&self, _: GrpcRequest<SnapshotRequest>) -> Result<GrpcResponse<SnapshotStream>, Status> {
-        Err(Status::unimplemented("synod: snapshot download is not supported"))
+        let Ok(permit) = self.backups.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "synod: {BACKUP_STREAMS_MAX} snapshot downloads are already under way at this member"
+            )));
+        };
+        let (frozen, instance) = {
+            let store = self.shared.store();
+            let instance = self.shared.current_status().applied_instance;
+            (store.freeze(), instance)
+        };
+        let header = self.identity().header(frozen.revision());
+        let (sender, receiver) = mpsc::channel(BACKUP_QUEUE_MESSAGES_MAX);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let plan = BackupPlan::measure(&frozen, instance);
+            let content_bytes = plan.summary().file_bytes - DIGEST_BYTES as u64;
+            let send = |blob: Vec<u8>, remaining_bytes: u64| {
+                sender
+                    .blocking_send(Ok(SnapshotResponse {
+                        header,
+                        remaining_bytes,
+                        blob: blob.into(),
+                        version: String::new(),
+                    }))
+                    .map_err(|_| ())
+            };
+            let mut pending: Vec<u8> = Vec::with_capacity(2 * BACKUP_MESSAGE_BYTES);
+            let mut sent = 0u64;
+            let written = plan.write(&frozen, |piece| {
+                pending.extend_from_slice(piece);
+                // The digest (the file's last bytes) goes alone, last.
+                while pending.len() >= BACKUP_MESSAGE_BYTES && sent + BACKUP_MESSAGE_BYTES as u64 <= content_bytes {
+                    let rest = pending.split_off(BACKUP_MESSAGE_BYTES);
+                    sent += BACKUP_MESSAGE_BYTES as u64;
+                    send(std::mem::replace(&mut pending, rest), content_bytes - sent)?;
+                }
+                Ok::<(), ()>(())
+            });
+            if written.is_err() {
+                return;
+            }
+            let digest = pending.split_off(pending.len() - DIGEST_BYTES);
+            sent += pending.len() as u64;
+            debug_assert_eq!(sent, content_bytes);
+            if !pending.is_empty() && send(pending, 0).is_err() {
+                return;
+            }
+            let _ = send(digest, 0);
+        });
+        Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
     async fn move_leader(&self, _: GrpcRequest<MoveLeaderRequest>) -> Result<GrpcResponse<MoveLeaderResponse>, Status> {

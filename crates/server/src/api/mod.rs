@@ -68,6 +68,10 @@ pub struct Api {
     /// Channels to other members' client ports, by URL and whether calls
     /// on them time out.
     channels: Arc<Mutex<HashMap<(String, bool), Channel>>>,
+    /// Backup downloads (`Maintenance.Snapshot`) under way, at most
+    /// [`maintenance::BACKUP_STREAMS_MAX`]: each holds a frozen store, whose
+    /// chunks stay alive while the live store moves on.
+    backups: Arc<tokio::sync::Semaphore>,
 }
 
 /// etcd's answer when no master is known.
@@ -106,6 +110,7 @@ impl Api {
         Api {
             shared,
             channels: Arc::new(Mutex::new(HashMap::new())),
+            backups: Arc::new(tokio::sync::Semaphore::new(maintenance::BACKUP_STREAMS_MAX)),
         }
     }
 
@@ -287,6 +292,7 @@ mod tests {
             member_id: 1,
             cluster_id: 1,
             initial_cluster: String::new(),
+            token: String::new(),
             members: Vec::new(),
         };
         let (shared, _, _) = crate::node::shared(

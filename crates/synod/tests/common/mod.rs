@@ -95,6 +95,17 @@ impl Cluster {
     }
 
     pub fn start_with(size: usize, tag: &str, extra_args: &[&str]) -> Cluster {
+        let mut cluster = Cluster::unstarted(size, tag, extra_args);
+        for index in 0..size {
+            cluster.launch(index);
+        }
+        cluster.wait_for_master(Duration::from_secs(20));
+        cluster
+    }
+
+    /// Names, ports and data directories for a group, none of it started
+    /// (to fill the data directories first, say from a backup).
+    pub fn unstarted(size: usize, tag: &str, extra_args: &[&str]) -> Cluster {
         let root = TempDir::new(tag);
         let ports = free_ports(size * 2);
         let members: Vec<Member> = (0..size)
@@ -115,17 +126,12 @@ impl Cluster {
             .map(|member| format!("{}=127.0.0.1:{}", member.name, member.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Cluster {
+        Cluster {
             members,
             initial_cluster,
             root,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
-        };
-        for index in 0..size {
-            cluster.launch(index);
         }
-        cluster.wait_for_master(Duration::from_secs(20));
-        cluster
     }
 
     pub fn launch(&mut self, index: usize) {

@@ -1,0 +1,193 @@
+//! Backups end to end: `etcdctl snapshot save` from a running group,
+//! `synod snapshot status`, `synod snapshot restore` into a new group, and
+//! every key, value, revision and lease compared after it starts.
+
+mod common;
+
+use common::{etcdctl_ok, synod, Cluster};
+use serde_json::Value;
+
+/// Every key at the latest revision, with its revisions, version, value and lease.
+fn everything(endpoints: &str) -> (i64, Vec<Value>) {
+    let (revision, kvs, _) = everything_and_cluster(endpoints);
+    (revision, kvs)
+}
+
+fn everything_and_cluster(endpoints: &str) -> (i64, Vec<Value>, u64) {
+    let json: Value = serde_json::from_str(&etcdctl_ok(&[
+        "--endpoints",
+        endpoints,
+        "get",
+        "",
+        "--from-key",
+        "-w",
+        "json",
+    ]))
+    .expect("etcdctl get -w json");
+    let cluster_id = json["header"]["cluster_id"].as_u64().expect("cluster_id");
+    let revision = json["header"]["revision"].as_i64().expect("revision");
+    let kvs = json["kvs"].as_array().cloned().unwrap_or_default();
+    (revision, kvs, cluster_id)
+}
+
+fn leases(endpoints: &str) -> Vec<String> {
+    let listed = etcdctl_ok(&["--endpoints", endpoints, "lease", "list"]);
+    let mut ids: Vec<String> = listed.lines().skip(1).map(str::to_string).collect();
+    ids.sort();
+    ids
+}
+
+fn run_synod(args: &[&str]) -> String {
+    let output = synod(args, None);
+    assert!(
+        output.status.success(),
+        "synod {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_backup_saved_by_etcdctl_restores_a_new_group_with_every_key_revision_and_lease() {
+    let source = Cluster::start(3, "backup-source");
+    let endpoints = source.endpoints();
+    let put = |key: &str, value: &str| etcdctl_ok(&["--endpoints", &endpoints, "put", key, value]);
+    for index in 0..40 {
+        put(&format!("key/{index:02}"), &format!("value {index}"));
+    }
+    put("key/05", "rewritten");
+    put("key/05", "rewritten twice");
+    etcdctl_ok(&["--endpoints", &endpoints, "del", "key/07"]);
+    let granted = etcdctl_ok(&["--endpoints", &endpoints, "lease", "grant", "600"]);
+    let lease = granted.split_whitespace().nth(1).expect("lease id").to_string();
+    etcdctl_ok(&[
+        "--endpoints",
+        &endpoints,
+        "put",
+        "leased",
+        "v",
+        &format!("--lease={lease}"),
+    ]);
+    let (revision, kvs, source_cluster_id) = everything_and_cluster(&endpoints);
+    let source_leases = leases(&endpoints);
+
+    let file = source.root.0.join("backup.db");
+    let file_text = file.to_str().expect("UTF-8 path");
+    // etcdctl saves from one endpoint; the master has applied every write.
+    let master = source.wait_for_master(std::time::Duration::from_secs(10));
+    let saved = etcdctl_ok(&[
+        "--endpoints",
+        &source.members[master].endpoint(),
+        "snapshot",
+        "save",
+        file_text,
+    ]);
+    assert!(saved.contains("Snapshot saved at"), "{saved}");
+
+    let status: Value =
+        serde_json::from_str(&run_synod(&["snapshot", "status", file_text, "-w", "json"])).expect("status -w json");
+    assert_eq!(status["revision"].as_i64(), Some(revision), "{status}");
+    assert_eq!(status["totalKey"].as_u64(), Some(kvs.len() as u64), "{status}");
+    let size = std::fs::metadata(&file).expect("backup file").len();
+    assert_eq!(status["totalSize"].as_u64(), Some(size), "{status}");
+
+    // A damaged copy is refused, by status and by restore, saying why.
+    let mut bytes = std::fs::read(&file).expect("read backup");
+    bytes[100] ^= 0x10;
+    let damaged = source.root.0.join("damaged.db");
+    std::fs::write(&damaged, &bytes).expect("write damaged copy");
+    let refused = synod(&["snapshot", "status", damaged.to_str().expect("UTF-8")], None);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("SHA-256 does not match"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let mut target = Cluster::unstarted(3, "backup-target", &[]);
+    let mut cluster_ids = Vec::new();
+    for member in &target.members {
+        let restored = run_synod(&[
+            "snapshot",
+            "restore",
+            file_text,
+            "--name",
+            &member.name,
+            "--data-dir",
+            member.data_dir.to_str().expect("UTF-8"),
+            "--initial-cluster",
+            &target.initial_cluster,
+        ]);
+        let cluster_id = restored
+            .split("new cluster ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next());
+        cluster_ids.push(cluster_id.expect("cluster ID printed").to_string());
+    }
+    assert!(cluster_ids.iter().all(|id| id == &cluster_ids[0]), "{cluster_ids:?}");
+    // A restore into a directory that holds a member is refused.
+    let again = synod(
+        &[
+            "snapshot",
+            "restore",
+            file_text,
+            "--name",
+            &target.members[0].name,
+            "--data-dir",
+            target.members[0].data_dir.to_str().expect("UTF-8"),
+            "--initial-cluster",
+            &target.initial_cluster,
+        ],
+        None,
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("is not empty"));
+
+    drop(source);
+    for index in 0..3 {
+        target.launch(index);
+    }
+    target.wait_for_master(std::time::Duration::from_secs(20));
+    let restored_endpoints = target.endpoints();
+    assert_eq!(
+        everything(&restored_endpoints),
+        (revision, kvs.clone()),
+        "keys after restore"
+    );
+    assert_eq!(leases(&restored_endpoints), source_leases, "leases after restore");
+    let ttl = etcdctl_ok(&[
+        "--endpoints",
+        &restored_endpoints,
+        "lease",
+        "timetolive",
+        &lease,
+        "--keys",
+    ]);
+    assert!(
+        ttl.contains("granted with TTL(600s)") && ttl.contains("attached keys([leased])"),
+        "{ttl}"
+    );
+
+    // The new group takes writes after the restored revision, on every member.
+    let after = etcdctl_ok(&[
+        "--endpoints",
+        &restored_endpoints,
+        "put",
+        "after",
+        "restore",
+        "-w",
+        "json",
+    ]);
+    let after: Value = serde_json::from_str(&after).expect("put -w json");
+    assert_eq!(after["header"]["revision"].as_i64(), Some(revision + 1));
+    let header_cluster = after["header"]["cluster_id"].as_u64().expect("cluster_id");
+    assert_eq!(format!("{header_cluster:x}"), cluster_ids[0]);
+    assert_ne!(
+        header_cluster, source_cluster_id,
+        "a restored group gets a new cluster ID"
+    );
+    for member in &target.members {
+        let value = etcdctl_ok(&["--endpoints", &member.endpoint(), "get", "after", "--print-value-only"]);
+        assert_eq!(value, "restore\n", "member {}", member.name);
+    }
+}
