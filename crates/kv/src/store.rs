@@ -367,6 +367,53 @@ impl Store {
         self.state_hash
     }
 
+    /// `Maintenance.HashKV`: a CRC-32C (Castagnoli, as etcd's) of every key's
+    /// changes that a read at some revision from `compact_revision` through
+    /// `revision` can see, in key order: the change each key holds at the
+    /// compacted revision, unless a compaction there drops it, and every later
+    /// one up to `revision` (0: the current revision). Like etcd's, it depends
+    /// only on the history, not on how far the physical part of a compaction
+    /// has got, so members compare it at one revision whatever their own.
+    /// Returns the hash and the compacted revision it started from.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
+        let revision = if revision <= 0 { self.revision } else { revision };
+        if revision > self.revision {
+            return Err(KvError::FutureRevision);
+        }
+        if revision < self.compact_revision {
+            return Err(KvError::Compacted);
+        }
+        let mut crc = 0u32;
+        for (key, history) in self.index.iter() {
+            let dropped = history.compaction_drops(self.compact_revision);
+            for change in history.changes().skip(dropped) {
+                if change.mod_revision > revision {
+                    break;
+                }
+                crc = crc32c::crc32c_append(crc, &(key.len() as u64).to_le_bytes());
+                crc = crc32c::crc32c_append(crc, key);
+                for number in [
+                    change.mod_revision,
+                    i64::from(change.sub),
+                    change.create_revision,
+                    change.version,
+                    change.lease,
+                ] {
+                    crc = crc32c::crc32c_append(crc, &number.to_le_bytes());
+                }
+                match &change.value {
+                    Some(value) => {
+                        crc = crc32c::crc32c_append(crc, &[1]);
+                        crc = crc32c::crc32c_append(crc, &(value.len() as u64).to_le_bytes());
+                        crc = crc32c::crc32c_append(crc, value);
+                    }
+                    None => crc = crc32c::crc32c_append(crc, &[0]),
+                }
+            }
+        }
+        Ok((crc, self.compact_revision))
+    }
+
     /// Key and value bytes retained over all revisions (what the quota
     /// counts). While a compaction's physical part is pending (see
     /// [`Store::pending_compaction`]) this still counts the changes it has yet

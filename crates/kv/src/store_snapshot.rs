@@ -100,6 +100,11 @@ impl FrozenStore {
         self.store.range(request)
     }
 
+    /// `Maintenance.HashKV` on the store as it was (see [`Store::hash_kv`]).
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64), KvError> {
+        self.store.hash_kv(revision)
+    }
+
     /// Streams the snapshot (the bytes [`Store::snapshot`] returned at freeze
     /// time) into `sink`, a piece of at most about 64 KiB at a time (more only
     /// for a single larger value), without ever holding the whole of it.

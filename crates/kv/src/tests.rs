@@ -1714,3 +1714,69 @@ fn alarms_enter_the_state_hash() {
     assert_eq!(raised.state_hash(), twin.state_hash());
     assert_eq!(raised.snapshot(), twin.snapshot());
 }
+
+#[test]
+fn hash_kv_at_a_revision_ignores_later_writes_and_how_far_compaction_got() {
+    let history = [
+        put("a", "1"),
+        put("b", "1"),
+        put("a", "2"),
+        delete("b", ""),
+        put("c", "1"),
+        put("a", "3"),
+    ];
+    let mut done = store();
+    let mut pending = store();
+    for request in &history {
+        ok(&mut done, request.clone());
+        ok(&mut pending, request.clone());
+    }
+    let at_5 = done.hash_kv(5).unwrap();
+    assert_eq!(at_5, pending.hash_kv(5).unwrap());
+    assert_ne!(at_5, done.hash_kv(6).unwrap(), "the put at 6 is in the hash at 6");
+    assert_eq!(done.hash_kv(0), done.hash_kv(7), "0 is the current revision");
+    assert_eq!(done.hash_kv(8), Err(KvError::FutureRevision));
+
+    // Revisions from 2: a=1 at 2, b=1 at 3, a=2 at 4, b deleted at 5, c=1 at
+    // 6, a=3 at 7. A compaction at 6: finished at once on one store, its
+    // physical part (b's history, a's first put) still pending on the other.
+    // The hash at every revision from 6 agrees.
+    let compact = Request::Compaction(CompactionRequest {
+        revision: 6,
+        physical: false,
+    });
+    ok(&mut done, compact.clone());
+    let bytes = pending.prepare(&compact).unwrap();
+    assert!(pending.apply_bytes_deferring_compaction(&bytes).result.is_ok());
+    assert!(pending.pending_compaction().is_some());
+    assert_ne!(
+        done.indexed_keys(),
+        pending.indexed_keys(),
+        "one store still holds b's history"
+    );
+    for revision in 6..=7 {
+        let hashed = done.hash_kv(revision).unwrap();
+        assert_eq!(hashed, pending.hash_kv(revision).unwrap(), "at {revision}");
+        assert_eq!(hashed.1, 6, "from the compacted revision");
+    }
+    assert_eq!(done.hash_kv(5), Err(KvError::Compacted));
+
+    // Later writes leave the hash at an earlier revision as it was.
+    let at_6 = done.hash_kv(6).unwrap();
+    ok(&mut done, put("a", "4"));
+    ok(&mut done, delete("c", ""));
+    assert_eq!(done.hash_kv(6).unwrap(), at_6);
+
+    // A different value at the same revision is a different hash.
+    let mut other = store();
+    for request in &history[..5] {
+        ok(&mut other, request.clone());
+    }
+    ok(&mut other, put("a", "x"));
+    let mut same = store();
+    for request in &history {
+        ok(&mut same, request.clone());
+    }
+    assert_eq!(other.hash_kv(6).unwrap(), same.hash_kv(6).unwrap());
+    assert_ne!(other.hash_kv(7).unwrap(), same.hash_kv(7).unwrap());
+}

@@ -37,6 +37,41 @@ fn leases(endpoints: &str) -> Vec<String> {
     ids
 }
 
+/// `etcdctl endpoint hashkv --rev` at each member, once every member has
+/// applied `revision` (a follower that has not answers a future-revision error).
+fn hashes_at(cluster: &Cluster, revision: i64) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let answers: Vec<Option<String>> = cluster
+            .members
+            .iter()
+            .map(|member| {
+                let output = common::etcdctl(&[
+                    "--endpoints",
+                    &member.endpoint(),
+                    "endpoint",
+                    "hashkv",
+                    &format!("--rev={revision}"),
+                ]);
+                let text = String::from_utf8_lossy(&output.stdout);
+                // "127.0.0.1:PORT, HASH"
+                output
+                    .status
+                    .success()
+                    .then(|| text.trim().rsplit(", ").next().unwrap_or("").to_string())
+            })
+            .collect();
+        if answers.iter().all(Option::is_some) {
+            return answers.into_iter().flatten().collect();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hashkv at {revision}: {answers:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 fn run_synod(args: &[&str]) -> String {
     let output = synod(args, None);
     assert!(
@@ -68,8 +103,21 @@ fn a_backup_saved_by_etcdctl_restores_a_new_group_with_every_key_revision_and_le
         "v",
         &format!("--lease={lease}"),
     ]);
-    let (revision, kvs, source_cluster_id) = everything_and_cluster(&endpoints);
+    let (revision, _, source_cluster_id) = everything_and_cluster(&endpoints);
     let source_leases = leases(&endpoints);
+    // Every member hashes the history through a revision alike, also once
+    // later writes moved them on.
+    let hashes = hashes_at(&source, revision - 3);
+    assert!(hashes.iter().all(|hash| hash == &hashes[0]), "{hashes:?}");
+    put("later", "write");
+    assert_eq!(
+        hashes_at(&source, revision - 3),
+        hashes,
+        "hash at a past revision after a later write"
+    );
+    etcdctl_ok(&["--endpoints", &endpoints, "del", "later"]);
+    let (revision, kvs) = everything(&endpoints);
+    let source_hashes = hashes_at(&source, revision);
 
     let file = source.root.0.join("backup.db");
     let file_text = file.to_str().expect("UTF-8 path");
@@ -155,6 +203,7 @@ fn a_backup_saved_by_etcdctl_restores_a_new_group_with_every_key_revision_and_le
         "keys after restore"
     );
     assert_eq!(leases(&restored_endpoints), source_leases, "leases after restore");
+    assert_eq!(hashes_at(&target, revision), source_hashes, "HashKV after restore");
     let ttl = etcdctl_ok(&[
         "--endpoints",
         &restored_endpoints,

@@ -205,16 +205,24 @@ impl Maintenance for Api {
         }))
     }
 
-    async fn hash_kv(&self, _: GrpcRequest<HashKvRequest>) -> Result<GrpcResponse<HashKvResponse>, Status> {
-        let (revision, compact, hash) = {
-            let store = self.shared.store();
-            (store.revision(), store.compact_revision(), store.state_hash())
-        };
+    /// The hash of the key-value history visible from the compacted revision
+    /// through the one asked for (0: the current one), as etcd's HashKV, so
+    /// members at different revisions compare it at one revision. Computed
+    /// on a frozen copy off the async threads: it reads every retained change.
+    async fn hash_kv(&self, request: GrpcRequest<HashKvRequest>) -> Result<GrpcResponse<HashKvResponse>, Status> {
+        let asked = request.into_inner().revision;
+        let frozen = self.shared.store().freeze();
+        let current = frozen.revision();
+        let hash_revision = if asked <= 0 { current } else { asked };
+        let hashed = tokio::task::spawn_blocking(move || frozen.hash_kv(hash_revision))
+            .await
+            .map_err(|_| Status::internal("synod: the HashKV task stopped"))?;
+        let (hash, compact_revision) = hashed.map_err(convert::kv_error)?;
         Ok(GrpcResponse::new(HashKvResponse {
-            header: self.identity().header(revision),
-            hash: (hash ^ (hash >> 32)) as u32,
-            compact_revision: compact,
-            hash_revision: revision,
+            header: self.identity().header(current),
+            hash,
+            compact_revision,
+            hash_revision,
         }))
     }
 
