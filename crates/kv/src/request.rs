@@ -77,7 +77,43 @@ const TAG_OP_TXN: u8 = 4;
 /// First byte of every encoded request, so a format change is detectable.
 const FORMAT_VERSION: u8 = 1;
 
+fn put_bytes(put: &PutRequest) -> u64 {
+    (put.key.len() + put.value.len()) as u64
+}
+
+/// The bytes a txn's puts may add, both branches and nested txns counted;
+/// `None` if it puts nothing.
+fn txn_put_bytes(txn: &TxnRequest) -> Option<u64> {
+    let mut total = None;
+    for op in txn.success.iter().chain(&txn.failure) {
+        let bytes = match op {
+            RequestOp::Put(put) => Some(put_bytes(put)),
+            RequestOp::Txn(nested) => txn_put_bytes(nested),
+            RequestOp::Range(_) | RequestOp::DeleteRange(_) => None,
+        };
+        if let Some(bytes) = bytes {
+            total = Some(total.unwrap_or(0) + bytes);
+        }
+    }
+    total
+}
+
 impl Request {
+    /// The bytes this request may add to the store, if a space quota
+    /// applies to it at all: puts (key and value), txns with puts (the sum
+    /// over both branches, as either may run) and lease grants (nothing of
+    /// their own, but refused when out of space, as etcd's are). Deletes,
+    /// compactions, revokes and alarms are `None`: they must go on when
+    /// space runs out, or it could never be freed.
+    pub fn quota_bytes(&self) -> Option<u64> {
+        match self {
+            Request::Put(put) => Some(put_bytes(put)),
+            Request::Txn(txn) => txn_put_bytes(txn),
+            Request::LeaseGrant(_) => Some(0),
+            Request::DeleteRange(_) | Request::Compaction(_) | Request::LeaseRevoke(_) | Request::Alarm(_) => None,
+        }
+    }
+
     /// The deterministic encoding written to the log.
     pub fn encode(&self) -> Vec<u8> {
         let mut encoder = Encoder::default();

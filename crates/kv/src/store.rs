@@ -794,9 +794,19 @@ impl Store {
         Ok(())
     }
 
+    /// Whether puts, txns that put and lease grants are refused for space:
+    /// above the store's hard quota, or while any member's NOSPACE alarm is
+    /// raised (etcd's capped applier: the alarm, being replicated, refuses the
+    /// same entries on every member until an operator disarms it, whatever
+    /// each member's own quota flag says). Deletes and compactions go on.
+    fn out_of_space(&self) -> bool {
+        self.retained_bytes > self.config.database_bytes_max
+            || self.alarms.iter().any(|raised| raised.alarm == AlarmType::Nospace)
+    }
+
     /// State checks on a put before it runs (etcd's `checkRequestPut`).
     fn check_put(&self, put: &PutRequest) -> Result<(), KvError> {
-        if self.retained_bytes > self.config.database_bytes_max {
+        if self.out_of_space() {
             return Err(KvError::DatabaseSpaceExceeded);
         }
         self.check_put_state(put)
@@ -820,7 +830,7 @@ impl Store {
                 _ => false,
             })
         }
-        if self.retained_bytes > self.config.database_bytes_max && (has_put(&txn.success) || has_put(&txn.failure)) {
+        if self.out_of_space() && (has_put(&txn.success) || has_put(&txn.failure)) {
             return Err(KvError::DatabaseSpaceExceeded);
         }
         Ok(())
@@ -1085,7 +1095,7 @@ impl Store {
         if grant.ttl > LEASE_TTL_SECONDS_MAX {
             return Err(KvError::LeaseTtlTooLarge);
         }
-        if self.retained_bytes > self.config.database_bytes_max {
+        if self.out_of_space() {
             return Err(KvError::DatabaseSpaceExceeded);
         }
         let id = if grant.id == 0 {

@@ -541,6 +541,19 @@ fn auto_compaction_bounds_history() {
     assert!(store.compact_revision() > 80);
 }
 
+/// Deletes `key` and compacts at the revision that made.
+fn delete_and_compact(store: &mut Store, key: &str) {
+    ok(store, delete(key, ""));
+    let revision = store.revision();
+    ok(
+        store,
+        Request::Compaction(CompactionRequest {
+            revision,
+            physical: true,
+        }),
+    );
+}
+
 #[test]
 fn quota_refuses_writes_but_not_deletes() {
     let mut store = Store::new(Config {
@@ -553,15 +566,7 @@ fn quota_refuses_writes_but_not_deletes() {
         err(&mut store, Request::LeaseGrant(LeaseGrantRequest { ttl: 5, id: 0 })),
         KvError::DatabaseSpaceExceeded
     );
-    ok(&mut store, delete("a", ""));
-    let revision = store.revision();
-    ok(
-        &mut store,
-        Request::Compaction(CompactionRequest {
-            revision,
-            physical: true,
-        }),
-    );
+    delete_and_compact(&mut store, "a");
     ok(&mut store, put("b", "x"));
 }
 
@@ -1779,4 +1784,63 @@ fn hash_kv_at_a_revision_ignores_later_writes_and_how_far_compaction_got() {
     }
     assert_eq!(other.hash_kv(6).unwrap(), same.hash_kv(6).unwrap());
     assert_ne!(other.hash_kv(7).unwrap(), same.hash_kv(7).unwrap());
+}
+
+#[test]
+fn a_raised_nospace_alarm_refuses_puts_and_grants_until_disarmed() {
+    let mut store = store();
+    ok(&mut store, put("a", "1"));
+    ok(&mut store, alarm(AlarmAction::Activate, 2, AlarmType::Corrupt));
+    ok(&mut store, put("b", "1"));
+    ok(&mut store, alarm(AlarmAction::Activate, 2, AlarmType::Nospace));
+    assert_eq!(err(&mut store, put("c", "1")), KvError::DatabaseSpaceExceeded);
+    assert_eq!(
+        err(&mut store, Request::LeaseGrant(LeaseGrantRequest { ttl: 5, id: 0 })),
+        KvError::DatabaseSpaceExceeded
+    );
+    let txn_put = Request::Txn(TxnRequest {
+        success: vec![RequestOp::Put(put_request("c", "1"))],
+        ..TxnRequest::default()
+    });
+    assert_eq!(err(&mut store, txn_put.clone()), KvError::DatabaseSpaceExceeded);
+    // Reads, deletes and compactions go on.
+    assert_eq!(store.range(&range("a", "")).unwrap().kvs.len(), 1);
+    delete_and_compact(&mut store, "a");
+    ok(&mut store, alarm(AlarmAction::Deactivate, 2, AlarmType::Nospace));
+    ok(&mut store, put("c", "1"));
+    ok(&mut store, txn_put);
+}
+
+#[test]
+fn the_quota_counts_puts_in_both_branches_and_never_deletes() {
+    assert_eq!(put("ab", "cde").quota_bytes(), Some(5));
+    let nested = TxnRequest {
+        failure: vec![RequestOp::Put(put_request("x", "yz"))],
+        ..TxnRequest::default()
+    };
+    let txn = Request::Txn(TxnRequest {
+        success: vec![
+            RequestOp::Put(put_request("a", "b")),
+            RequestOp::Range(range("a", "")),
+            RequestOp::Txn(nested),
+        ],
+        failure: vec![RequestOp::Put(put_request("c", "dd"))],
+        ..TxnRequest::default()
+    });
+    assert_eq!(txn.quota_bytes(), Some(2 + 3 + 3));
+    let reads_and_deletes = Request::Txn(TxnRequest {
+        success: vec![RequestOp::Range(range("a", ""))],
+        failure: vec![RequestOp::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            ..DeleteRangeRequest::default()
+        })],
+        ..TxnRequest::default()
+    });
+    assert_eq!(reads_and_deletes.quota_bytes(), None);
+    assert_eq!(delete("a", "").quota_bytes(), None);
+    assert_eq!(
+        Request::LeaseGrant(LeaseGrantRequest { ttl: 5, id: 0 }).quota_bytes(),
+        Some(0)
+    );
+    assert_eq!(Request::LeaseRevoke(LeaseRevokeRequest { id: 5 }).quota_bytes(), None);
 }

@@ -168,6 +168,15 @@ impl Model {
         Ok(())
     }
 
+    /// A raised NOSPACE alarm refuses puts, txns that put and lease grants
+    /// (the model never reaches the store's byte quota).
+    fn check_space(&self) -> Result<(), KvError> {
+        if self.alarms.iter().any(|raised| raised.alarm == AlarmType::Nospace) {
+            return Err(KvError::DatabaseSpaceExceeded);
+        }
+        Ok(())
+    }
+
     fn check_put_state(&self, put: &PutRequest) -> Result<(), KvError> {
         if (put.ignore_value || put.ignore_lease) && !self.current().contains_key(&put.key) {
             return Err(KvError::KeyNotFound);
@@ -440,6 +449,9 @@ impl Model {
         if Self::writes_twice(&txn.success) || Self::writes_twice(&txn.failure) {
             return Err(KvError::DuplicateKey);
         }
+        if !puts.is_empty() {
+            self.check_space()?;
+        }
         let (succeeded, nested) = self.path(txn);
         let branch = if succeeded { &txn.success } else { &txn.failure };
         self.check_chosen(branch, &mut nested.iter().map(|(s, _)| *s))?;
@@ -505,6 +517,7 @@ impl Model {
         match request {
             Request::Put(put) => {
                 self.check_put(put)?;
+                self.check_space()?;
                 self.check_put_state(put)?;
                 let mut state = self.current().clone();
                 let mut events = Vec::new();
@@ -533,6 +546,7 @@ impl Model {
                 Ok(Response::Compaction(CompactionResponse { header: self.header() }))
             }
             Request::LeaseGrant(grant) => {
+                self.check_space()?;
                 let id = if grant.id == 0 { chosen_lease_id } else { grant.id };
                 if self.leases.contains_key(&id) {
                     return Err(KvError::LeaseExists);

@@ -196,7 +196,14 @@ pub struct Tunables {
     pub frame_bytes_max: u32,
     /// Concurrent client watch streams, across all connections.
     pub watch_streams_max: usize,
+    /// The space quota, in bytes of keys and values retained over all
+    /// revisions (`--quota-backend-bytes`): a put, txn with puts or lease grant
+    /// that would pass it is refused and raises this member's NOSPACE alarm.
+    pub quota_backend_bytes: u64,
 }
+
+/// etcd's default space quota, 2 GiB, in bytes.
+pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 2 << 30;
 
 impl Default for Tunables {
     fn default() -> Self {
@@ -216,6 +223,7 @@ impl Default for Tunables {
             command_queue_max: 8_192,
             frame_bytes_max: 16 << 20,
             watch_streams_max: 10_000,
+            quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
         }
     }
 }

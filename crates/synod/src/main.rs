@@ -166,6 +166,11 @@ struct TunableFlags {
     /// How long a client request may wait for its commit, in milliseconds.
     #[arg(long, default_value_t = 7_000)]
     request_timeout_ms: u64,
+    /// Space quota in bytes of keys and values over all revisions (0: etcd's
+    /// default, 2 GiB; at most 8 GiB, the store's hard limit). Passing it
+    /// raises a NOSPACE alarm; writes are refused until `etcdctl alarm disarm`.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=8 << 30))]
+    quota_backend_bytes: u64,
 }
 
 impl TunableFlags {
@@ -181,6 +186,10 @@ impl TunableFlags {
             batch_bytes_max: self.batch_bytes_max,
             snapshot_interval_instances: self.snapshot_interval_instances,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
+            quota_backend_bytes: match self.quota_backend_bytes {
+                0 => synod_server::config::QUOTA_BACKEND_BYTES_DEFAULT,
+                bytes => bytes,
+            },
             ..Tunables::default()
         }
     }

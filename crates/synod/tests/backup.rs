@@ -1,6 +1,8 @@
-//! Backups end to end: `etcdctl snapshot save` from a running group,
-//! `synod snapshot status`, `synod snapshot restore` into a new group, and
-//! every key, value, revision and lease compared after it starts.
+//! Operating a group with etcdctl. Backups end to end: `etcdctl snapshot
+//! save` from a running group, `synod snapshot status`, `synod snapshot
+//! restore` into a new group, and every key, value, revision and lease
+//! compared after it starts. The space quota: NOSPACE raised, writes refused
+//! everywhere, deletes and compaction going on, `alarm disarm`.
 
 mod common;
 
@@ -239,4 +241,55 @@ fn a_backup_saved_by_etcdctl_restores_a_new_group_with_every_key_revision_and_le
         let value = etcdctl_ok(&["--endpoints", &member.endpoint(), "get", "after", "--print-value-only"]);
         assert_eq!(value, "restore\n", "member {}", member.name);
     }
+}
+
+#[test]
+fn passing_the_space_quota_raises_nospace_until_an_operator_disarms_it() {
+    let cluster = Cluster::start_with(3, "quota", &["--quota-backend-bytes", "4096"]);
+    let endpoints = cluster.endpoints();
+    let value = "v".repeat(1000);
+    let mut refused = None;
+    for index in 0..10 {
+        let output = common::etcdctl(&["--endpoints", &endpoints, "put", &format!("big/{index}"), &value]);
+        if !output.status.success() {
+            refused = Some((index, String::from_utf8_lossy(&output.stderr).into_owned()));
+            break;
+        }
+    }
+    let (stored, error) = refused.expect("a put past the quota is refused");
+    assert!(stored >= 3, "refused after only {stored} puts of 1000 bytes");
+    assert!(error.contains("database space exceeded"), "{error}");
+    let listed = etcdctl_ok(&["--endpoints", &endpoints, "alarm", "list"]);
+    assert!(listed.contains("alarm:NOSPACE"), "{listed}");
+    // Every member refuses a put now, even a small one, and a txn that puts.
+    for member in &cluster.members {
+        let output = common::etcdctl(&["--endpoints", &member.endpoint(), "put", "small", "x"]);
+        assert!(
+            !output.status.success(),
+            "member {} took a put under NOSPACE",
+            member.name
+        );
+        assert!(String::from_utf8_lossy(&output.stderr).contains("database space exceeded"));
+    }
+    // Reads, deletes and compaction go on.
+    let (_, kvs) = everything(&endpoints);
+    assert_eq!(kvs.len(), stored);
+    etcdctl_ok(&["--endpoints", &endpoints, "del", "big/", "--prefix"]);
+    let (revision, _) = everything(&endpoints);
+    etcdctl_ok(&[
+        "--endpoints",
+        &endpoints,
+        "compact",
+        &revision.to_string(),
+        "--physical",
+    ]);
+    etcdctl_ok(&["--endpoints", &endpoints, "defrag"]);
+    // Still refused: the alarm holds until it is disarmed.
+    assert!(!common::etcdctl(&["--endpoints", &endpoints, "put", "small", "x"])
+        .status
+        .success());
+    let disarmed = etcdctl_ok(&["--endpoints", &endpoints, "alarm", "disarm"]);
+    assert!(disarmed.contains("alarm:NOSPACE"), "{disarmed}");
+    assert_eq!(etcdctl_ok(&["--endpoints", &endpoints, "alarm", "list"]), "");
+    etcdctl_ok(&["--endpoints", &endpoints, "put", "small", "x"]);
 }

@@ -4,7 +4,10 @@
 //! Alarms are raised and cleared per member through the log, as etcd does,
 //! and listed at the master after a linearizable read point (etcd 3.4 sends
 //! even a listing through its log), so every member lists the same alarms.
-//! synod only records them: raising NOSPACE or CORRUPT refuses nothing.
+//! A raised NOSPACE alarm refuses puts, txns that put and lease grants on
+//! every member until it is disarmed (the store applies that rule, so it is
+//! the same everywhere); a member raises its own when a write would pass its
+//! `--quota-backend-bytes` (`Api::write`). CORRUPT is recorded only.
 //!
 //! Membership is fixed for a group's life, so member add, remove, update and
 //! promote are refused; so are leader moves and downgrades. A snapshot

@@ -197,6 +197,47 @@ impl Api {
     /// Puts a request through the log at this member (the master) and returns
     /// its applied result.
     pub async fn write(&self, request: Request) -> Result<Response, Status> {
+        if let Some(adds) = request.quota_bytes() {
+            let used = self.shared.store().retained_bytes();
+            if used.saturating_add(adds) > self.shared.tunables.quota_backend_bytes {
+                self.raise_nospace(used).await;
+                return Err(convert::kv_error(synod_kv::KvError::DatabaseSpaceExceeded));
+            }
+        }
+        self.submit_entry(request).await
+    }
+
+    /// Raises this member's NOSPACE alarm through the log, unless it is
+    /// raised already, as etcd's quota check does: from then on every member
+    /// refuses puts until an operator disarms it. Failing to raise it (no
+    /// master, say) is logged; the write that found the quota passed is
+    /// refused either way.
+    async fn raise_nospace(&self, used_bytes: u64) {
+        let member_id = self.shared.identity.member_id;
+        let raised = self
+            .shared
+            .store()
+            .alarms(synod_kv::AlarmType::Nospace)
+            .alarms
+            .iter()
+            .any(|alarm| alarm.member_id == member_id);
+        if raised {
+            return;
+        }
+        let quota_bytes = self.shared.tunables.quota_backend_bytes;
+        tracing::warn!(used_bytes, quota_bytes, "space quota passed: raising the NOSPACE alarm");
+        let alarm = Request::Alarm(synod_kv::AlarmRequest {
+            action: synod_kv::AlarmAction::Activate,
+            member_id,
+            alarm: synod_kv::AlarmType::Nospace,
+        });
+        if let Err(error) = self.submit_entry(alarm).await {
+            tracing::warn!(%error, "cannot raise the NOSPACE alarm");
+        }
+    }
+
+    /// One entry through the log, no quota checked.
+    async fn submit_entry(&self, request: Request) -> Result<Response, Status> {
         let bytes = self.shared.store().prepare(&request).map_err(convert::kv_error)?;
         let value = bytes::Bytes::from(bytes);
         let applied = self
