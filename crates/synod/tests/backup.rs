@@ -293,3 +293,139 @@ fn passing_the_space_quota_raises_nospace_until_an_operator_disarms_it() {
     assert_eq!(etcdctl_ok(&["--endpoints", &endpoints, "alarm", "list"]), "");
     etcdctl_ok(&["--endpoints", &endpoints, "put", "small", "x"]);
 }
+
+/// Chubby's sequencer: a holder that lost its lock cannot write with it.
+#[test]
+fn a_write_fenced_by_the_sequencer_of_a_lost_lock_is_refused() {
+    use synod_proto::etcdserverpb::kv_client::KvClient;
+    use synod_proto::etcdserverpb::lease_client::LeaseClient;
+    use synod_proto::etcdserverpb::request_op::Request as Op;
+    use synod_proto::etcdserverpb::{
+        DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    };
+    use synod_proto::v3lockpb::lock_client::LockClient;
+    use synod_proto::v3lockpb::LockRequest;
+    use tonic::transport::Channel;
+
+    fn with_sequencer<T>(message: T, sequencer: &str) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("synod-sequencer", sequencer.parse().expect("ASCII sequencer"));
+        request
+    }
+    fn put(key: &str, value: &str) -> PutRequest {
+        PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: value.as_bytes().to_vec().into(),
+            ..PutRequest::default()
+        }
+    }
+    async fn value_of(kv: &mut KvClient<Channel>, key: &str) -> Vec<u8> {
+        let range = RangeRequest {
+            key: key.as_bytes().to_vec().into(),
+            ..RangeRequest::default()
+        };
+        let found = kv.range(range).await.expect("range").into_inner();
+        found.kvs.first().map(|kv| kv.value.to_vec()).unwrap_or_default()
+    }
+
+    /// The sequencer header for the holder of lock key `key` on `lease`,
+    /// and the key's create revision.
+    async fn sequencer_for(kv: &mut KvClient<Channel>, key: &[u8], lease: i64) -> (String, i64) {
+        let range = RangeRequest {
+            key: key.to_vec().into(),
+            ..RangeRequest::default()
+        };
+        let created = kv.range(range).await.expect("range").into_inner().kvs[0].create_revision;
+        let hex: String = key.iter().map(|byte| format!("{byte:02x}")).collect();
+        (format!("{hex}/{created}/{lease:x}"), created)
+    }
+
+    let cluster = Cluster::start(3, "sequencer");
+    let master = cluster.wait_for_master(std::time::Duration::from_secs(10));
+    // Through a follower, so the sequencer must survive forwarding.
+    let url = cluster.members[(master + 1) % 3].url();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let channel = Channel::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut leases = LeaseClient::new(channel.clone());
+        let mut locks = LockClient::new(channel.clone());
+        let mut kv = KvClient::new(channel);
+        let grant = LeaseGrantRequest { ttl: 60, id: 0 };
+        let first = leases.lease_grant(grant).await.expect("grant").into_inner().id;
+        let lock = |lease| LockRequest {
+            name: "fence".into(),
+            lease,
+        };
+        let held = locks.lock(lock(first)).await.expect("lock").into_inner().key;
+        let (token, _) = sequencer_for(&mut kv, &held, first).await;
+        kv.put(with_sequencer(put("guarded", "1"), &token))
+            .await
+            .expect("the holder writes with its sequencer");
+
+        // The holder's lease ends (a holder paused past its TTL ends the same
+        // way, by the master's revoke) and another client takes the lock.
+        leases
+            .lease_revoke(LeaseRevokeRequest { id: first })
+            .await
+            .expect("revoke");
+        let second = leases.lease_grant(grant).await.expect("grant").into_inner().id;
+        let taken = locks.lock(lock(second)).await.expect("lock").into_inner().key;
+        assert_ne!(taken, held);
+
+        let stale = kv
+            .put(with_sequencer(put("guarded", "stale"), &token))
+            .await
+            .expect_err("a put with a stale sequencer");
+        assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "{stale:?}");
+        assert!(stale.message().contains("sequencer is stale"), "{stale:?}");
+        let delete = DeleteRangeRequest {
+            key: "guarded".into(),
+            ..DeleteRangeRequest::default()
+        };
+        let stale = kv
+            .delete_range(with_sequencer(delete, &token))
+            .await
+            .expect_err("a delete with a stale sequencer");
+        assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
+        let txn = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(Op::RequestPut(put("guarded", "txn"))),
+            }],
+            ..TxnRequest::default()
+        };
+        let stale = kv
+            .txn(with_sequencer(txn.clone(), &token))
+            .await
+            .expect_err("a txn with a stale sequencer");
+        assert_eq!(stale.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(value_of(&mut kv, "guarded").await, b"1", "no stale write landed");
+
+        // The new holder's sequencer works, for a txn too.
+        let (token, created) = sequencer_for(&mut kv, &taken, second).await;
+        let answered = kv.txn(with_sequencer(txn, &token)).await.expect("txn").into_inner();
+        assert!(answered.succeeded);
+        assert!(answered.header.expect("header").revision > created);
+        assert_eq!(value_of(&mut kv, "guarded").await, b"txn");
+
+        for malformed in ["", "zz/1/1", "66/-1/1", "66/1", "66/1/1/1", "66/1/xyz"] {
+            let refused = kv
+                .put(with_sequencer(put("guarded", "bad"), malformed))
+                .await
+                .expect_err("a malformed sequencer");
+            assert_eq!(
+                refused.code(),
+                tonic::Code::InvalidArgument,
+                "{malformed:?}: {refused:?}"
+            );
+        }
+    });
+}
