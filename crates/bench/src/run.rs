@@ -95,6 +95,11 @@ fn filler(size: u64) -> Vec<u8> {
 /// compare fails only when another client really changed the key in between.
 type Revisions = Arc<Vec<AtomicI64>>;
 
+/// Tries of one preload put that finds the group without a master.
+const PRELOAD_ATTEMPTS_MAX: u32 = 50;
+/// The pause between two such tries.
+const PRELOAD_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Writes every key of the key space once, so reads and compares find a value, and notes
 /// each key's mod_revision in `revisions` (when it has room for the key). Not measured.
 async fn preload(args: &Args, channels: &[Channel], keys: &KeySpace, revisions: &Revisions) -> Result<(), String> {
@@ -121,17 +126,29 @@ async fn preload(args: &Args, channels: &[Channel], keys: &KeySpace, revisions: 
                     value: value.clone(),
                     ..PutRequest::default()
                 };
-                match tokio::time::timeout(timeout, kv.put(request)).await {
-                    Ok(Ok(response)) => {
-                        if let (Some(seen), Some(header)) =
-                            (revisions.get(index as usize), response.into_inner().header)
-                        {
-                            seen.store(header.revision, Ordering::Relaxed);
+                let mut attempt = 1;
+                loop {
+                    match tokio::time::timeout(timeout, kv.put(request.clone())).await {
+                        Ok(Ok(response)) => {
+                            if let (Some(seen), Some(header)) =
+                                (revisions.get(index as usize), response.into_inner().header)
+                            {
+                                seen.store(header.revision, Ordering::Relaxed);
+                            }
+                            bar.inc(1);
+                            break;
                         }
-                        bar.inc(1);
+                        // A master change (`no leader`) passes: the same put again
+                        // writes the same value, so a retry is harmless here.
+                        Ok(Err(status))
+                            if status.code() == tonic::Code::Unavailable && attempt < PRELOAD_ATTEMPTS_MAX =>
+                        {
+                            attempt += 1;
+                            tokio::time::sleep(PRELOAD_RETRY_PAUSE).await;
+                        }
+                        Ok(Err(status)) => return Err(format!("preload: put failed: {}", status.message())),
+                        Err(_) => return Err(format!("preload: a put took longer than {timeout:?}")),
                     }
-                    Ok(Err(status)) => return Err(format!("preload: put failed: {}", status.message())),
-                    Err(_) => return Err(format!("preload: a put took longer than {timeout:?}")),
                 }
             }
         });
