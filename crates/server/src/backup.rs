@@ -128,25 +128,10 @@ impl BackupPlan {
             body_bytes += piece.len() as u64;
             Ok::<(), Infallible>(())
         });
-        let everything = RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            count_only: true,
-            ..RangeRequest::default()
-        };
-        let key_count = frozen
-            .range(&everything)
-            .map_or(0, |response| response.count.max(0) as u64);
         let file_bytes = aligned(body_bytes) + DIGEST_BYTES as u64;
         BackupPlan {
             body_bytes,
-            summary: BackupSummary {
-                applied_instance,
-                revision: frozen.revision(),
-                key_count,
-                state_hash: frozen.state_hash(),
-                file_bytes,
-            },
+            summary: summarize(frozen, applied_instance, file_bytes),
         }
     }
 
@@ -174,6 +159,27 @@ impl BackupPlan {
         tail.extend_from_slice(&trailer);
         tail.extend_from_slice(&digest.finalize());
         sink(&tail)
+    }
+}
+
+/// What a backup of `frozen` at `applied_instance`, `file_bytes` long, holds
+/// (one count of live keys; no encoding).
+fn summarize(frozen: &FrozenStore, applied_instance: u64, file_bytes: u64) -> BackupSummary {
+    let everything = RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        count_only: true,
+        ..RangeRequest::default()
+    };
+    let key_count = frozen
+        .range(&everything)
+        .map_or(0, |response| response.count.max(0) as u64);
+    BackupSummary {
+        applied_instance,
+        revision: frozen.revision(),
+        key_count,
+        state_hash: frozen.state_hash(),
+        file_bytes,
     }
 }
 
@@ -259,12 +265,9 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, String> {
     let body = content[..body_end].to_vec();
     let store =
         Store::restore(crate::node::kv_config(), &body).map_err(|error| format!("its store snapshot: {error}"))?;
-    let frozen = store.freeze();
-    let restored = BackupPlan::measure(&frozen, summary.applied_instance).summary;
-    let restored = BackupSummary {
-        file_bytes: summary.file_bytes,
-        ..restored
-    };
+    // The body's length was checked against the trailer above; the rest is
+    // compared with the store it restored to, without encoding it again.
+    let restored = summarize(&store.freeze(), summary.applied_instance, summary.file_bytes);
     if restored != summary {
         return Err(format!(
             "its trailer ({summary:?}) disagrees with the store it holds ({restored:?})"
