@@ -248,6 +248,9 @@ pub struct ServerConfig {
     /// Mixed into the cluster ID (`--initial-cluster-token`); empty for none.
     /// Ignored, like `initial_cluster`, when the data directory holds a member.
     pub initial_cluster_token: String,
+    /// TLS on the client port (`--cert-file` and friends); `None` for plain
+    /// HTTP/2.
+    pub client_tls: Option<crate::tls::TlsFiles>,
     /// Bounds and timings.
     pub tunables: Tunables,
 }

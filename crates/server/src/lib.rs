@@ -30,6 +30,8 @@
 //! - [`frame`]: the peer wire format. Bytes become [`frame::Frame`]s (magic,
 //!   version, flags, length, CRC32C, opaque payload) with a pure incremental
 //!   [`frame::Decoder`]; the first frame each way is a [`frame::Handshake`].
+//! - [`tls`]: certificates for the client port, and for forwarding to the
+//!   master's.
 //! - [`metrics`]: counters and histograms for `/metrics`.
 //!
 //! **No async task ever blocks on a file or a lock held across I/O, nor
@@ -50,6 +52,7 @@ pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod snapshot_transfer;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -107,6 +110,9 @@ pub enum ServerError {
     /// The core task stopped.
     #[error(transparent)]
     Core(#[from] node::CoreError),
+    /// The client port's certificates or key.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The client API server stopped.
     #[error("client API server failed: {0}")]
     Serve(std::io::Error),
@@ -168,6 +174,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     let paxos = config.paxos_config(NodeId(identity.member_id), members)?;
     let message_bytes_max = paxos.message_bytes_max;
 
+    let client_tls = config.client_tls.as_ref().map(tls::ClientTls::load).transpose()?;
+    if client_tls.is_none() {
+        tracing::warn!("the client port speaks plain text: clients are not authenticated and traffic is not encrypted");
+    }
     let client_listener = bind(config.listen_client, "clients").await?;
     let peer_listener = bind(config.listen_peer, "peers").await?;
 
@@ -239,8 +249,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         core.run(CoreInputs { commands, inbound }, core_shutdown)
             .in_current_span(),
     );
-    let api = api::Api::new(shared);
-    let serve = api::serve(api, client_listener, shutdown.clone());
+    let api = api::Api::new(shared, client_tls.as_ref().map(tls::ClientTls::forwarding));
+    let serve = api::serve(api, client_listener, client_tls.map(|tls| tls.server), shutdown.clone());
     tokio::select! {
         result = &mut core_task => {
             shutdown.cancel();

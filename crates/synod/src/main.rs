@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use synod_server::config::{ClusterState, ServerConfig, Tunables};
+use synod_server::tls::generate as tls_files;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -101,9 +102,10 @@ struct ServerFlags {
     /// --initial-cluster* flags are ignored and the member restarts from it.
     #[arg(long)]
     data_dir: PathBuf,
-    /// HOST:PORT for clients (gRPC and HTTP on one port).
-    #[arg(long)]
-    listen_client: SocketAddr,
+    /// HOST:PORT for clients (gRPC and HTTP on one port), optionally as a
+    /// URL: `https://HOST:PORT` needs --cert-file and --key-file.
+    #[arg(long, value_parser = parse_client_url)]
+    listen_client: ClientUrl,
     /// HOST:PORT for the other members.
     #[arg(long)]
     listen_peer: SocketAddr,
@@ -118,7 +120,63 @@ struct ServerFlags {
     #[arg(long, default_value = "")]
     initial_cluster_token: String,
     #[command(flatten)]
+    client_tls: ClientTlsFlags,
+    #[command(flatten)]
     tunables: TunableFlags,
+}
+
+/// etcd's client TLS flags.
+#[derive(Args, Debug, Clone)]
+struct ClientTlsFlags {
+    /// The client port's certificate chain (PEM); turns TLS on.
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// The CA that client certificates (and other members' certificates,
+    /// when forwarding to the master) must chain to (PEM).
+    #[arg(long, requires = "cert_file")]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require every client to present a certificate chaining to
+    /// --trusted-ca-file.
+    #[arg(long, requires = "trusted_ca_file")]
+    client_cert_auth: bool,
+}
+
+impl ClientTlsFlags {
+    fn files(&self) -> Option<synod_server::tls::TlsFiles> {
+        Some(synod_server::tls::TlsFiles {
+            cert_file: self.cert_file.clone()?,
+            key_file: self.key_file.clone()?,
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            client_cert_auth: self.client_cert_auth,
+        })
+    }
+}
+
+/// A client address, and whether it was given as an `https://` URL.
+#[derive(Clone, Copy, Debug)]
+struct ClientUrl {
+    address: SocketAddr,
+    https: Option<bool>,
+}
+
+/// `HOST:PORT`, `http://HOST:PORT` or `https://HOST:PORT`, as etcd's
+/// client URLs are written.
+fn parse_client_url(text: &str) -> Result<ClientUrl, String> {
+    let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
+        (Some(true), rest)
+    } else if let Some(rest) = text.strip_prefix("http://") {
+        (Some(false), rest)
+    } else {
+        (None, text)
+    };
+    let address = rest
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|error| format!("{text:?} is not HOST:PORT with a numeric host ({error})"))?;
+    Ok(ClientUrl { address, https })
 }
 
 #[derive(Args, Debug)]
@@ -129,6 +187,10 @@ struct DevFlags {
     /// Keep the members' data here (a fresh temporary directory otherwise, removed on exit).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Serve clients over TLS with a throwaway CA and certificates written
+    /// into the data directory (and print the etcdctl flags that trust them).
+    #[arg(long)]
+    tls: bool,
     #[command(flatten)]
     tunables: TunableFlags,
 }
@@ -267,12 +329,22 @@ fn main() -> ExitCode {
 }
 
 async fn server(flags: ServerFlags, shutdown: CancellationToken) -> Result<(), String> {
+    let client_tls = flags.client_tls.files();
+    match (flags.listen_client.https, client_tls.is_some()) {
+        (Some(true), false) => return Err("--listen-client https://... needs --cert-file and --key-file".into()),
+        (Some(false), true) => {
+            return Err("--listen-client http://... with --cert-file: the port would speak TLS; write https://".into())
+        }
+        _ => {}
+    }
+    let scheme = if client_tls.is_some() { "https" } else { "http" };
     let config = ServerConfig {
         name: flags.name,
         data_dir: flags.data_dir,
-        listen_client: flags.listen_client,
+        listen_client: flags.listen_client.address,
         listen_peer: flags.listen_peer,
-        advertise_client_url: format!("http://{}", flags.listen_client),
+        advertise_client_url: format!("{scheme}://{}", flags.listen_client.address),
+        client_tls,
         initial_cluster: flags.initial_cluster,
         initial_cluster_state: match flags.initial_cluster_state {
             InitialClusterState::New => ClusterState::New,
@@ -383,14 +455,25 @@ async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String>
         .map(|index| format!("node{}={}", index + 1, peer(index)))
         .collect::<Vec<_>>()
         .join(",");
+    let tls = if flags.tls {
+        let directory = root.join("tls");
+        // A kept data directory keeps its CA, so clients set up for it go on working.
+        if !directory.join(tls_files::CA_FILE).exists() {
+            tls_files::write(&directory, "root")?;
+        }
+        Some(directory)
+    } else {
+        None
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let endpoints = (0..nodes)
-        .map(|index| client(index).to_string())
+        .map(|index| format!("{scheme}://{}", client(index)))
         .collect::<Vec<_>>()
         .join(",");
     println!("synod dev: {nodes} members, data in {}", root.display());
     for index in 0..nodes {
         println!(
-            "  node{}: client http://{}  peer {}",
+            "  node{}: client {scheme}://{}  peer {}",
             index + 1,
             client(index),
             peer(index)
@@ -398,13 +481,34 @@ async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String>
     }
     println!();
     println!("Try:");
-    println!("  export ETCDCTL_API=3 ENDPOINTS={endpoints}");
+    match &tls {
+        None => println!("  export ETCDCTL_API=3 ENDPOINTS={endpoints}"),
+        Some(directory) => {
+            let ca = directory.join(tls_files::CA_FILE);
+            println!(
+                "  export ETCDCTL_API=3 ENDPOINTS={endpoints} ETCDCTL_CACERT={}",
+                ca.display()
+            );
+            println!(
+                "  (a client certificate for user root: --cert={} --key={})",
+                directory.join(tls_files::CLIENT_CERT_FILE).display(),
+                directory.join(tls_files::CLIENT_KEY_FILE).display()
+            );
+        }
+    }
     println!("  etcdctl --endpoints=$ENDPOINTS put greeting hello");
     println!("  etcdctl --endpoints=$ENDPOINTS get greeting");
     println!("  etcdctl --endpoints=$ENDPOINTS watch greeting");
     println!("  etcdctl --endpoints=$ENDPOINTS endpoint status -w table");
     println!("  etcdctl --endpoints=$ENDPOINTS member list -w table");
-    println!("  curl http://{}/metrics", client(0));
+    match &tls {
+        None => println!("  curl http://{}/metrics", client(0)),
+        Some(directory) => println!(
+            "  curl --cacert {} https://{}/metrics",
+            directory.join(tls_files::CA_FILE).display(),
+            client(0)
+        ),
+    }
     println!("Ctrl-C stops every member.");
     let mut members = tokio::task::JoinSet::new();
     for index in 0..nodes {
@@ -414,7 +518,13 @@ async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String>
             data_dir: root.join(&name),
             listen_client: client(index),
             listen_peer: peer(index),
-            advertise_client_url: format!("http://{}", client(index)),
+            advertise_client_url: format!("{scheme}://{}", client(index)),
+            client_tls: tls.as_ref().map(|directory| synod_server::tls::TlsFiles {
+                cert_file: directory.join(tls_files::SERVER_CERT_FILE),
+                key_file: directory.join(tls_files::SERVER_KEY_FILE),
+                trusted_ca_file: Some(directory.join(tls_files::CA_FILE)),
+                client_cert_auth: false,
+            }),
             initial_cluster: initial_cluster.clone(),
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: String::new(),

@@ -2,15 +2,15 @@
 //!
 //! The gRPC services become routes of one axum router beside `/health`,
 //! `/version` and `/metrics`; hyper's automatic protocol detection serves
-//! HTTP/2 without TLS (what etcdctl speaks) and HTTP/1 (curl, Prometheus) on
-//! the same listener.
+//! HTTP/2 (what etcdctl speaks) and HTTP/1 (curl, Prometheus) on the same
+//! listener, over TLS when the member has a certificate (see [`crate::tls`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use synod_proto::etcdserverpb::cluster_server::ClusterServer;
 use synod_proto::etcdserverpb::kv_server::KvServer;
 use synod_proto::etcdserverpb::lease_server::LeaseServer;
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::maintenance::ETCD_VERSION;
 use super::{Api, GRPC_MESSAGE_BYTES_MAX};
+use crate::tls::ClientCertificate;
 
 /// How long open streams (watches, keep-alives) may take to finish after a
 /// shutdown starts before the listener is dropped anyway.
@@ -91,24 +92,143 @@ pub fn router(api: Api) -> axum::Router {
         )
 }
 
-/// Serves the client API on `listener` until `shutdown` is cancelled.
-pub async fn serve(api: Api, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+/// Most client connections served at once; one more is closed as soon as
+/// it is accepted, so a flood of sockets cannot exhaust file descriptors or
+/// memory.
+pub const CLIENT_CONNECTIONS_MAX: usize = 4_096;
+/// How long a client has to finish the TLS handshake (or, on a TLS port, to
+/// send its first byte) before the connection is closed.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What a plain-text client gets from a port that speaks TLS: a gRPC status
+/// (or an HTTP 400) that says so, rather than a closed connection.
+fn tls_required_router() -> axum::Router {
+    axum::Router::new().fallback(|request: axum::extract::Request| async move {
+        let grpc = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("application/grpc"));
+        let message =
+            "synod: this client port speaks TLS only; connect with https:// and the cluster's CA (etcdctl --cacert)";
+        if grpc {
+            tonic::Status::failed_precondition(message).into_http::<axum::body::Body>()
+        } else {
+            (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response()
+        }
+    })
+}
+
+/// Serves one accepted connection: TLS first when configured, then HTTP/1
+/// or HTTP/2 as the client speaks, until it closes or a shutdown drains it.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    router: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let builder = Builder::new(TokioExecutor::new());
+    let Some(acceptor) = tls else {
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(router));
+        let _ = watcher.watch(connection.into_owned()).await;
+        return;
+    };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return,
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        let service = TowerToHyperService::new(tls_required_router());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let _ = watcher.watch(connection.into_owned()).await;
+        return;
+    }
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "TLS handshake with a client failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("a client did not finish its TLS handshake in time");
+            return;
+        }
+    };
+    let certificate = ClientCertificate {
+        common_name: stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(crate::tls::common_name),
+    };
+    let service = tower::ServiceExt::map_request(
+        router,
+        move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(certificate.clone());
+            request
+        },
+    );
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    let _ = watcher.watch(connection.into_owned()).await;
+}
+
+/// Serves the client API on `listener` until `shutdown` is cancelled, over
+/// TLS when `tls` is given.
+pub async fn serve(
+    api: Api,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let router = router(api);
-    let graceful = shutdown.clone();
-    // Replies are small frames written one after another; with Nagle's algorithm on, each one
-    // after the first waits for the client's delayed ACK (about 40 ms on Linux). The peer port
-    // sets the same option.
-    let listener = listener.tap_io(|stream| {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors, or a connection reset before it was
+                    // accepted: wait a little rather than spin.
+                    tracing::warn!(%error, "cannot accept a client connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(
+                limit = CLIENT_CONNECTIONS_MAX,
+                "too many client connections; closing a new one"
+            );
+            continue;
+        };
+        // Replies are small frames written one after another; with Nagle's algorithm on, each one
+        // after the first waits for the client's delayed ACK (about 40 ms on Linux). The peer port
+        // sets the same option.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::warn!(%error, "could not set TCP_NODELAY on a client connection");
         }
-    });
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move { graceful.cancelled().await });
-    tokio::select! {
-        result = server => result,
-        _ = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => Ok(()),
+        let connection = serve_connection(stream, router.clone(), acceptor.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            connection.await;
+            drop(permit);
+        });
     }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {}
+    }
+    Ok(())
 }

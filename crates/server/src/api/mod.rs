@@ -72,6 +72,8 @@ pub struct Api {
     /// [`maintenance::BACKUP_STREAMS_MAX`]: each holds a frozen store, whose
     /// chunks stay alive while the live store moves on.
     backups: Arc<tokio::sync::Semaphore>,
+    /// How to reach other members' client ports when they speak TLS.
+    forward_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// etcd's answer when no master is known.
@@ -106,9 +108,10 @@ pub fn forwarded<T>(message: T) -> tonic::Request<T> {
 
 impl Api {
     /// The API over the state shared with the core.
-    pub fn new(shared: Arc<Shared>) -> Api {
+    pub fn new(shared: Arc<Shared>, forward_tls: Option<tonic::transport::ClientTlsConfig>) -> Api {
         Api {
             shared,
+            forward_tls,
             channels: Arc::new(Mutex::new(HashMap::new())),
             backups: Arc::new(tokio::sync::Semaphore::new(maintenance::BACKUP_STREAMS_MAX)),
         }
@@ -165,6 +168,9 @@ impl Api {
             .connect_timeout(FORWARD_CONNECT_TIMEOUT);
         if timed {
             endpoint = endpoint.timeout(self.shared.tunables.request_timeout);
+        }
+        if let Some(tls) = &self.forward_tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|_| no_leader())?;
         }
         let channel = endpoint.connect_lazy();
         channels.insert((url, timed), channel.clone());

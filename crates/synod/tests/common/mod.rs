@@ -87,6 +87,33 @@ pub struct Cluster {
     pub root: TempDir,
     /// Flags added to every member's command line.
     pub extra_args: Vec<String>,
+    /// The certificates of a cluster started with [`Cluster::start_tls`].
+    pub tls: Option<ClusterTls>,
+}
+
+/// Where a TLS cluster's certificates are, and whether members ask clients
+/// for theirs.
+pub struct ClusterTls {
+    pub directory: PathBuf,
+    pub client_cert_auth: bool,
+}
+
+impl ClusterTls {
+    pub fn file(&self, name: &str) -> String {
+        self.directory.join(name).display().to_string()
+    }
+
+    /// The etcdctl flags that trust the cluster's CA and, if members ask for
+    /// one, present the client certificate.
+    pub fn etcdctl_flags(&self) -> Vec<String> {
+        use synod_server::tls::generate::*;
+        let mut flags = vec!["--cacert".to_string(), self.file(CA_FILE)];
+        if self.client_cert_auth {
+            flags.extend(["--cert".to_string(), self.file(CLIENT_CERT_FILE)]);
+            flags.extend(["--key".to_string(), self.file(CLIENT_KEY_FILE)]);
+        }
+        flags
+    }
 }
 
 impl Cluster {
@@ -131,7 +158,59 @@ impl Cluster {
             initial_cluster,
             root,
             extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+            tls: None,
         }
+    }
+
+    /// A started group whose client ports speak TLS with certificates from
+    /// a fresh CA; with `client_cert_auth`, members require client
+    /// certificates too.
+    pub fn start_tls(size: usize, tag: &str, client_cert_auth: bool) -> Cluster {
+        use synod_server::tls::generate::*;
+        let mut cluster = Cluster::unstarted(size, tag, &[]);
+        let directory = cluster.root.0.join("tls");
+        synod_server::tls::generate::write(&directory, "root").expect("generate certificates");
+        let tls = ClusterTls {
+            directory,
+            client_cert_auth,
+        };
+        let mut args = vec![
+            "--cert-file".to_string(),
+            tls.file(SERVER_CERT_FILE),
+            "--key-file".to_string(),
+            tls.file(SERVER_KEY_FILE),
+            "--trusted-ca-file".to_string(),
+            tls.file(CA_FILE),
+        ];
+        if client_cert_auth {
+            args.push("--client-cert-auth".to_string());
+        }
+        cluster.extra_args = args;
+        cluster.tls = Some(tls);
+        for index in 0..size {
+            cluster.launch(index);
+        }
+        cluster.wait_for_master(Duration::from_secs(20));
+        cluster
+    }
+
+    /// Member `index`'s client endpoint: `https://HOST:PORT` on a TLS
+    /// cluster, `HOST:PORT` otherwise. (etcdctl 3.4 sends an `http://`
+    /// endpoint's whole URL as the HTTP/2 `:authority` in `endpoint status`,
+    /// which the server's HTTP/2 layer refuses as malformed.)
+    pub fn client_url(&self, index: usize) -> String {
+        match self.tls {
+            Some(_) => format!("https://{}", self.members[index].endpoint()),
+            None => self.members[index].endpoint(),
+        }
+    }
+
+    /// etcdctl against this cluster: its TLS flags first, if any.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        let flags = self.tls.as_ref().map(ClusterTls::etcdctl_flags).unwrap_or_default();
+        let mut all: Vec<&str> = flags.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        etcdctl(&all)
     }
 
     pub fn launch(&mut self, index: usize) {
@@ -150,7 +229,7 @@ impl Cluster {
             .args(["server", "--name", &member.name])
             .arg("--data-dir")
             .arg(&member.data_dir)
-            .args(["--listen-client", &member.endpoint()])
+            .args(["--listen-client", &self.client_url(index)])
             .args(["--listen-peer", &format!("127.0.0.1:{}", member.peer_port)])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(FAST_TIMING)
@@ -202,7 +281,7 @@ impl Cluster {
         let masters: Vec<usize> = (0..self.members.len())
             .filter(|index| self.members[*index].child.is_some())
             .filter(|index| {
-                let status = etcdctl(&["--endpoints", &self.members[*index].endpoint(), "endpoint", "status"]);
+                let status = self.etcdctl(&["--endpoints", &self.client_url(*index), "endpoint", "status"]);
                 // "endpoint, id, version, db size, is leader, ..."
                 String::from_utf8_lossy(&status.stdout)
                     .split(", ")

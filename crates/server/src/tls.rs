@@ -1,0 +1,266 @@
+//! TLS on the client port, with etcd's flags: `--cert-file`, `--key-file`,
+//! `--trusted-ca-file` and `--client-cert-auth`.
+//!
+//! Certificates and keys are read once, at start-up, into a rustls server
+//! configuration (the `ring` provider; no OpenSSL). With `--client-cert-auth`
+//! a client must present a certificate that chains to the trusted CA; with
+//! only `--trusted-ca-file`, a certificate a client presents is verified but
+//! none is required. Either way the common name of a verified client
+//! certificate is handed to the API as a [`ClientCertificate`], as etcd does,
+//! so that authentication can take it as the user's name.
+//!
+//! Followers forward requests to the master's client port, so each member is
+//! also a client of the others: it trusts the trusted CA if one is given, and
+//! otherwise the certificates of its own chain (what a self-signed
+//! certificate, or a chain file ending in its CA, needs), and presents its
+//! own certificate when the master may ask for one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+
+/// Most bytes of one certificate or key file read; real ones are a few KiB.
+pub const PEM_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// The client-port TLS flags.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// `--cert-file`: the member's certificate chain (PEM), leaf first.
+    pub cert_file: PathBuf,
+    /// `--key-file`: the private key of the leaf certificate (PEM).
+    pub key_file: PathBuf,
+    /// `--trusted-ca-file`: the CA client certificates (and other members'
+    /// certificates, when forwarding) must chain to.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// `--client-cert-auth`: refuse a client without a certificate chaining
+    /// to the trusted CA.
+    pub client_cert_auth: bool,
+}
+
+/// Why the TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {purpose} {path}: {reason}")]
+    Read {
+        /// Which flag named the file.
+        purpose: &'static str,
+        /// The file.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A file holds no usable PEM item of the kind needed.
+    #[error("{purpose} {path} holds no {what}")]
+    Empty {
+        /// Which flag named the file.
+        purpose: &'static str,
+        /// The file.
+        path: String,
+        /// What was looked for.
+        what: &'static str,
+    },
+    /// `--client-cert-auth` without `--trusted-ca-file`.
+    #[error("--client-cert-auth needs --trusted-ca-file: client certificates must chain to a CA")]
+    ClientAuthWithoutCa,
+    /// rustls refused the certificates or the key.
+    #[error("the TLS configuration is invalid: {0}")]
+    Invalid(String),
+}
+
+/// The common name of a verified client certificate, put in each request's
+/// extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// The subject's common name, if it has one.
+    pub common_name: Option<String>,
+}
+
+fn read_pem(purpose: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    let error = |reason: String| TlsError::Read {
+        purpose,
+        path: path.display().to_string(),
+        reason,
+    };
+    let length = std::fs::metadata(path).map_err(|e| error(e.to_string()))?.len();
+    if length > PEM_FILE_BYTES_MAX {
+        return Err(error(format!("it is larger than {PEM_FILE_BYTES_MAX} bytes")));
+    }
+    std::fs::read(path).map_err(|e| error(e.to_string()))
+}
+
+fn certificates(purpose: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_pem(purpose, path)?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| TlsError::Read {
+            purpose,
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+    if certificates.is_empty() {
+        return Err(TlsError::Empty {
+            purpose,
+            path: path.display().to_string(),
+            what: "PEM certificate",
+        });
+    }
+    Ok(certificates)
+}
+
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read_pem("--key-file", path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::Empty {
+        purpose: "--key-file",
+        path: path.display().to_string(),
+        what: "PEM private key",
+    })
+}
+
+fn roots(certificates: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates {
+        roots
+            .add(certificate.clone())
+            .map_err(|error| TlsError::Invalid(error.to_string()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Everything the client port and forwarding need, read from the files once.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    /// What the client port accepts with.
+    pub server: Arc<rustls::ServerConfig>,
+    /// The PEM bytes forwarding trusts (the trusted CA or the own chain).
+    pub forward_ca_pem: Vec<u8>,
+    /// The own certificate chain and key (PEM), presented when forwarding.
+    pub identity_pem: (Vec<u8>, Vec<u8>),
+}
+
+impl ClientTls {
+    /// Reads and checks the files the flags name.
+    pub fn load(files: &TlsFiles) -> Result<ClientTls, TlsError> {
+        if files.client_cert_auth && files.trusted_ca_file.is_none() {
+            return Err(TlsError::ClientAuthWithoutCa);
+        }
+        let chain = certificates("--cert-file", &files.cert_file)?;
+        let key = private_key(&files.key_file)?;
+        let trusted = match &files.trusted_ca_file {
+            Some(path) => Some((
+                certificates("--trusted-ca-file", path)?,
+                read_pem("--trusted-ca-file", path)?,
+            )),
+            None => None,
+        };
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|error| TlsError::Invalid(error.to_string()))?;
+        let builder = match &trusted {
+            Some((ca, _)) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider());
+                let verifier = if files.client_cert_auth {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                builder
+                    .with_client_cert_verifier(verifier.build().map_err(|error| TlsError::Invalid(error.to_string()))?)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut server = builder
+            .with_single_cert(chain, key)
+            .map_err(|error| TlsError::Invalid(error.to_string()))?;
+        // etcdctl and every gRPC client negotiate HTTP/2; curl may ask for either.
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let cert_pem = read_pem("--cert-file", &files.cert_file)?;
+        let key_pem = read_pem("--key-file", &files.key_file)?;
+        let forward_ca_pem = match trusted {
+            Some((_, pem)) => pem,
+            None => cert_pem.clone(),
+        };
+        Ok(ClientTls {
+            server: Arc::new(server),
+            forward_ca_pem,
+            identity_pem: (cert_pem, key_pem),
+        })
+    }
+
+    /// The TLS settings of a channel that forwards to another member.
+    pub fn forwarding(&self) -> tonic::transport::ClientTlsConfig {
+        let (cert, key) = &self.identity_pem;
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.forward_ca_pem))
+            .identity(tonic::transport::Identity::from_pem(cert, key))
+    }
+}
+
+/// The common name in a DER certificate's subject, if it has one.
+pub fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref()).ok()?;
+    let name = parsed.subject().iter_common_name().next()?;
+    name.as_str().ok().map(str::to_owned)
+}
+
+/// Throwaway certificates for `synod dev --tls`.
+pub mod generate {
+    use std::path::Path;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+
+    /// File names written into the directory given to [`write`].
+    pub const CA_FILE: &str = "ca.pem";
+    /// The members' certificate (one for all, naming localhost and 127.0.0.1).
+    pub const SERVER_CERT_FILE: &str = "server.pem";
+    /// Its key.
+    pub const SERVER_KEY_FILE: &str = "server-key.pem";
+    /// A client certificate whose common name is `root`.
+    pub const CLIENT_CERT_FILE: &str = "client.pem";
+    /// Its key.
+    pub const CLIENT_KEY_FILE: &str = "client-key.pem";
+
+    fn write_file(directory: &Path, name: &str, contents: &str) -> Result<(), String> {
+        let path = directory.join(name);
+        std::fs::write(&path, contents).map_err(|error| format!("cannot write {}: {error}", path.display()))
+    }
+
+    /// Writes a new CA, a server certificate for `localhost` and
+    /// `127.0.0.1`, and a client certificate for `client_name`, all signed by
+    /// that CA, into `directory`.
+    pub fn write(directory: &Path, client_name: &str) -> Result<(), String> {
+        let failed = |error: rcgen::Error| format!("cannot generate certificates: {error}");
+        std::fs::create_dir_all(directory)
+            .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+        let ca_key = KeyPair::generate().map_err(failed)?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+        ca_params.distinguished_name.push(DnType::CommonName, "synod dev CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let issuer = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(failed)?;
+        let leaf = |names: Vec<String>, common_name: &str| -> Result<(String, String), String> {
+            let key = KeyPair::generate().map_err(failed)?;
+            let mut params = CertificateParams::new(names).map_err(failed)?;
+            params.distinguished_name.push(DnType::CommonName, common_name);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            let certificate = params.signed_by(&key, &issuer).map_err(failed)?;
+            Ok((certificate.pem(), key.serialize_pem()))
+        };
+        let (server, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], "synod")?;
+        let (client, client_key) = leaf(Vec::new(), client_name)?;
+        write_file(directory, CA_FILE, &issuer.pem())?;
+        write_file(directory, SERVER_CERT_FILE, &server)?;
+        write_file(directory, SERVER_KEY_FILE, &server_key)?;
+        write_file(directory, CLIENT_CERT_FILE, &client)?;
+        write_file(directory, CLIENT_KEY_FILE, &client_key)?;
+        Ok(())
+    }
+}
