@@ -16,6 +16,10 @@ pub enum Code {
     ResourceExhausted,
     /// Stored or received bytes are damaged (gRPC `DATA_LOSS`).
     DataLoss,
+    /// The caller may not do this (gRPC `PERMISSION_DENIED`).
+    PermissionDenied,
+    /// The caller's credentials are not valid (gRPC `UNAUTHENTICATED`).
+    Unauthenticated,
 }
 
 /// Every error the state machine returns. `Display` gives the exact string
@@ -73,6 +77,57 @@ pub enum KvError {
     /// A fencing token no longer matches the lock key (the holder lost the lock).
     #[error("synod: sequencer is stale")]
     StaleSequencer,
+    /// Auth is enabled and the call names no user.
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    /// The user may not do this.
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    /// `AuthEnable` without a root user.
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// `AuthEnable` while the root user lacks the root role.
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    /// `UserAdd` of an existing user.
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// No such user.
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    /// `RoleAdd` of an existing role.
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    /// No such role.
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    /// An empty role name.
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// A wrong user name or password.
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// `UserRevokeRole` of a role the user does not have.
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    /// `RoleRevokePermission` of a permission the role does not have.
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    /// `Authenticate` while auth is disabled.
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// A token that is unknown or expired.
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    /// A change that would lock root out, or a permission with an invalid range.
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthManagement,
+    /// The auth state changed between a password check and its `Authenticate` entry.
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// One more user, role, grant or permission would pass its bound.
+    #[error("synod: too many users, roles or permissions")]
+    TooManyAuthEntries,
     /// Encoded bytes (a log entry or a snapshot) failed validation.
     #[error("synod: corrupt data: {0}")]
     Corrupt(&'static str),
@@ -96,6 +151,23 @@ impl KvError {
                 Code::ResourceExhausted
             }
             KvError::Corrupt(_) => Code::DataLoss,
+            KvError::UserEmpty
+            | KvError::RoleEmpty
+            | KvError::AuthFailed
+            | KvError::InvalidAuthManagement
+            | KvError::AuthOldRevision => Code::InvalidArgument,
+            KvError::PermissionDenied => Code::PermissionDenied,
+            KvError::RootUserNotExist
+            | KvError::RootRoleNotExist
+            | KvError::UserAlreadyExist
+            | KvError::UserNotFound
+            | KvError::RoleAlreadyExist
+            | KvError::RoleNotFound
+            | KvError::RoleNotGranted
+            | KvError::PermissionNotGranted
+            | KvError::AuthNotEnabled => Code::FailedPrecondition,
+            KvError::InvalidAuthToken => Code::Unauthenticated,
+            KvError::TooManyAuthEntries => Code::ResourceExhausted,
         }
     }
 }
@@ -147,6 +219,31 @@ mod tests {
                 KvError::DatabaseSpaceExceeded,
                 "etcdserver: mvcc: database space exceeded",
                 Code::ResourceExhausted,
+            ),
+            (
+                KvError::UserEmpty,
+                "etcdserver: user name is empty",
+                Code::InvalidArgument,
+            ),
+            (
+                KvError::PermissionDenied,
+                "etcdserver: permission denied",
+                Code::PermissionDenied,
+            ),
+            (
+                KvError::AuthFailed,
+                "etcdserver: authentication failed, invalid user ID or password",
+                Code::InvalidArgument,
+            ),
+            (
+                KvError::InvalidAuthToken,
+                "etcdserver: invalid auth token",
+                Code::Unauthenticated,
+            ),
+            (
+                KvError::RootUserNotExist,
+                "etcdserver: root user does not exist",
+                Code::FailedPrecondition,
             ),
         ];
         for (error, message, code) in cases {

@@ -53,6 +53,10 @@ pub(crate) fn chain(
             crc = crc32c::crc32c_append(crc, &[crate::request::alarm_type_code(raised.alarm)]);
         }
     }
+    if let Ok(Response::Auth(auth)) = result {
+        // Likewise only an auth request moves the auth revision.
+        crc = crc32c::crc32c_append(crc, &auth.auth_revision.to_le_bytes());
+    }
     for event in events {
         let kind = match event.r#type {
             EventType::Put => 1u8,

@@ -172,6 +172,7 @@
 #![deny(missing_docs)]
 
 mod applied;
+mod auth;
 mod error;
 mod hash;
 mod index;
@@ -188,6 +189,10 @@ mod watch;
 mod tests;
 
 pub use applied::{Applied, LeaseEffect};
+pub use auth::{
+    Access, AuthEffect, AuthRequest, AuthResponse, AuthState, Permission, PermissionType, Role, User, NAME_BYTES_MAX,
+    ROOT_ROLE, ROOT_USER, TOKEN_DIGEST_BYTES,
+};
 pub use error::{Code, KvError};
 pub use lessor::Lessor;
 pub use request::{Request, Response, TXN_DEPTH_MAX};

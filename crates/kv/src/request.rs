@@ -1,5 +1,6 @@
 //! The requests the log carries, their results, and their binary encoding.
 
+use crate::auth::{AuthRequest, AuthResponse};
 use crate::error::KvError;
 use crate::types::*;
 use crate::varint::{Decoder, Encoder};
@@ -27,6 +28,20 @@ pub enum Request {
     /// older than this variant applies it as an error (`unknown request
     /// tag`), so every member must know it before anyone raises an alarm.
     Alarm(AlarmRequest),
+    /// `Auth`'s changes (users, roles, permissions, enable, disable,
+    /// authenticate). A build older than this variant applies it as an error.
+    Auth(AuthRequest),
+    /// A client's request and the user it runs as (`None`: the call carried
+    /// no credentials), checked against the auth state when it is applied.
+    /// The server wraps every client write in one; a request without it is
+    /// the server's own (a lease the master expires, an alarm it raises) and
+    /// is not checked. Never nested.
+    Client {
+        /// The authenticated user, if any.
+        user: Option<String>,
+        /// The request.
+        request: Box<Request>,
+    },
 }
 
 /// The successful result of applying a [`Request`].
@@ -46,6 +61,8 @@ pub enum Response {
     LeaseRevoke(LeaseRevokeResponse),
     /// Result of [`Request::Alarm`].
     Alarm(AlarmResponse),
+    /// Result of [`Request::Auth`].
+    Auth(AuthResponse),
 }
 
 impl Response {
@@ -59,6 +76,7 @@ impl Response {
             Response::LeaseGrant(response) => &response.header,
             Response::LeaseRevoke(response) => &response.header,
             Response::Alarm(response) => &response.header,
+            Response::Auth(response) => &response.header,
         }
     }
 }
@@ -70,6 +88,10 @@ const TAG_COMPACTION: u8 = 4;
 const TAG_LEASE_GRANT: u8 = 5;
 const TAG_LEASE_REVOKE: u8 = 6;
 const TAG_ALARM: u8 = 7;
+const TAG_AUTH: u8 = 8;
+const TAG_CLIENT: u8 = 9;
+/// Longest user name in a [`Request::Client`], in bytes.
+const USER_BYTES_MAX: usize = crate::auth::NAME_BYTES_MAX;
 const TAG_OP_RANGE: u8 = 1;
 const TAG_OP_PUT: u8 = 2;
 const TAG_OP_DELETE_RANGE: u8 = 3;
@@ -110,7 +132,20 @@ impl Request {
             Request::Put(put) => Some(put_bytes(put)),
             Request::Txn(txn) => txn_put_bytes(txn),
             Request::LeaseGrant(_) => Some(0),
-            Request::DeleteRange(_) | Request::Compaction(_) | Request::LeaseRevoke(_) | Request::Alarm(_) => None,
+            Request::Client { request, .. } => request.quota_bytes(),
+            Request::DeleteRange(_)
+            | Request::Compaction(_)
+            | Request::LeaseRevoke(_)
+            | Request::Alarm(_)
+            | Request::Auth(_) => None,
+        }
+    }
+
+    /// The request itself, without a [`Request::Client`] envelope.
+    pub fn inner(&self) -> &Request {
+        match self {
+            Request::Client { request, .. } => request,
+            request => request,
         }
     }
 
@@ -118,18 +153,23 @@ impl Request {
     pub fn encode(&self) -> Vec<u8> {
         let mut encoder = Encoder::default();
         encoder.u8(FORMAT_VERSION);
+        self.encode_body(&mut encoder);
+        encoder.bytes
+    }
+
+    fn encode_body(&self, encoder: &mut Encoder) {
         match self {
             Request::Put(put) => {
                 encoder.u8(TAG_PUT);
-                encode_put(&mut encoder, put);
+                encode_put(encoder, put);
             }
             Request::DeleteRange(delete) => {
                 encoder.u8(TAG_DELETE_RANGE);
-                encode_delete(&mut encoder, delete);
+                encode_delete(encoder, delete);
             }
             Request::Txn(txn) => {
                 encoder.u8(TAG_TXN);
-                encode_txn(&mut encoder, txn);
+                encode_txn(encoder, txn);
             }
             Request::Compaction(compaction) => {
                 encoder.u8(TAG_COMPACTION);
@@ -154,8 +194,23 @@ impl Request {
                 encoder.u64(alarm.member_id);
                 encoder.u8(alarm_type_code(alarm.alarm));
             }
+            Request::Auth(auth) => {
+                encoder.u8(TAG_AUTH);
+                auth.encode(encoder);
+            }
+            Request::Client { user, request } => {
+                assert!(
+                    !matches!(**request, Request::Client { .. }),
+                    "a client envelope is never nested"
+                );
+                encoder.u8(TAG_CLIENT);
+                encoder.bool(user.is_some());
+                if let Some(user) = user {
+                    encoder.bytes(user.as_bytes());
+                }
+                request.encode_body(encoder);
+            }
         }
-        encoder.bytes
     }
 
     /// Decodes [`Request::encode`]'s output; any other input is an error,
@@ -165,10 +220,16 @@ impl Request {
         if decoder.u8()? != FORMAT_VERSION {
             return Err(KvError::Corrupt("unknown request format"));
         }
+        let request = Self::decode_body(&mut decoder, true)?;
+        decoder.finish()?;
+        Ok(request)
+    }
+
+    fn decode_body(decoder: &mut Decoder<'_>, envelope_allowed: bool) -> Result<Request, KvError> {
         let request = match decoder.u8()? {
-            TAG_PUT => Request::Put(decode_put(&mut decoder)?),
-            TAG_DELETE_RANGE => Request::DeleteRange(decode_delete(&mut decoder)?),
-            TAG_TXN => Request::Txn(decode_txn(&mut decoder, 0)?),
+            TAG_PUT => Request::Put(decode_put(decoder)?),
+            TAG_DELETE_RANGE => Request::DeleteRange(decode_delete(decoder)?),
+            TAG_TXN => Request::Txn(decode_txn(decoder, 0)?),
             TAG_COMPACTION => Request::Compaction(CompactionRequest {
                 revision: decoder.i64()?,
                 physical: decoder.bool()?,
@@ -187,9 +248,24 @@ impl Request {
                 member_id: decoder.u64()?,
                 alarm: alarm_type_of(decoder.u8()?).ok_or(KvError::Corrupt("unknown alarm type"))?,
             }),
+            TAG_AUTH => Request::Auth(AuthRequest::decode(decoder)?),
+            TAG_CLIENT if envelope_allowed => {
+                let user = if decoder.bool()? {
+                    let user = decoder.bytes()?;
+                    if user.len() > USER_BYTES_MAX {
+                        return Err(KvError::Corrupt("a user name is too long"));
+                    }
+                    Some(String::from_utf8(user).map_err(|_| KvError::Corrupt("a user name is not UTF-8"))?)
+                } else {
+                    None
+                };
+                Request::Client {
+                    user,
+                    request: Box::new(Self::decode_body(decoder, false)?),
+                }
+            }
             _ => return Err(KvError::Corrupt("unknown request tag")),
         };
-        decoder.finish()?;
         Ok(request)
     }
 }

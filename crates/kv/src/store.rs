@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use crate::applied::{Applied, LeaseEffect};
+use crate::auth::{Access, AuthState};
 use crate::error::KvError;
 use crate::index::KeyIndex;
 use crate::request::{Request, Response, TXN_DEPTH_MAX};
@@ -312,6 +313,8 @@ pub struct Store {
     pub(crate) leases: BTreeMap<i64, Lease>,
     /// Raised alarms, by member then kind; never [`AlarmType::None`].
     pub(crate) alarms: BTreeSet<AlarmMember>,
+    /// Users, roles and permissions, and whether auth is enabled.
+    pub(crate) auth: AuthState,
     pub(crate) applied_index: u64,
     pub(crate) state_hash: u64,
     pub(crate) retained_bytes: u64,
@@ -334,6 +337,7 @@ impl Store {
             compact_revision: 0,
             leases: BTreeMap::new(),
             alarms: BTreeSet::new(),
+            auth: AuthState::default(),
             applied_index: 0,
             state_hash: 0,
             retained_bytes: 0,
@@ -446,6 +450,58 @@ impl Store {
         self.compaction.as_ref().map(|pending| pending.target)
     }
 
+    /// The auth state: users, roles, permissions, and whether auth is on.
+    pub fn auth(&self) -> &AuthState {
+        &self.auth
+    }
+
+    /// Whether `user` may run `request` (the request inside a
+    /// [`Request::Client`]), as etcd's auth applier decides: always while auth
+    /// is disabled; else a Put or DeleteRange needs write on its keys (and read
+    /// with `prev_kv`), a Txn read on every key it compares or reads and write
+    /// on every key it changes, a LeaseRevoke write on every key attached to
+    /// the lease (or root), a Compaction or alarm change root, a LeaseGrant any
+    /// user. Auth requests are checked when they are applied.
+    pub fn authorize(&self, user: Option<&str>, request: &Request) -> Result<(), KvError> {
+        let auth = &self.auth;
+        if !auth.enabled() {
+            return Ok(());
+        }
+        match request {
+            Request::Put(put) => {
+                auth.check_range(user, Access::Write, &put.key, &[])?;
+                if put.prev_kv {
+                    auth.check_range(user, Access::Read, &put.key, &[])?;
+                }
+                Ok(())
+            }
+            Request::DeleteRange(delete) => {
+                auth.check_range(user, Access::Write, &delete.key, &delete.range_end)?;
+                if delete.prev_kv {
+                    auth.check_range(user, Access::Read, &delete.key, &delete.range_end)?;
+                }
+                Ok(())
+            }
+            Request::Txn(txn) => auth.check_txn(user, txn),
+            Request::Compaction(_) | Request::Alarm(_) => auth.check_admin(user),
+            Request::LeaseGrant(_) => auth.check_authenticated(user),
+            Request::LeaseRevoke(revoke) => {
+                if auth.check_admin(user).is_ok() {
+                    return Ok(());
+                }
+                match self.leases.get(&revoke.id) {
+                    Some(lease) => lease
+                        .keys
+                        .iter()
+                        .try_for_each(|key| auth.check_range(user, Access::Write, key, &[])),
+                    None => auth.check_authenticated(user),
+                }
+            }
+            Request::Auth(_) => Ok(()),
+            Request::Client { .. } => Err(KvError::Corrupt("a client envelope inside another")),
+        }
+    }
+
     /// A lease, if it exists.
     pub fn lease(&self, id: i64) -> Option<&Lease> {
         self.leases.get(&id)
@@ -526,6 +582,16 @@ impl Store {
         if let Err(error) = self.validate(request) {
             return self.finish(Err(error), None, None);
         }
+        // `None`: the server's own request, not checked; `Some(user)`: a client's.
+        let (caller, request) = match request {
+            Request::Client { user, request } => (Some(user.as_deref()), &**request),
+            request => (None, request),
+        };
+        if let Some(user) = caller {
+            if let Err(error) = self.authorize(user, request) {
+                return self.finish(Err(error), None, None);
+            }
+        }
         let mut write = Write {
             revision: self.revision + 1,
             sub: 0,
@@ -554,6 +620,8 @@ impl Store {
                 Response::LeaseRevoke(LeaseRevokeResponse::default())
             }),
             Request::Alarm(alarm) => self.alarm(alarm).map(Response::Alarm),
+            Request::Auth(auth) => self.auth.apply(caller.flatten(), auth).map(Response::Auth),
+            Request::Client { .. } => unreachable!("validate refuses a nested client envelope"),
         };
         assert!(result.is_ok() || !write.changed(), "a failed request changed the store");
         assert_eq!(write.events.len(), write.sub as usize, "one event per change");
@@ -768,6 +836,11 @@ impl Store {
                 Ok(())
             }
             Request::Compaction(_) | Request::LeaseGrant(_) | Request::LeaseRevoke(_) | Request::Alarm(_) => Ok(()),
+            Request::Auth(auth) => AuthState::validate(auth),
+            Request::Client { request, .. } => match **request {
+                Request::Client { .. } => Err(KvError::Corrupt("a client envelope inside another")),
+                ref request => self.validate(request),
+            },
         }
     }
 
@@ -1426,5 +1499,6 @@ fn set_header_revision(response: &mut Response, revision: i64) {
         Response::LeaseGrant(grant) => grant.header.revision = revision,
         Response::LeaseRevoke(revoke) => revoke.header.revision = revision,
         Response::Alarm(alarm) => alarm.header.revision = revision,
+        Response::Auth(auth) => auth.header.revision = revision,
     }
 }

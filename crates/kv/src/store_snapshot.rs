@@ -8,11 +8,15 @@
 //! bytes and can repair each other chunk by chunk. Layout:
 //!
 //! ```text
-//! body  = magic "SYNODKV" version ("3") | applied_index | revision
+//! body  = magic "SYNODKV" version ("4") | applied_index | revision
 //!         | compact_revision | state_hash (u64 LE) | retained_bytes
 //!         | compaction pending (bool) | [target revision, cursor key]
 //!         | lease count | (id, ttl_seconds)*
 //!         | alarm count | (member_id, alarm type (u8))*
+//!         | auth enabled (bool) | auth revision | user count | (name,
+//!           has password (bool), [bcrypt hash], role count | role name*)*
+//!         | role count | (name, permission count | (type (u8), key,
+//!           range_end)*)*
 //!         | key count | (key, change count | (mod_revision, sub,
 //!           create_revision, version, lease, live, [value]) *)*
 //!         | crc32c(body so far) (u32 LE)
@@ -31,7 +35,8 @@
 //! field existed, when a compaction finished within its entry) is read as
 //! having none pending, and versions 1 and 2 (written before alarms existed)
 //! as having no alarm raised, so a member restarts from the snapshot an
-//! older build left; any other version is refused. Alarms are sorted by
+//! older build left; version 3 (before auth) as auth disabled with no users
+//! or roles; any other version is refused. Alarms are sorted by
 //! member, then kind, like every other part.
 //!
 //! Restore checks every checksum, bound and ordering rule and returns
@@ -39,6 +44,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::auth::AuthState;
 use crate::error::KvError;
 use crate::index::KeyIndex;
 use crate::request::{alarm_type_code, alarm_type_of};
@@ -49,7 +55,9 @@ use crate::varint::{Decoder, Encoder};
 /// The magic, then the format version (one byte), which changes whenever
 /// the layout does.
 const MAGIC: &[u8; 7] = b"SYNODKV";
-const VERSION: u8 = b'3';
+const VERSION: u8 = b'4';
+/// The layout before the auth state was recorded.
+const VERSION_WITHOUT_AUTH: u8 = b'3';
 /// The layout before alarms were recorded.
 const VERSION_WITHOUT_ALARMS: u8 = b'2';
 /// The layout before the pending compaction (and alarms) were recorded.
@@ -145,6 +153,7 @@ impl Store {
                     })
                     .collect(),
                 alarms: self.alarms.clone(),
+                auth: self.auth.clone(),
                 applied_index: self.applied_index,
                 state_hash: self.state_hash,
                 retained_bytes: self.retained_bytes,
@@ -225,7 +234,14 @@ impl Store {
             return Err(KvError::Corrupt("not a snapshot"));
         }
         let version = body[MAGIC.len()];
-        if ![VERSION, VERSION_WITHOUT_ALARMS, VERSION_WITHOUT_PENDING_COMPACTION].contains(&version) {
+        if ![
+            VERSION,
+            VERSION_WITHOUT_AUTH,
+            VERSION_WITHOUT_ALARMS,
+            VERSION_WITHOUT_PENDING_COMPACTION,
+        ]
+        .contains(&version)
+        {
             return Err(KvError::Corrupt("snapshot format version not supported"));
         }
         let (content, trailer) = body.split_at(body.len() - 4);
@@ -269,7 +285,7 @@ impl Store {
             );
         }
         let mut alarms = BTreeSet::new();
-        if version == VERSION {
+        if version == VERSION || version == VERSION_WITHOUT_AUTH {
             // Smallest encoding: a one-byte member ID and the type.
             let alarm_count = decoder.count(2)?;
             if alarm_count > ALARMS_MAX {
@@ -285,6 +301,11 @@ impl Store {
                 alarms.insert(raised);
             }
         }
+        let auth = if version == VERSION {
+            AuthState::decode(&mut decoder)?
+        } else {
+            AuthState::default()
+        };
         let key_count = decoder.count(2)?;
         let mut elements: Vec<(&[u8], KeyHistory)> = Vec::with_capacity(key_count);
         let mut counted_bytes: u64 = 0;
@@ -349,6 +370,7 @@ impl Store {
             compact_revision,
             leases,
             alarms,
+            auth,
             applied_index,
             state_hash,
             retained_bytes,
@@ -431,6 +453,8 @@ fn write_snapshot<E>(store: &Store, sink: impl FnMut(&[u8]) -> Result<(), E>) ->
         stream.encoder.u64(raised.member_id);
         stream.encoder.u8(alarm_type_code(raised.alarm));
     }
+    store.auth.encode(&mut stream.encoder);
+    stream.flush_if_full()?;
     stream.encoder.len(store.index.len());
     for (key, history) in store.index.iter() {
         let encoder = &mut stream.encoder;

@@ -925,7 +925,7 @@ fn damaged_snapshots_are_rejected_without_panics() {
     }
     // Another format version, behind a valid checksum.
     let mut other_version = body.clone();
-    other_version[7] = b'4';
+    other_version[7] = b'5';
     let content_length = other_version.len() - 4;
     let checksum = crc32c::crc32c(&other_version[..content_length]);
     other_version[content_length..].copy_from_slice(&checksum.to_le_bytes());
@@ -1578,12 +1578,15 @@ fn older_snapshot(store: &Store, version: u8) -> Vec<u8> {
     header.u64(store.retained_bytes());
     let field = 8 + header.bytes.len();
     assert_eq!(
-        body[field..field + 3],
-        [0, 0, 0],
-        "no compaction pending, no lease, no alarm"
+        body[field..field + 7],
+        [0, 0, 0, 0, 1, 0, 0],
+        "no compaction pending, no lease, no alarm, auth disabled at revision 1 with no user or role"
     );
     let mut older = body[..body.len() - 4].to_vec();
-    older.remove(field + 2);
+    older.drain(field + 3..field + 7);
+    if version <= b'2' {
+        older.remove(field + 2);
+    }
     if version == b'1' {
         older.remove(field);
     }
@@ -1614,6 +1617,18 @@ fn a_version_2_snapshot_restores_with_no_alarm_raised() {
     let version_2 = older_snapshot(&store, b'2');
     let restored = Store::restore(Config::default(), &version_2).expect("a version 2 snapshot restores");
     assert_eq!(restored.alarms(AlarmType::None).alarms, []);
+    assert_eq!(restored.snapshot(), store.snapshot(), "and is the same state");
+}
+
+#[test]
+fn a_version_3_snapshot_restores_with_auth_disabled() {
+    let mut store = store();
+    for i in 0..5 {
+        store.apply(&put(&format!("k{i}"), "value"));
+    }
+    let version_3 = older_snapshot(&store, b'3');
+    let restored = Store::restore(Config::default(), &version_3).expect("a version 3 snapshot restores");
+    assert!(!restored.auth().enabled());
     assert_eq!(restored.snapshot(), store.snapshot(), "and is the same state");
 }
 
@@ -1843,4 +1858,187 @@ fn the_quota_counts_puts_in_both_branches_and_never_deletes() {
         Some(0)
     );
     assert_eq!(Request::LeaseRevoke(LeaseRevokeRequest { id: 5 }).quota_bytes(), None);
+}
+
+// ------------------------------------------------------------------- auth
+
+fn as_user(user: Option<&str>, request: Request) -> Request {
+    Request::Client {
+        user: user.map(str::to_string),
+        request: Box::new(request),
+    }
+}
+
+fn auth(store: &mut Store, user: Option<&str>, request: AuthRequest) -> Result<Response, KvError> {
+    store.apply(&as_user(user, Request::Auth(request))).result
+}
+
+/// A store with auth enabled: `root` (root role) and `alice`, whose role
+/// `app` may read and write `app/` and only read `shared`.
+fn store_with_auth() -> Store {
+    let mut store = store();
+    let grant = |key: &str, range_end: &str, perm_type| AuthRequest::RoleGrantPermission {
+        name: "app".into(),
+        permission: Permission {
+            perm_type,
+            key: key.into(),
+            range_end: range_end.into(),
+        },
+    };
+    for request in [
+        AuthRequest::UserAdd {
+            name: ROOT_USER.into(),
+            password_hash: Some("hash".into()),
+        },
+        AuthRequest::UserGrantRole {
+            user: ROOT_USER.into(),
+            role: ROOT_ROLE.into(),
+        },
+        AuthRequest::UserAdd {
+            name: "alice".into(),
+            password_hash: Some("hash".into()),
+        },
+        AuthRequest::RoleAdd { name: "app".into() },
+        grant("app/", "app0", PermissionType::ReadWrite),
+        grant("shared", "", PermissionType::Read),
+        AuthRequest::UserGrantRole {
+            user: "alice".into(),
+            role: "app".into(),
+        },
+        AuthRequest::Enable,
+    ] {
+        auth(&mut store, None, request).unwrap();
+    }
+    store
+}
+
+#[test]
+fn with_auth_enabled_a_client_write_runs_only_within_its_permissions() {
+    let mut store = store_with_auth();
+    let alice = Some("alice");
+    assert!(store.apply(&as_user(alice, put("app/x", "1"))).result.is_ok());
+    assert_eq!(
+        store.apply(&as_user(alice, put("shared", "1"))).result.err(),
+        Some(KvError::PermissionDenied)
+    );
+    assert_eq!(
+        store.apply(&as_user(None, put("app/x", "1"))).result.err(),
+        Some(KvError::UserEmpty)
+    );
+    assert_eq!(
+        store.apply(&as_user(Some("mallory"), put("app/x", "1"))).result.err(),
+        Some(KvError::PermissionDenied)
+    );
+    assert!(store
+        .apply(&as_user(Some(ROOT_USER), put("shared", "1")))
+        .result
+        .is_ok());
+    // The server's own requests are not checked.
+    assert!(store.apply(&put("elsewhere", "1")).result.is_ok());
+    // A delete over a range wider than the permission is refused.
+    assert_eq!(
+        store.apply(&as_user(alice, delete("app/", "b"))).result.err(),
+        Some(KvError::PermissionDenied)
+    );
+    assert!(store.apply(&as_user(alice, delete("app/", "app0"))).result.is_ok());
+    // A compaction needs root.
+    let compact = Request::Compaction(CompactionRequest {
+        revision: 2,
+        physical: false,
+    });
+    assert_eq!(
+        store.apply(&as_user(alice, compact.clone())).result.err(),
+        Some(KvError::PermissionDenied)
+    );
+    assert!(store.apply(&as_user(Some(ROOT_USER), compact)).result.is_ok());
+}
+
+#[test]
+fn a_txn_that_touches_one_forbidden_key_is_refused_whole() {
+    let mut store = store_with_auth();
+    let revision = store.revision();
+    let txn = |success: Vec<RequestOp>| {
+        Request::Txn(TxnRequest {
+            compare: Vec::new(),
+            success,
+            failure: Vec::new(),
+        })
+    };
+    let allowed = RequestOp::Put(put_request("app/a", "1"));
+    let forbidden = RequestOp::Put(put_request("shared", "1"));
+    let refused = store.apply(&as_user(Some("alice"), txn(vec![allowed.clone(), forbidden])));
+    assert_eq!(refused.result.err(), Some(KvError::PermissionDenied));
+    assert_eq!(store.revision(), revision, "nothing of it ran");
+    // A read of a key it may only read is fine; a compare on one it may not read is not.
+    let read_shared = RequestOp::Range(RangeRequest {
+        key: b"shared".to_vec(),
+        ..RangeRequest::default()
+    });
+    assert!(store
+        .apply(&as_user(Some("alice"), txn(vec![allowed.clone(), read_shared])))
+        .result
+        .is_ok());
+    let compare_elsewhere = Request::Txn(TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Version,
+            key: b"elsewhere".to_vec(),
+            target_union: TargetUnion::Version(0),
+            range_end: Vec::new(),
+        }],
+        success: vec![allowed],
+        failure: Vec::new(),
+    });
+    assert_eq!(
+        store.apply(&as_user(Some("alice"), compare_elsewhere)).result.err(),
+        Some(KvError::PermissionDenied)
+    );
+}
+
+#[test]
+fn revoking_a_lease_needs_write_on_its_keys() {
+    let mut store = store_with_auth();
+    let grant = Request::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 7 });
+    assert!(store.apply(&as_user(Some("alice"), grant)).result.is_ok());
+    let mut attach = put_request("shared", "1");
+    attach.lease = 7;
+    assert!(store
+        .apply(&as_user(Some(ROOT_USER), Request::Put(attach)))
+        .result
+        .is_ok());
+    let revoke = Request::LeaseRevoke(LeaseRevokeRequest { id: 7 });
+    assert_eq!(
+        store.apply(&as_user(Some("alice"), revoke.clone())).result.err(),
+        Some(KvError::PermissionDenied)
+    );
+    assert!(store.apply(&as_user(Some(ROOT_USER), revoke)).result.is_ok());
+}
+
+#[test]
+fn the_auth_state_survives_a_snapshot_and_moves_the_state_hash() {
+    let mut store = store_with_auth();
+    let restored = Store::restore(Config::default(), &store.snapshot()).expect("restores");
+    assert_eq!(restored.auth(), store.auth());
+    assert!(restored.auth().enabled());
+    assert_eq!(
+        restored.auth().user("alice").unwrap().roles.iter().collect::<Vec<_>>(),
+        ["app"]
+    );
+    // Two stores that differ only in an auth change report different hashes.
+    let mut other = Store::restore(Config::default(), &store.snapshot()).expect("restores");
+    auth(&mut store, Some(ROOT_USER), AuthRequest::RoleAdd { name: "x".into() }).unwrap();
+    auth(&mut other, Some(ROOT_USER), AuthRequest::RoleAdd { name: "y".into() }).unwrap();
+    assert_eq!(store.auth().revision(), other.auth().revision());
+    assert_ne!(store.snapshot(), other.snapshot());
+    // Both requests round-trip through the log's encoding.
+    let envelope = as_user(Some("alice"), put("app/x", "1"));
+    assert_eq!(Request::decode(&envelope.encode()).unwrap(), envelope);
+    let nested = as_user(Some("alice"), as_user(None, put("app/x", "1")));
+    let mut bytes = envelope.encode();
+    bytes.truncate(2);
+    assert!(Request::decode(&bytes).is_err());
+    assert_eq!(
+        store.apply(&nested).result.err(),
+        Some(KvError::Corrupt("a client envelope inside another"))
+    );
 }
