@@ -218,6 +218,27 @@ impl WatchHub {
         self.watchers.values().any(|watcher| !watcher.synced)
     }
 
+    /// Refuses a `WatchCreateRequest` the server would not allow (say, a
+    /// range its caller may not read), as etcd does: a reply that is both
+    /// `created` and `canceled`, for watch ID -1, with `error` as the reason.
+    pub fn refuse(&mut self, store: &Store, error: &KvError) {
+        self.refuse_with_id(store, -1, error);
+    }
+
+    fn refuse_with_id(&mut self, store: &Store, watch_id: i64, error: &KvError) {
+        self.control.push_back(WatchResponse {
+            header: ResponseHeader {
+                revision: store.revision(),
+                ..ResponseHeader::default()
+            },
+            watch_id,
+            created: true,
+            canceled: true,
+            cancel_reason: error.to_string(),
+            ..WatchResponse::default()
+        });
+    }
+
     /// `WatchCreateRequest`. Queues the `created` reply (and, for a start below
     /// the compacted revision, the cancellation with `compact_revision`).
     /// Returns the watch ID, or the error also sent as the cancel reason.
@@ -227,14 +248,7 @@ impl WatchHub {
             ..ResponseHeader::default()
         };
         let refuse = |hub: &mut WatchHub, watch_id: i64, error: KvError| {
-            hub.control.push_back(WatchResponse {
-                header,
-                watch_id,
-                created: true,
-                canceled: true,
-                cancel_reason: error.to_string(),
-                ..WatchResponse::default()
-            });
+            hub.refuse_with_id(store, watch_id, &error);
             Err(error)
         };
         if request.key.is_empty() {

@@ -200,6 +200,11 @@ pub struct Tunables {
     /// revisions (`--quota-backend-bytes`): a put, txn with puts or lease grant
     /// that would pass it is refused and raises this member's NOSPACE alarm.
     pub quota_backend_bytes: u64,
+    /// How long a simple token lives past its last use (`--auth-token-ttl`).
+    pub auth_token_ttl: Duration,
+    /// bcrypt's cost for the password hashes of new users and new passwords
+    /// (`--bcrypt-cost`; etcd's default 10, each step doubles the time).
+    pub bcrypt_cost: u32,
 }
 
 /// etcd's default space quota, 2 GiB, in bytes.
@@ -224,6 +229,8 @@ impl Default for Tunables {
             frame_bytes_max: 16 << 20,
             watch_streams_max: 10_000,
             quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
+            auth_token_ttl: Duration::from_secs(300),
+            bcrypt_cost: 10,
         }
     }
 }

@@ -53,6 +53,7 @@ pub mod node;
 pub mod peer;
 pub mod snapshot_transfer;
 pub mod tls;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -249,7 +250,11 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         core.run(CoreInputs { commands, inbound }, core_shutdown)
             .in_current_span(),
     );
-    let api = api::Api::new(shared, client_tls.as_ref().map(tls::ClientTls::forwarding));
+    let api = api::Api::new(
+        shared,
+        client_tls.as_ref().map(tls::ClientTls::forwarding),
+        client_tls.as_ref().is_some_and(|tls| tls.client_cert_auth),
+    );
     let serve = api::serve(api, client_listener, client_tls.map(|tls| tls.server), shutdown.clone());
     tokio::select! {
         result = &mut core_task => {

@@ -45,6 +45,7 @@ use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::peer::{PeerEvents, PeerInput, PeerSender};
 use crate::snapshot_transfer::SnapshotChunk;
+use crate::tokens::TokenKeeper;
 
 mod snapshot_keeper;
 
@@ -175,6 +176,8 @@ pub struct Shared {
     client_urls: Mutex<HashMap<u64, String>>,
     hubs: Mutex<HashMap<u64, HubEntry>>,
     next_hub_id: AtomicU64,
+    /// The auth tokens this member knows.
+    pub tokens: TokenKeeper,
 }
 
 /// Locks a mutex, taking over a poisoned one: the state it guards is only
@@ -192,6 +195,8 @@ impl Shared {
     /// Replaces the whole store (a snapshot from a peer was installed) and
     /// returns the old one.
     fn replace_store(&self, store: Store) -> Store {
+        // The entries the snapshot stands for may have voided tokens.
+        self.tokens.clear();
         std::mem::replace(&mut *lock(&self.store), store)
     }
 
@@ -299,6 +304,7 @@ pub fn shared(
     store: Store,
 ) -> (Arc<Shared>, mpsc::Receiver<Command>, watch::Sender<Status>) {
     let (commands, command_receiver) = mpsc::channel(tunables.command_queue_max);
+    let tunables_auth_token_ttl = tunables.auth_token_ttl;
     let (status_sender, status) = watch::channel(Status::default());
     let shared = Arc::new(Shared {
         identity,
@@ -311,6 +317,7 @@ pub fn shared(
         client_urls: Mutex::new(HashMap::new()),
         hubs: Mutex::new(HashMap::new()),
         next_hub_id: AtomicU64::new(1),
+        tokens: TokenKeeper::new(tunables_auth_token_ttl),
     });
     (shared, command_receiver, status_sender)
 }
@@ -644,6 +651,12 @@ impl Core {
                     }
                     let applied = store.apply_bytes_deferring_compaction(&entry.value);
                     self.lessor.observe(&applied, now_ms);
+                    if let Ok(synod_kv::Response::Auth(synod_kv::AuthResponse {
+                        effect: Some(effect), ..
+                    })) = &applied.result
+                    {
+                        self.shared.tokens.observe(effect);
+                    }
                     if !applied.events.is_empty() {
                         events = true;
                         for entry in &hubs {

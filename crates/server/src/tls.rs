@@ -144,6 +144,9 @@ pub struct ClientTls {
     pub forward_ca_pem: Vec<u8>,
     /// The own certificate chain and key (PEM), presented when forwarding.
     pub identity_pem: (Vec<u8>, Vec<u8>),
+    /// Whether every client must present a certificate (`--client-cert-auth`),
+    /// whose common name then names the user of a call without a token.
+    pub client_cert_auth: bool,
 }
 
 impl ClientTls {
@@ -192,6 +195,7 @@ impl ClientTls {
             server: Arc::new(server),
             forward_ca_pem,
             identity_pem: (cert_pem, key_pem),
+            client_cert_auth: files.client_cert_auth,
         })
     }
 

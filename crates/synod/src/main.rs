@@ -233,6 +233,12 @@ struct TunableFlags {
     /// raises a NOSPACE alarm; writes are refused until `etcdctl alarm disarm`.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=8 << 30))]
     quota_backend_bytes: u64,
+    /// How long an auth token lives past its last use, in seconds.
+    #[arg(long = "auth-token-ttl", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    auth_token_ttl_s: u64,
+    /// bcrypt cost of stored password hashes (4 to 31; each step doubles the time).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    bcrypt_cost: u32,
 }
 
 impl TunableFlags {
@@ -252,6 +258,8 @@ impl TunableFlags {
                 0 => synod_server::config::QUOTA_BACKEND_BYTES_DEFAULT,
                 bytes => bytes,
             },
+            auth_token_ttl: Duration::from_secs(self.auth_token_ttl_s),
+            bcrypt_cost: self.bcrypt_cost,
             ..Tunables::default()
         }
     }

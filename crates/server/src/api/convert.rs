@@ -324,5 +324,7 @@ pub fn kv_error(error: kv::KvError) -> Status {
         kv::Code::FailedPrecondition => Status::failed_precondition(message),
         kv::Code::ResourceExhausted => Status::resource_exhausted(message),
         kv::Code::DataLoss => Status::data_loss(message),
+        kv::Code::PermissionDenied => Status::permission_denied(message),
+        kv::Code::Unauthenticated => Status::unauthenticated(message),
     }
 }

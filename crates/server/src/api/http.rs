@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use synod_proto::etcdserverpb::auth_server::AuthServer;
 use synod_proto::etcdserverpb::cluster_server::ClusterServer;
 use synod_proto::etcdserverpb::kv_server::KvServer;
 use synod_proto::etcdserverpb::lease_server::LeaseServer;
@@ -44,7 +45,8 @@ pub fn router(api: Api) -> axum::Router {
     .add_service(MaintenanceServer::new(api.clone()))
     .add_service(LockServer::new(api.clone()))
     .add_service(ElectionServer::new(api.clone()))
-    .add_service(HealthServer::new(api.clone()));
+    .add_service(HealthServer::new(api.clone()))
+    .add_service(AuthServer::new(api.clone()));
     let health_api = api.clone();
     let metrics_api = api;
     routes

@@ -17,7 +17,7 @@ use synod_proto::etcdserverpb::{
 };
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
-use super::{convert, forwarded, Api, GRPC_MESSAGE_BYTES_MAX};
+use super::{convert, forward, Api, Caller, GRPC_MESSAGE_BYTES_MAX};
 
 /// Metadata key of a sequencer: `LOCK_KEY_HEX/CREATE_REVISION/LEASE_HEX`
 /// (the lock key's bytes in hex, its create revision in decimal, its lease ID
@@ -67,23 +67,18 @@ fn sequencer_of<T>(request: &GrpcRequest<T>) -> Result<Option<Sequencer>, Status
     }))
 }
 
-/// [`forwarded`], keeping the call's sequencer.
-fn forwarded_with_sequencer<T>(request: GrpcRequest<T>) -> GrpcRequest<T> {
-    let sequencer = request.metadata().get(SEQUENCER_HEADER).cloned();
-    let mut outgoing = forwarded(request.into_inner());
-    if let Some(sequencer) = sequencer {
-        outgoing.metadata_mut().insert(SEQUENCER_HEADER, sequencer);
-    }
-    outgoing
-}
-
 impl Api {
     /// A Put, DeleteRange or Txn through the log, guarded by `sequencer` if
     /// there is one: refused with `sequencer is stale` (and nothing changed)
     /// once the lock it names has another holder or none.
-    async fn write_guarded(&self, sequencer: Option<Sequencer>, request: Request) -> Result<Response, Status> {
+    async fn write_guarded(
+        &self,
+        caller: &Caller,
+        sequencer: Option<Sequencer>,
+        request: Request,
+    ) -> Result<Response, Status> {
         let Some(sequencer) = sequencer else {
-            return self.write(request).await;
+            return self.write(caller, request).await;
         };
         let op = match request {
             Request::Put(put) => RequestOp::Put(put),
@@ -91,7 +86,7 @@ impl Api {
             Request::Txn(txn) => RequestOp::Txn(txn),
             _ => return Err(unexpected()),
         };
-        let Response::Txn(mut guarded) = self.write(Request::Txn(sequencer.guard(vec![op]))).await? else {
+        let Response::Txn(mut guarded) = self.write(caller, Request::Txn(sequencer.guard(vec![op]))).await? else {
             return Err(unexpected());
         };
         if !guarded.succeeded {
@@ -129,25 +124,31 @@ fn client(channel: tonic::transport::Channel) -> KvClient<tonic::transport::Chan
 #[tonic::async_trait]
 impl Kv for Api {
     async fn range(&self, request: GrpcRequest<RangeRequest>) -> Result<GrpcResponse<RangeResponse>, Status> {
-        if request.get_ref().serializable {
-            let range = convert::range_request(request.into_inner())?;
-            return Ok(GrpcResponse::new(self.read_here(range, false).await?));
+        let serializable = request.get_ref().serializable;
+        if !serializable {
+            if let Some(channel) = self.route(&request)? {
+                return client(channel).range(forward(request)).await;
+            }
         }
-        if let Some(channel) = self.route(&request)? {
-            return client(channel).range(forwarded(request.into_inner())).await;
-        }
+        let caller = self.caller(&request).await?;
         let range = convert::range_request(request.into_inner())?;
-        Ok(GrpcResponse::new(self.read_here(range, true).await?))
+        self.check_read(&caller, &range.key, &range.range_end)?;
+        Ok(GrpcResponse::new(self.read_here(range, !serializable).await?))
     }
 
     async fn put(&self, request: GrpcRequest<PutRequest>) -> Result<GrpcResponse<PutResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return client(channel).put(forwarded_with_sequencer(request)).await;
+            return client(channel).put(forward(request)).await;
         }
         let identity = self.identity();
+        let caller = self.caller(&request).await?;
         let sequencer = sequencer_of(&request)?;
         match self
-            .write_guarded(sequencer, Request::Put(convert::put_request(request.into_inner())))
+            .write_guarded(
+                &caller,
+                sequencer,
+                Request::Put(convert::put_request(request.into_inner())),
+            )
             .await?
         {
             Response::Put(response) => Ok(GrpcResponse::new(convert::put_response(identity, response))),
@@ -160,12 +161,14 @@ impl Kv for Api {
         request: GrpcRequest<DeleteRangeRequest>,
     ) -> Result<GrpcResponse<DeleteRangeResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return client(channel).delete_range(forwarded_with_sequencer(request)).await;
+            return client(channel).delete_range(forward(request)).await;
         }
         let identity = self.identity();
+        let caller = self.caller(&request).await?;
         let sequencer = sequencer_of(&request)?;
         match self
             .write_guarded(
+                &caller,
                 sequencer,
                 Request::DeleteRange(convert::delete_request(request.into_inner())),
             )
@@ -178,12 +181,13 @@ impl Kv for Api {
 
     async fn txn(&self, request: GrpcRequest<TxnRequest>) -> Result<GrpcResponse<TxnResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return client(channel).txn(forwarded_with_sequencer(request)).await;
+            return client(channel).txn(forward(request)).await;
         }
         let identity = self.identity();
+        let caller = self.caller(&request).await?;
         let sequencer = sequencer_of(&request)?;
         let txn = convert::txn_request(request.into_inner())?;
-        match self.write_guarded(sequencer, Request::Txn(txn)).await? {
+        match self.write_guarded(&caller, sequencer, Request::Txn(txn)).await? {
             Response::Txn(response) => Ok(GrpcResponse::new(convert::txn_response(identity, response))),
             _ => Err(unexpected()),
         }
@@ -194,15 +198,16 @@ impl Kv for Api {
         request: GrpcRequest<CompactionRequest>,
     ) -> Result<GrpcResponse<CompactionResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return client(channel).compact(forwarded(request.into_inner())).await;
+            return client(channel).compact(forward(request)).await;
         }
         let identity = self.identity();
+        let caller = self.caller(&request).await?;
         let compaction = request.into_inner();
         let request = Request::Compaction(synod_kv::CompactionRequest {
             revision: compaction.revision,
             physical: compaction.physical,
         });
-        match self.write(request).await? {
+        match self.write(&caller, request).await? {
             Response::Compaction(response) => Ok(GrpcResponse::new(CompactionResponse {
                 header: identity.header(response.header.revision),
             })),

@@ -18,9 +18,10 @@ use synod_proto::etcdserverpb::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
-use super::{convert, forwarded, no_leader, Api};
+use super::{convert, forward, forwarded, no_leader, Api, TOKEN_HEADER};
 use crate::node::Command;
 
 /// Keep-alive responses queued for one client stream before it stops reading requests.
@@ -60,14 +61,16 @@ impl Api {
         &self,
         channel: tonic::transport::Channel,
         upstream: &mut Option<Upstream>,
+        token: Option<&MetadataValue<Ascii>>,
         id: i64,
     ) -> Result<LeaseKeepAliveResponse, Status> {
         if upstream.is_none() {
             let (requests, receiver) = mpsc::channel(KEEP_ALIVE_QUEUE_MAX);
-            let responses = LeaseClient::new(channel)
-                .lease_keep_alive(forwarded(ReceiverStream::new(receiver)))
-                .await?
-                .into_inner();
+            let mut outgoing = forwarded(ReceiverStream::new(receiver));
+            if let Some(token) = token {
+                outgoing.metadata_mut().insert(TOKEN_HEADER, token.clone());
+            }
+            let responses = LeaseClient::new(channel).lease_keep_alive(outgoing).await?.into_inner();
             *upstream = Some(Upstream { requests, responses });
         }
         let Some(open) = upstream.as_mut() else {
@@ -90,16 +93,21 @@ impl Api {
     /// One keep-alive from a client stream: here at the master, forwarded
     /// elsewhere (once more on a fresh stream if the old one broke, say because
     /// the master changed).
-    async fn keep_alive(&self, upstream: &mut Option<Upstream>, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
+    async fn keep_alive(
+        &self,
+        upstream: &mut Option<Upstream>,
+        token: Option<&MetadataValue<Ascii>>,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, Status> {
         let probe = GrpcRequest::new(());
         let Some(channel) = self.route(&probe)? else {
             *upstream = None;
             return self.keep_alive_here(id).await;
         };
         let had_upstream = upstream.is_some();
-        match self.keep_alive_forwarded(channel, upstream, id).await {
+        match self.keep_alive_forwarded(channel, upstream, token, id).await {
             Err(_) if had_upstream => match self.route(&probe)? {
-                Some(channel) => self.keep_alive_forwarded(channel, upstream, id).await,
+                Some(channel) => self.keep_alive_forwarded(channel, upstream, token, id).await,
                 None => self.keep_alive_here(id).await,
             },
             answer => answer,
@@ -114,17 +122,19 @@ impl Lease for Api {
         request: GrpcRequest<LeaseGrantRequest>,
     ) -> Result<GrpcResponse<LeaseGrantResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return LeaseClient::new(channel)
-                .lease_grant(forwarded(request.into_inner()))
-                .await;
+            return LeaseClient::new(channel).lease_grant(forward(request)).await;
         }
         let identity = self.identity();
+        let caller = self.caller(&request).await?;
         let grant = request.into_inner();
         match self
-            .write(Request::LeaseGrant(KvGrant {
-                ttl: grant.ttl,
-                id: grant.id,
-            }))
+            .write(
+                &caller,
+                Request::LeaseGrant(KvGrant {
+                    ttl: grant.ttl,
+                    id: grant.id,
+                }),
+            )
             .await?
         {
             Response::LeaseGrant(response) => Ok(GrpcResponse::new(LeaseGrantResponse {
@@ -142,13 +152,12 @@ impl Lease for Api {
         request: GrpcRequest<LeaseRevokeRequest>,
     ) -> Result<GrpcResponse<LeaseRevokeResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return LeaseClient::new(channel)
-                .lease_revoke(forwarded(request.into_inner()))
-                .await;
+            return LeaseClient::new(channel).lease_revoke(forward(request)).await;
         }
         let identity = self.identity();
+        let caller = self.caller(&request).await?;
         let id = request.into_inner().id;
-        match self.write(Request::LeaseRevoke(KvRevoke { id })).await? {
+        match self.write(&caller, Request::LeaseRevoke(KvRevoke { id })).await? {
             Response::LeaseRevoke(response) => Ok(GrpcResponse::new(LeaseRevokeResponse {
                 header: identity.header(response.header.revision),
             })),
@@ -163,6 +172,10 @@ impl Lease for Api {
         request: GrpcRequest<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<GrpcResponse<Self::LeaseKeepAliveStream>, Status> {
         let is_forwarded = request.metadata().contains_key(super::FORWARDED_HEADER);
+        // The caller is checked once, when the stream opens; a follower passes
+        // the token on to the master, which checks it again.
+        self.check_authenticated(&self.caller(&request).await?)?;
+        let token = request.metadata().get(TOKEN_HEADER).cloned();
         let mut incoming = request.into_inner();
         let (sender, receiver) = mpsc::channel(KEEP_ALIVE_QUEUE_MAX);
         let api = self.clone();
@@ -172,7 +185,7 @@ impl Lease for Api {
                 let answer = if is_forwarded && !api.shared.current_status().is_master {
                     Err(no_leader())
                 } else {
-                    api.keep_alive(&mut upstream, keep_alive.id).await
+                    api.keep_alive(&mut upstream, token.as_ref(), keep_alive.id).await
                 };
                 let failed = answer.is_err();
                 if sender.send(answer).await.is_err() || failed {
@@ -188,13 +201,13 @@ impl Lease for Api {
         request: GrpcRequest<LeaseTimeToLiveRequest>,
     ) -> Result<GrpcResponse<LeaseTimeToLiveResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return LeaseClient::new(channel)
-                .lease_time_to_live(forwarded(request.into_inner()))
-                .await;
+            return LeaseClient::new(channel).lease_time_to_live(forward(request)).await;
         }
+        let caller = self.caller(&request).await?;
         self.linearizable_point().await?;
         let identity = self.identity();
         let LeaseTimeToLiveRequest { id, keys } = request.into_inner();
+        self.check_lease_read(&caller, id)?;
         let response = self
             .ask(|reply| Command::TimeToLive { id, keys, reply })
             .await?
@@ -207,10 +220,9 @@ impl Lease for Api {
         request: GrpcRequest<LeaseLeasesRequest>,
     ) -> Result<GrpcResponse<LeaseLeasesResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return LeaseClient::new(channel)
-                .lease_leases(forwarded(request.into_inner()))
-                .await;
+            return LeaseClient::new(channel).lease_leases(forward(request)).await;
         }
+        self.check_authenticated(&self.caller(&request).await?)?;
         self.linearizable_point().await?;
         let identity = self.identity();
         let leases = self.shared.store().lease_leases();

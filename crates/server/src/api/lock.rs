@@ -47,7 +47,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
-use super::{convert, forwarded, Api};
+use super::{convert, forward, with_credentials_of, Api, Caller};
 use crate::node::Command;
 
 /// Observe responses queued for one client before its task waits.
@@ -116,7 +116,7 @@ impl Drop for Abandon {
         // owned session lease still expires, and a key on the caller's
         // lease goes with that lease.
         tokio::spawn(async move {
-            if let Err(error) = api.write(request).await {
+            if let Err(error) = api.write(&Caller::Server, request).await {
                 tracing::debug!(%error, "undoing an abandoned lock or campaign failed");
             }
         });
@@ -146,8 +146,8 @@ fn prefix_of(name: &[u8]) -> Vec<u8> {
 }
 
 impl Api {
-    async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse, Status> {
-        match self.write(Request::Txn(txn)).await? {
+    async fn txn(&self, caller: &Caller, txn: TxnRequest) -> Result<TxnResponse, Status> {
+        match self.write(caller, Request::Txn(txn)).await? {
             Response::Txn(response) => Ok(response),
             _ => Err(Status::internal("synod: unexpected response to a txn")),
         }
@@ -155,15 +155,18 @@ impl Api {
 
     /// The lease a Lock or Campaign holds its key on: the caller's, or for
     /// lease 0 a session lease granted now.
-    async fn session(&self, lease: i64) -> Result<Session, Status> {
+    async fn session(&self, caller: &Caller, lease: i64) -> Result<Session, Status> {
         if lease != 0 {
             return Ok(Session { lease, owned: false });
         }
         match self
-            .write(Request::LeaseGrant(LeaseGrantRequest {
-                ttl: SESSION_TTL_SECONDS,
-                id: 0,
-            }))
+            .write(
+                caller,
+                Request::LeaseGrant(LeaseGrantRequest {
+                    ttl: SESSION_TTL_SECONDS,
+                    id: 0,
+                }),
+            )
             .await?
         {
             Response::LeaseGrant(granted) => Ok(Session {
@@ -207,12 +210,18 @@ impl Api {
 
     /// Puts the key of a Lock or Campaign on its session and waits for its
     /// turn; returns the key's create revision. Undone if it does not win.
-    async fn acquire(&self, name: &[u8], session: Session, value: &[u8]) -> Result<(Vec<u8>, i64), Status> {
+    async fn acquire(
+        &self,
+        caller: &Caller,
+        name: &[u8],
+        session: Session,
+        value: &[u8],
+    ) -> Result<(Vec<u8>, i64), Status> {
         let key = candidate_key(name, session.lease);
         let mut abandon = Abandon::new(self, session);
         let won = self
             .keeping_alive(session, async {
-                let (revision, created) = self.create_candidate(&key, session.lease, value).await?;
+                let (revision, created) = self.create_candidate(caller, &key, session.lease, value).await?;
                 if created {
                     abandon.created_key = Some(key.clone());
                 }
@@ -227,30 +236,39 @@ impl Api {
 
     /// Creates `key` on `lease` with `value` unless it exists; returns its
     /// create revision, and whether this call created it.
-    async fn create_candidate(&self, key: &[u8], lease: i64, value: &[u8]) -> Result<(i64, bool), Status> {
+    async fn create_candidate(
+        &self,
+        caller: &Caller,
+        key: &[u8],
+        lease: i64,
+        value: &[u8],
+    ) -> Result<(i64, bool), Status> {
         if self.shared.store().lease(lease).is_none() {
             return Err(Status::not_found("etcdserver: requested lease not found"));
         }
         let response = self
-            .txn(TxnRequest {
-                compare: vec![Compare {
-                    result: CompareResult::Equal,
-                    target: CompareTarget::Create,
-                    key: key.to_vec(),
-                    target_union: TargetUnion::CreateRevision(0),
-                    range_end: Vec::new(),
-                }],
-                success: vec![RequestOp::Put(PutRequest {
-                    key: key.to_vec(),
-                    value: value.to_vec(),
-                    lease,
-                    ..PutRequest::default()
-                })],
-                failure: vec![RequestOp::Range(RangeRequest {
-                    key: key.to_vec(),
-                    ..RangeRequest::default()
-                })],
-            })
+            .txn(
+                caller,
+                TxnRequest {
+                    compare: vec![Compare {
+                        result: CompareResult::Equal,
+                        target: CompareTarget::Create,
+                        key: key.to_vec(),
+                        target_union: TargetUnion::CreateRevision(0),
+                        range_end: Vec::new(),
+                    }],
+                    success: vec![RequestOp::Put(PutRequest {
+                        key: key.to_vec(),
+                        value: value.to_vec(),
+                        lease,
+                        ..PutRequest::default()
+                    })],
+                    failure: vec![RequestOp::Range(RangeRequest {
+                        key: key.to_vec(),
+                        ..RangeRequest::default()
+                    })],
+                },
+            )
             .await?;
         if response.succeeded {
             return Ok((response.header.revision, true));
@@ -324,12 +342,15 @@ impl Api {
         }
     }
 
-    async fn delete_key(&self, key: Vec<u8>) -> Result<i64, Status> {
+    async fn delete_key(&self, caller: &Caller, key: Vec<u8>) -> Result<i64, Status> {
         match self
-            .write(Request::DeleteRange(DeleteRangeRequest {
-                key,
-                ..DeleteRangeRequest::default()
-            }))
+            .write(
+                caller,
+                Request::DeleteRange(DeleteRangeRequest {
+                    key,
+                    ..DeleteRangeRequest::default()
+                }),
+            )
             .await?
         {
             Response::DeleteRange(response) => Ok(response.header.revision),
@@ -338,19 +359,22 @@ impl Api {
     }
 
     /// A txn guarded by the leader key's create revision.
-    async fn as_leader(&self, leader: &LeaderKey, op: RequestOp) -> Result<i64, Status> {
+    async fn as_leader(&self, caller: &Caller, leader: &LeaderKey, op: RequestOp) -> Result<i64, Status> {
         let response = self
-            .txn(TxnRequest {
-                compare: vec![Compare {
-                    result: CompareResult::Equal,
-                    target: CompareTarget::Create,
-                    key: leader.key.to_vec(),
-                    target_union: TargetUnion::CreateRevision(leader.rev),
-                    range_end: Vec::new(),
-                }],
-                success: vec![op],
-                failure: Vec::new(),
-            })
+            .txn(
+                caller,
+                TxnRequest {
+                    compare: vec![Compare {
+                        result: CompareResult::Equal,
+                        target: CompareTarget::Create,
+                        key: leader.key.to_vec(),
+                        target_union: TargetUnion::CreateRevision(leader.rev),
+                        range_end: Vec::new(),
+                    }],
+                    success: vec![op],
+                    failure: Vec::new(),
+                },
+            )
             .await?;
         if !response.succeeded {
             return Err(Status::failed_precondition("election: not leader"));
@@ -363,12 +387,13 @@ impl Api {
 impl Lock for Api {
     async fn lock(&self, request: GrpcRequest<LockRequest>) -> Result<GrpcResponse<LockResponse>, Status> {
         if let Some(channel) = self.route_waiting(&request)? {
-            return LockClient::new(channel).lock(forwarded(request.into_inner())).await;
+            return LockClient::new(channel).lock(forward(request)).await;
         }
+        let caller = self.caller(&request).await?;
         let LockRequest { name, lease } = request.into_inner();
         check_name(&name)?;
-        let session = self.session(lease).await?;
-        let (key, _) = self.acquire(&name, session, b"").await?;
+        let session = self.session(&caller, lease).await?;
+        let (key, _) = self.acquire(&caller, &name, session, b"").await?;
         let current = self.shared.store().revision();
         Ok(GrpcResponse::new(LockResponse {
             header: self.identity().header(current),
@@ -378,10 +403,11 @@ impl Lock for Api {
 
     async fn unlock(&self, request: GrpcRequest<UnlockRequest>) -> Result<GrpcResponse<UnlockResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return LockClient::new(channel).unlock(forwarded(request.into_inner())).await;
+            return LockClient::new(channel).unlock(forward(request)).await;
         }
+        let caller = self.caller(&request).await?;
         let key = request.into_inner().key.to_vec();
-        let revision = self.delete_key(key).await?;
+        let revision = self.delete_key(&caller, key).await?;
         Ok(GrpcResponse::new(UnlockResponse {
             header: self.identity().header(revision),
         }))
@@ -394,14 +420,13 @@ type ObserveStream = Pin<Box<dyn Stream<Item = Result<LeaderResponse, Status>> +
 impl Election for Api {
     async fn campaign(&self, request: GrpcRequest<CampaignRequest>) -> Result<GrpcResponse<CampaignResponse>, Status> {
         if let Some(channel) = self.route_waiting(&request)? {
-            return ElectionClient::new(channel)
-                .campaign(forwarded(request.into_inner()))
-                .await;
+            return ElectionClient::new(channel).campaign(forward(request)).await;
         }
+        let caller = self.caller(&request).await?;
         let CampaignRequest { name, lease, value } = request.into_inner();
         check_name(&name)?;
-        let session = self.session(lease).await?;
-        let (key, revision) = self.acquire(&name, session, &value).await?;
+        let session = self.session(&caller, lease).await?;
+        let (key, revision) = self.acquire(&caller, &name, session, &value).await?;
         let current = self.shared.store().revision();
         Ok(GrpcResponse::new(CampaignResponse {
             header: self.identity().header(current),
@@ -416,10 +441,9 @@ impl Election for Api {
 
     async fn proclaim(&self, request: GrpcRequest<ProclaimRequest>) -> Result<GrpcResponse<ProclaimResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return ElectionClient::new(channel)
-                .proclaim(forwarded(request.into_inner()))
-                .await;
+            return ElectionClient::new(channel).proclaim(forward(request)).await;
         }
+        let caller = self.caller(&request).await?;
         let ProclaimRequest { leader, value } = request.into_inner();
         let leader = leader.ok_or_else(|| Status::invalid_argument("election: no leader key given"))?;
         let put = RequestOp::Put(PutRequest {
@@ -428,7 +452,7 @@ impl Election for Api {
             lease: leader.lease,
             ..PutRequest::default()
         });
-        let revision = self.as_leader(&leader, put).await?;
+        let revision = self.as_leader(&caller, &leader, put).await?;
         Ok(GrpcResponse::new(ProclaimResponse {
             header: self.identity().header(revision),
         }))
@@ -436,15 +460,16 @@ impl Election for Api {
 
     async fn leader(&self, request: GrpcRequest<LeaderRequest>) -> Result<GrpcResponse<LeaderResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return ElectionClient::new(channel)
-                .leader(forwarded(request.into_inner()))
-                .await;
+            return ElectionClient::new(channel).leader(forward(request)).await;
         }
+        let caller = self.caller(&request).await?;
         let name = request.into_inner().name;
         check_name(&name)?;
+        let prefix = prefix_of(&name);
+        self.check_read(&caller, &prefix, &prefix_end(&prefix))?;
         self.linearizable_point().await?;
         let holder = self
-            .holder(&prefix_of(&name))?
+            .holder(&prefix)?
             .ok_or_else(|| Status::not_found("election: no leader"))?;
         let revision = self.shared.store().revision();
         Ok(GrpcResponse::new(LeaderResponse {
@@ -456,16 +481,18 @@ impl Election for Api {
     type ObserveStream = ObserveStream;
 
     async fn observe(&self, request: GrpcRequest<LeaderRequest>) -> Result<GrpcResponse<ObserveStream>, Status> {
+        let caller = self.caller(&request).await?;
+        let first_request = with_credentials_of(&request, LeaderRequest::default());
         let name = request.into_inner().name;
         check_name(&name)?;
         let prefix = prefix_of(&name);
+        self.check_read(&caller, &prefix, &prefix_end(&prefix))?;
         // The first answer is linearizable: it goes through Leader, which asks
         // the master. Later answers follow this replica's applied log, never
         // older than the first one (a follower may still be catching up to it).
-        let first = match self
-            .leader(GrpcRequest::new(LeaderRequest { name: name.clone() }))
-            .await
-        {
+        let mut first_request = first_request;
+        first_request.get_mut().name = name.clone();
+        let first = match self.leader(first_request).await {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == tonic::Code::NotFound => LeaderResponse::default(),
             Err(status) => return Err(status),
@@ -516,10 +543,9 @@ impl Election for Api {
 
     async fn resign(&self, request: GrpcRequest<ResignRequest>) -> Result<GrpcResponse<ResignResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return ElectionClient::new(channel)
-                .resign(forwarded(request.into_inner()))
-                .await;
+            return ElectionClient::new(channel).resign(forward(request)).await;
         }
+        let caller = self.caller(&request).await?;
         let leader = request
             .into_inner()
             .leader
@@ -528,7 +554,7 @@ impl Election for Api {
             key: leader.key.to_vec(),
             ..DeleteRangeRequest::default()
         });
-        let revision = self.as_leader(&leader, delete).await?;
+        let revision = self.as_leader(&caller, &leader, delete).await?;
         Ok(GrpcResponse::new(ResignResponse {
             header: self.identity().header(revision),
         }))

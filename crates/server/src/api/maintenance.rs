@@ -39,7 +39,7 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 
 use crate::backup::{BackupPlan, DIGEST_BYTES};
 
-use super::{convert, forwarded, Api};
+use super::{convert, forward, Api};
 
 /// The etcd version reported to clients (`Status`, `/version`): the API synod
 /// speaks is etcd 3.4's. Nothing 3.5 added is served (`Downgrade` is refused,
@@ -120,10 +120,9 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 impl Maintenance for Api {
     async fn alarm(&self, request: GrpcRequest<AlarmRequest>) -> Result<GrpcResponse<AlarmResponse>, Status> {
         if let Some(channel) = self.route(&request)? {
-            return MaintenanceClient::new(channel)
-                .alarm(forwarded(request.into_inner()))
-                .await;
+            return MaintenanceClient::new(channel).alarm(forward(request)).await;
         }
+        let caller = self.caller(&request).await?;
         let AlarmRequest {
             action,
             member_id,
@@ -147,11 +146,14 @@ impl Maintenance for Api {
         }
         let identity = self.identity();
         match self
-            .write(Request::Alarm(KvAlarmRequest {
-                action,
-                member_id,
-                alarm,
-            }))
+            .write(
+                &caller,
+                Request::Alarm(KvAlarmRequest {
+                    action,
+                    member_id,
+                    alarm,
+                }),
+            )
             .await?
         {
             Response::Alarm(response) => Ok(GrpcResponse::new(convert::alarm_response(identity, response))),
@@ -191,13 +193,18 @@ impl Maintenance for Api {
         }))
     }
 
-    async fn defragment(&self, _: GrpcRequest<DefragmentRequest>) -> Result<GrpcResponse<DefragmentResponse>, Status> {
+    async fn defragment(
+        &self,
+        request: GrpcRequest<DefragmentRequest>,
+    ) -> Result<GrpcResponse<DefragmentResponse>, Status> {
+        self.check_admin(&self.caller(&request).await?)?;
         // The store is in memory; there is nothing to defragment. etcd
         // answers no header here, and clients check that.
         Ok(GrpcResponse::new(DefragmentResponse { header: None }))
     }
 
-    async fn hash(&self, _: GrpcRequest<HashRequest>) -> Result<GrpcResponse<HashResponse>, Status> {
+    async fn hash(&self, request: GrpcRequest<HashRequest>) -> Result<GrpcResponse<HashResponse>, Status> {
+        self.check_admin(&self.caller(&request).await?)?;
         let (revision, hash) = {
             let store = self.shared.store();
             (store.revision(), store.state_hash())
@@ -213,6 +220,7 @@ impl Maintenance for Api {
     /// members at different revisions compare it at one revision. Computed
     /// on a frozen copy off the async threads: it reads every retained change.
     async fn hash_kv(&self, request: GrpcRequest<HashKvRequest>) -> Result<GrpcResponse<HashKvResponse>, Status> {
+        self.check_admin(&self.caller(&request).await?)?;
         let asked = request.into_inner().revision;
         let frozen = self.shared.store().freeze();
         let current = frozen.revision();
@@ -236,7 +244,8 @@ impl Maintenance for Api {
     /// had applied, encoded and sent from a blocking-pool thread, the file's
     /// SHA-256 last, as etcd sends it. The answer is this member's state, as
     /// etcd's is: ask the master for the newest.
-    async fn snapshot(&self, _: GrpcRequest<SnapshotRequest>) -> Result<GrpcResponse<SnapshotStream>, Status> {
+    async fn snapshot(&self, request: GrpcRequest<SnapshotRequest>) -> Result<GrpcResponse<SnapshotStream>, Status> {
+        self.check_admin(&self.caller(&request).await?)?;
         let Ok(permit) = self.backups.clone().try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "synod: {BACKUP_STREAMS_MAX} snapshot downloads are already under way at this member"

@@ -28,6 +28,7 @@
 //! is not the master refuses such a call instead of forwarding it again, so a
 //! stale view of the master can never loop a request between members.
 
+mod auth;
 mod convert;
 mod http;
 mod kv;
@@ -46,6 +47,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use crate::node::{lock as lock_mutex, Command, Shared, WriteError};
+pub use auth::{forward, with_credentials_of, Caller, TOKEN_HEADER};
 pub use convert::HeaderIdentity;
 
 /// Metadata key marking a call forwarded by a follower to the master.
@@ -74,6 +76,11 @@ pub struct Api {
     backups: Arc<tokio::sync::Semaphore>,
     /// How to reach other members' client ports when they speak TLS.
     forward_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Whether a client certificate's common name names the caller
+    /// (`--client-cert-auth`).
+    certificate_users: bool,
+    /// Password hashes computed or checked at once ([`auth::PASSWORD_CHECKS_MAX`]).
+    password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// etcd's answer when no master is known.
@@ -108,10 +115,16 @@ pub fn forwarded<T>(message: T) -> tonic::Request<T> {
 
 impl Api {
     /// The API over the state shared with the core.
-    pub fn new(shared: Arc<Shared>, forward_tls: Option<tonic::transport::ClientTlsConfig>) -> Api {
+    pub fn new(
+        shared: Arc<Shared>,
+        forward_tls: Option<tonic::transport::ClientTlsConfig>,
+        certificate_users: bool,
+    ) -> Api {
         Api {
             shared,
             forward_tls,
+            certificate_users,
+            password_checks: auth::password_checks(),
             channels: Arc::new(Mutex::new(HashMap::new())),
             backups: Arc::new(tokio::sync::Semaphore::new(maintenance::BACKUP_STREAMS_MAX)),
         }
@@ -200,9 +213,10 @@ impl Api {
         }
     }
 
-    /// Puts a request through the log at this member (the master) and returns
-    /// its applied result.
-    pub async fn write(&self, request: Request) -> Result<Response, Status> {
+    /// Puts a request through the log at this member (the master) on behalf
+    /// of `caller` and returns its applied result.
+    pub async fn write(&self, caller: &Caller, request: Request) -> Result<Response, Status> {
+        let request = caller.wrap(request);
         if let Some(adds) = request.quota_bytes() {
             let used = self.shared.store().retained_bytes();
             if used.saturating_add(adds) > self.shared.tunables.quota_backend_bytes {

@@ -21,8 +21,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
-use super::{convert, Api};
+use super::{convert, Api, Caller};
 use crate::node::{lock, HubEntry};
+use synod_kv::Access;
 
 /// Responses queued for one watch stream before its task waits for the client.
 pub const WATCH_RESPONSES_QUEUE_MAX: usize = 256;
@@ -41,6 +42,9 @@ impl Watch for Api {
         if metrics.watch_streams.load(Ordering::Relaxed) >= self.shared.tunables.watch_streams_max as i64 {
             return Err(Status::resource_exhausted("synod: too many watch streams"));
         }
+        // Who the stream runs as is settled when it opens: each watch it
+        // creates must be on a range that caller may read.
+        let caller = self.caller(&request).await?;
         let mut incoming = request.into_inner();
         let (sender, receiver) = mpsc::channel(WATCH_RESPONSES_QUEUE_MAX);
         let entry = HubEntry {
@@ -59,7 +63,7 @@ impl Watch for Api {
                 tokio::select! {
                     request = incoming.next() => {
                         let Some(Ok(request)) = request else { break 'stream };
-                        if let Err(status) = handle(&api, &entry, request) {
+                        if let Err(status) = handle(&api, &caller, &entry, request) {
                             let _ = sender.send(Err(status)).await;
                             break 'stream;
                         }
@@ -120,14 +124,27 @@ impl Watch for Api {
 }
 
 /// Applies one client request to the stream's hub.
-fn handle(api: &Api, entry: &HubEntry, request: WatchRequest) -> Result<(), Status> {
+fn handle(api: &Api, caller: &Caller, entry: &HubEntry, request: WatchRequest) -> Result<(), Status> {
     let store = api.shared.store();
     let mut hub = lock(&entry.hub);
     match request.request_union {
         Some(RequestUnion::CreateRequest(create)) => {
             let create = convert::watch_create(create)?;
+            let permitted = match caller {
+                Caller::Server => Ok(()),
+                Caller::Client(user) => {
+                    store
+                        .auth()
+                        .check_range(user.as_deref(), Access::Read, &create.key, &create.range_end)
+                }
+            };
             // A refusal is queued as a cancel response by the hub.
-            let _ = hub.create(&store, &create);
+            match permitted {
+                Ok(()) => {
+                    let _ = hub.create(&store, &create);
+                }
+                Err(error) => hub.refuse(&store, &error),
+            }
         }
         Some(RequestUnion::CancelRequest(cancel)) => {
             hub.cancel(&store, cancel.watch_id);

@@ -1,0 +1,308 @@
+//! etcd's authentication and authorization against a 3-member group: the
+//! user, role and permission flow with etcdctl 3.4, then the Rust etcd
+//! client's view (a Txn with one forbidden key, a watch on a forbidden
+//! range), the auth state across a restart of every member and a master
+//! change, and client certificates naming the user.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Cluster;
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, Txn, TxnOp, WatchOptions};
+
+/// bcrypt's cheapest cost, so the tests spend their time on behaviour.
+const FAST_HASHES: [&str; 2] = ["--bcrypt-cost", "4"];
+
+fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs etcdctl against member `index` and returns whether it succeeded and what it printed.
+fn at(cluster: &Cluster, index: usize, args: &[&str]) -> (bool, String) {
+    let endpoint = cluster.members[index].endpoint();
+    let mut all = vec!["--endpoints", &endpoint, "--command-timeout", "10s"];
+    all.extend_from_slice(args);
+    let output = cluster.etcdctl(&all);
+    (output.status.success(), output_text(&output))
+}
+
+fn ok(cluster: &Cluster, index: usize, args: &[&str]) -> String {
+    let (success, text) = at(cluster, index, args);
+    assert!(success, "etcdctl {args:?} failed: {text}");
+    text
+}
+
+fn refused(cluster: &Cluster, index: usize, args: &[&str], reason: &str) {
+    let (success, text) = at(cluster, index, args);
+    assert!(!success, "etcdctl {args:?} should fail: {text}");
+    assert!(text.contains(reason), "etcdctl {args:?}: want {reason:?}, got {text}");
+}
+
+/// root (root role), and alice whose role `app` may read and write under
+/// `app/` and only read `shared`; then auth enabled. Each step at another member.
+fn set_up_users(cluster: &Cluster) {
+    let steps: [&[&str]; 8] = [
+        &["user", "add", "root:rootpw"],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "app"],
+        &["role", "grant-permission", "app", "readwrite", "app/", "--prefix=true"],
+        &["role", "grant-permission", "app", "read", "shared"],
+        &["user", "add", "alice:alicepw"],
+        &["user", "grant-role", "alice", "app"],
+        &["put", "shared", "before"],
+    ];
+    for (step, args) in steps.iter().enumerate() {
+        ok(cluster, step % 3, args);
+    }
+    let enabled = ok(cluster, 1, &["auth", "enable"]);
+    assert!(enabled.contains("Authentication Enabled"), "{enabled}");
+}
+
+#[test]
+fn etcdctl_users_roles_and_permissions() {
+    let cluster = Cluster::start_with(3, "auth-etcdctl", &FAST_HASHES);
+    set_up_users(&cluster);
+    for index in 0..3 {
+        refused(&cluster, index, &["get", "shared"], "user name is empty");
+        refused(&cluster, index, &["put", "app/x", "1"], "user name is empty");
+        let got = ok(&cluster, index, &["--user", "alice:alicepw", "get", "shared"]);
+        assert!(got.contains("before"), "{got}");
+        ok(
+            &cluster,
+            index,
+            &["--user", "alice:alicepw", "put", "app/x", &index.to_string()],
+        );
+        refused(
+            &cluster,
+            index,
+            &["--user", "alice:wrong", "put", "app/x", "1"],
+            "authentication failed, invalid user ID or password",
+        );
+        refused(
+            &cluster,
+            index,
+            &["--user", "nobody:pw", "get", "shared"],
+            "authentication failed, invalid user ID or password",
+        );
+        refused(
+            &cluster,
+            index,
+            &["--user", "alice:alicepw", "put", "elsewhere", "1"],
+            "permission denied",
+        );
+        refused(
+            &cluster,
+            index,
+            &["--user", "alice:alicepw", "put", "shared", "1"],
+            "permission denied",
+        );
+        refused(
+            &cluster,
+            index,
+            &["--user", "alice:alicepw", "get", "app/", "--prefix=false", "--from-key"],
+            "permission denied",
+        );
+        refused(
+            &cluster,
+            index,
+            &["--user", "alice:alicepw", "user", "list"],
+            "permission denied",
+        );
+        refused(
+            &cluster,
+            index,
+            &["--user", "alice:alicepw", "compaction", "1"],
+            "permission denied",
+        );
+    }
+    let got = ok(&cluster, 2, &["--user", "alice:alicepw", "get", "app/", "--prefix"]);
+    assert!(got.contains("app/x\n2"), "{got}");
+    let users = ok(&cluster, 0, &["--user", "root:rootpw", "user", "list"]);
+    assert_eq!(users, "alice\nroot\n");
+    let alice = ok(&cluster, 1, &["--user", "alice:alicepw", "user", "get", "alice"]);
+    assert!(alice.contains("app"), "{alice}");
+    let role = ok(&cluster, 2, &["--user", "root:rootpw", "role", "get", "app"]);
+    assert!(role.contains("[app/, app0) (prefix app/)"), "{role}");
+    refused(
+        &cluster,
+        0,
+        &["--user", "root:rootpw", "user", "delete", "root"],
+        "invalid auth management",
+    );
+    refused(
+        &cluster,
+        0,
+        &["--user", "root:rootpw", "user", "add", "alice:again"],
+        "user name already exists",
+    );
+
+    // A changed password takes effect at once; the old one no longer works.
+    let passwd = common::etcdctl_with_input(
+        &[
+            "--endpoints",
+            &cluster.members[1].endpoint(),
+            "--user",
+            "root:rootpw",
+            "user",
+            "passwd",
+            "alice",
+            "--interactive=false",
+        ],
+        Some(b"newpw\n"),
+    );
+    assert!(passwd.status.success(), "{}", output_text(&passwd));
+    refused(
+        &cluster,
+        2,
+        &["--user", "alice:alicepw", "get", "shared"],
+        "authentication failed, invalid user ID or password",
+    );
+    ok(&cluster, 0, &["--user", "alice:newpw", "get", "shared"]);
+    let disabled = ok(&cluster, 2, &["--user", "root:rootpw", "auth", "disable"]);
+    assert!(disabled.contains("Authentication Disabled"), "{disabled}");
+    ok(&cluster, 0, &["put", "elsewhere", "open"]);
+    let got = ok(&cluster, 1, &["get", "app/x"]);
+    assert!(got.contains("app/x"), "{got}");
+}
+
+fn alice_options() -> ConnectOptions {
+    ConnectOptions::new().with_user("alice", "alicepw")
+}
+
+async fn connect(cluster: &Cluster, options: Option<ConnectOptions>) -> Client {
+    let endpoints: Vec<String> = cluster.members.iter().map(|member| member.endpoint()).collect();
+    Client::connect(&endpoints, options).await.expect("connect")
+}
+
+/// The Rust client as alice: a Txn with one forbidden key changes nothing,
+/// a watch on a range she may not read is refused and one she may is served.
+async fn alice_is_held_to_her_permissions(cluster: &Cluster) {
+    let mut alice = connect(cluster, Some(alice_options())).await;
+    alice.put("app/a", "1", None).await.expect("put in app/");
+    let forbidden = Txn::new().and_then(vec![TxnOp::put("app/b", "2", None), TxnOp::put("elsewhere", "2", None)]);
+    let error = alice.txn(forbidden).await.expect_err("txn with a forbidden put");
+    assert!(error.to_string().contains("permission denied"), "{error}");
+    let compares_forbidden = Txn::new()
+        .when(vec![Compare::version("secret", CompareOp::Equal, 0)])
+        .and_then(vec![TxnOp::put("app/b", "2", None)]);
+    let error = alice
+        .txn(compares_forbidden)
+        .await
+        .expect_err("txn comparing a forbidden key");
+    assert!(error.to_string().contains("permission denied"), "{error}");
+    let got = alice.get("app/b", None).await.expect("get app/b");
+    assert!(got.kvs().is_empty(), "nothing of the refused txns ran");
+
+    let mut refused = alice
+        .watch("secret", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch stream");
+    let answer = tokio::time::timeout(Duration::from_secs(10), refused.message())
+        .await
+        .expect("an answer")
+        .expect("a message")
+        .expect("a response");
+    assert!(answer.canceled(), "{answer:?}");
+    assert!(answer.cancel_reason().contains("permission denied"), "{answer:?}");
+
+    let mut allowed = alice
+        .watch("app/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .expect("watch stream");
+    let created = allowed.message().await.expect("message").expect("created");
+    assert!(created.created() && !created.canceled(), "{created:?}");
+    alice.put("app/c", "3", None).await.expect("put");
+    let events = tokio::time::timeout(Duration::from_secs(10), allowed.message())
+        .await
+        .expect("an event in time")
+        .expect("message")
+        .expect("events");
+    assert_eq!(events.events()[0].event_type(), EventType::Put);
+    assert_eq!(events.events()[0].kv().unwrap().key(), b"app/c");
+}
+
+#[test]
+fn permissions_hold_for_the_rust_client_and_survive_restarts_and_master_changes() {
+    let mut cluster = Cluster::start_with(3, "auth-rust", &FAST_HASHES);
+    set_up_users(&cluster);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(alice_is_held_to_her_permissions(&cluster));
+
+    // Every member restarts: the auth state comes back from the log and snapshots.
+    for index in 0..3 {
+        cluster.kill(index);
+    }
+    for index in 0..3 {
+        cluster.launch(index);
+    }
+    let master = cluster.wait_for_master(Duration::from_secs(30));
+    runtime.block_on(alice_is_held_to_her_permissions(&cluster));
+
+    // A new master knows the tokens the old one issued: a client that
+    // authenticated before the change goes on without authenticating again.
+    runtime.block_on(async {
+        let follower = (master + 1) % 3;
+        let endpoint = cluster.members[follower].endpoint();
+        let mut alice = Client::connect([endpoint], Some(alice_options()))
+            .await
+            .expect("connect");
+        alice.put("app/before", "1", None).await.expect("put before the change");
+        cluster.kill(master);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match alice.put("app/after", "1", None).await {
+                Ok(_) => break,
+                Err(error) => {
+                    assert!(
+                        !error.to_string().contains("invalid auth token"),
+                        "the token was lost with the master: {error}"
+                    );
+                    assert!(std::time::Instant::now() < deadline, "no new master: {error}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        let error = alice.put("elsewhere", "1", None).await.expect_err("still refused");
+        assert!(error.to_string().contains("permission denied"), "{error}");
+    });
+}
+
+#[test]
+fn a_client_certificate_names_its_user() {
+    let cluster = Cluster::start_tls(3, "auth-cert", true);
+    // The harness's client certificate has the common name `root`.
+    let steps: [&[&str]; 3] = [
+        &["user", "add", "root", "--no-password"],
+        &["user", "grant-role", "root", "root"],
+        &["auth", "enable"],
+    ];
+    for args in steps {
+        let output = cluster.etcdctl(&[&["--endpoints", &cluster.client_url(0)], args].concat());
+        assert!(output.status.success(), "{args:?}: {}", output_text(&output));
+    }
+    let master = cluster.wait_for_master(Duration::from_secs(20));
+    let put = cluster.etcdctl(&["--endpoints", &cluster.client_url(master), "put", "k", "v"]);
+    assert!(put.status.success(), "{}", output_text(&put));
+    let users = cluster.etcdctl(&["--endpoints", &cluster.client_url(master), "user", "list"]);
+    assert_eq!(
+        String::from_utf8_lossy(&users.stdout),
+        "root\n",
+        "{}",
+        output_text(&users)
+    );
+    // A user without a password cannot authenticate with one.
+    let password = cluster.etcdctl(&[
+        "--endpoints",
+        &cluster.client_url(master),
+        "--user",
+        "root:x",
+        "get",
+        "k",
+    ]);
+    assert!(!password.status.success(), "{}", output_text(&password));
+}
