@@ -84,7 +84,7 @@ pub struct Args {
     /// The workload to run.
     #[arg(value_enum)]
     pub workload: Workload,
-    /// Client addresses, HOST:PORT or http://HOST:PORT, comma-separated.
+    /// Client addresses, HOST:PORT, http://HOST:PORT or https://HOST:PORT, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:2379", value_parser = parse_endpoint)]
     pub endpoints: Vec<String>,
     /// gRPC connections (HTTP/2 channels), spread round-robin over the endpoints.
@@ -133,6 +133,18 @@ pub struct Args {
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long)]
     pub quiet: bool,
+    /// The CA that the members' certificates chain to (PEM), for https:// endpoints.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate (PEM) to present, for members run with --client-cert-auth.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// NAME:PASSWORD to authenticate as once before the run; every request then carries the token.
+    #[arg(long)]
+    pub user: Option<String>,
 }
 
 /// The measurement length when neither --duration-s nor --total is given.
@@ -149,6 +161,19 @@ impl Args {
                 "--endpoints: {} endpoints given, at most {ENDPOINTS_MAX} allowed",
                 self.endpoints.len()
             ));
+        }
+        let https = self.endpoints.iter().filter(|url| url.starts_with("https://")).count();
+        if https != 0 && https != self.endpoints.len() {
+            return Err("--endpoints: all https:// or none".into());
+        }
+        if https != 0 && self.cacert.is_none() {
+            return Err("--endpoints: https:// needs --cacert".into());
+        }
+        if https == 0 && (self.cacert.is_some() || self.cert.is_some()) {
+            return Err("--cacert and --cert are for https:// endpoints".into());
+        }
+        if self.user.as_ref().is_some_and(|user| !user.contains(':')) {
+            return Err("--user: expected NAME:PASSWORD".into());
         }
         let digits = digits(self.key_space - 1);
         let room = self.key_size_bytes - KEY_PREFIX.len() as u64;
@@ -204,10 +229,10 @@ pub fn digits(number: u64) -> u64 {
 /// Accepts `HOST:PORT` or `http://HOST:PORT`, returning the URL form tonic wants.
 fn parse_endpoint(text: &str) -> Result<String, String> {
     let text = text.trim();
-    if text.starts_with("https://") {
-        return Err(format!("{text:?}: TLS is not supported, use http://"));
-    }
-    let rest = text.strip_prefix("http://").unwrap_or(text);
+    let (scheme, rest) = match text.strip_prefix("https://") {
+        Some(rest) => ("https", rest),
+        None => ("http", text.strip_prefix("http://").unwrap_or(text)),
+    };
     let (host, port) = rest
         .rsplit_once(':')
         .ok_or_else(|| format!("{text:?}: expected HOST:PORT"))?;
@@ -216,7 +241,7 @@ fn parse_endpoint(text: &str) -> Result<String, String> {
     }
     port.parse::<u16>()
         .map_err(|_| format!("{text:?}: {port:?} is not a port number"))?;
-    Ok(format!("http://{rest}"))
+    Ok(format!("{scheme}://{rest}"))
 }
 
 #[cfg(test)]
@@ -258,6 +283,10 @@ mod tests {
             &["put", "--duration-s", "1", "--total", "1"],
             &["put", "--endpoints", "nohost"],
             &["put", "--endpoints", "https://a:1"],
+            &["put", "--endpoints", "https://a:1,http://b:2", "--cacert", "ca.pem"],
+            &["put", "--endpoints", "a:1", "--cacert", "ca.pem"],
+            &["put", "--cert", "c.pem"],
+            &["put", "--user", "nopassword"],
             &["put", "--endpoints", "a:99999"],
             &["put", "--key-size-bytes", "8", "--key-space", "1000"],
             &["watch", "--value-size-bytes", "4"],

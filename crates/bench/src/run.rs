@@ -28,7 +28,9 @@ use synod_proto::prefix_end;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Status, Streaming};
 
 use crate::args::{Args, Workload, KEY_PREFIX, STAMP_BYTES};
@@ -66,23 +68,87 @@ fn error_kind(status: &Status) -> String {
     }
 }
 
+/// What every request carries: the token of `--user`, if given.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    token: Option<MetadataValue<Ascii>>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert("token", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// One connection, with the run's credentials on every request.
+pub type Conn = InterceptedService<Channel, Credentials>;
+
+fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|error| format!("{flag} {}: {error}", path.display()))
+}
+
+/// The TLS settings the flags ask for, if the endpoints are https://.
+fn tls_config(args: &Args) -> Result<Option<ClientTlsConfig>, String> {
+    let Some(cacert) = &args.cacert else {
+        return Ok(None);
+    };
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem("--cacert", cacert)?));
+    if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+        config = config.identity(Identity::from_pem(read_pem("--cert", cert)?, read_pem("--key", key)?));
+    }
+    Ok(Some(config))
+}
+
+/// Authenticates as `--user` NAME:PASSWORD over `channel` and returns the token.
+async fn authenticate(args: &Args, channel: &Channel) -> Result<Credentials, String> {
+    let Some(user) = &args.user else {
+        return Ok(Credentials::default());
+    };
+    let (name, password) = user.split_once(':').ok_or("--user: expected NAME:PASSWORD")?;
+    let request = synod_proto::etcdserverpb::AuthenticateRequest {
+        name: name.to_string(),
+        password: password.to_string(),
+    };
+    let response = synod_proto::etcdserverpb::auth_client::AuthClient::new(channel.clone())
+        .authenticate(request)
+        .await
+        .map_err(|status| format!("cannot authenticate as {name}: {}", status.message()))?;
+    let token = response
+        .into_inner()
+        .token
+        .parse()
+        .map_err(|_| "the token is not valid metadata".to_string())?;
+    Ok(Credentials { token: Some(token) })
+}
+
 /// Opens `args.connections` channels round-robin over the endpoints, failing with the first
-/// endpoint that cannot be reached.
-async fn connect(args: &Args) -> Result<Vec<Channel>, String> {
+/// endpoint that cannot be reached, and authenticates once if `--user` asks.
+async fn connect(args: &Args) -> Result<Vec<Conn>, String> {
+    let tls = tls_config(args)?;
     let mut channels = Vec::new();
     for index in 0..args.connections as usize {
         let url = &args.endpoints[index % args.endpoints.len()];
-        let endpoint = Endpoint::from_shared(url.clone())
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|error| format!("{url}: {error}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|error| format!("{url}: {error}"))?;
+        }
         let channel = endpoint
             .connect()
             .await
             .map_err(|error| format!("cannot connect to {url}: {error}"))?;
         channels.push(channel);
     }
-    Ok(channels)
+    let credentials = authenticate(args, &channels[0]).await?;
+    Ok(channels
+        .into_iter()
+        .map(|channel| InterceptedService::new(channel, credentials.clone()))
+        .collect())
 }
 
 /// A value of `size` bytes: a recognisable filler, so a value seen in a dump says where it
@@ -102,7 +168,7 @@ const PRELOAD_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_milli
 
 /// Writes every key of the key space once, so reads and compares find a value, and notes
 /// each key's mod_revision in `revisions` (when it has room for the key). Not measured.
-async fn preload(args: &Args, channels: &[Channel], keys: &KeySpace, revisions: &Revisions) -> Result<(), String> {
+async fn preload(args: &Args, channels: &[Conn], keys: &KeySpace, revisions: &Revisions) -> Result<(), String> {
     let bar = progress_bar(args, keys.len(), "preloading keys");
     let next = Arc::new(AtomicU64::new(0));
     let value = prost::bytes::Bytes::from(filler(args.value_size_bytes));
@@ -169,7 +235,7 @@ async fn preload(args: &Args, channels: &[Channel], keys: &KeySpace, revisions: 
 
 /// One client's state for the key-value workloads.
 struct KvWorker {
-    kv: KvClient<Channel>,
+    kv: KvClient<Conn>,
     workload: Workload,
     keys: KeyPicker,
     key_space: KeySpace,
@@ -291,7 +357,7 @@ fn stamp_of(value: &[u8]) -> Option<Duration> {
 
 /// One client of the lease workload: a lease and its keep-alive stream.
 struct LeaseWorker {
-    leases: LeaseClient<Channel>,
+    leases: LeaseClient<Conn>,
     id: i64,
     requests: mpsc::Sender<LeaseKeepAliveRequest>,
     responses: Streaming<LeaseKeepAliveResponse>,
@@ -299,13 +365,13 @@ struct LeaseWorker {
 
 impl LeaseWorker {
     /// Grants a lease and opens its keep-alive stream, within `timeout`.
-    async fn open(channel: Channel, timeout: Duration) -> Result<LeaseWorker, String> {
+    async fn open(channel: Conn, timeout: Duration) -> Result<LeaseWorker, String> {
         tokio::time::timeout(timeout, LeaseWorker::open_now(channel))
             .await
             .map_err(|_| format!("lease: no keep-alive stream within {timeout:?}"))?
     }
 
-    async fn open_now(channel: Channel) -> Result<LeaseWorker, String> {
+    async fn open_now(channel: Conn) -> Result<LeaseWorker, String> {
         let mut leases = LeaseClient::new(channel);
         let granted = leases
             .lease_grant(LeaseGrantRequest {
@@ -552,7 +618,7 @@ pub async fn run(args: &Args) -> Result<Report, String> {
 
 /// Opens a watch on the key prefix and waits for the server to confirm it. The create request
 /// goes out with the call, since etcd sends the stream's headers only with its first reply.
-async fn open_watch(channel: Channel) -> Result<(mpsc::Sender<WatchRequest>, Streaming<WatchResponse>), String> {
+async fn open_watch(channel: Conn) -> Result<(mpsc::Sender<WatchRequest>, Streaming<WatchResponse>), String> {
     let (sender, receiver) = mpsc::channel(1);
     let prefix = KEY_PREFIX.as_bytes();
     sender
