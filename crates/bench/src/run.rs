@@ -136,7 +136,9 @@ async fn connect(args: &Args) -> Result<Vec<Conn>, String> {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         if let Some(tls) = &tls {
-            endpoint = endpoint.tls_config(tls.clone()).map_err(|error| format!("{url}: {error}"))?;
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|error| format!("{url}: {error}"))?;
         }
         let channel = endpoint
             .connect()

@@ -258,6 +258,9 @@ pub struct ServerConfig {
     /// TLS on the client port (`--cert-file` and friends); `None` for plain
     /// HTTP/2.
     pub client_tls: Option<crate::tls::TlsFiles>,
+    /// JWT auth tokens (`--auth-token jwt,...`); `None` for etcd's default
+    /// simple tokens.
+    pub auth_token: Option<crate::jwt::JwtOptions>,
     /// Bounds and timings.
     pub tunables: Tunables,
 }

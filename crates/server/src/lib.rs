@@ -48,6 +48,7 @@ pub mod config;
 pub mod disk_writer;
 pub mod frame;
 pub mod identity;
+pub mod jwt;
 pub mod metrics;
 pub mod node;
 pub mod peer;
@@ -114,6 +115,9 @@ pub enum ServerError {
     /// The client port's certificates or key.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The JWT keys (`--auth-token jwt,...`).
+    #[error(transparent)]
+    Jwt(#[from] jwt::JwtError),
     /// The client API server stopped.
     #[error("client API server failed: {0}")]
     Serve(std::io::Error),
@@ -176,6 +180,12 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     let message_bytes_max = paxos.message_bytes_max;
 
     let client_tls = config.client_tls.as_ref().map(tls::ClientTls::load).transpose()?;
+    let jwt = config
+        .auth_token
+        .as_ref()
+        .map(jwt::JwtKeys::load)
+        .transpose()?
+        .map(std::sync::Arc::new);
     if client_tls.is_none() {
         tracing::warn!("the client port speaks plain text: clients are not authenticated and traffic is not encrypted");
     }
@@ -254,6 +264,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         shared,
         client_tls.as_ref().map(tls::ClientTls::forwarding),
         client_tls.as_ref().is_some_and(|tls| tls.client_cert_auth),
+        jwt,
     );
     let serve = api::serve(api, client_listener, client_tls.map(|tls| tls.server), shutdown.clone());
     tokio::select! {

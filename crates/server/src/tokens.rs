@@ -6,10 +6,11 @@
 //! every member, and keeps working when the master changes. Each member
 //! forgets a token [`Tunables::auth_token_ttl`] after it was last used (etcd's
 //! `--auth-token-ttl`), when its user is deleted or changes password, when
-//! auth is disabled, and when the member restarts or installs a snapshot (it
-//! cannot tell then which tokens the entries it skipped voided); a client
-//! then gets `invalid auth token` and authenticates again, as etcd's clients
-//! do by themselves.
+//! auth is disabled, and when it installs a snapshot (it cannot tell then
+//! which tokens the entries it skipped voided). A restarted member knows again
+//! the tokens whose entries it replays from its log, not those its newest
+//! snapshot already covers. A client whose token is forgotten gets `invalid
+//! auth token` and authenticates again, as etcd's clients do by themselves.
 //!
 //! [`Tunables::auth_token_ttl`]: crate::config::Tunables::auth_token_ttl
 

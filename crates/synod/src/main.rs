@@ -121,6 +121,10 @@ struct ServerFlags {
     initial_cluster_token: String,
     #[command(flatten)]
     client_tls: ClientTlsFlags,
+    /// Auth tokens: `simple` (etcd's default), or
+    /// `jwt,pub-key=PATH,priv-key=PATH,sign-method=ES256|RS256|EdDSA|...[,ttl=5m]`.
+    #[arg(long, default_value = "simple")]
+    auth_token: String,
     #[command(flatten)]
     tunables: TunableFlags,
 }
@@ -346,6 +350,7 @@ async fn server(flags: ServerFlags, shutdown: CancellationToken) -> Result<(), S
         _ => {}
     }
     let scheme = if client_tls.is_some() { "https" } else { "http" };
+    let auth_token = synod_server::jwt::parse_auth_token(&flags.auth_token).map_err(|error| error.to_string())?;
     let config = ServerConfig {
         name: flags.name,
         data_dir: flags.data_dir,
@@ -353,6 +358,7 @@ async fn server(flags: ServerFlags, shutdown: CancellationToken) -> Result<(), S
         listen_peer: flags.listen_peer,
         advertise_client_url: format!("{scheme}://{}", flags.listen_client.address),
         client_tls,
+        auth_token,
         initial_cluster: flags.initial_cluster,
         initial_cluster_state: match flags.initial_cluster_state {
             InitialClusterState::New => ClusterState::New,
@@ -533,6 +539,7 @@ async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String>
                 trusted_ca_file: Some(directory.join(tls_files::CA_FILE)),
                 client_cert_auth: false,
             }),
+            auth_token: None,
             initial_cluster: initial_cluster.clone(),
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: String::new(),

@@ -306,3 +306,102 @@ fn a_client_certificate_names_its_user() {
     ]);
     assert!(!password.status.success(), "{}", output_text(&password));
 }
+
+/// An ES256 key pair for `--auth-token jwt,...`, and that flag's value.
+fn jwt_flag(directory: &std::path::Path) -> String {
+    let pair = rcgen::KeyPair::generate().expect("key pair");
+    let private = directory.join("jwt.key");
+    let public = directory.join("jwt.pub");
+    std::fs::write(&private, pair.serialize_pem()).expect("write key");
+    std::fs::write(&public, pair.public_key_pem()).expect("write key");
+    format!(
+        "jwt,pub-key={},priv-key={},sign-method=ES256,ttl=10m",
+        public.display(),
+        private.display()
+    )
+}
+
+#[test]
+fn jwt_tokens_work_on_every_member_and_through_a_restart_of_all() {
+    let keys = common::TempDir::new("auth-jwt-keys");
+    let flag = jwt_flag(&keys.0);
+    let mut cluster = Cluster::start_with(3, "auth-jwt", &["--bcrypt-cost", "4", "--auth-token", &flag]);
+    set_up_users(&cluster);
+    for index in 0..3 {
+        ok(&cluster, index, &["--user", "alice:alicepw", "put", "app/x", "1"]);
+        refused(
+            &cluster,
+            index,
+            &["--user", "alice:alicepw", "put", "elsewhere", "1"],
+            "permission denied",
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut alice = connect(&cluster, Some(alice_options())).await;
+        alice.put("app/jwt", "1", None).await.expect("put with a JWT");
+        // Every member restarts; the token the client holds is still good:
+        // it is checked with the group's key, not remembered.
+        for index in 0..3 {
+            cluster.kill(index);
+        }
+        for index in 0..3 {
+            cluster.launch(index);
+        }
+        cluster.wait_for_master(Duration::from_secs(30));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match alice.put("app/jwt", "2", None).await {
+                Ok(_) => break,
+                Err(error) => {
+                    let text = error.to_string();
+                    assert!(!text.contains("auth"), "the token did not survive: {text}");
+                    assert!(std::time::Instant::now() < deadline, "no group: {text}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+        // Any change to the auth state voids the tokens issued before it.
+        let root = ConnectOptions::new().with_user("root", "rootpw");
+        let mut root = connect(&cluster, Some(root)).await;
+        root.role_add("another").await.expect("role add");
+        let error = alice.put("app/jwt", "3", None).await.expect_err("an old token");
+        assert!(error.to_string().contains("revision of auth store is old"), "{error}");
+    });
+}
+
+#[test]
+fn bad_auth_token_flags_are_refused_at_start() {
+    let directory = common::TempDir::new("auth-flags");
+    for (flag, reason) in [
+        ("paseto", "expected simple or jwt"),
+        (
+            "jwt,pub-key=/nonexistent.pub,priv-key=/nonexistent.key,sign-method=ES256",
+            "/nonexistent.key",
+        ),
+        ("jwt,pub-key=a,priv-key=b", "sign-method"),
+    ] {
+        let output = common::synod(
+            &[
+                "server",
+                "--name",
+                "a",
+                "--listen-client",
+                "127.0.0.1:1",
+                "--listen-peer",
+                "127.0.0.1:2",
+                "--initial-cluster",
+                "a=127.0.0.1:2",
+                "--auth-token",
+                flag,
+            ],
+            Some(&directory.0.join("a")),
+        );
+        assert!(!output.status.success(), "{flag}");
+        assert!(
+            output_text(&output).contains(reason),
+            "{flag}: {}",
+            output_text(&output)
+        );
+    }
+}

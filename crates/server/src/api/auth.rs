@@ -134,6 +134,7 @@ impl Api {
         let credentials = self.credentials(request);
         async move {
             match credentials? {
+                Credentials::Token(token) if self.jwt.is_some() => self.user_of_jwt(&token),
                 Credentials::Token(token) => match self.user_of_token(&token).await {
                     Some(user) => Ok(Caller::Client(Some(user))),
                     None => Err(convert::kv_error(KvError::InvalidAuthToken)),
@@ -160,6 +161,22 @@ impl Api {
             return Ok(Credentials::User(common_name));
         }
         Ok(Credentials::User(None))
+    }
+
+    /// The user of a JWT this group signed, if it is valid, not expired and
+    /// issued at the current auth revision.
+    fn user_of_jwt(&self, token: &str) -> Result<Caller, Status> {
+        let keys = self
+            .jwt
+            .as_ref()
+            .ok_or_else(|| convert::kv_error(KvError::InvalidAuthToken))?;
+        let (user, revision) = keys
+            .verify(token)
+            .ok_or_else(|| convert::kv_error(KvError::InvalidAuthToken))?;
+        if revision < self.shared.store().auth().revision() {
+            return Err(convert::kv_error(KvError::AuthOldRevision));
+        }
+        Ok(Caller::Client(Some(user)))
     }
 
     /// The user `token` stands for. A token just issued is known to this
@@ -286,6 +303,13 @@ impl Api {
         if password.len() > PASSWORD_BYTES_MAX || !self.password_matches(password, hash).await? {
             return Err(failed());
         }
+        if let Some(keys) = &self.jwt {
+            let token = keys
+                .sign(&name, auth_revision)
+                .map_err(|error| Status::internal(format!("synod: cannot sign a token: {error}")))?;
+            let header = self.identity().header(self.shared.store().revision());
+            return Ok(AuthenticateResponse { header, token });
+        }
         let token = tokens::new_token().map_err(|error| Status::internal(format!("synod: no randomness: {error}")))?;
         let request = AuthRequest::Authenticate {
             name,
@@ -365,10 +389,13 @@ impl Auth for Api {
             let name = request.get_ref().name.clone();
             let response = client(channel).authenticate(forward(request)).await?;
             // The master answers once it applied the entry; this member may
-            // not have yet, and the client's next call may come here.
-            self.shared
-                .tokens
-                .register(tokens::digest(&response.get_ref().token), &name);
+            // not have yet, and the client's next call may come here. (A JWT
+            // needs no such thing.)
+            if self.jwt.is_none() {
+                self.shared
+                    .tokens
+                    .register(tokens::digest(&response.get_ref().token), &name);
+            }
             return Ok(response);
         }
         let AuthenticateRequest { name, password } = request.into_inner();

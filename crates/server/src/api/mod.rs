@@ -81,6 +81,8 @@ pub struct Api {
     certificate_users: bool,
     /// Password hashes computed or checked at once ([`auth::PASSWORD_CHECKS_MAX`]).
     password_checks: Arc<tokio::sync::Semaphore>,
+    /// JWT keys, when tokens are JWTs rather than simple tokens.
+    jwt: Option<Arc<crate::jwt::JwtKeys>>,
 }
 
 /// etcd's answer when no master is known.
@@ -119,11 +121,13 @@ impl Api {
         shared: Arc<Shared>,
         forward_tls: Option<tonic::transport::ClientTlsConfig>,
         certificate_users: bool,
+        jwt: Option<Arc<crate::jwt::JwtKeys>>,
     ) -> Api {
         Api {
             shared,
             forward_tls,
             certificate_users,
+            jwt,
             password_checks: auth::password_checks(),
             channels: Arc::new(Mutex::new(HashMap::new())),
             backups: Arc::new(tokio::sync::Semaphore::new(maintenance::BACKUP_STREAMS_MAX)),
