@@ -266,7 +266,11 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         client_tls.as_ref().is_some_and(|tls| tls.client_cert_auth),
         jwt,
     );
-    let serve = api::serve(api, client_listener, client_tls.map(|tls| tls.server), shutdown.clone());
+    let server_tls = match (client_tls, &config.client_tls) {
+        (Some(loaded), Some(files)) => Some(tls::reload_on_hangup(loaded.server, files.clone(), shutdown.clone())),
+        _ => None,
+    };
+    let serve = api::serve(api, client_listener, server_tls, shutdown.clone());
     tokio::select! {
         result = &mut core_task => {
             shutdown.cancel();

@@ -72,6 +72,46 @@ pub enum TlsError {
     Invalid(String),
 }
 
+/// The client port's TLS settings as they are now, starting with `initial`
+/// and read again from `files` on every SIGHUP, as etcd reloads its
+/// certificates: new connections use the new certificate, key and CA, open
+/// ones keep theirs. Files that fail to load are logged and the settings in
+/// force stay. (Forwarding to the master keeps the files read at start.)
+pub fn reload_on_hangup(
+    initial: Arc<rustls::ServerConfig>,
+    files: TlsFiles,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>> {
+    let (sender, receiver) = tokio::sync::watch::channel(initial);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP: certificates will not be reloaded");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                hangup = hangups.recv() => if hangup.is_none() { return },
+                () = shutdown.cancelled() => return,
+            }
+            match ClientTls::load(&files) {
+                Ok(loaded) => {
+                    tracing::info!("SIGHUP: client TLS certificates reloaded");
+                    sender.send_replace(loaded.server);
+                }
+                Err(error) => tracing::warn!(%error, "SIGHUP: client TLS certificates not reloaded; the old ones stay"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (files, shutdown, &sender);
+    receiver
+}
+
 /// The common name of a verified client certificate, put in each request's
 /// extensions.
 #[derive(Clone, Debug, PartialEq, Eq)]

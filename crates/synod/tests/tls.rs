@@ -170,3 +170,72 @@ fn bad_tls_flags_are_refused_at_start() {
         output_text(&bad)
     );
 }
+
+#[test]
+fn sighup_reloads_the_client_certificates() {
+    use synod_server::tls::generate::{SERVER_CERT_FILE, SERVER_KEY_FILE};
+    let cluster = Cluster::start_tls(1, "tls-reload", false);
+    let tls = cluster.tls.as_ref().expect("TLS cluster");
+    let old_ca = cluster.root.0.join("old-ca.pem");
+    std::fs::copy(tls.file(CA_FILE), &old_ca).expect("keep the old CA");
+    let fresh = cluster.root.0.join("fresh");
+    synod_server::tls::generate::write(&fresh, "root").expect("generate certificates");
+    for name in [SERVER_CERT_FILE, SERVER_KEY_FILE, CA_FILE] {
+        std::fs::copy(fresh.join(name), tls.directory.join(name)).expect("replace a file");
+    }
+    let url = cluster.client_url(0);
+    let get = |ca: &str| {
+        etcdctl(&[
+            "--endpoints",
+            &url,
+            "--cacert",
+            ca,
+            "--command-timeout",
+            "2s",
+            "get",
+            "k",
+        ])
+    };
+    let new_ca = tls.file(CA_FILE);
+    assert!(
+        !get(&new_ca).status.success(),
+        "the new files are not read before SIGHUP"
+    );
+    let hangup = |cluster: &Cluster| {
+        let pid = cluster.members[0].child.as_ref().expect("running").id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+    };
+    hangup(&cluster);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !get(&new_ca).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            cluster.members[0].log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !get(&old_ca.display().to_string()).status.success(),
+        "the old CA no longer works"
+    );
+
+    // Files that do not load leave the settings in force.
+    std::fs::write(tls.directory.join(SERVER_CERT_FILE), b"broken").expect("break a file");
+    hangup(&cluster);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cluster.members[0].log_text().contains("not reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            cluster.members[0].log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let still = get(&new_ca);
+    assert!(still.status.success(), "{}", output_text(&still));
+}

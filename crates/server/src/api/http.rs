@@ -187,11 +187,10 @@ async fn serve_connection(
 pub async fn serve(
     api: Api,
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = router(api);
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX));
     loop {
@@ -221,7 +220,11 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::warn!(%error, "could not set TCP_NODELAY on a client connection");
         }
-        let connection = serve_connection(stream, router.clone(), acceptor.clone(), graceful.watcher());
+        // The settings in force now: a SIGHUP may have reloaded them.
+        let acceptor = tls
+            .as_ref()
+            .map(|config| tokio_rustls::TlsAcceptor::from(config.borrow().clone()));
+        let connection = serve_connection(stream, router.clone(), acceptor, graceful.watcher());
         tokio::spawn(async move {
             connection.await;
             drop(permit);
