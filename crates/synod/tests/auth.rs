@@ -405,3 +405,87 @@ fn bad_auth_token_flags_are_refused_at_start() {
         );
     }
 }
+
+/// `message` with `value` in the metadata under `key`.
+fn with<T>(key: &'static str, value: String, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(key, value.parse().expect("metadata"));
+    request
+}
+
+/// The project's own generated client, token in hand: the token in either
+/// metadata key etcd accepts, a made-up token refused as unauthenticated, and
+/// a Lock or a lease read outside the user's permissions refused.
+#[test]
+fn tokens_are_checked_by_the_projects_own_client() {
+    use synod_proto::etcdserverpb::auth_client::AuthClient;
+    use synod_proto::etcdserverpb::kv_client::KvClient;
+    use synod_proto::etcdserverpb::{AuthenticateRequest, PutRequest, RangeRequest};
+    use synod_proto::v3lockpb::lock_client::LockClient;
+    use synod_proto::v3lockpb::LockRequest;
+
+    let cluster = Cluster::start_with(3, "auth-own", &FAST_HASHES);
+    set_up_users(&cluster);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        for member in &cluster.members {
+            let channel = tonic::transport::Endpoint::from_shared(member.url())
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect");
+            let token = AuthClient::new(channel.clone())
+                .authenticate(AuthenticateRequest {
+                    name: "alice".into(),
+                    password: "alicepw".into(),
+                })
+                .await
+                .expect("authenticate")
+                .into_inner()
+                .token;
+            let put = |key: &str| PutRequest {
+                key: key.as_bytes().to_vec().into(),
+                value: b"v".to_vec().into(),
+                ..PutRequest::default()
+            };
+            let mut kv = KvClient::new(channel.clone());
+            kv.put(with("token", token.clone(), put("app/own")))
+                .await
+                .expect("token");
+            kv.put(with("authorization", format!("Bearer {token}"), put("app/own")))
+                .await
+                .expect("bearer token");
+            let denied = kv
+                .put(with("token", token.clone(), put("elsewhere")))
+                .await
+                .expect_err("outside the permission");
+            assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+            assert_eq!(denied.message(), "etcdserver: permission denied");
+            let made_up = kv
+                .range(with(
+                    "token",
+                    "0123456789abcdef0123456789abcdef".into(),
+                    RangeRequest {
+                        key: b"shared".to_vec().into(),
+                        ..RangeRequest::default()
+                    },
+                ))
+                .await
+                .expect_err("a made-up token");
+            assert_eq!(made_up.code(), tonic::Code::Unauthenticated, "{made_up:?}");
+            assert_eq!(made_up.message(), "etcdserver: invalid auth token");
+            let lock = LockClient::new(channel.clone())
+                .lock(with(
+                    "token",
+                    token.clone(),
+                    LockRequest {
+                        name: b"locks/outside".to_vec().into(),
+                        lease: 0,
+                    },
+                ))
+                .await
+                .expect_err("a lock outside the permission");
+            assert_eq!(lock.code(), tonic::Code::PermissionDenied, "{lock:?}");
+        }
+    });
+}
