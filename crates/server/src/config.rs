@@ -258,6 +258,8 @@ pub struct ServerConfig {
     /// TLS on the client port (`--cert-file` and friends); `None` for plain
     /// HTTP/2.
     pub client_tls: Option<crate::tls::TlsFiles>,
+    /// TLS between members (`--peer-cert-file` and friends); `None` for plain TCP.
+    pub peer_tls: Option<crate::tls::PeerTlsFiles>,
     /// JWT auth tokens (`--auth-token jwt,...`); `None` for etcd's default
     /// simple tokens.
     pub auth_token: Option<crate::jwt::JwtOptions>,

@@ -186,6 +186,16 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         .map(jwt::JwtKeys::load)
         .transpose()?
         .map(std::sync::Arc::new);
+    let peer_tls = config.peer_tls.as_ref().map(tls::PeerTls::load).transpose()?;
+    match &peer_tls {
+        None => {
+            tracing::warn!("the peer port speaks plain TCP: peers are not authenticated and traffic is not encrypted")
+        }
+        Some(tls) if !tls.client_cert_auth => tracing::warn!(
+            "peer TLS without --peer-client-cert-auth: traffic is encrypted, but a dialing peer is not authenticated"
+        ),
+        Some(_) => {}
+    }
     if client_tls.is_none() {
         tracing::warn!("the client port speaks plain text: clients are not authenticated and traffic is not encrypted");
     }
@@ -236,6 +246,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
             message_bytes_max,
             peer_queue_messages_max: config.tunables.peer_queue_messages_max,
             client_url: config.advertise_client_url.clone(),
+            tls: peer_tls,
         },
         inbound_sender,
         shared.clone(),

@@ -47,6 +47,19 @@ use crate::frame::{Frame, FrameCodec, FrameKind, Handshake, LocalMember, HANDSHA
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::snapshot_transfer::{SnapshotChunk, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_TRANSFER_BYTES_MAX};
+use crate::tls::{common_name, PeerTls};
+
+/// A peer connection's bytes: plain TCP, or TLS over it.
+trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> PeerIo for T {}
+type PeerStream = Box<dyn PeerIo>;
+
+/// The host part of a `HOST:PORT` peer address, as a TLS server name.
+fn server_name(address: &str) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|error| format!("{address}: {error}"))
+}
 
 /// Connections accepted at once on the peer port.
 pub const PEER_CONNECTIONS_MAX: usize = 64;
@@ -292,6 +305,8 @@ pub struct TransportConfig {
     pub peer_queue_messages_max: usize,
     /// This member's client URL, announced to each peer.
     pub client_url: String,
+    /// TLS between members (`--peer-cert-file` and friends); `None` for plain TCP.
+    pub tls: Option<PeerTls>,
 }
 
 /// Starts dialing every peer and accepting on `listener`. Messages received go
@@ -325,9 +340,16 @@ pub fn start(
         };
         tokio::spawn(dialer.run(receiver, shutdown.clone()).in_current_span());
     }
+    let names: Arc<HashMap<u64, String>> = identity
+        .members
+        .iter()
+        .map(|member| (member.id, member.name.clone()))
+        .collect::<HashMap<_, _>>()
+        .into();
     let acceptor = Acceptor {
         local,
         member_ids,
+        names,
         name: identity.name.clone(),
         config,
         inbound,
@@ -403,12 +425,37 @@ impl Dialer {
         }
     }
 
-    async fn connect(&self) -> Result<Framed<TcpStream, FrameCodec>, String> {
+    async fn connect(&self) -> Result<Framed<PeerStream, FrameCodec>, String> {
         let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(&self.address))
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|error| error.to_string())?;
         let _ = stream.set_nodelay(true);
+        let stream: PeerStream = match &self.config.tls {
+            None => Box::new(stream),
+            Some(tls) => {
+                let name = server_name(&self.address)?;
+                let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connector.connect(name, stream))
+                    .await
+                    .map_err(|_| "no TLS handshake within the timeout".to_string())?
+                    .map_err(|error| format!("TLS handshake: {error}"))?;
+                // The certificate chains to the CA and is valid for the
+                // address; it must also name the member dialed.
+                let named = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(common_name);
+                if named.as_deref() != Some(self.peer_name.as_str()) {
+                    return Err(format!(
+                        "the certificate at {} names {named:?}, not member {}",
+                        self.address, self.peer_name
+                    ));
+                }
+                Box::new(stream)
+            }
+        };
         let mut framed = Framed::new(stream, FrameCodec::new(self.config.frame_bytes_max));
         let hello = Handshake {
             protocol_version: HANDSHAKE_PROTOCOL_VERSION,
@@ -443,6 +490,8 @@ impl Dialer {
 struct Acceptor {
     local: LocalMember,
     member_ids: Arc<[u64]>,
+    /// Every member's name, by ID: what a peer's certificate must name.
+    names: Arc<HashMap<u64, String>>,
     name: String,
     config: TransportConfig,
     inbound: mpsc::Sender<(NodeId, PeerInput)>,
@@ -491,6 +540,24 @@ impl Acceptor {
 
     async fn serve(&self, stream: TcpStream, address: SocketAddr) -> Result<(), String> {
         let _ = stream.set_nodelay(true);
+        // With TLS, the common name of the certificate the peer presented
+        // (`None` inside if it presented none).
+        let (stream, certificate_name): (PeerStream, Option<Option<String>>) = match &self.config.tls {
+            None => (Box::new(stream), None),
+            Some(tls) => {
+                let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream))
+                    .await
+                    .map_err(|_| "no TLS handshake within the timeout".to_string())?
+                    .map_err(|error| format!("TLS handshake: {error}"))?;
+                let named = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(common_name);
+                (Box::new(stream), Some(named))
+            }
+        };
         let mut framed = Framed::new(stream, FrameCodec::new(self.config.frame_bytes_max));
         let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next())
             .await
@@ -500,6 +567,15 @@ impl Acceptor {
         let hello = Handshake::from_frame(&first).map_err(|error| error.to_string())?;
         if let Err(error) = hello.validate(self.local, &self.member_ids) {
             return Err(format!("refusing peer: {error}"));
+        }
+        if let (Some(named), Some(tls)) = (&certificate_name, &self.config.tls) {
+            let claimed = self.names.get(&hello.sender_member_id);
+            if tls.client_cert_auth && named.as_ref() != claimed {
+                return Err(format!(
+                    "refusing peer: it claims to be member {} but its certificate names {named:?}",
+                    claimed.map_or("?", String::as_str)
+                ));
+            }
         }
         let reply = Handshake {
             protocol_version: HANDSHAKE_PROTOCOL_VERSION,

@@ -248,6 +248,79 @@ impl ClientTls {
     }
 }
 
+/// etcd's peer TLS flags: `--peer-cert-file`, `--peer-key-file`,
+/// `--peer-trusted-ca-file`, `--peer-client-cert-auth`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerTlsFiles {
+    /// This member's certificate chain (PEM), presented both when it accepts
+    /// and when it dials; its common name must be the member's name.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// The CA every member's certificate chains to (PEM).
+    pub trusted_ca_file: PathBuf,
+    /// Whether a dialing peer must present a certificate (and so prove which
+    /// member it is). Without it, peer traffic is encrypted and the peer
+    /// dialed is authenticated, but not the peer dialing.
+    pub client_cert_auth: bool,
+}
+
+/// TLS between members: what accepts a peer and what dials one.
+#[derive(Clone)]
+pub struct PeerTls {
+    /// Accepts peers; asks for (and with `client_cert_auth` requires) a
+    /// certificate chaining to the CA.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Dials peers: trusts the CA, presents this member's certificate.
+    pub connector: tokio_rustls::TlsConnector,
+    /// `--peer-client-cert-auth`.
+    pub client_cert_auth: bool,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("PeerTls")
+            .field("client_cert_auth", &self.client_cert_auth)
+            .finish()
+    }
+}
+
+impl PeerTls {
+    /// Reads and checks the files the peer flags name.
+    pub fn load(files: &PeerTlsFiles) -> Result<PeerTls, TlsError> {
+        let chain = certificates("--peer-cert-file", &files.cert_file)?;
+        let key = private_key(&files.key_file)?;
+        let ca = certificates("--peer-trusted-ca-file", &files.trusted_ca_file)?;
+        let roots = roots(&ca)?;
+        let invalid = |error: rustls::Error| TlsError::Invalid(error.to_string());
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
+        let verifier = if files.client_cert_auth {
+            verifier
+        } else {
+            verifier.allow_unauthenticated()
+        };
+        let verifier = verifier.build().map_err(|error| TlsError::Invalid(error.to_string()))?;
+        let server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(invalid)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(invalid)?;
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(invalid)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(invalid)?;
+        Ok(PeerTls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            client_cert_auth: files.client_cert_auth,
+        })
+    }
+}
+
 /// The common name in a DER certificate's subject, if it has one.
 pub fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref()).ok()?;
@@ -277,10 +350,26 @@ pub mod generate {
         std::fs::write(&path, contents).map_err(|error| format!("cannot write {}: {error}", path.display()))
     }
 
+    /// The peer certificate of member `name` (its common name is `name`).
+    pub fn peer_cert_file(name: &str) -> String {
+        format!("peer-{name}.pem")
+    }
+
+    /// Its key.
+    pub fn peer_key_file(name: &str) -> String {
+        format!("peer-{name}-key.pem")
+    }
+
     /// Writes a new CA, a server certificate for `localhost` and
     /// `127.0.0.1`, and a client certificate for `client_name`, all signed by
     /// that CA, into `directory`.
     pub fn write(directory: &Path, client_name: &str) -> Result<(), String> {
+        write_with_peers(directory, client_name, &[])
+    }
+
+    /// [`write`], and a peer certificate for each member of `peer_names`
+    /// ([`peer_cert_file`], [`peer_key_file`]), for localhost and 127.0.0.1.
+    pub fn write_with_peers(directory: &Path, client_name: &str, peer_names: &[String]) -> Result<(), String> {
         let failed = |error: rcgen::Error| format!("cannot generate certificates: {error}");
         std::fs::create_dir_all(directory)
             .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
@@ -305,6 +394,11 @@ pub mod generate {
         write_file(directory, SERVER_KEY_FILE, &server_key)?;
         write_file(directory, CLIENT_CERT_FILE, &client)?;
         write_file(directory, CLIENT_KEY_FILE, &client_key)?;
+        for name in peer_names {
+            let (peer, peer_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], name)?;
+            write_file(directory, &peer_cert_file(name), &peer)?;
+            write_file(directory, &peer_key_file(name), &peer_key)?;
+        }
         Ok(())
     }
 }

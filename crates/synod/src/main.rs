@@ -121,6 +121,8 @@ struct ServerFlags {
     initial_cluster_token: String,
     #[command(flatten)]
     client_tls: ClientTlsFlags,
+    #[command(flatten)]
+    peer_tls: PeerTlsFlags,
     /// Auth tokens: `simple` (etcd's default), or
     /// `jwt,pub-key=PATH,priv-key=PATH,sign-method=ES256|RS256|EdDSA|...[,ttl=5m]`.
     #[arg(long, default_value = "simple")]
@@ -146,6 +148,36 @@ struct ClientTlsFlags {
     /// --trusted-ca-file.
     #[arg(long, requires = "trusted_ca_file")]
     client_cert_auth: bool,
+}
+
+/// etcd's peer TLS flags.
+#[derive(Args, Debug, Clone)]
+struct PeerTlsFlags {
+    /// This member's peer certificate (PEM), whose common name is its
+    /// --name; turns TLS on between members.
+    #[arg(long, requires_all = ["peer_key_file", "peer_trusted_ca_file"])]
+    peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file (PEM).
+    #[arg(long, requires = "peer_cert_file")]
+    peer_key_file: Option<PathBuf>,
+    /// The CA every member's peer certificate chains to (PEM).
+    #[arg(long, requires = "peer_cert_file")]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Require a dialing peer to present its certificate, which must name
+    /// the member it claims to be.
+    #[arg(long, requires = "peer_cert_file")]
+    peer_client_cert_auth: bool,
+}
+
+impl PeerTlsFlags {
+    fn files(&self) -> Option<synod_server::tls::PeerTlsFiles> {
+        Some(synod_server::tls::PeerTlsFiles {
+            cert_file: self.peer_cert_file.clone()?,
+            key_file: self.peer_key_file.clone()?,
+            trusted_ca_file: self.peer_trusted_ca_file.clone()?,
+            client_cert_auth: self.peer_client_cert_auth,
+        })
+    }
 }
 
 impl ClientTlsFlags {
@@ -191,8 +223,9 @@ struct DevFlags {
     /// Keep the members' data here (a fresh temporary directory otherwise, removed on exit).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Serve clients over TLS with a throwaway CA and certificates written
-    /// into the data directory (and print the etcdctl flags that trust them).
+    /// Serve clients, and talk between members, over TLS with a throwaway CA
+    /// and certificates written into the data directory (and print the
+    /// etcdctl flags that trust them).
     #[arg(long)]
     tls: bool,
     #[command(flatten)]
@@ -358,6 +391,7 @@ async fn server(flags: ServerFlags, shutdown: CancellationToken) -> Result<(), S
         listen_peer: flags.listen_peer,
         advertise_client_url: format!("{scheme}://{}", flags.listen_client.address),
         client_tls,
+        peer_tls: flags.peer_tls.files(),
         auth_token,
         initial_cluster: flags.initial_cluster,
         initial_cluster_state: match flags.initial_cluster_state {
@@ -472,8 +506,12 @@ async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String>
     let tls = if flags.tls {
         let directory = root.join("tls");
         // A kept data directory keeps its CA, so clients set up for it go on working.
-        if !directory.join(tls_files::CA_FILE).exists() {
-            tls_files::write(&directory, "root")?;
+        let names: Vec<String> = (0..nodes).map(|index| format!("node{}", index + 1)).collect();
+        let peers_missing = names
+            .iter()
+            .any(|name| !directory.join(tls_files::peer_cert_file(name)).exists());
+        if !directory.join(tls_files::CA_FILE).exists() || peers_missing {
+            tls_files::write_with_peers(&directory, "root", &names)?;
         }
         Some(directory)
     } else {
@@ -538,6 +576,12 @@ async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String>
                 key_file: directory.join(tls_files::SERVER_KEY_FILE),
                 trusted_ca_file: Some(directory.join(tls_files::CA_FILE)),
                 client_cert_auth: false,
+            }),
+            peer_tls: tls.as_ref().map(|directory| synod_server::tls::PeerTlsFiles {
+                cert_file: directory.join(tls_files::peer_cert_file(&name)),
+                key_file: directory.join(tls_files::peer_key_file(&name)),
+                trusted_ca_file: directory.join(tls_files::CA_FILE),
+                client_cert_auth: true,
             }),
             auth_token: None,
             initial_cluster: initial_cluster.clone(),
