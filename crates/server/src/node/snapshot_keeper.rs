@@ -75,6 +75,10 @@ pub(super) struct SnapshotKeeper {
     own: Option<OwnSnapshot>,
     /// When this member last asked a peer for a snapshot chunk.
     requested_at: Option<Instant>,
+    /// The peer asked, while a transfer is wanted: chunks from anyone else,
+    /// or when none was asked for, are ignored, so a peer cannot replace
+    /// this member's store unbidden.
+    asked_of: Option<NodeId>,
     /// The instance the peers' logs start after, as last named by the core:
     /// a snapshot must cover at least this.
     wanted: Instance,
@@ -134,6 +138,7 @@ impl SnapshotKeeper {
             durable_instance,
             own: None,
             requested_at: None,
+            asked_of: None,
             wanted: Instance(0),
             assembler: SnapshotAssembler::new(SNAPSHOT_TRANSFER_BYTES_MAX),
             served: None,
@@ -356,6 +361,7 @@ impl SnapshotKeeper {
             .is_none_or(|at| at.elapsed() >= SNAPSHOT_REQUEST_RETRY);
         if due {
             self.requested_at = Some(Instant::now());
+            self.asked_of = Some(peer);
             self.wanted = instance;
             // A transfer that stalled resumes at its next chunk, from
             // whichever peer the core names now; if that peer serves
@@ -383,9 +389,14 @@ impl SnapshotKeeper {
         peers: &PeerSender,
         status: &watch::Sender<Status>,
     ) -> Option<PeerSnapshot> {
+        if !self.solicited(from, &chunk) {
+            tracing::warn!(peer = %from, instance = %chunk.instance, "ignoring a snapshot chunk this member did not ask that peer for");
+            return None;
+        }
         let applied = status.borrow().applied_instance;
         if chunk.instance.0 <= applied {
             self.assembler.reset();
+            self.asked_of = None;
             return None;
         }
         match self.assembler.accept(chunk) {
@@ -405,6 +416,12 @@ impl SnapshotKeeper {
             Assembly::Ignored => {}
         }
         None
+    }
+
+    /// Whether `chunk` belongs to a transfer this member asked `from` for: a
+    /// peer was asked, it is that peer, and the snapshot covers what was wanted.
+    fn solicited(&self, from: NodeId, chunk: &SnapshotChunk) -> bool {
+        self.asked_of == Some(from) && chunk.instance >= self.wanted
     }
 
     /// A snapshot from a peer: made durable first, then it replaces the store
@@ -472,6 +489,7 @@ impl SnapshotKeeper {
         );
         self.durable_instance = instance.0;
         self.requested_at = None;
+        self.asked_of = None;
         self.assembler.reset();
         true
     }
@@ -491,6 +509,29 @@ mod tests {
             ..PutRequest::default()
         });
         assert!(store.apply(&request).result.is_ok());
+    }
+
+    #[test]
+    fn only_chunks_of_a_transfer_asked_for_are_taken() {
+        let path = std::env::temp_dir().join(format!("synod-node-unsolicited-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        let (acceptor, _) = crate::disk_writer::open(&path, 1 << 20).unwrap();
+        let mut keeper = SnapshotKeeper::new(acceptor.snapshots().clone(), 0);
+        let served = ServedSnapshot::new(
+            Instance(9),
+            Epoch(Ballot::new(1, 1, NodeId(2))),
+            Bytes::from_static(b"state"),
+            64,
+        );
+        let chunk = served.chunk(0).expect("a chunk");
+        assert!(!keeper.solicited(NodeId(2), &chunk), "nothing was asked for");
+        keeper.asked_of = Some(NodeId(2));
+        keeper.wanted = Instance(9);
+        assert!(!keeper.solicited(NodeId(3), &chunk), "another peer was asked");
+        assert!(keeper.solicited(NodeId(2), &chunk));
+        keeper.wanted = Instance(10);
+        assert!(!keeper.solicited(NodeId(2), &chunk), "it covers less than wanted");
+        let _ = std::fs::remove_dir_all(&path);
     }
 
     /// The path `take_if_due` and `poll_own` take, without the core:
