@@ -179,7 +179,13 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     let paxos = config.paxos_config(NodeId(identity.member_id), members)?;
     let message_bytes_max = paxos.message_bytes_max;
 
-    let client_tls = config.client_tls.as_ref().map(tls::ClientTls::load).transpose()?;
+    // With members authenticating each other and clients by certificate, a
+    // follower forwards with its peer certificate (see `TlsFiles::members`).
+    let client_tls_files = config.client_tls.clone().map(|mut files| {
+        files.members = config.peer_tls.clone().filter(|peer| peer.client_cert_auth);
+        files
+    });
+    let client_tls = client_tls_files.as_ref().map(tls::ClientTls::load).transpose()?;
     let jwt = config
         .auth_token
         .as_ref()
@@ -277,8 +283,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         client_tls.as_ref().is_some_and(|tls| tls.client_cert_auth),
         jwt,
     );
-    let server_tls = match (client_tls, &config.client_tls) {
-        (Some(loaded), Some(files)) => Some(tls::reload_on_hangup(loaded.server, files.clone(), shutdown.clone())),
+    let server_tls = match (client_tls, client_tls_files) {
+        (Some(loaded), Some(files)) => Some(tls::reload_on_hangup(loaded.server_tls(), files, shutdown.clone())),
         _ => None,
     };
     let serve = api::serve(api, client_listener, server_tls, shutdown.clone());

@@ -39,6 +39,12 @@ pub struct TlsFiles {
     /// `--client-cert-auth`: refuse a client without a certificate chaining
     /// to the trusted CA.
     pub client_cert_auth: bool,
+    /// The member's peer credentials, when members authenticate each other
+    /// (`--peer-client-cert-auth`) and clients by certificate: a follower
+    /// then forwards with its peer certificate, and a connection whose
+    /// certificate chains to the peer CA and names a member is taken as that
+    /// member's (so it may say which user a forwarded call runs as).
+    pub members: Option<PeerTlsFiles>,
 }
 
 /// Why the TLS configuration could not be built.
@@ -78,10 +84,10 @@ pub enum TlsError {
 /// ones keep theirs. Files that fail to load are logged and the settings in
 /// force stay. (Forwarding to the master keeps the files read at start.)
 pub fn reload_on_hangup(
-    initial: Arc<rustls::ServerConfig>,
+    initial: ServerTls,
     files: TlsFiles,
     shutdown: tokio_util::sync::CancellationToken,
-) -> tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>> {
+) -> tokio::sync::watch::Receiver<ServerTls> {
     let (sender, receiver) = tokio::sync::watch::channel(initial);
     #[cfg(unix)]
     tokio::spawn(async move {
@@ -101,7 +107,7 @@ pub fn reload_on_hangup(
             match ClientTls::load(&files) {
                 Ok(loaded) => {
                     tracing::info!("SIGHUP: client TLS certificates reloaded");
-                    sender.send_replace(loaded.server);
+                    sender.send_replace(loaded.server_tls());
                 }
                 Err(error) => tracing::warn!(%error, "SIGHUP: client TLS certificates not reloaded; the old ones stay"),
             }
@@ -118,6 +124,9 @@ pub fn reload_on_hangup(
 pub struct ClientCertificate {
     /// The subject's common name, if it has one.
     pub common_name: Option<String>,
+    /// The common name again if the certificate also chains to the peer CA:
+    /// the connection may be another member's (the API checks the name).
+    pub member_name: Option<String>,
 }
 
 fn read_pem(purpose: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -187,9 +196,29 @@ pub struct ClientTls {
     /// Whether every client must present a certificate (`--client-cert-auth`),
     /// whose common name then names the user of a call without a token.
     pub client_cert_auth: bool,
+    /// Verifies a certificate against the peer CA only: whether a connection
+    /// is another member's (see [`TlsFiles::members`]).
+    pub member_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+/// What the client port accepts connections with now (a SIGHUP may change it).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The rustls settings.
+    pub config: Arc<rustls::ServerConfig>,
+    /// See [`ClientTls::member_verifier`].
+    pub member_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
 
 impl ClientTls {
+    /// The parts the accept loop needs.
+    pub fn server_tls(&self) -> ServerTls {
+        ServerTls {
+            config: self.server.clone(),
+            member_verifier: self.member_verifier.clone(),
+        }
+    }
+
     /// Reads and checks the files the flags name.
     pub fn load(files: &TlsFiles) -> Result<ClientTls, TlsError> {
         if files.client_cert_auth && files.trusted_ca_file.is_none() {
@@ -204,12 +233,27 @@ impl ClientTls {
             )),
             None => None,
         };
+        // Members forwarding to this one present their peer certificates.
+        let members = match &files.members {
+            Some(members) if files.client_cert_auth => {
+                let ca = certificates("--peer-trusted-ca-file", &members.trusted_ca_file)?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots(&ca)?, provider())
+                    .build()
+                    .map_err(|error| TlsError::Invalid(error.to_string()))?;
+                Some((members, ca, verifier))
+            }
+            _ => None,
+        };
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|error| TlsError::Invalid(error.to_string()))?;
         let builder = match &trusted {
             Some((ca, _)) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider());
+                let mut accepted = ca.clone();
+                if let Some((_, peer_ca, _)) = &members {
+                    accepted.extend(peer_ca.iter().cloned());
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots(&accepted)?, provider());
                 let verifier = if files.client_cert_auth {
                     verifier
                 } else {
@@ -225,17 +269,26 @@ impl ClientTls {
             .map_err(|error| TlsError::Invalid(error.to_string()))?;
         // etcdctl and every gRPC client negotiate HTTP/2; curl may ask for either.
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let cert_pem = read_pem("--cert-file", &files.cert_file)?;
-        let key_pem = read_pem("--key-file", &files.key_file)?;
+        let (cert_pem, key_pem) = match &members {
+            Some((members, _, _)) => (
+                read_pem("--peer-cert-file", &members.cert_file)?,
+                read_pem("--peer-key-file", &members.key_file)?,
+            ),
+            None => (
+                read_pem("--cert-file", &files.cert_file)?,
+                read_pem("--key-file", &files.key_file)?,
+            ),
+        };
         let forward_ca_pem = match trusted {
             Some((_, pem)) => pem,
-            None => cert_pem.clone(),
+            None => read_pem("--cert-file", &files.cert_file)?,
         };
         Ok(ClientTls {
             server: Arc::new(server),
             forward_ca_pem,
             identity_pem: (cert_pem, key_pem),
             client_cert_auth: files.client_cert_auth,
+            member_verifier: members.map(|(_, _, verifier)| verifier),
         })
     }
 

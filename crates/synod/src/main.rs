@@ -187,6 +187,7 @@ impl ClientTlsFlags {
             key_file: self.key_file.clone()?,
             trusted_ca_file: self.trusted_ca_file.clone(),
             client_cert_auth: self.client_cert_auth,
+            members: None,
         })
     }
 }
@@ -576,6 +577,7 @@ async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String>
                 key_file: directory.join(tls_files::SERVER_KEY_FILE),
                 trusted_ca_file: Some(directory.join(tls_files::CA_FILE)),
                 client_cert_auth: false,
+                members: None,
             }),
             peer_tls: tls.as_ref().map(|directory| synod_server::tls::PeerTlsFiles {
                 cert_file: directory.join(tls_files::peer_cert_file(&name)),

@@ -489,3 +489,96 @@ fn tokens_are_checked_by_the_projects_own_client() {
         }
     });
 }
+
+/// With members authenticating each other, a follower forwards a call with
+/// the user of the client certificate it verified, and the master believes
+/// that only from a member: a client that claims to forward is not believed.
+#[test]
+fn a_certificate_user_reaches_the_master_through_a_follower_only_from_a_member() {
+    use synod_server::tls::generate::*;
+    let mut cluster = Cluster::unstarted(3, "auth-cert-forward", &[]);
+    let directory = cluster.root.0.join("tls");
+    write_with_peers(
+        &directory,
+        "root",
+        &cluster
+            .members
+            .iter()
+            .map(|member| member.name.clone())
+            .collect::<Vec<_>>(),
+    )
+    .expect("certificates");
+    let file = |name: &str| directory.join(name).display().to_string();
+    cluster.extra_args = vec![
+        "--cert-file".into(),
+        file(SERVER_CERT_FILE),
+        "--key-file".into(),
+        file(SERVER_KEY_FILE),
+        "--trusted-ca-file".into(),
+        file(CA_FILE),
+        "--client-cert-auth".into(),
+        "--peer-trusted-ca-file".into(),
+        file(CA_FILE),
+        "--peer-client-cert-auth".into(),
+    ];
+    cluster.tls = Some(common::ClusterTls {
+        directory: directory.clone(),
+        client_cert_auth: true,
+    });
+    for index in 0..3 {
+        let name = cluster.members[index].name.clone();
+        let (cert, key) = (file(&peer_cert_file(&name)), file(&peer_key_file(&name)));
+        cluster.launch_with(index, &["--peer-cert-file", &cert, "--peer-key-file", &key]);
+    }
+    let master = cluster.wait_for_master(Duration::from_secs(20));
+    for args in [
+        &["user", "add", "root", "--no-password"][..],
+        &["user", "grant-role", "root", "root"],
+        &["auth", "enable"],
+    ] {
+        let output = cluster.etcdctl(&[&["--endpoints", &cluster.client_url(master)], args].concat());
+        assert!(output.status.success(), "{args:?}: {}", output_text(&output));
+    }
+    for index in 0..3 {
+        let put = cluster.etcdctl(&[
+            "--endpoints",
+            &cluster.client_url(index),
+            "put",
+            "k",
+            &index.to_string(),
+        ]);
+        assert!(put.status.success(), "put at member {index}: {}", output_text(&put));
+    }
+
+    // The client's own certificate (common name root, not a member's) on a
+    // call that claims to be forwarded for another user.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let read = |name: &str| std::fs::read(directory.join(name)).expect("read");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(CA_FILE)))
+            .identity(tonic::transport::Identity::from_pem(
+                read(CLIENT_CERT_FILE),
+                read(CLIENT_KEY_FILE),
+            ));
+        let channel = tonic::transport::Endpoint::from_shared(cluster.client_url(master))
+            .expect("url")
+            .tls_config(tls)
+            .expect("tls")
+            .connect()
+            .await
+            .expect("connect");
+        let mut kv = synod_proto::etcdserverpb::kv_client::KvClient::new(channel);
+        let put = synod_proto::etcdserverpb::PutRequest {
+            key: b"k".to_vec().into(),
+            value: b"claimed".to_vec().into(),
+            ..Default::default()
+        };
+        let mut request = with("synod-forwarded-user", "someone".into(), put);
+        request
+            .metadata_mut()
+            .insert("synod-forwarded", "1".parse().expect("metadata"));
+        let refused = kv.put(request).await.expect_err("a claim from a client");
+        assert_eq!(refused.message(), "etcdserver: user name is empty", "{refused:?}");
+    });
+}

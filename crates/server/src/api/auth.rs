@@ -26,6 +26,11 @@ use super::{convert, Api, FORWARDED_HEADER};
 use crate::tls::ClientCertificate;
 use crate::tokens;
 
+/// Metadata key in which a follower forwarding a call names the user whose
+/// client certificate it verified; believed only on a connection whose own
+/// certificate is a member's (see [`crate::tls::TlsFiles::members`]).
+pub const FORWARDED_USER_HEADER: &str = "synod-forwarded-user";
+
 /// Metadata key of a token, as etcd's clients send it.
 pub const TOKEN_HEADER: &str = "token";
 /// The other metadata key etcd accepts a token under.
@@ -101,9 +106,19 @@ pub fn forward<T>(request: GrpcRequest<T>) -> GrpcRequest<T> {
         .into_iter()
         .filter_map(|key| request.metadata().get(key).map(|value| (key, value.clone())))
         .collect();
+    // The user of a client certificate this member verified; the master
+    // believes it only from a member.
+    let certificate_user = request
+        .extensions()
+        .get::<ClientCertificate>()
+        .and_then(|certificate| certificate.common_name.as_deref())
+        .and_then(|name| tonic::metadata::MetadataValue::try_from(name).ok());
     let mut outgoing = super::forwarded(request.into_inner());
     for (key, value) in kept {
         outgoing.metadata_mut().insert(key, value);
+    }
+    if let Some(user) = certificate_user {
+        outgoing.metadata_mut().insert(FORWARDED_USER_HEADER, user);
     }
     outgoing
 }
@@ -151,16 +166,27 @@ impl Api {
         if let Some(token) = token_of(request.metadata())? {
             return Ok(Credentials::Token(token.to_string()));
         }
-        // A forwarded call comes with the forwarding member's certificate,
-        // not the client's.
-        if self.certificate_users && !request.metadata().contains_key(FORWARDED_HEADER) {
-            let common_name = request
-                .extensions()
-                .get::<ClientCertificate>()
-                .and_then(|certificate| certificate.common_name.clone());
-            return Ok(Credentials::User(common_name));
+        if !self.certificate_users {
+            return Ok(Credentials::User(None));
         }
-        Ok(Credentials::User(None))
+        let certificate = request.extensions().get::<ClientCertificate>();
+        if !request.metadata().contains_key(FORWARDED_HEADER) {
+            return Ok(Credentials::User(
+                certificate.and_then(|certificate| certificate.common_name.clone()),
+            ));
+        }
+        // A forwarded call comes with the forwarding member's certificate,
+        // not the client's: the member says whose it verified.
+        let from_member = certificate
+            .and_then(|certificate| certificate.member_name.as_deref())
+            .is_some_and(|name| self.shared.identity.members.iter().any(|member| member.name == name));
+        let user = request
+            .metadata()
+            .get(FORWARDED_USER_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .filter(|_| from_member)
+            .map(str::to_string);
+        Ok(Credentials::User(user))
     }
 
     /// The user of a JWT this group signed, if it is valid, not expired and

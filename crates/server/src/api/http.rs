@@ -128,7 +128,7 @@ fn tls_required_router() -> axum::Router {
 async fn serve_connection(
     stream: tokio::net::TcpStream,
     router: axum::Router,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::ServerTls>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -136,7 +136,11 @@ async fn serve_connection(
     use hyper_util::service::TowerToHyperService;
 
     let builder = Builder::new(TokioExecutor::new());
-    let Some(acceptor) = tls else {
+    let Some(crate::tls::ServerTls {
+        config,
+        member_verifier,
+    }) = tls
+    else {
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(router));
         let _ = watcher.watch(connection.into_owned()).await;
         return;
@@ -152,6 +156,7 @@ async fn serve_connection(
         let _ = watcher.watch(connection.into_owned()).await;
         return;
     }
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
@@ -163,13 +168,18 @@ async fn serve_connection(
             return;
         }
     };
+    let chain = stream.get_ref().1.peer_certificates();
+    let common_name = chain.and_then(|chain| chain.first()).and_then(crate::tls::common_name);
+    let member_name = match (&member_verifier, chain) {
+        (Some(verifier), Some([leaf, intermediates @ ..])) => verifier
+            .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+            .ok()
+            .and(common_name.clone()),
+        _ => None,
+    };
     let certificate = ClientCertificate {
-        common_name: stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(crate::tls::common_name),
+        common_name,
+        member_name,
     };
     let service = tower::ServiceExt::map_request(
         router,
@@ -187,7 +197,7 @@ async fn serve_connection(
 pub async fn serve(
     api: Api,
     listener: TcpListener,
-    tls: Option<tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>>,
+    tls: Option<tokio::sync::watch::Receiver<crate::tls::ServerTls>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let router = router(api);
@@ -221,9 +231,7 @@ pub async fn serve(
             tracing::warn!(%error, "could not set TCP_NODELAY on a client connection");
         }
         // The settings in force now: a SIGHUP may have reloaded them.
-        let acceptor = tls
-            .as_ref()
-            .map(|config| tokio_rustls::TlsAcceptor::from(config.borrow().clone()));
+        let acceptor = tls.as_ref().map(|current| current.borrow().clone());
         let connection = serve_connection(stream, router.clone(), acceptor, graceful.watcher());
         tokio::spawn(async move {
             connection.await;
