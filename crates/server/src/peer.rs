@@ -22,9 +22,12 @@
 //! - Inbound: all readers share one queue of `inbound_queue_messages_max`
 //!   messages into the core. **When it is full, readers wait**, stop reading
 //!   their sockets, and TCP flow control slows the senders.
-//! - Frames are at most `frame_bytes_max` bytes; accepted connections at most
-//!   [`PEER_CONNECTIONS_MAX`]; a handshake must arrive within
-//!   [`HANDSHAKE_TIMEOUT`].
+//! - Frames are at most `frame_bytes_max` bytes; a handshake must arrive
+//!   within [`HANDSHAKE_TIMEOUT`], and at most [`PEER_HANDSHAKES_MAX`]
+//!   connections wait for theirs (the oldest gives way to a new one). After
+//!   its handshake a connection holds no such slot: there is one per member,
+//!   a new one from the same member replaces the old, and one idle for
+//!   [`PEER_IDLE_TIMEOUT`] is closed.
 //! - A failed dial is retried after a back-off from [`DIAL_BACKOFF_MIN`],
 //!   doubling up to [`DIAL_BACKOFF_MAX`].
 
@@ -38,7 +41,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use synod_paxos::{decode_message, encode_message, Ballot, Epoch, Instance, Message, NodeId};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -46,6 +49,7 @@ use tracing::Instrument;
 use crate::frame::{Frame, FrameCodec, FrameKind, Handshake, LocalMember, HANDSHAKE_PROTOCOL_VERSION};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::node::lock;
 use crate::snapshot_transfer::{SnapshotChunk, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_TRANSFER_BYTES_MAX};
 use crate::tls::{common_name, PeerTls};
 
@@ -61,8 +65,16 @@ fn server_name(address: &str) -> Result<rustls::pki_types::ServerName<'static>, 
     rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|error| format!("{address}: {error}"))
 }
 
-/// Connections accepted at once on the peer port.
-pub const PEER_CONNECTIONS_MAX: usize = 64;
+/// Accepted connections still in their handshake at once. When all are
+/// taken, the oldest is closed to admit the new one: a stranger holding
+/// sockets open cannot keep a member that redials out, since a member's
+/// handshake takes a round trip and a stranger's lingers.
+pub const PEER_HANDSHAKES_MAX: usize = 64;
+/// A member's connection that brings nothing for this long is closed; a
+/// live member sends lease renewals or their answers several times a second.
+pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most one warning about closed handshakes per this interval.
+const EVICTION_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a new connection may take to send its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// First wait before re-dialing a peer.
@@ -354,7 +366,7 @@ pub fn start(
         config,
         inbound,
         events,
-        connections: Arc::new(Semaphore::new(PEER_CONNECTIONS_MAX)),
+        slots: std::sync::Mutex::new(Slots::default()),
     };
     tokio::spawn(acceptor.run(listener, shutdown).in_current_span());
     PeerSender { queues, metrics }
@@ -496,7 +508,64 @@ struct Acceptor {
     config: TransportConfig,
     inbound: mpsc::Sender<(NodeId, PeerInput)>,
     events: Arc<dyn PeerEvents>,
-    connections: Arc<Semaphore>,
+    slots: std::sync::Mutex<Slots>,
+}
+
+/// Who holds the accepted connections: those still in their handshake, in
+/// arrival order, and one per member after it.
+#[derive(Default)]
+struct Slots {
+    next_id: u64,
+    handshaking: std::collections::VecDeque<(u64, CancellationToken)>,
+    members: HashMap<u64, (u64, CancellationToken)>,
+    evicted: u64,
+    warned_at: Option<std::time::Instant>,
+}
+
+impl Slots {
+    /// A slot for a new connection, closing the oldest handshake if all are taken.
+    fn admit(&mut self) -> (u64, CancellationToken) {
+        if self.handshaking.len() >= PEER_HANDSHAKES_MAX {
+            if let Some((_, oldest)) = self.handshaking.pop_front() {
+                oldest.cancel();
+                self.evicted += 1;
+                if self
+                    .warned_at
+                    .is_none_or(|at| at.elapsed() >= EVICTION_WARNING_INTERVAL)
+                {
+                    tracing::warn!(
+                        closed = self.evicted,
+                        limit = PEER_HANDSHAKES_MAX,
+                        "peer connections that did not finish their handshake closed to make room"
+                    );
+                    self.warned_at = Some(std::time::Instant::now());
+                    self.evicted = 0;
+                }
+            }
+        }
+        self.next_id += 1;
+        let token = CancellationToken::new();
+        self.handshaking.push_back((self.next_id, token.clone()));
+        (self.next_id, token)
+    }
+
+    /// Connection `id` finished its handshake as `member`: it leaves the
+    /// handshake queue and replaces that member's previous connection.
+    fn handshake_done(&mut self, id: u64, member: u64) {
+        let Some(at) = self.handshaking.iter().position(|(held, _)| *held == id) else {
+            return;
+        };
+        let (_, token) = self.handshaking.remove(at).expect("the position is in the queue");
+        if let Some((_, previous)) = self.members.insert(member, (id, token)) {
+            previous.cancel();
+        }
+    }
+
+    /// Connection `id` ended.
+    fn release(&mut self, id: u64) {
+        self.handshaking.retain(|(held, _)| *held != id);
+        self.members.retain(|_, (held, _)| *held != id);
+    }
 }
 
 impl Acceptor {
@@ -515,30 +584,28 @@ impl Acceptor {
                     continue;
                 }
             };
-            let Ok(permit) = this.connections.clone().try_acquire_owned() else {
-                tracing::warn!(%address, limit = PEER_CONNECTIONS_MAX, "refusing peer connection: too many connections");
-                continue;
-            };
+            let (id, slot) = lock(&this.slots).admit();
             let this = this.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(
                 async move {
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        result = this.serve(stream, address) => {
+                        _ = slot.cancelled() => {}
+                        result = this.serve(stream, address, id) => {
                             if let Err(error) = result {
                                 tracing::warn!(%address, %error, "closing peer connection");
                             }
                         }
                     }
-                    drop(permit);
+                    lock(&this.slots).release(id);
                 }
                 .in_current_span(),
             );
         }
     }
 
-    async fn serve(&self, stream: TcpStream, address: SocketAddr) -> Result<(), String> {
+    async fn serve(&self, stream: TcpStream, address: SocketAddr, id: u64) -> Result<(), String> {
         let _ = stream.set_nodelay(true);
         // With TLS, the common name of the certificate the peer presented
         // (`None` inside if it presented none).
@@ -589,8 +656,13 @@ impl Acceptor {
             .await
             .map_err(|error| error.to_string())?;
         let peer = NodeId(hello.sender_member_id);
+        lock(&self.slots).handshake_done(id, hello.sender_member_id);
         tracing::debug!(%address, peer = %hello.sender_name, "peer connection accepted");
-        while let Some(frame) = framed.next().await {
+        loop {
+            let Ok(frame) = tokio::time::timeout(PEER_IDLE_TIMEOUT, framed.next()).await else {
+                return Err(format!("{} sent nothing for {PEER_IDLE_TIMEOUT:?}", hello.sender_name));
+            };
+            let Some(frame) = frame else { break };
             let frame = frame.map_err(|error| format!("from {}: {error}", hello.sender_name))?;
             if frame.kind != FrameKind::Message {
                 return Err(format!("{} sent a second handshake", hello.sender_name));

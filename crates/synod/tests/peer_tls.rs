@@ -120,3 +120,77 @@ fn a_plain_peer_port_says_so() {
     let cluster = Cluster::start(1, "peer-plain");
     wait_for_log(&cluster, "peers are not authenticated");
 }
+
+/// 200 idle connections to a member's peer port, none of which ever sends a
+/// handshake: the group goes on committing, and a member restarted in the
+/// middle of it gets its connections through and catches up.
+#[test]
+fn idle_strangers_on_the_peer_port_do_not_lock_members_out() {
+    let mut cluster = Cluster::start(3, "peer-idle");
+    let master = cluster.wait_for_master(Duration::from_secs(20));
+    let peer_port = cluster.members[master].peer_port;
+    // 200 connections that never send a byte, each reopened as soon as the
+    // member closes it: the slots stay taken for as long as the test runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let strangers = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let open = || {
+                let stream = std::net::TcpStream::connect(("127.0.0.1", peer_port)).ok()?;
+                stream.set_nonblocking(true).ok()?;
+                Some(stream)
+            };
+            let mut held: Vec<std::net::TcpStream> = (0..200).filter_map(|_| open()).collect();
+            let mut reopened = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for stream in held.iter_mut() {
+                    let mut byte = [0u8; 1];
+                    let alive = matches!(stream.peek(&mut byte), Err(ref error) if error.kind() == std::io::ErrorKind::WouldBlock);
+                    if !alive {
+                        if let Some(fresh) = open() {
+                            *stream = fresh;
+                            reopened += 1;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (held.len(), reopened)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    put_get(&cluster, master, "while-strangers-wait");
+    let follower = (master + 1) % 3;
+    cluster.kill(follower);
+    put_get(&cluster, master, "while-it-was-down");
+    cluster.launch(follower);
+    // The restarted member must reach the master's peer port through the
+    // strangers to learn what it missed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let endpoint = cluster.members[follower].endpoint();
+        let got = etcdctl(&[
+            "--endpoints",
+            &endpoint,
+            "--command-timeout",
+            "2s",
+            "get",
+            "while-it-was-down",
+            "--print-value-only",
+            "--consistency=s",
+        ]);
+        if String::from_utf8_lossy(&got.stdout) == "v\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted member never caught up: {}",
+            output_text(&got)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait_for_log(&cluster, "did not finish their handshake closed to make room");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (held, reopened) = strangers.join().expect("the strangers' thread");
+    assert!(held >= 150, "only {held} connections held ({reopened} reopened)");
+}
