@@ -16,7 +16,8 @@
 //!
 //! # Bounds and back-pressure
 //!
-//! - Outbound: one queue per peer of `peer_queue_messages_max` messages.
+//! - Outbound: one queue per peer of `peer_queue_messages_max` messages and
+//!   [`queue_bytes_max`] bytes.
 //!   **When it is full, new messages are dropped** (and counted): the core
 //!   retransmits whatever matters, and a dead peer must not grow memory.
 //! - Inbound: all readers share one queue of `inbound_queue_messages_max`
@@ -282,10 +283,28 @@ pub trait PeerEvents: Send + Sync + 'static {
     fn client_url(&self, peer: NodeId, url: String);
 }
 
+/// Bytes of payloads queued for one peer before new ones are dropped, at
+/// least: [`queue_bytes_max`] raises it to four of the largest frames.
+pub const PEER_QUEUE_BYTES_MAX: usize = 64 << 20;
+
+/// The byte bound of one peer's queue for frames of at most `frame_bytes_max`.
+pub fn queue_bytes_max(frame_bytes_max: u32) -> usize {
+    PEER_QUEUE_BYTES_MAX.max(4 * frame_bytes_max as usize)
+}
+
+/// One peer's outbound queue: bounded in messages by the channel and in
+/// bytes by `bytes` (what is queued and not yet taken by the dialer).
+#[derive(Debug)]
+struct PeerQueue {
+    sender: mpsc::Sender<Bytes>,
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
+    bytes_max: usize,
+}
+
 /// The sending side, used by the core task.
 #[derive(Debug)]
 pub struct PeerSender {
-    queues: HashMap<NodeId, mpsc::Sender<Bytes>>,
+    queues: HashMap<NodeId, PeerQueue>,
     metrics: Arc<Metrics>,
 }
 
@@ -295,12 +314,16 @@ impl PeerSender {
         self.send_payload(to, Payload::encode_message(message));
     }
 
-    /// Queues an encoded payload for `to`; drops it if that peer's queue is full.
+    /// Queues an encoded payload for `to`; drops it if that peer's queue is
+    /// full, in messages or in bytes.
     pub fn send_payload(&self, to: NodeId, payload: Bytes) {
         let Some(queue) = self.queues.get(&to) else {
             return;
         };
-        if queue.try_send(payload).is_err() {
+        let length = payload.len();
+        let queued = queue.bytes.fetch_add(length, Ordering::Relaxed);
+        if queued + length > queue.bytes_max || queue.sender.try_send(payload).is_err() {
+            queue.bytes.fetch_sub(length, Ordering::Relaxed);
             self.metrics.peer_messages_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -340,7 +363,16 @@ pub fn start(
     let mut queues = HashMap::new();
     for peer in identity.members.iter().filter(|member| member.id != identity.member_id) {
         let (sender, receiver) = mpsc::channel(config.peer_queue_messages_max);
-        queues.insert(NodeId(peer.id), sender);
+        let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let bytes_max = queue_bytes_max(config.frame_bytes_max);
+        queues.insert(
+            NodeId(peer.id),
+            PeerQueue {
+                sender,
+                bytes: bytes.clone(),
+                bytes_max,
+            },
+        );
         let dialer = Dialer {
             local,
             member_ids: member_ids.clone(),
@@ -350,7 +382,7 @@ pub fn start(
             address: peer.peer_address.clone(),
             config: config.clone(),
         };
-        tokio::spawn(dialer.run(receiver, shutdown.clone()).in_current_span());
+        tokio::spawn(dialer.run(receiver, bytes, shutdown.clone()).in_current_span());
     }
     let names: Arc<HashMap<u64, String>> = identity
         .members
@@ -383,7 +415,17 @@ struct Dialer {
 }
 
 impl Dialer {
-    async fn run(self, mut queue: mpsc::Receiver<Bytes>, shutdown: CancellationToken) {
+    async fn run(
+        self,
+        mut queue: mpsc::Receiver<Bytes>,
+        queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+        shutdown: CancellationToken,
+    ) {
+        // Every payload taken off the queue leaves its byte count.
+        let taken = |payload: Bytes| {
+            queued_bytes.fetch_sub(payload.len(), Ordering::Relaxed);
+            payload
+        };
         let mut backoff = DIAL_BACKOFF_MIN;
         let mut last_error = String::new();
         loop {
@@ -401,13 +443,13 @@ impl Dialer {
                             _ = shutdown.cancelled() => return,
                             payload = queue.recv() => payload,
                         };
-                        let Some(payload) = payload else { return };
+                        let Some(payload) = payload.map(taken) else { return };
                         if let Err(error) = framed.feed(Frame::message(payload)).await {
                             break error.to_string();
                         }
                         // Send everything already queued before one flush.
                         let mut failed = None;
-                        while let Ok(payload) = queue.try_recv() {
+                        while let Ok(payload) = queue.try_recv().map(taken) {
                             if let Err(error) = framed.feed(Frame::message(payload)).await {
                                 failed = Some(error.to_string());
                                 break;
@@ -690,6 +732,35 @@ impl Acceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_queue_is_bounded_in_bytes() {
+        let (sender, mut receiver) = mpsc::channel(1_000);
+        let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let metrics = Arc::new(Metrics::default());
+        let peers = PeerSender {
+            queues: HashMap::from([(
+                NodeId(2),
+                PeerQueue {
+                    sender,
+                    bytes: bytes.clone(),
+                    bytes_max: 1_000,
+                },
+            )]),
+            metrics: metrics.clone(),
+        };
+        for _ in 0..3 {
+            peers.send_payload(NodeId(2), Bytes::from(vec![0u8; 400]));
+        }
+        assert_eq!(bytes.load(Ordering::Relaxed), 800, "the third would pass 1,000 bytes");
+        assert_eq!(metrics.peer_messages_dropped.load(Ordering::Relaxed), 1);
+        let taken = receiver.try_recv().expect("queued");
+        bytes.fetch_sub(taken.len(), Ordering::Relaxed);
+        peers.send_payload(NodeId(2), Bytes::from(vec![0u8; 400]));
+        assert_eq!(bytes.load(Ordering::Relaxed), 800, "room again once one left");
+        assert_eq!(queue_bytes_max(16 << 20), 64 << 20);
+        assert_eq!(queue_bytes_max(32 << 20), 128 << 20);
+    }
 
     #[test]
     fn payloads_round_trip_and_garbage_is_refused() {
