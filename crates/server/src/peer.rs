@@ -76,6 +76,9 @@ pub const PEER_HANDSHAKES_MAX: usize = 64;
 pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most one warning about closed handshakes per this interval.
 const EVICTION_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+/// Largest frame read before a connection's handshake is done, in bytes: a
+/// handshake is under 300, so a stranger makes this member buffer no more.
+pub const HANDSHAKE_FRAME_BYTES_MAX: u32 = 1_024;
 /// How long a new connection may take to send its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// First wait before re-dialing a peer.
@@ -510,7 +513,7 @@ impl Dialer {
                 Box::new(stream)
             }
         };
-        let mut framed = Framed::new(stream, FrameCodec::new(self.config.frame_bytes_max));
+        let mut framed = Framed::new(stream, FrameCodec::new(HANDSHAKE_FRAME_BYTES_MAX));
         let hello = Handshake {
             protocol_version: HANDSHAKE_PROTOCOL_VERSION,
             cluster_id: self.local.cluster_id,
@@ -535,6 +538,8 @@ impl Dialer {
                 self.address, reply.sender_member_id, self.peer_id
             ));
         }
+        // Handshakes done: frames may now be as large as the transport allows.
+        let mut framed = framed.map_codec(|_| FrameCodec::new(self.config.frame_bytes_max));
         let announce = Frame::message(Payload::encode_client_url(&self.config.client_url));
         framed.send(announce).await.map_err(|error| error.to_string())?;
         Ok(framed)
@@ -667,7 +672,7 @@ impl Acceptor {
                 (Box::new(stream), Some(named))
             }
         };
-        let mut framed = Framed::new(stream, FrameCodec::new(self.config.frame_bytes_max));
+        let mut framed = Framed::new(stream, FrameCodec::new(HANDSHAKE_FRAME_BYTES_MAX));
         let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next())
             .await
             .map_err(|_| "no handshake within the timeout".to_string())?
@@ -700,6 +705,9 @@ impl Acceptor {
         let peer = NodeId(hello.sender_member_id);
         lock(&self.slots).handshake_done(id, hello.sender_member_id);
         tracing::debug!(%address, peer = %hello.sender_name, "peer connection accepted");
+        // Only a member gets past its handshake: its frames may now be as
+        // large as the transport allows.
+        let mut framed = framed.map_codec(|_| FrameCodec::new(self.config.frame_bytes_max));
         loop {
             let Ok(frame) = tokio::time::timeout(PEER_IDLE_TIMEOUT, framed.next()).await else {
                 return Err(format!("{} sent nothing for {PEER_IDLE_TIMEOUT:?}", hello.sender_name));
@@ -732,6 +740,28 @@ impl Acceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_handshake_fits_the_bound_before_handshakes() {
+        let hello = Handshake {
+            protocol_version: HANDSHAKE_PROTOCOL_VERSION,
+            cluster_id: u64::MAX,
+            sender_member_id: u64::MAX,
+            receiver_member_id: u64::MAX,
+            sender_name: "n".repeat(crate::frame::NAME_BYTES_MAX),
+        };
+        let frame = hello.to_frame().expect("a handshake frame");
+        assert!(frame.frame_bytes() <= u64::from(HANDSHAKE_FRAME_BYTES_MAX));
+        let mut buffer = bytes::BytesMut::new();
+        let mut codec = FrameCodec::new(HANDSHAKE_FRAME_BYTES_MAX);
+        tokio_util::codec::Encoder::encode(&mut codec, frame, &mut buffer).expect("encodes");
+        // A first frame announcing more is refused from its header alone.
+        let big = Frame::message(Bytes::from(vec![0u8; 4_096]));
+        let mut wide = bytes::BytesMut::new();
+        tokio_util::codec::Encoder::encode(&mut FrameCodec::new(1 << 20), big, &mut wide).expect("encodes");
+        wide.truncate(crate::frame::HEADER_BYTES);
+        assert!(tokio_util::codec::Decoder::decode(&mut codec, &mut wide).is_err());
+    }
 
     #[test]
     fn a_peer_queue_is_bounded_in_bytes() {
