@@ -77,7 +77,8 @@ pub const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most one warning about closed handshakes per this interval.
 const EVICTION_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// Largest frame read before a connection's handshake is done, in bytes: a
-/// handshake is under 300, so a stranger makes this member buffer no more.
+/// handshake is under 300, and a stranger's first frame announcing more is
+/// refused from its header, before any room is reserved for it.
 pub const HANDSHAKE_FRAME_BYTES_MAX: u32 = 1_024;
 /// How long a new connection may take to send its handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
