@@ -52,7 +52,7 @@ use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::node::lock;
 use crate::snapshot_transfer::{SnapshotChunk, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_TRANSFER_BYTES_MAX};
-use crate::tls::{common_name, PeerTls};
+use crate::tls::{peer_common_name, PeerTls};
 
 /// A peer connection's bytes: plain TCP, or TLS over it.
 trait PeerIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -499,12 +499,7 @@ impl Dialer {
                     .map_err(|error| format!("TLS handshake: {error}"))?;
                 // The certificate chains to the CA and is valid for the
                 // address; it must also name the member dialed.
-                let named = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .and_then(common_name);
+                let named = peer_common_name(stream.get_ref().1);
                 if named.as_deref() != Some(self.peer_name.as_str()) {
                     return Err(format!(
                         "the certificate at {} names {named:?}, not member {}",
@@ -664,12 +659,7 @@ impl Acceptor {
                     .await
                     .map_err(|_| "no TLS handshake within the timeout".to_string())?
                     .map_err(|error| format!("TLS handshake: {error}"))?;
-                let named = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .and_then(common_name);
+                let named = peer_common_name(stream.get_ref().1);
                 (Box::new(stream), Some(named))
             }
         };

@@ -374,6 +374,15 @@ impl PeerTls {
     }
 }
 
+/// The common name of the leaf certificate the other side of a TLS
+/// connection presented, if it presented one with a common name.
+pub fn peer_common_name(connection: &rustls::CommonState) -> Option<String> {
+    connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(common_name)
+}
+
 /// The common name in a DER certificate's subject, if it has one.
 pub fn common_name(certificate: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref()).ok()?;

@@ -169,7 +169,7 @@ async fn serve_connection(
         }
     };
     let chain = stream.get_ref().1.peer_certificates();
-    let common_name = chain.and_then(|chain| chain.first()).and_then(crate::tls::common_name);
+    let common_name = crate::tls::peer_common_name(stream.get_ref().1);
     let member_name = match (&member_verifier, chain) {
         (Some(verifier), Some([leaf, intermediates @ ..])) => verifier
             .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
