@@ -307,7 +307,9 @@ impl Api {
         }
     }
 
-    /// The header of an auth read at the master, after its read point.
+    /// The header of an auth read at the master, after its read point: taken
+    /// before the caller is checked, so the check sees every auth change that
+    /// finished before the call.
     async fn auth_read_header(&self) -> Result<Option<ResponseHeader>, Status> {
         self.linearizable_point().await?;
         let revision = self.shared.store().revision();
@@ -470,10 +472,10 @@ impl Auth for Api {
         at_master!(self, request, user_get);
         let caller = self.caller(&request).await?;
         let name = request.into_inner().name;
+        let header = self.auth_read_header().await?;
         if caller.user() != Some(name.as_str()) {
             self.check_admin(&caller)?;
         }
-        let header = self.auth_read_header().await?;
         let store = self.shared.store();
         let user = store
             .auth()
@@ -490,8 +492,9 @@ impl Auth for Api {
         request: GrpcRequest<AuthUserListRequest>,
     ) -> Result<GrpcResponse<AuthUserListResponse>, Status> {
         at_master!(self, request, user_list);
-        self.check_admin(&self.caller(&request).await?)?;
+        let caller = self.caller(&request).await?;
         let header = self.auth_read_header().await?;
+        self.check_admin(&caller)?;
         let users = self.shared.store().auth().user_names();
         Ok(GrpcResponse::new(AuthUserListResponse { header, users }))
     }
@@ -576,6 +579,7 @@ impl Auth for Api {
         at_master!(self, request, role_get);
         let caller = self.caller(&request).await?;
         let role = request.into_inner().role;
+        let header = self.auth_read_header().await?;
         let own = caller.user().is_some_and(|user| {
             let store = self.shared.store();
             store.auth().user(user).is_some_and(|user| user.roles.contains(&role))
@@ -583,7 +587,6 @@ impl Auth for Api {
         if !own {
             self.check_admin(&caller)?;
         }
-        let header = self.auth_read_header().await?;
         let store = self.shared.store();
         let found = store
             .auth()
@@ -606,8 +609,9 @@ impl Auth for Api {
         request: GrpcRequest<AuthRoleListRequest>,
     ) -> Result<GrpcResponse<AuthRoleListResponse>, Status> {
         at_master!(self, request, role_list);
-        self.check_admin(&self.caller(&request).await?)?;
+        let caller = self.caller(&request).await?;
         let header = self.auth_read_header().await?;
+        self.check_admin(&caller)?;
         let roles = self.shared.store().auth().role_names();
         Ok(GrpcResponse::new(AuthRoleListResponse { header, roles }))
     }

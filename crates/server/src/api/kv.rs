@@ -132,8 +132,13 @@ impl Kv for Api {
         }
         let caller = self.caller(&request).await?;
         let range = convert::range_request(request.into_inner())?;
+        // A linearizable read is checked after its read point, against an
+        // auth state that holds every change finished before it was asked.
+        if !serializable {
+            self.linearizable_point().await?;
+        }
         self.check_read(&caller, &range.key, &range.range_end)?;
-        Ok(GrpcResponse::new(self.read_here(range, !serializable).await?))
+        Ok(GrpcResponse::new(self.read_here(range, false).await?))
     }
 
     async fn put(&self, request: GrpcRequest<PutRequest>) -> Result<GrpcResponse<PutResponse>, Status> {

@@ -466,8 +466,8 @@ impl Election for Api {
         let name = request.into_inner().name;
         check_name(&name)?;
         let prefix = prefix_of(&name);
-        self.check_read(&caller, &prefix, &prefix_end(&prefix))?;
         self.linearizable_point().await?;
+        self.check_read(&caller, &prefix, &prefix_end(&prefix))?;
         let holder = self
             .holder(&prefix)?
             .ok_or_else(|| Status::not_found("election: no leader"))?;
