@@ -486,6 +486,25 @@ fn tokens_are_checked_by_the_projects_own_client() {
                 .await
                 .expect_err("a lock outside the permission");
             assert_eq!(lock.code(), tonic::Code::PermissionDenied, "{lock:?}");
+
+            // A keep-alive stream with a Bearer token, forwarded by a
+            // follower with the caller's credentials.
+            use synod_proto::etcdserverpb::lease_client::LeaseClient;
+            use synod_proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest};
+            let mut leases = LeaseClient::new(channel.clone());
+            let granted = leases
+                .lease_grant(with("token", token.clone(), LeaseGrantRequest { ttl: 60, id: 0 }))
+                .await
+                .expect("grant")
+                .into_inner();
+            let keep_alives = tonic::codegen::tokio_stream::iter([LeaseKeepAliveRequest { id: granted.id }]);
+            let mut answers = leases
+                .lease_keep_alive(with("authorization", format!("Bearer {token}"), keep_alives))
+                .await
+                .expect("keep-alive stream")
+                .into_inner();
+            let answer = answers.message().await.expect("keep-alive answer").expect("an answer");
+            assert_eq!(answer.ttl, 60, "{answer:?}");
         }
     });
 }

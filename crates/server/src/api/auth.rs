@@ -102,10 +102,21 @@ fn token_of(metadata: &MetadataMap) -> Result<Option<&str>, Status> {
 /// The metadata a follower passes on when it forwards a call to the master:
 /// the forwarded mark, the caller's token and a sequencer.
 pub fn forward<T>(request: GrpcRequest<T>) -> GrpcRequest<T> {
-    let kept: Vec<_> = [TOKEN_HEADER, AUTHORIZATION_HEADER, SEQUENCER_HEADER]
-        .into_iter()
-        .filter_map(|key| request.metadata().get(key).map(|value| (key, value.clone())))
-        .collect();
+    let metadata = forwarded_metadata(&request);
+    let mut outgoing = GrpcRequest::new(request.into_inner());
+    *outgoing.metadata_mut() = metadata;
+    outgoing
+}
+
+/// The metadata of a call forwarded on behalf of `request` ([`forward`]), for
+/// a call built anew (a stream opened towards the master).
+pub fn forwarded_metadata<T>(request: &GrpcRequest<T>) -> MetadataMap {
+    let mut outgoing = super::forwarded(());
+    for key in [TOKEN_HEADER, AUTHORIZATION_HEADER, SEQUENCER_HEADER] {
+        if let Some(value) = request.metadata().get(key) {
+            outgoing.metadata_mut().insert(key, value.clone());
+        }
+    }
     // The user of a client certificate this member verified; the master
     // believes it only from a member.
     let certificate_user = request
@@ -113,14 +124,10 @@ pub fn forward<T>(request: GrpcRequest<T>) -> GrpcRequest<T> {
         .get::<ClientCertificate>()
         .and_then(|certificate| certificate.common_name.as_deref())
         .and_then(|name| tonic::metadata::MetadataValue::try_from(name).ok());
-    let mut outgoing = super::forwarded(request.into_inner());
-    for (key, value) in kept {
-        outgoing.metadata_mut().insert(key, value);
-    }
     if let Some(user) = certificate_user {
         outgoing.metadata_mut().insert(FORWARDED_USER_HEADER, user);
     }
-    outgoing
+    outgoing.into_parts().0
 }
 
 /// A new request carrying `message` with the credentials of `from` (its

@@ -18,10 +18,10 @@ use synod_proto::etcdserverpb::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::{Ascii, MetadataValue};
+use tonic::metadata::MetadataMap;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status, Streaming};
 
-use super::{convert, forward, forwarded, no_leader, Api, TOKEN_HEADER};
+use super::{convert, forward, forwarded_metadata, no_leader, Api};
 use crate::node::Command;
 
 /// Keep-alive responses queued for one client stream before it stops reading requests.
@@ -61,15 +61,13 @@ impl Api {
         &self,
         channel: tonic::transport::Channel,
         upstream: &mut Option<Upstream>,
-        token: Option<&MetadataValue<Ascii>>,
+        metadata: &MetadataMap,
         id: i64,
     ) -> Result<LeaseKeepAliveResponse, Status> {
         if upstream.is_none() {
             let (requests, receiver) = mpsc::channel(KEEP_ALIVE_QUEUE_MAX);
-            let mut outgoing = forwarded(ReceiverStream::new(receiver));
-            if let Some(token) = token {
-                outgoing.metadata_mut().insert(TOKEN_HEADER, token.clone());
-            }
+            let mut outgoing = GrpcRequest::new(ReceiverStream::new(receiver));
+            *outgoing.metadata_mut() = metadata.clone();
             let responses = LeaseClient::new(channel).lease_keep_alive(outgoing).await?.into_inner();
             *upstream = Some(Upstream { requests, responses });
         }
@@ -96,7 +94,7 @@ impl Api {
     async fn keep_alive(
         &self,
         upstream: &mut Option<Upstream>,
-        token: Option<&MetadataValue<Ascii>>,
+        metadata: &MetadataMap,
         id: i64,
     ) -> Result<LeaseKeepAliveResponse, Status> {
         let probe = GrpcRequest::new(());
@@ -105,9 +103,9 @@ impl Api {
             return self.keep_alive_here(id).await;
         };
         let had_upstream = upstream.is_some();
-        match self.keep_alive_forwarded(channel, upstream, token, id).await {
+        match self.keep_alive_forwarded(channel, upstream, metadata, id).await {
             Err(_) if had_upstream => match self.route(&probe)? {
-                Some(channel) => self.keep_alive_forwarded(channel, upstream, token, id).await,
+                Some(channel) => self.keep_alive_forwarded(channel, upstream, metadata, id).await,
                 None => self.keep_alive_here(id).await,
             },
             answer => answer,
@@ -173,9 +171,9 @@ impl Lease for Api {
     ) -> Result<GrpcResponse<Self::LeaseKeepAliveStream>, Status> {
         let is_forwarded = request.metadata().contains_key(super::FORWARDED_HEADER);
         // The caller is checked once, when the stream opens; a follower passes
-        // the token on to the master, which checks it again.
+        // the caller's credentials on to the master, which checks them again.
         self.check_authenticated(&self.caller(&request).await?)?;
-        let token = request.metadata().get(TOKEN_HEADER).cloned();
+        let metadata = forwarded_metadata(&request);
         let mut incoming = request.into_inner();
         let (sender, receiver) = mpsc::channel(KEEP_ALIVE_QUEUE_MAX);
         let api = self.clone();
@@ -185,7 +183,7 @@ impl Lease for Api {
                 let answer = if is_forwarded && !api.shared.current_status().is_master {
                     Err(no_leader())
                 } else {
-                    api.keep_alive(&mut upstream, token.as_ref(), keep_alive.id).await
+                    api.keep_alive(&mut upstream, &metadata, keep_alive.id).await
                 };
                 let failed = answer.is_err();
                 if sender.send(answer).await.is_err() || failed {

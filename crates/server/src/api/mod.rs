@@ -47,7 +47,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use crate::node::{lock as lock_mutex, Command, Shared, WriteError};
-pub use auth::{forward, with_credentials_of, Caller, TOKEN_HEADER};
+pub use auth::{forward, forwarded_metadata, with_credentials_of, Caller};
 pub use convert::HeaderIdentity;
 
 /// Metadata key marking a call forwarded by a follower to the master.
