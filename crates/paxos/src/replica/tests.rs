@@ -472,3 +472,24 @@ fn a_peer_message_with_a_counter_out_of_range_or_a_foreign_ballot_is_refused_unr
     assert!(matches!(replica.take_ready().messages[0].message, Message::Promise { ballot, .. } if ballot == highest));
     assert_eq!(replica.messages_invalid(), count);
 }
+
+#[test]
+fn the_planted_bug_takes_a_round_out_of_range() {
+    // What the simulator must catch: the promise reaches `u64::MAX`, so no
+    // candidate can outbid it again.
+    let mut buggy = acceptor(PlantedBugs {
+        skip_message_validation: true,
+        ..PlantedBugs::default()
+    });
+    let hostile = Ballot::new(u64::MAX, 1, NodeId(2));
+    buggy.step(
+        LATER,
+        NodeId(2),
+        Message::Prepare {
+            ballot: hostile,
+            from: Instance(1),
+        },
+    );
+    assert_eq!(buggy.meta().promised, hostile);
+    assert_eq!(buggy.messages_invalid(), 0);
+}
