@@ -2,6 +2,7 @@
 //! seed. The replicas run the very same `synod_paxos::Replica` the server runs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::panic::{self, AssertUnwindSafe};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -725,6 +726,23 @@ impl Simulation {
 
     /// Runs the safety phase, then the liveness phase; returns the report.
     pub fn run(mut self) -> RunReport {
+        // A panic (an assert of the core, or arithmetic that overflows with
+        // overflow checks on) fails the run like any check, with its seed,
+        // instead of ending every other seed's run too.
+        let ran = panic::catch_unwind(AssertUnwindSafe(|| self.run_phases()));
+        if let Err(payload) = ran {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|message| message.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            self.fail(format!("panicked: {message}"));
+        }
+        self.finish()
+    }
+
+    /// Steps the group through both phases until their end or a failure.
+    fn run_phases(&mut self) {
         let end_ms = self.mix.safety_ms + self.mix.liveness_ms;
         let mut liveness_started = false;
         while self.now_ms() < end_ms && self.failure.is_none() {
@@ -752,6 +770,10 @@ impl Simulation {
             }
             self.now_us += 1_000;
         }
+    }
+
+    /// Runs the checks of the run's end and reports.
+    fn finish(mut self) -> RunReport {
         if self.failure.is_none() {
             self.check_liveness();
         }
