@@ -16,6 +16,7 @@ use synod_paxos::{
 };
 
 use crate::history::{History, OperationKind, Verdict};
+use crate::hostile;
 use crate::network::{Network, PartitionKind};
 use crate::replica_disk::{add_counts, NodeDisk, Snapshot, Transfer};
 use crate::swarm::{ChurnMix, FaultMix, SimBugs};
@@ -34,6 +35,8 @@ const LAZY_SYNC_MS: u64 = 500;
 const QUIET_MS: u64 = 2_000;
 /// Mixed into the seed for the master-churn faults' own generator.
 const CHURN_SEED_MASK: u64 = 0x6368_7572_6e5f_6d78;
+/// Mixed into the seed for the hostile messages' own generator.
+const HOSTILE_SEED_MASK: u64 = 0x686f_7374_696c_655f;
 
 /// Everything one run needs: the seed decides all the rest.
 #[derive(Clone, Debug)]
@@ -48,6 +51,10 @@ pub struct RunConfig {
     /// Whether the seed also draws faults aimed at the master ([`ChurnMix`]).
     /// Off only to replay seeds recorded before those faults existed.
     pub churn: bool,
+    /// Whether the network may carry hostile messages
+    /// ([`FaultMix::hostile_probability`]). Refused unread, they change
+    /// nothing else, so seeds replay the same either way; off to show that.
+    pub hostile: bool,
 }
 
 /// Counts of what a run did, for the long mode's report.
@@ -63,6 +70,12 @@ pub struct Stats {
     pub messages_duplicated: u64,
     /// Message copies held up far longer than usual, so they arrive out of order.
     pub messages_long_delayed: u64,
+    /// Hostile variants of messages the network carried along
+    /// ([`FaultMix::hostile_probability`]), counted in no other message count.
+    pub messages_hostile: u64,
+    /// Of those, the ones that reached a running replica's `step` and that it
+    /// refused ([`Replica::messages_invalid`]): all that reached one.
+    pub hostile_messages_refused: u64,
     /// Partitions started, by [`PartitionKind`] in the order it declares them:
     /// symmetric, one-way, majority/minority, bridge.
     pub partitions: [u64; 4],
@@ -119,6 +132,8 @@ impl Stats {
         self.messages_dropped += other.messages_dropped;
         self.messages_duplicated += other.messages_duplicated;
         self.messages_long_delayed += other.messages_long_delayed;
+        self.messages_hostile += other.messages_hostile;
+        self.hostile_messages_refused += other.hostile_messages_refused;
         for (mine, theirs) in self.partitions.iter_mut().zip(other.partitions) {
             *mine += theirs;
         }
@@ -210,6 +225,12 @@ pub struct Simulation {
     /// The master-churn faults and their own generator.
     churn: ChurnMix,
     churn_rng: ChaCha8Rng,
+    /// Chooses which messages get a hostile variant, and the variants.
+    hostile_rng: ChaCha8Rng,
+    /// The first message a replica's `step` got wrong: a hostile one it did
+    /// not refuse, or one of the replicas' own that it refused. Reported after
+    /// the other checks, so that what a taken message led to is named first.
+    misjudged: Option<String>,
     paxos: Config,
     nodes: Vec<Node>,
     network: Network,
@@ -256,7 +277,11 @@ impl Simulation {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let members: Vec<NodeId> = (1..=config.replicas as u64).map(NodeId).collect();
         let mut paxos = sim_paxos_config(members[0], members.clone());
-        let mix = FaultMix::draw(&mut rng, config.replicas, paxos.clock_drift_max_ppm);
+        let mut hostile_rng = ChaCha8Rng::seed_from_u64(config.seed ^ HOSTILE_SEED_MASK);
+        let mut mix = FaultMix::draw(&mut rng, &mut hostile_rng, config.replicas, paxos.clock_drift_max_ppm);
+        if !config.hostile {
+            mix.hostile_probability = 0.0;
+        }
         let mut churn_rng = ChaCha8Rng::seed_from_u64(config.seed ^ CHURN_SEED_MASK);
         let churn = if config.churn && !mix.calm {
             ChurnMix::draw(&mut churn_rng)
@@ -317,6 +342,8 @@ impl Simulation {
             mix,
             churn,
             churn_rng,
+            hostile_rng,
+            misjudged: None,
             paxos,
             nodes,
             network: Network::new(),
@@ -453,6 +480,20 @@ impl Simulation {
         let mut messages = ready.messages;
         let crash_after_send = self.churn_messages(index, &mut messages);
         for envelope in messages {
+            // Once a replica took one, the run has failed: more would only
+            // hide what that one led to, which the other checks then name.
+            if !self.in_liveness_phase()
+                && self.misjudged.is_none()
+                && self.mix.hostile_probability > 0.0
+                && self.hostile_rng.random_bool(self.mix.hostile_probability)
+            {
+                let rng = &mut self.hostile_rng;
+                if let Some(variant) = hostile::variant(rng, &envelope.message, from, &self.paxos.members) {
+                    let latency_us = rng.random_range(latency.0..=latency.1);
+                    self.network
+                        .inject_hostile(self.now_us + latency_us, from, envelope.to, variant);
+                }
+            }
             self.network.send(
                 &mut self.rng,
                 self.now_us,
@@ -784,6 +825,15 @@ impl Simulation {
                 Verdict::Violation(message) => self.fail(message),
             }
         }
+        if let Some(misjudged) = self.misjudged.take() {
+            let misjudged = format!("message validation: {misjudged}");
+            if self.failure.is_some() {
+                // What the message led to was caught first; say what it was.
+                self.trace.push(misjudged);
+            } else {
+                self.fail(misjudged);
+            }
+        }
         if self.failure.is_some() {
             for node in &self.nodes {
                 let state = match &node.replica {
@@ -798,6 +848,7 @@ impl Simulation {
         self.stats.messages_dropped = self.network.counters.dropped;
         self.stats.messages_duplicated = self.network.counters.duplicated;
         self.stats.messages_long_delayed = self.network.counters.long_delays;
+        self.stats.messages_hostile = self.network.counters.hostile;
         self.stats.partitions = self.network.counters.partitions;
         self.stats.operations = self.history.len() as u64;
         for node in &self.nodes {
@@ -952,19 +1003,35 @@ impl Simulation {
     }
 
     fn deliver_messages(&mut self) {
-        while let Some((from, to, message)) = self.network.next_due(self.now_us) {
-            let Some(index) = self.nodes.iter().position(|node| node.id == to) else {
+        while let Some(delivery) = self.network.next_due(self.now_us) {
+            let Some(index) = self.nodes.iter().position(|node| node.id == delivery.to) else {
                 continue;
             };
             let node = &mut self.nodes[index];
             if let Some(until) = node.paused_until_ms {
                 // A paused process reads its socket when it wakes.
-                self.network.delay(until * 1_000, from, to, message);
+                self.network.delay(until * 1_000, delivery);
                 continue;
             }
             let now = node.local_now(self.now_us);
             let Some(replica) = node.replica.as_mut() else { continue };
-            replica.step(now, from, message);
+            let invalid_before = replica.messages_invalid();
+            let (from, hostile) = (delivery.from, delivery.hostile);
+            // Only the rare hostile copies are kept to be named in a report.
+            let kept = (hostile && self.misjudged.is_none()).then(|| delivery.message.clone());
+            replica.step(now, from, delivery.message);
+            let refused = replica.messages_invalid() - invalid_before;
+            assert!(refused <= 1, "one message, refused at most once");
+            if hostile {
+                self.stats.hostile_messages_refused += refused;
+            }
+            if hostile != (refused == 1) && self.misjudged.is_none() {
+                let what = match kept {
+                    Some(message) => format!("took a hostile message from {from}: {message:?}"),
+                    None => format!("refused a message {from} sent"),
+                };
+                self.misjudged = Some(format!("t={}ms: {} {what}", self.now_ms(), delivery.to));
+            }
             self.process_ready(index);
         }
     }

@@ -11,6 +11,8 @@
 //! # Layout
 //! - `swarm`: fault rates drawn per seed, and the planted bugs.
 //! - `network`: latency, loss, duplication, reordering, partitions.
+//! - `hostile`: variants of messages with a counter out of range or a forged
+//!   ballot, which the network carries along and every replica must refuse.
 //! - `replica_disk`: one replica's log, metadata and snapshots (synod-storage's
 //!   own code) on a simulated disk that loses unsynced writes on a crash.
 //! - `history`: the clients' operations, for the linearizability check.
@@ -23,6 +25,7 @@
 pub mod cluster;
 pub mod group;
 pub mod history;
+pub mod hostile;
 pub mod linearizability;
 pub mod network;
 pub mod replica_disk;

@@ -35,6 +35,9 @@ struct Arguments {
     /// they existed.
     #[arg(long)]
     no_churn: bool,
+    /// Carry no hostile messages: the run must go exactly as with them.
+    #[arg(long)]
+    no_hostile: bool,
 }
 
 fn parse_bug(name: &str) -> Result<SimBugs, String> {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
             replicas,
             bugs,
             churn: !arguments.no_churn,
+            hostile: !arguments.no_hostile,
         });
         total.add(&report.stats);
         if arguments.verbose || arguments.seed.is_some() {
@@ -99,12 +103,14 @@ fn main() -> ExitCode {
         failures
     );
     println!(
-        "simulated {:.1} s; messages sent {}, dropped {}, duplicated {}, long-delayed {}",
+        "simulated {:.1} s; messages sent {}, dropped {}, duplicated {}, long-delayed {}; hostile {} (refused by a running replica {})",
         total.simulated_ms as f64 / 1000.0,
         total.messages_sent,
         total.messages_dropped,
         total.messages_duplicated,
-        total.messages_long_delayed
+        total.messages_long_delayed,
+        total.messages_hostile,
+        total.hostile_messages_refused
     );
     println!(
         "faults: partitions symmetric {} one-way {} majority/minority {} bridge {}; crashes {} (disk wiped {}, aimed at the master {}, of which after a partial Accept broadcast {}); commits dropped {}; runs with short timeouts {}; pauses {}; snapshots installed {} (transfers interrupted {}, resumed {}, refused as damaged at the sender {})",

@@ -1,5 +1,5 @@
 //! The simulated network: per-message latency, loss, duplication and reordering,
-//! and partitions of every shape.
+//! partitions of every shape, and hostile variants of messages carried along.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
@@ -14,9 +14,20 @@ use synod_paxos::{Message, NodeId};
 struct InFlight {
     deliver_at_us: u64,
     sequence: u64,
-    from: NodeId,
-    to: NodeId,
-    message: Message,
+    delivery: Delivery,
+}
+
+/// A message copy handed to its receiver.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The sender: the connection the copy came on.
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// What it carries.
+    pub message: Message,
+    /// Injected by [`Network::inject_hostile`]: the receiver must refuse it.
+    pub hostile: bool,
 }
 
 impl PartialEq for InFlight {
@@ -64,6 +75,9 @@ pub struct NetworkCounters {
     pub long_delays: u64,
     /// Partitions started, indexed by `PartitionKind as usize`.
     pub partitions: [u64; 4],
+    /// Hostile messages injected; counted in none of the above, so that a run
+    /// whose replicas refuse them counts the same as without them.
+    pub hostile: u64,
 }
 
 /// Messages in flight, ordered by delivery time (ties in send order), and
@@ -128,20 +142,46 @@ impl Network {
                 latency += rng.random_range(0..=long_delay.1);
                 self.counters.long_delays += 1;
             }
-            self.sequence += 1;
-            let message = message.clone();
-            self.queue.push(Reverse(InFlight {
-                deliver_at_us: now_us + latency,
-                sequence: self.sequence,
-                from,
-                to,
-                message,
-            }));
+            self.push(
+                now_us + latency,
+                Delivery {
+                    from,
+                    to,
+                    message: message.clone(),
+                    hostile: false,
+                },
+            );
         }
     }
 
+    /// Carries `message`, a hostile variant of one `from` sent, to `to` at
+    /// `deliver_at_us`. It takes no random draw of the run's generator and
+    /// goes through no counter but its own, so the run goes on as without it
+    /// as long as the receiver refuses it unread.
+    pub fn inject_hostile(&mut self, deliver_at_us: u64, from: NodeId, to: NodeId, message: Message) {
+        self.counters.hostile += 1;
+        self.push(
+            deliver_at_us,
+            Delivery {
+                from,
+                to,
+                message,
+                hostile: true,
+            },
+        );
+    }
+
+    fn push(&mut self, deliver_at_us: u64, delivery: Delivery) {
+        self.sequence += 1;
+        self.queue.push(Reverse(InFlight {
+            deliver_at_us,
+            sequence: self.sequence,
+            delivery,
+        }));
+    }
+
     /// Takes the next message due by `now_us`, if any. Messages on a blocked link are lost.
-    pub fn next_due(&mut self, now_us: u64) -> Option<(NodeId, NodeId, Message)> {
+    pub fn next_due(&mut self, now_us: u64) -> Option<Delivery> {
         loop {
             let due = self
                 .queue
@@ -150,26 +190,24 @@ impl Network {
             if !due {
                 return None;
             }
-            let Reverse(in_flight) = self.queue.pop().expect("peeked");
-            if self.blocked.contains(&(in_flight.from, in_flight.to)) {
-                self.counters.dropped += 1;
-                continue;
+            let Reverse(InFlight { delivery, .. }) = self.queue.pop().expect("peeked");
+            let lost = self.blocked.contains(&(delivery.from, delivery.to));
+            if !delivery.hostile {
+                if lost {
+                    self.counters.dropped += 1;
+                } else {
+                    self.counters.delivered += 1;
+                }
             }
-            self.counters.delivered += 1;
-            return Some((in_flight.from, in_flight.to, in_flight.message));
+            if !lost {
+                return Some(delivery);
+            }
         }
     }
 
-    /// Puts a message back to be delivered later (its receiver is paused).
-    pub fn delay(&mut self, deliver_at_us: u64, from: NodeId, to: NodeId, message: Message) {
-        self.sequence += 1;
-        self.queue.push(Reverse(InFlight {
-            deliver_at_us,
-            sequence: self.sequence,
-            from,
-            to,
-            message,
-        }));
+    /// Puts a copy back to be delivered later (its receiver is paused).
+    pub fn delay(&mut self, deliver_at_us: u64, delivery: Delivery) {
+        self.push(deliver_at_us, delivery);
     }
 
     /// Whether any link is blocked.

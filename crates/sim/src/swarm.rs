@@ -63,11 +63,19 @@ pub struct FaultMix {
     /// Length of the second phase, without faults, by whose end a write must
     /// have committed and the replicas caught up, in milliseconds.
     pub liveness_ms: u64,
+    /// Chance per message sent that the network also carries a hostile
+    /// variant of it (`crate::hostile`): a counter out of range or a
+    /// proposer's ballot naming another member. Every one must be refused
+    /// unread, so a run with them goes exactly as the same run without.
+    pub hostile_probability: f64,
 }
 
 impl FaultMix {
-    /// Draws a mix from the seed's generator.
-    pub fn draw(rng: &mut ChaCha8Rng, replicas: usize, drift_max_ppm: u64) -> FaultMix {
+    /// Draws a mix from the seed's generator; the hostile-message rate comes
+    /// last and from a generator of its own, `hostile_rng`, so that no other
+    /// draw of the run moves and every seed recorded before it existed runs
+    /// as it did then. About half of the seeds that are not calm draw one.
+    pub fn draw(rng: &mut ChaCha8Rng, hostile_rng: &mut ChaCha8Rng, replicas: usize, drift_max_ppm: u64) -> FaultMix {
         let calm = rng.random_bool(0.1);
         let scale = if calm { 0.0 } else { 1.0 };
         let latency_min_ms = rng.random_range(1..=5);
@@ -111,6 +119,11 @@ impl FaultMix {
             clients: rng.random_range(1..=4),
             safety_ms: rng.random_range(3_000..=12_000),
             liveness_ms: 8_000,
+            hostile_probability: if !calm && hostile_rng.random_bool(0.5) {
+                hostile_rng.random_range(0.0..0.05)
+            } else {
+                0.0
+            },
         }
     }
 }

@@ -19,6 +19,7 @@ fn run_without_bugs(seed: u64, replicas: usize, churn: bool) -> (Stats, Option<S
         replicas,
         bugs: SimBugs::default(),
         churn,
+        hostile: true,
     });
     let failure = report.failure.map(|failure| {
         format!(
@@ -64,6 +65,8 @@ fn every_seed_survives_its_faults() {
         ("message drops", total.messages_dropped),
         ("message duplicates", total.messages_duplicated),
         ("long message delays", total.messages_long_delayed),
+        ("hostile messages", total.messages_hostile),
+        ("hostile messages refused", total.hostile_messages_refused),
         ("symmetric partitions", total.partitions[0]),
         ("one-way partitions", total.partitions[1]),
         ("majority/minority partitions", total.partitions[2]),
@@ -104,6 +107,7 @@ fn seeds_to_catch(bugs: SimBugs) -> Option<u64> {
             replicas: replicas_for(seed),
             bugs,
             churn: true,
+            hostile: true,
         });
         report.failure.map(|failure| {
             println!("caught at seed {seed}: {failure}");
@@ -191,6 +195,36 @@ fn planted_bug_acknowledging_before_persisting_is_caught() {
 }
 
 #[test]
+fn refused_hostile_messages_change_nothing() {
+    // Refused unread, hostile messages leave a run exactly as it was without
+    // them: not one count differs but their own.
+    let mut hostile = 0;
+    for seed in 0..60 {
+        let run = |with_hostile: bool| {
+            let report = run_seed(RunConfig {
+                seed,
+                replicas: replicas_for(seed),
+                bugs: SimBugs::default(),
+                churn: true,
+                hostile: with_hostile,
+            });
+            let mut stats = report.stats;
+            let counted = (stats.messages_hostile, stats.hostile_messages_refused);
+            stats.messages_hostile = 0;
+            stats.hostile_messages_refused = 0;
+            (report.failure, format!("{stats:?}"), counted)
+        };
+        let (failure, stats, counted) = run(true);
+        assert_eq!(failure, None, "seed {seed}");
+        let (failure_without, stats_without, _) = run(false);
+        assert_eq!((failure, stats), (failure_without, stats_without), "seed {seed}");
+        assert!(counted.1 <= counted.0, "seed {seed}: {counted:?}");
+        hostile += counted.1;
+    }
+    assert!(hostile > 0, "some seeds drew hostile messages");
+}
+
+#[test]
 fn a_seed_replays_exactly() {
     let run = |seed| {
         let report = run_seed(RunConfig {
@@ -198,6 +232,7 @@ fn a_seed_replays_exactly() {
             replicas: 5,
             bugs: SimBugs::default(),
             churn: true,
+            hostile: true,
         });
         (
             report.failure,
