@@ -25,7 +25,7 @@ struct Arguments {
     #[arg(long)]
     replicas: Option<usize>,
     /// Plant a bug: quorum-of-half, accept-lower-ballot, no-lease-silence,
-    /// send-before-sync, phase1-lowest-ballot.
+    /// send-before-sync, phase1-lowest-ballot, skip-message-validation.
     #[arg(long)]
     bug: Option<String>,
     /// Print every seed's outcome.
@@ -48,6 +48,7 @@ fn parse_bug(name: &str) -> Result<SimBugs, String> {
         "no-lease-silence" => bugs.core.no_lease_silence_after_restart = true,
         "send-before-sync" => bugs.send_before_sync = true,
         "phase1-lowest-ballot" => bugs.core.phase1_lowest_ballot = true,
+        "skip-message-validation" => bugs.core.skip_message_validation = true,
         other => return Err(format!("unknown bug {other:?}")),
     }
     Ok(bugs)

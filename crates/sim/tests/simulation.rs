@@ -101,6 +101,12 @@ fn every_seed_survives_its_faults() {
 
 /// Runs seeds with a planted bug until one fails; returns how many seeds it took.
 fn seeds_to_catch(bugs: SimBugs) -> Option<u64> {
+    seeds_to_catch_by(bugs, |_| true)
+}
+
+/// Runs seeds with a planted bug until one fails with a failure `caught_by`
+/// accepts; returns how many seeds it took.
+fn seeds_to_catch_by(bugs: SimBugs, caught_by: impl Fn(&str) -> bool) -> Option<u64> {
     (0..SEEDS).find_map(|seed| {
         let report = run_seed(RunConfig {
             seed,
@@ -109,8 +115,11 @@ fn seeds_to_catch(bugs: SimBugs) -> Option<u64> {
             churn: true,
             hostile: true,
         });
-        report.failure.map(|failure| {
+        report.failure.filter(|failure| caught_by(failure)).map(|failure| {
             println!("caught at seed {seed}: {failure}");
+            for line in &report.trace {
+                println!("  {line}");
+            }
             seed + 1
         })
     })
@@ -192,6 +201,28 @@ fn planted_bug_acknowledging_before_persisting_is_caught() {
         ..SimBugs::default()
     };
     assert_caught("acknowledging before persisting", bugs);
+}
+
+#[test]
+fn planted_bug_skipping_message_validation_is_caught() {
+    let core = PlantedBugs {
+        skip_message_validation: true,
+        ..PlantedBugs::default()
+    };
+    let bugs = SimBugs {
+        core,
+        ..SimBugs::default()
+    };
+    // The run's own count catches the first hostile message a replica takes.
+    assert_caught("skipping message validation", bugs);
+    // And the protocol's checks catch what the messages do: a promise at round
+    // `u64::MAX` cannot be outbid (the next round wraps to zero, or panics
+    // with overflow checks), so no master is elected again.
+    let seeds = seeds_to_catch_by(bugs, |failure| {
+        failure.contains("liveness:") || failure.contains("panicked:")
+    });
+    println!("planted bug skipping message validation: liveness caught it after {seeds:?} seeds");
+    assert!(seeds.is_some(), "no run of {SEEDS} seeds stopped without validation");
 }
 
 #[test]
