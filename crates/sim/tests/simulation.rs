@@ -221,7 +221,9 @@ fn planted_bug_skipping_message_validation_is_caught() {
     let seeds = seeds_to_catch_by(bugs, |failure| {
         failure.contains("liveness:") || failure.contains("panicked:")
     });
-    println!("planted bug skipping message validation: liveness caught it after {seeds:?} seeds");
+    println!(
+        "planted bug skipping message validation: liveness, or an overflow check, caught it after {seeds:?} seeds"
+    );
     assert!(seeds.is_some(), "no run of {SEEDS} seeds stopped without validation");
 }
 
