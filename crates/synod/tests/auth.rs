@@ -8,19 +8,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::Cluster;
+use common::{output_text, Cluster};
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, Txn, TxnOp, WatchOptions};
 
 /// bcrypt's cheapest cost, so the tests spend their time on behaviour.
 const FAST_HASHES: [&str; 2] = ["--bcrypt-cost", "4"];
-
-fn output_text(output: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// Runs etcdctl against member `index` and returns whether it succeeded and what it printed.
 fn at(cluster: &Cluster, index: usize, args: &[&str]) -> (bool, String) {

@@ -8,16 +8,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{etcdctl, Cluster};
+use common::{etcdctl, output_text, Cluster};
 use synod_server::tls::generate::{peer_cert_file, peer_key_file, write_with_peers, CA_FILE};
-
-fn output_text(output: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// The peer TLS flags of a member that presents `certificate_name`'s
 /// certificate from `directory` and trusts the CA in `ca_directory`.
@@ -42,30 +34,6 @@ fn names(cluster: &Cluster) -> Vec<String> {
     cluster.members.iter().map(|member| member.name.clone()).collect()
 }
 
-fn wait_for_log(cluster: &Cluster, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cluster.members.iter().any(|member| member.log_text().contains(what)) {
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {what:?}: {}",
-            cluster
-                .members
-                .iter()
-                .map(|member| member.log_text())
-                .collect::<String>()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn put_get(cluster: &Cluster, index: usize, key: &str) {
-    let endpoint = cluster.members[index].endpoint();
-    let put = etcdctl(&["--endpoints", &endpoint, "--command-timeout", "10s", "put", key, "v"]);
-    assert!(put.status.success(), "{}", output_text(&put));
-    let got = etcdctl(&["--endpoints", &endpoint, "get", key, "--print-value-only"]);
-    assert_eq!(String::from_utf8_lossy(&got.stdout), "v\n", "{}", output_text(&got));
-}
-
 #[test]
 fn members_with_certificates_naming_them_form_a_group() {
     let mut cluster = Cluster::unstarted(3, "peer-tls", &[]);
@@ -76,7 +44,7 @@ fn members_with_certificates_naming_them_form_a_group() {
         launch(&mut cluster, index, &peer_flags(&directory, &name, &directory));
     }
     let master = cluster.wait_for_master(Duration::from_secs(20));
-    put_get(&cluster, (master + 1) % 3, "over-mtls");
+    cluster.put_get((master + 1) % 3, "over-mtls");
     let log = cluster.members[0].log_text();
     assert!(!log.contains("peers are not authenticated"), "{log}");
 }
@@ -100,25 +68,25 @@ fn a_stranger_or_an_impostor_is_kept_out() {
     cluster.kill(2);
     let third = cluster.members[2].name.clone();
     launch(&mut cluster, 2, &peer_flags(&stranger, &third, &stranger));
-    wait_for_log(&cluster, "invalid peer certificate");
+    cluster.wait_for_log("invalid peer certificate");
     let master = cluster.wait_for_master(Duration::from_secs(20));
     assert!(master < 2, "the stranger cannot be master");
-    put_get(&cluster, master, "without-the-stranger");
+    cluster.put_get(master, "without-the-stranger");
 
     // The third member comes back with the first member's certificate: it
     // chains to the right CA but names another member.
     cluster.kill(2);
     let first = cluster.members[0].name.clone();
     launch(&mut cluster, 2, &peer_flags(&directory, &first, &directory));
-    wait_for_log(&cluster, &format!("certificate names Some(\"{first}\")"));
+    cluster.wait_for_log(&format!("certificate names Some(\"{first}\")"));
     let master = cluster.wait_for_master(Duration::from_secs(20));
-    put_get(&cluster, master, "without-the-impostor");
+    cluster.put_get(master, "without-the-impostor");
 }
 
 #[test]
 fn a_plain_peer_port_says_so() {
     let cluster = Cluster::start(1, "peer-plain");
-    wait_for_log(&cluster, "peers are not authenticated");
+    cluster.wait_for_log("peers are not authenticated");
 }
 
 /// 200 idle connections to a member's peer port, none of which ever sends a
@@ -159,10 +127,10 @@ fn idle_strangers_on_the_peer_port_do_not_lock_members_out() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    put_get(&cluster, master, "while-strangers-wait");
+    cluster.put_get(master, "while-strangers-wait");
     let follower = (master + 1) % 3;
     cluster.kill(follower);
-    put_get(&cluster, master, "while-it-was-down");
+    cluster.put_get(master, "while-it-was-down");
     cluster.launch(follower);
     // The restarted member must reach the master's peer port through the
     // strangers to learn what it missed.
@@ -189,7 +157,7 @@ fn idle_strangers_on_the_peer_port_do_not_lock_members_out() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    wait_for_log(&cluster, "did not finish their handshake closed to make room");
+    cluster.wait_for_log("did not finish their handshake closed to make room");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (held, reopened) = strangers.join().expect("the strangers' thread");
     assert!(held >= 150, "only {held} connections held ({reopened} reopened)");

@@ -4,16 +4,8 @@
 
 mod common;
 
-use common::{etcdctl, Cluster};
+use common::{etcdctl, output_text, Cluster};
 use synod_server::tls::generate::{CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE};
-
-fn output_text(output: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 fn follower(cluster: &Cluster) -> usize {
     let master = cluster.wait_for_master(std::time::Duration::from_secs(20));

@@ -292,6 +292,25 @@ impl Cluster {
         (masters.len() == 1).then(|| masters[0])
     }
 
+    /// Waits until some member's log holds `what`; panics with every log after 20 s.
+    pub fn wait_for_log(&self, what: &str) {
+        retry(Duration::from_secs(20), &format!("a log line with {what:?}"), || {
+            if self.members.iter().any(|member| member.log_text().contains(what)) {
+                return Ok(());
+            }
+            Err(self.members.iter().map(Member::log_text).collect())
+        });
+    }
+
+    /// Puts `key` = "v" through member `index` and reads it back there.
+    pub fn put_get(&self, index: usize, key: &str) {
+        let endpoint = self.client_url(index);
+        let put = self.etcdctl(&["--endpoints", &endpoint, "put", key, "v"]);
+        assert!(put.status.success(), "{}", output_text(&put));
+        let got = self.etcdctl(&["--endpoints", &endpoint, "get", key, "--print-value-only"]);
+        assert_eq!(String::from_utf8_lossy(&got.stdout), "v\n", "{}", output_text(&got));
+    }
+
     pub fn wait_for_master(&self, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
@@ -320,6 +339,28 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Calls `attempt` every 100 ms until it succeeds, and returns what it
+/// returned; after `timeout`, panics with its last error.
+pub fn retry<T>(timeout: Duration, what: &str, mut attempt: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt() {
+            Ok(value) => return value,
+            Err(error) if Instant::now() >= deadline => panic!("no {what} within {timeout:?}: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// A command's standard output then its standard error, for failure messages.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// Runs etcdctl (API v3) with `args`.
