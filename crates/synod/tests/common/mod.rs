@@ -78,6 +78,34 @@ impl Member {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until this member's log holds `what` at least `count` times;
+    /// panics with the log after 20 s.
+    pub fn wait_for_log_lines(&self, what: &str, count: usize) {
+        retry(
+            Duration::from_secs(20),
+            &format!("{count} log lines with {what:?}"),
+            || {
+                let log = self.log_text();
+                if log.matches(what).count() >= count {
+                    return Ok(());
+                }
+                Err(format!("{}'s log: {log}", self.name))
+            },
+        );
+    }
+
+    /// The value of counter or gauge `name` on this member's `/metrics`
+    /// (served on the client port), if it answers and has it.
+    pub fn metric(&self, name: &str) -> Option<i64> {
+        let (code, body) = http_get(self.client_port, "/metrics");
+        if code != 200 {
+            return None;
+        }
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    }
 }
 
 /// A group of real server processes.
