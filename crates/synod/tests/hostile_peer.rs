@@ -1,8 +1,8 @@
 //! A peer on plain TCP that knows the group's names and addresses (all it
 //! needs to pass the handshake as a member) and sends what no member would:
-//! rounds and instances of `u64::MAX`, ballots of other members. Each is
-//! refused with a log line, the group keeps serving and can still elect a new
-//! master, and nothing acknowledged is lost.
+//! rounds and instances of `u64::MAX`, ballots of other members, snapshot
+//! chunks nobody asked for. Each is refused with a log line, the group keeps
+//! serving and can still elect a new master, and nothing acknowledged is lost.
 
 mod common;
 
@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::{output_text, retry, Cluster};
-use synod_paxos::{Ballot, Batch, BatchId, Instance, Message, NodeId};
+use synod_paxos::{Ballot, Batch, BatchId, Epoch, Instance, Message, NodeId};
 use synod_server::frame::{Decoder, Encoder, Frame, Handshake, FRAME_BYTES_MAX_DEFAULT, HANDSHAKE_PROTOCOL_VERSION};
 use synod_server::identity::Identity;
 use synod_server::peer::{Payload, HANDSHAKE_FRAME_BYTES_MAX};
+use synod_server::snapshot_transfer::SnapshotChunk;
 
 const REFUSED: &str = "refused a peer message";
+const UNSOLICITED: &str = "ignoring a snapshot chunk this member did not ask that peer for";
 
 /// Member `index`'s ID, as every member derives it from its name.
 fn member_id(cluster: &Cluster, index: usize) -> u64 {
@@ -210,5 +212,62 @@ fn a_peer_sending_round_u64_max_is_refused() {
             wait_for_value(&cluster, index, key, "l");
         }
     }
+    assert_no_panic(&cluster);
+}
+
+/// A follower that asked nobody for a snapshot gets two chunks "from the
+/// master", far ahead of its log: one of garbage bytes, one a whole snapshot
+/// of an empty store that would wipe its keys if installed. It ignores both
+/// with a log line, keeps its data and applied instance, and the group keeps
+/// committing through it.
+#[test]
+fn an_unsolicited_snapshot_chunk_is_ignored() {
+    let cluster = Cluster::start(3, "hostile-chunk");
+    let master = cluster.wait_for_master(Duration::from_secs(20));
+    let follower = (master + 1) % 3;
+    cluster.put_get(master, "before-chunk");
+    wait_for_value(&cluster, follower, "before-chunk", "s");
+    let applied = cluster.members[follower]
+        .metric("synod_applied_instance")
+        .expect("the follower's applied instance");
+    let instance = Instance(applied as u64 + 1_000_000);
+    let epoch = Epoch(Ballot::new(1, 0, NodeId(member_id(&cluster, master))));
+    let chunk = |bytes: Vec<u8>| {
+        Payload::encode_snapshot_chunk(&SnapshotChunk {
+            instance,
+            epoch,
+            chunk_index: 0,
+            chunk_count: 1,
+            total_bytes: bytes.len() as u64,
+            crc32c: crc32c::crc32c(&bytes),
+            bytes: bytes.into(),
+        })
+    };
+    let garbage = chunk(b"these bytes are not a snapshot of anything".to_vec());
+    let empty_store = chunk(synod_kv::Store::new(synod_server::node::kv_config()).snapshot());
+
+    let mut stream = impersonate(&cluster, master, follower);
+    send(&mut stream, &[garbage, empty_store]);
+    let member = &cluster.members[follower];
+    member.wait_for_log_lines(UNSOLICITED, 2);
+    drop(stream);
+
+    // A follower forwards a linearizable range to the master; a serializable
+    // one reads the follower's own store, which a snapshot would replace.
+    wait_for_value(&cluster, follower, "before-chunk", "l");
+    wait_for_value(&cluster, follower, "before-chunk", "s");
+    let applied_after = member.metric("synod_applied_instance").expect("applied instance");
+    assert!(
+        applied_after < instance.0 as i64,
+        "the follower skipped to instance {applied_after}"
+    );
+    for index in 0..3 {
+        let key = format!("after-chunk-{index}");
+        cluster.put_get(index, &key);
+        wait_for_value(&cluster, follower, &key, "s");
+    }
+    wait_for_value(&cluster, follower, "before-chunk", "s");
+    let log = member.log_text();
+    assert!(!log.contains("a peer's snapshot is not installed"), "{log}");
     assert_no_panic(&cluster);
 }
