@@ -12,6 +12,7 @@ fn invalid(what: &str) -> Status {
     Status::invalid_argument(format!("etcdserver: invalid {what}"))
 }
 
+/// A client's Range, refused as InvalidArgument if its sort order or target is out of range.
 pub fn range_request(request: pb::RangeRequest) -> Result<kv::RangeRequest, Status> {
     Ok(kv::RangeRequest {
         key: request.key.to_vec(),
@@ -42,6 +43,7 @@ pub fn range_request(request: pb::RangeRequest) -> Result<kv::RangeRequest, Stat
     })
 }
 
+/// A client's Put.
 pub fn put_request(request: pb::PutRequest) -> kv::PutRequest {
     kv::PutRequest {
         key: request.key.to_vec(),
@@ -53,6 +55,7 @@ pub fn put_request(request: pb::PutRequest) -> kv::PutRequest {
     }
 }
 
+/// A client's DeleteRange.
 pub fn delete_request(request: pb::DeleteRangeRequest) -> kv::DeleteRangeRequest {
     kv::DeleteRangeRequest {
         key: request.key.to_vec(),
@@ -130,6 +133,7 @@ fn compare(compare: pb::Compare) -> Result<kv::Compare, Status> {
     })
 }
 
+/// A client's watch creation, refused as InvalidArgument if a filter is out of range.
 pub fn watch_create(request: pb::WatchCreateRequest) -> Result<kv::WatchCreateRequest, Status> {
     let filters = request
         .filters

@@ -37,6 +37,12 @@ mod lock;
 mod maintenance;
 mod watch;
 
+/// The conversions of client requests from their wire types, which the
+/// services run on every call: public so that they can be fuzzed.
+pub mod client_requests {
+    pub use super::convert::{delete_request, put_request, range_request, txn_request, watch_create};
+}
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
