@@ -1,7 +1,8 @@
 //! Mutual TLS between members: a group whose members each present a
 //! certificate naming them commits; a member with another CA's certificate,
-//! or with a certificate naming another member, is kept out with a clear log
-//! line while the others go on serving.
+//! with a certificate naming another member, or with a client certificate of
+//! the cluster's CA, is kept out with a clear log line while the others go on
+//! serving.
 
 mod common;
 
@@ -9,7 +10,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{etcdctl, output_text, Cluster};
-use synod_server::tls::generate::{peer_cert_file, peer_key_file, write_with_peers, CA_FILE};
+use synod_server::tls::generate::{
+    peer_cert_file, peer_key_file, write_with_peers, CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE,
+};
 
 /// The peer TLS flags of a member that presents `certificate_name`'s
 /// certificate from `directory` and trusts the CA in `ca_directory`.
@@ -81,6 +84,18 @@ fn a_stranger_or_an_impostor_is_kept_out() {
     cluster.wait_for_log(&format!("certificate names Some(\"{first}\")"));
     let master = cluster.wait_for_master(Duration::from_secs(20));
     cluster.put_get(master, "without-the-impostor");
+
+    // The third member comes back with the client certificate of the same CA:
+    // it chains, but names a user, not a member.
+    cluster.kill(2);
+    let mut flags = peer_flags(&directory, &third, &directory);
+    flags[1] = directory.join(CLIENT_CERT_FILE).display().to_string();
+    flags[3] = directory.join(CLIENT_KEY_FILE).display().to_string();
+    launch(&mut cluster, 2, &flags);
+    cluster.wait_for_log("certificate names Some(\"root\")");
+    let master = cluster.wait_for_master(Duration::from_secs(20));
+    assert!(master < 2, "a client certificate cannot make a master");
+    cluster.put_get(master, "without-the-client-certificate");
 }
 
 #[test]
