@@ -1,0 +1,3 @@
+//! Fault testing of the running binary.
+
+pub mod workload;
