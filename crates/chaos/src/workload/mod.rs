@@ -57,3 +57,74 @@ pub struct WorkloadReport {
 
 /// Shared handle to a workload's context.
 pub type SharedContext = Arc<Context>;
+
+pub mod client;
+pub mod lease;
+pub mod lock;
+pub mod register;
+pub mod set;
+pub mod watch;
+
+/// The names of every workload, in the order the harness runs them.
+pub const ALL: &[&str] = &["register", "set", "lock", "lease", "watch"];
+
+/// Runs the workload called `name` (one of [`ALL`]) until `ctx.stop` is
+/// cancelled, then checks its history.
+///
+/// An unknown name gives a report whose `inconclusive` says so: no history
+/// was checked, so it must not read as a pass.
+pub async fn run(name: &str, ctx: SharedContext) -> WorkloadReport {
+    match name {
+        "register" => register::run(ctx).await,
+        "set" => set::run(ctx).await,
+        "lock" => lock::run(ctx).await,
+        "lease" => lease::run(ctx).await,
+        "watch" => watch::run(ctx).await,
+        _ => WorkloadReport {
+            name: name.to_string(),
+            inconclusive: vec![format!("no workload is called {name:?}; the workloads are {ALL:?}")],
+            ..WorkloadReport::default()
+        },
+    }
+}
+
+/// What a checker concluded about one history.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// What was checked, in one line.
+    pub checked: String,
+    /// Violations found.
+    pub anomalies: Vec<String>,
+    /// Questions the checker could not decide.
+    pub inconclusive: Vec<String>,
+}
+
+impl WorkloadReport {
+    /// A report for workload `name` with nothing done yet.
+    pub fn named(name: &str) -> WorkloadReport {
+        WorkloadReport {
+            name: name.to_string(),
+            ..WorkloadReport::default()
+        }
+    }
+
+    /// Adds a checker's findings to the report.
+    pub fn add_verdict(&mut self, verdict: Verdict) {
+        if !verdict.checked.is_empty() {
+            if !self.checked.is_empty() {
+                self.checked.push_str("; ");
+            }
+            self.checked.push_str(&verdict.checked);
+        }
+        self.anomalies.extend(verdict.anomalies);
+        self.inconclusive.extend(verdict.inconclusive);
+    }
+
+    /// Adds operation counts to the report.
+    pub fn add_counts(&mut self, counts: &client::Counts) {
+        self.attempted += counts.attempted;
+        self.ok += counts.ok;
+        self.failed += counts.failed;
+        self.unknown += counts.unknown;
+    }
+}
