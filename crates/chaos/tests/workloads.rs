@@ -31,8 +31,13 @@ const FAST_TIMING: [&str; 8] = [
 ];
 /// Members of the group.
 const MEMBERS: usize = 3;
-/// How long the workloads run before they are told to stop.
+/// How long the workloads run before they are told to stop (after the
+/// restart, in the kill test), unless `SYNOD_CHAOS_RUN_S` says otherwise.
 const RUN_TIME: Duration = Duration::from_secs(5);
+/// When the member is killed in the kill test, after the workloads start.
+const KILL_AFTER: Duration = Duration::from_secs(3);
+/// How long it stays down.
+const DOWN_FOR: Duration = Duration::from_secs(3);
 /// How long the group may take to accept a first write.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a workload may take after it is told to stop.
@@ -72,10 +77,13 @@ fn free_ports(count: usize) -> Vec<u16> {
 
 /// A group of server processes, killed and cleaned up on drop.
 struct Group {
+    binary: PathBuf,
     root: PathBuf,
-    children: Vec<Child>,
+    children: Vec<Option<Child>>,
     logs: Vec<PathBuf>,
     client_ports: Vec<u16>,
+    peer_ports: Vec<u16>,
+    initial_cluster: String,
 }
 
 impl Group {
@@ -96,33 +104,53 @@ impl Group {
             .collect::<Vec<_>>()
             .join(",");
         let mut group = Group {
+            binary: binary.to_path_buf(),
+            logs: (0..MEMBERS)
+                .map(|index| root.join(format!("m{}.log", index + 1)))
+                .collect(),
             root,
-            children: Vec::new(),
-            logs: Vec::new(),
+            children: (0..MEMBERS).map(|_| None).collect(),
             client_ports,
+            peer_ports,
+            initial_cluster,
         };
-        for (index, peer_port) in peer_ports.iter().enumerate() {
-            let name = format!("m{}", index + 1);
-            let log = group.root.join(format!("{name}.log"));
-            let stderr = std::fs::File::create(&log).expect("create a member's log");
-            let child = Command::new(binary)
-                .args(["server", "--name", &name])
-                .arg("--data-dir")
-                .arg(group.root.join(&name))
-                .args(["--listen-client", &format!("127.0.0.1:{}", group.client_ports[index])])
-                .args(["--listen-peer", &format!("127.0.0.1:{peer_port}")])
-                .args(["--initial-cluster", &initial_cluster])
-                .args(FAST_TIMING)
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .expect("spawn synod server");
-            group.children.push(child);
-            group.logs.push(log);
+        for index in 0..MEMBERS {
+            group.launch(index);
         }
         group
+    }
+
+    /// Starts member `index` (again), appending to its log.
+    fn launch(&mut self, index: usize) {
+        let name = format!("m{}", index + 1);
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.logs[index])
+            .expect("open a member's log");
+        let child = Command::new(&self.binary)
+            .args(["server", "--name", &name])
+            .arg("--data-dir")
+            .arg(self.root.join(&name))
+            .args(["--listen-client", &format!("127.0.0.1:{}", self.client_ports[index])])
+            .args(["--listen-peer", &format!("127.0.0.1:{}", self.peer_ports[index])])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(FAST_TIMING)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn synod server");
+        self.children[index] = Some(child);
+    }
+
+    /// SIGKILL member `index`: no chance to flush or say goodbye.
+    fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn endpoints(&self) -> Vec<String> {
@@ -148,9 +176,8 @@ impl Group {
 
 impl Drop for Group {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
+        for index in 0..self.children.len() {
+            self.kill(index);
         }
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
@@ -192,29 +219,46 @@ fn failures(report: &WorkloadReport) -> Vec<String> {
     failures
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_workload_passes_on_a_healthy_group() {
-    let binary = match synod_binary() {
-        Ok(binary) => binary,
+/// The binary, or `None` when the test is to be skipped (never with `CI=true`).
+fn binary_or_skip() -> Option<PathBuf> {
+    match synod_binary() {
+        Ok(binary) => Some(binary),
         Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("{why}"),
         Err(why) => {
             eprintln!("skipped: {why}");
-            return;
+            None
         }
-    };
-    let group = Group::start(&binary);
-    wait_until_live(&group.endpoints()).await;
+    }
+}
+
+/// How long the workloads run, `SYNOD_CHAOS_RUN_S` or `default`.
+fn run_time(default: Duration) -> Duration {
+    std::env::var("SYNOD_CHAOS_RUN_S")
+        .ok()
+        .and_then(|seconds| seconds.parse().ok())
+        .map_or(default, Duration::from_secs)
+}
+
+/// Runs every workload against `group` while `meanwhile` runs, stops them
+/// when it returns, and asserts every report is clean.
+async fn run_all<Meanwhile: std::future::Future<Output = Group>>(
+    endpoints: Vec<String>,
+    seed: u64,
+    meanwhile: impl FnOnce() -> Meanwhile,
+) {
+    wait_until_live(&endpoints).await;
     let ctx = Arc::new(Context {
-        endpoints: group.endpoints(),
+        endpoints,
         origin: Instant::now(),
-        seed: 7,
+        seed,
         stop: CancellationToken::new(),
     });
     let tasks: Vec<_> = workload::ALL
         .iter()
         .map(|name| (*name, tokio::spawn(workload::run(name, ctx.clone()))))
         .collect();
-    tokio::time::sleep(RUN_TIME).await;
+    // Kept until the reports are in, so the members outlive the final reads.
+    let group = meanwhile().await;
     ctx.stop.cancel();
     let mut all_failures = Vec::new();
     for (name, task) in tasks {
@@ -229,7 +273,43 @@ async fn every_workload_passes_on_a_healthy_group() {
         assert_eq!(report.name, name);
         all_failures.extend(failures(&report));
     }
+    if !all_failures.is_empty() {
+        eprintln!("{}", group.logs());
+    }
     assert!(all_failures.is_empty(), "{all_failures:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workload_passes_on_a_healthy_group() {
+    let Some(binary) = binary_or_skip() else {
+        return;
+    };
+    let group = Group::start(&binary);
+    let endpoints = group.endpoints();
+    run_all(endpoints, 7, || async move {
+        tokio::time::sleep(run_time(RUN_TIME)).await;
+        group
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workload_passes_across_a_member_killed_and_restarted() {
+    let Some(binary) = binary_or_skip() else {
+        return;
+    };
+    let mut group = Group::start(&binary);
+    let endpoints = group.endpoints();
+    run_all(endpoints, 11, || async move {
+        // Member 0 is often the first master: its death forces a takeover.
+        tokio::time::sleep(KILL_AFTER).await;
+        group.kill(0);
+        tokio::time::sleep(DOWN_FOR).await;
+        group.launch(0);
+        tokio::time::sleep(run_time(RUN_TIME)).await;
+        group
+    })
+    .await;
 }
 
 #[tokio::test]
