@@ -333,23 +333,48 @@ pub fn value_of(response: &synod_proto::etcdserverpb::RangeResponse) -> Option<S
 /// delete is acknowledged, so a workload starts from a known empty state.
 /// Returns the revision of that delete.
 ///
+/// A try of unknown outcome may still be applied later, in the middle of
+/// the run, and delete what the workload wrote. So when one came before the
+/// acknowledged delete, the reset waits [`RESET_QUIET`] for stragglers and
+/// runs again, up to [`RESET_ROUNDS_MAX`] rounds, until a round's first try
+/// is acknowledged. (Past the last round it goes ahead: the group is then
+/// too slow to start against, and the run's faults are not yet under way.)
+///
 /// # Errors
 ///
 /// No delete was acknowledged within [`SETTLE_DEADLINE`].
 pub async fn reset_prefix(channels: &[Channel], prefix: &str) -> Result<i64, String> {
-    until_ok(SETTLE_DEADLINE, |attempt| {
-        let mut kv = KvClient::new(channels[attempt as usize % channels.len()].clone());
-        let delete = DeleteRangeRequest {
-            key: prefix.as_bytes().to_vec().into(),
-            range_end: prefix_end(prefix.as_bytes()).into(),
-            ..DeleteRangeRequest::default()
-        };
-        async move { call(kv.delete_range(request(delete))).await }
-    })
-    .await
-    .map(|response| response.header.map_or(0, |header| header.revision))
-    .map_err(|why| format!("could not clear {prefix} before the run: {why}"))
+    let mut round = 0;
+    loop {
+        round += 1;
+        let mut unanswered = 0u64;
+        let revision = until_ok(SETTLE_DEADLINE, |attempt| {
+            unanswered = attempt;
+            let mut kv = KvClient::new(channels[attempt as usize % channels.len()].clone());
+            let delete = DeleteRangeRequest {
+                key: prefix.as_bytes().to_vec().into(),
+                range_end: prefix_end(prefix.as_bytes()).into(),
+                ..DeleteRangeRequest::default()
+            };
+            async move { call(kv.delete_range(request(delete))).await }
+        })
+        .await
+        .map(|response| response.header.map_or(0, |header| header.revision))
+        .map_err(|why| format!("could not clear {prefix} before the run: {why}"))?;
+        // `unanswered` is the number of tries before the acknowledged one;
+        // any of them may have been proposed.
+        if unanswered == 0 || round >= RESET_ROUNDS_MAX {
+            return Ok(revision);
+        }
+        tokio::time::sleep(RESET_QUIET).await;
+    }
 }
+
+/// How long a reset waits, after a try of unknown outcome, for that try to
+/// be applied or lost before it clears the prefix again.
+pub const RESET_QUIET: Duration = Duration::from_secs(5);
+/// Rounds of a reset at most.
+pub const RESET_ROUNDS_MAX: u32 = 3;
 
 /// Revokes a lease, not waiting for or caring about the outcome beyond the
 /// request timeout (a lease not revoked expires on its own).

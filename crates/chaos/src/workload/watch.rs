@@ -62,6 +62,8 @@ pub struct Put {
     /// The revision the acknowledgement named; `None` if the put was not
     /// acknowledged (unknown, or refused).
     pub revision: Option<i64>,
+    /// Refused in a way that proves it did not happen: it must never be seen.
+    pub refused: bool,
 }
 
 /// One event a watcher was sent.
@@ -186,10 +188,16 @@ async fn writer(ctx: &SharedContext, channels: &[Channel]) -> (Vec<Put>, Counts)
         let outcome = client::call(kv.put(client::request(put))).await;
         counts.record(&outcome);
         let acknowledged = outcome.is_ok();
+        let refused = matches!(outcome, Outcome::Failed(_));
         let revision = outcome
             .ok()
             .map(|response| response.header.map_or(0, |header| header.revision));
-        puts.push(Put { key, value, revision });
+        puts.push(Put {
+            key,
+            value,
+            revision,
+            refused,
+        });
         if !acknowledged && !client::pause(&ctx.stop, client::RETRY_PAUSE).await {
             break;
         }
@@ -330,6 +338,7 @@ pub fn check_watches(puts: &[Put], logs: &[WatcherLog], start_revision: i64) -> 
                 _ if event.delete => Some("a delete, which the workload never issues".to_string()),
                 None => Some("a value the writer never put".to_string()),
                 Some(put) if put.key != event.key => Some(format!("the writer put that value on {}", put.key)),
+                Some(put) if put.refused => Some("that put was refused as not done".to_string()),
                 Some(put) => match put.revision {
                     Some(revision) if revision != event.revision => {
                         Some(format!("the put was acknowledged at revision {revision}"))
@@ -412,6 +421,7 @@ mod tests {
             key: format!("{PREFIX}{}", n % 2),
             value: format!("w-{n}"),
             revision,
+            refused: false,
         }
     }
 
@@ -463,6 +473,10 @@ mod tests {
         assert!(!check_watches(&puts(), &[invented], 10).anomalies.is_empty());
         let wrong_revision = log(0, vec![event(0, 10), event(1, 12)]);
         assert!(!check_watches(&puts(), &[wrong_revision], 10).anomalies.is_empty());
+        let mut refused = puts();
+        refused[2].refused = true;
+        let seen_refused = log(0, vec![event(0, 10), event(1, 11), event(2, 12)]);
+        assert!(!check_watches(&refused, &[seen_refused], 10).anomalies.is_empty());
     }
 
     #[test]
