@@ -34,9 +34,9 @@ const MEMBERS: usize = 3;
 /// How long the workloads run before they are told to stop (after the
 /// restart, in the kill test), unless `SYNOD_CHAOS_RUN_S` says otherwise.
 const RUN_TIME: Duration = Duration::from_secs(5);
-/// When the member is killed in the kill test, after the workloads start.
+/// When the member is killed (or paused), after the workloads start.
 const KILL_AFTER: Duration = Duration::from_secs(3);
-/// How long it stays down.
+/// How long it stays down (or paused).
 const DOWN_FOR: Duration = Duration::from_secs(3);
 /// How long the group may take to accept a first write.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -143,6 +143,13 @@ impl Group {
             .spawn()
             .expect("spawn synod server");
         self.children[index] = Some(child);
+    }
+
+    /// Sends `signal` to member `index` (SIGSTOP pauses it, SIGCONT resumes it).
+    fn signal(&self, index: usize, signal: rustix::process::Signal) {
+        if let Some(child) = &self.children[index] {
+            rustix::process::kill_process(rustix::process::Pid::from_child(child), signal).expect("signal a member");
+        }
     }
 
     /// SIGKILL member `index`: no chance to flush or say goodbye.
@@ -306,6 +313,27 @@ async fn every_workload_passes_across_a_member_killed_and_restarted() {
         group.kill(0);
         tokio::time::sleep(DOWN_FOR).await;
         group.launch(0);
+        tokio::time::sleep(run_time(RUN_TIME)).await;
+        group
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workload_passes_across_a_member_paused_past_its_lease() {
+    let Some(binary) = binary_or_skip() else {
+        return;
+    };
+    let group = Group::start(&binary);
+    let endpoints = group.endpoints();
+    run_all(endpoints, 13, || async move {
+        // Paused three times the master lease (1 s in FAST_TIMING): if member 0
+        // is master, another takes over and this one wakes up believing it
+        // still is, until it hears otherwise.
+        tokio::time::sleep(KILL_AFTER).await;
+        group.signal(0, rustix::process::Signal::STOP);
+        tokio::time::sleep(DOWN_FOR).await;
+        group.signal(0, rustix::process::Signal::CONT);
         tokio::time::sleep(run_time(RUN_TIME)).await;
         group
     })
