@@ -1,6 +1,7 @@
 //! The `synod` command line: `synod server` runs one member, `synod dev` a
 //! whole group on loopback for trying it out, `synod bench` loads a group
-//! (synod's or etcd's) through the etcd v3 API.
+//! (synod's or etcd's) through the etcd v3 API, `synod chaos` runs a group
+//! under injected faults and checks what its clients saw.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,10 @@ enum Mode {
     Dev(DevFlags),
     /// Load a group (synod or etcd) through the etcd v3 API and report throughput and latency.
     Bench(synod_bench::Args),
+    /// Run a group under kills, pauses, partitions and disk damage while
+    /// clients load it, and check what they saw (linearizability, lost
+    /// writes, locks, leases, watches).
+    Chaos(synod_chaos::Args),
     /// Check a backup (written by `etcdctl snapshot save`) or seed a new group's member from it.
     #[command(subcommand)]
     Snapshot(SnapshotAction),
@@ -360,6 +365,7 @@ fn main() -> ExitCode {
             Mode::Server(flags) => server(flags, shutdown).await,
             Mode::Dev(flags) => dev(flags, shutdown).await,
             Mode::Bench(args) => bench(args, shutdown).await,
+            Mode::Chaos(args) => chaos(args, shutdown).await,
             Mode::Snapshot(action) => snapshot(action),
         }
     });
@@ -486,6 +492,19 @@ async fn bench(args: synod_bench::Args, shutdown: CancellationToken) -> Result<(
     tokio::select! {
         result = synod_bench::run_cli(args) => result,
         () = shutdown.cancelled() => Err("interrupted before the run finished".into()),
+    }
+}
+
+/// Runs the fault harness; Ctrl-C stops it and its members without a report.
+async fn chaos(args: synod_chaos::Args, shutdown: CancellationToken) -> Result<(), String> {
+    let status = tokio::select! {
+        result = synod_chaos::run_cli(args) => result.map_err(|error| error.to_string())?,
+        () = shutdown.cancelled() => return Err("interrupted before the run finished".into()),
+    };
+    match status {
+        0 => Ok(()),
+        1 => Err("the run found anomalies".into()),
+        _ => Err("a check could not decide: the run is not a pass".into()),
     }
 }
 
