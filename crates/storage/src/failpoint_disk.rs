@@ -202,7 +202,11 @@ impl FailpointDisk {
     ///
     /// An error leaves the disk frozen and the files partly rolled back.
     pub fn power_loss(&self) -> Result<PowerLossReport> {
-        let gate = self.registry.gate.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let gate = self
+            .registry
+            .gate
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // Held for good: see above.
         std::mem::forget(gate);
         let files = lock(&self.registry.files);
@@ -507,7 +511,13 @@ mod tests {
         file.append(b" lost").unwrap();
         assert_eq!(file.len().unwrap(), 12);
         let report = disk.power_loss().unwrap();
-        assert_eq!(report, PowerLossReport { bytes_dropped: 5, files: 1 });
+        assert_eq!(
+            report,
+            PowerLossReport {
+                bytes_dropped: 5,
+                files: 1
+            }
+        );
         drop((file, disk));
         assert_eq!(directory.read("a"), b"durable");
     }
@@ -572,7 +582,13 @@ mod tests {
         old.write_at(0, b"more").unwrap();
         gone.write_at(0, b"more").unwrap();
         let report = disk.power_loss().unwrap();
-        assert_eq!(report, PowerLossReport { bytes_dropped: 9, files: 1 });
+        assert_eq!(
+            report,
+            PowerLossReport {
+                bytes_dropped: 9,
+                files: 1
+            }
+        );
         drop((file, old, gone, disk));
         assert_eq!(directory.read("x.snap"), b"synced");
         assert!(!directory.0.join("gone").exists());
@@ -601,7 +617,13 @@ mod tests {
         old.append(b" and after").unwrap();
         old.sync().unwrap();
         let report = disk.power_loss().unwrap();
-        assert_eq!(report, PowerLossReport { bytes_dropped: 12 + 4 + 10, files: 2 });
+        assert_eq!(
+            report,
+            PowerLossReport {
+                bytes_dropped: 12 + 4 + 10,
+                files: 2
+            }
+        );
         drop((new, old, disk));
         assert_eq!(directory.read("new"), b"");
         assert_eq!(directory.read("old"), b"from before");
@@ -718,12 +740,20 @@ mod tests {
                 }
             }
             for (name, image) in &current {
-                assert_eq!(&directory.read(name), image, "seed {seed}: file {name} before the power loss");
+                assert_eq!(
+                    &directory.read(name),
+                    image,
+                    "seed {seed}: file {name} before the power loss"
+                );
             }
             disk.power_loss().unwrap();
             drop((handles, disk));
             for (name, image) in &durable {
-                assert_eq!(&directory.read(name), image, "seed {seed}: file {name} after the power loss");
+                assert_eq!(
+                    &directory.read(name),
+                    image,
+                    "seed {seed}: file {name} after the power loss"
+                );
             }
         }
     }
