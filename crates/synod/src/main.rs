@@ -36,7 +36,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Mode {
     /// Run one member of a group.
-    Server(ServerFlags),
+    Server(Box<ServerFlags>),
     /// Run a whole group on loopback (client ports 2379, 2479, 2579, ...).
     Dev(DevFlags),
     /// Load a group (synod or etcd) through the etcd v3 API and report throughput and latency.
@@ -385,7 +385,7 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         on_signals(shutdown.clone());
         match command.mode {
-            Mode::Server(flags) => server(flags, shutdown).await,
+            Mode::Server(flags) => server(*flags, shutdown).await,
             Mode::Dev(flags) => dev(flags, shutdown).await,
             Mode::Bench(args) => bench(args, shutdown).await,
             Mode::Snapshot(action) => snapshot(action),
