@@ -359,6 +359,29 @@ mod tests {
     }
 
     #[test]
+    fn unsafe_bugs_name_themselves_and_plant_only_the_core_one() {
+        assert!(!UnsafeBugs::default().any());
+        assert_eq!(UnsafeBugs::default().core(), synod_paxos::PlantedBugs::default());
+        let all = UnsafeBugs {
+            no_fsync: true,
+            read_without_lease: true,
+            keepalive_lapsed_master: true,
+        };
+        assert!(all.any());
+        assert_eq!(
+            all.names(),
+            ["no-fsync", "read-without-lease", "keepalive-lapsed-master"]
+        );
+        assert_eq!(
+            all.core(),
+            synod_paxos::PlantedBugs {
+                read_without_lease: true,
+                ..synod_paxos::PlantedBugs::default()
+            }
+        );
+    }
+
+    #[test]
     fn malformed_clusters_are_refused() {
         assert!(parse_initial_cluster("").is_err());
         assert!(parse_initial_cluster("a").is_err());
