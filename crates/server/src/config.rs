@@ -265,6 +265,56 @@ pub struct ServerConfig {
     pub auth_token: Option<crate::jwt::JwtOptions>,
     /// Bounds and timings.
     pub tunables: Tunables,
+    /// Unsafe modes for fault testing (`--unsafe-bug`); none in any real use.
+    pub unsafe_bugs: UnsafeBugs,
+    /// Record every unsynced write, and on SIGUSR1 roll the data directory's
+    /// storage back to what was synced and exit at once, as a power loss
+    /// would leave it (`--failpoint-power-loss`; see [`crate::failpoint`]).
+    pub failpoint_power_loss: bool,
+}
+
+/// Unsafe modes a fault harness switches on to show that its checkers catch
+/// them (negative controls). Each breaks a guarantee on purpose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnsafeBugs {
+    /// `no-fsync`: the storage's `fdatasync` is skipped; writes are
+    /// acknowledged without being durable.
+    pub no_fsync: bool,
+    /// `read-without-lease`: linearizable reads are answered by a member that
+    /// believes it is master, whether or not it holds the master lease
+    /// (the core's `PlantedBugs::read_without_lease`).
+    pub read_without_lease: bool,
+    /// `keepalive-lapsed-master`: client lease keep-alive and time to live
+    /// are answered by a member that believes it is master, without the
+    /// master lease.
+    pub keepalive_lapsed_master: bool,
+}
+
+impl UnsafeBugs {
+    /// The flag name of every mode switched on, in a fixed order.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            (self.no_fsync, "no-fsync"),
+            (self.read_without_lease, "read-without-lease"),
+            (self.keepalive_lapsed_master, "keepalive-lapsed-master"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect()
+    }
+
+    /// Whether any mode is switched on.
+    pub fn any(&self) -> bool {
+        *self != UnsafeBugs::default()
+    }
+
+    /// The bugs to plant in the consensus core.
+    pub fn core(&self) -> synod_paxos::PlantedBugs {
+        synod_paxos::PlantedBugs {
+            read_without_lease: self.read_without_lease,
+            ..synod_paxos::PlantedBugs::default()
+        }
+    }
 }
 
 impl ServerConfig {
@@ -306,6 +356,29 @@ mod tests {
         );
         assert_eq!(member_id("a"), a[0].id);
         assert_ne!(member_id("a"), member_id("b"));
+    }
+
+    #[test]
+    fn unsafe_bugs_name_themselves_and_plant_only_the_core_one() {
+        assert!(!UnsafeBugs::default().any());
+        assert_eq!(UnsafeBugs::default().core(), synod_paxos::PlantedBugs::default());
+        let all = UnsafeBugs {
+            no_fsync: true,
+            read_without_lease: true,
+            keepalive_lapsed_master: true,
+        };
+        assert!(all.any());
+        assert_eq!(
+            all.names(),
+            ["no-fsync", "read-without-lease", "keepalive-lapsed-master"]
+        );
+        assert_eq!(
+            all.core(),
+            synod_paxos::PlantedBugs {
+                read_without_lease: true,
+                ..synod_paxos::PlantedBugs::default()
+            }
+        );
     }
 
     #[test]

@@ -32,8 +32,8 @@ use std::sync::Arc;
 
 use synod_paxos::{DurableState, Instance, Persist};
 use synod_storage::{
-    AcceptorStore, AcceptorStoreConfig, Disk, FinishedSnapshot, FsDisk, GroupCommit, GroupCommitConfig,
-    GroupCommitCounters, RejectReason, StorageError, SyncFailurePolicy,
+    AcceptorStore, AcceptorStoreConfig, Disk, FailpointDisk, FailpointOptions, FinishedSnapshot, FsDisk, GroupCommit,
+    GroupCommitConfig, GroupCommitCounters, RejectReason, StorageError, SyncFailurePolicy,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -91,12 +91,30 @@ pub struct Opened {
 
 /// Opens the acceptor store under `data_dir`.
 pub fn open(data_dir: &Path, batch_bytes_max: usize) -> Result<(AcceptorStore, Opened), DiskError> {
+    let (store, opened, _) = open_with(data_dir, batch_bytes_max, FailpointOptions::default())?;
+    Ok((store, opened))
+}
+
+/// Opens the acceptor store under `data_dir` through a [`FailpointDisk`]
+/// when `failpoints` asks for anything (`--failpoint-power-loss`,
+/// `--unsafe-bug no-fsync`), which it then also returns.
+pub fn open_with(
+    data_dir: &Path,
+    batch_bytes_max: usize,
+    failpoints: FailpointOptions,
+) -> Result<(AcceptorStore, Opened, Option<FailpointDisk>), DiskError> {
     let path = data_dir.join(STORAGE_DIRECTORY);
     let error = |source| DiskError::Open {
         path: path.clone(),
         source,
     };
-    let disk: Arc<dyn Disk> = Arc::new(FsDisk::open(&path).map_err(error)?);
+    let fs_disk: Arc<dyn Disk> = Arc::new(FsDisk::open(&path).map_err(error)?);
+    let failpoint =
+        (failpoints.record_unsynced || failpoints.skip_sync).then(|| FailpointDisk::new(fs_disk.clone(), failpoints));
+    let disk: Arc<dyn Disk> = match &failpoint {
+        Some(failpoint) => Arc::new(failpoint.clone()),
+        None => fs_disk,
+    };
     let config = AcceptorStoreConfig {
         batch_bytes_max: batch_bytes_max + (1 << 20),
         ..AcceptorStoreConfig::default()
@@ -115,6 +133,7 @@ pub fn open(data_dir: &Path, batch_bytes_max: usize) -> Result<(AcceptorStore, O
             durable: recovered.durable,
             snapshot_state: recovered.snapshot_state,
         },
+        failpoint,
     ))
 }
 

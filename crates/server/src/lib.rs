@@ -33,6 +33,8 @@
 //! - [`tls`]: certificates for the client port, and for forwarding to the
 //!   master's.
 //! - [`metrics`]: counters and histograms for `/metrics`.
+//! - [`failpoint`]: the power-loss failpoint and the unsafe modes
+//!   ([`config::UnsafeBugs`]) a fault harness switches on; never in real use.
 //!
 //! **No async task ever blocks on a file or a lock held across I/O, nor
 //! computes over the whole store (that runs on a frozen copy on a
@@ -46,6 +48,7 @@ pub mod api;
 pub mod backup;
 pub mod config;
 pub mod disk_writer;
+pub mod failpoint;
 pub mod frame;
 pub mod identity;
 pub mod jwt;
@@ -121,6 +124,9 @@ pub enum ServerError {
     /// The client API server stopped.
     #[error("client API server failed: {0}")]
     Serve(std::io::Error),
+    /// SIGUSR1 could not be caught for `--failpoint-power-loss`.
+    #[error("cannot catch SIGUSR1 for --failpoint-power-loss: {0}")]
+    Failpoint(std::io::Error),
 }
 
 /// Loads this member's identity from its data directory, or creates it from
@@ -158,22 +164,51 @@ async fn bind(address: std::net::SocketAddr, purpose: &'static str) -> Result<Tc
 pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
     // Tunables are checked before anything is written to the data directory.
     config.paxos_config(NodeId(1), vec![NodeId(1)])?;
+    let unsafe_bugs = config.unsafe_bugs;
+    if unsafe_bugs.any() {
+        tracing::warn!(
+            bugs = %unsafe_bugs.names().join(","),
+            "UNSAFE: --unsafe-bug {}: acknowledged data may be lost / reads may be stale; for fault-testing only",
+            unsafe_bugs.names().join(" --unsafe-bug ")
+        );
+    }
+    let power_signals = match config.failpoint_power_loss {
+        true => {
+            tracing::warn!(
+                "failpoint: unsynced writes are recorded; SIGUSR1 drops them and ends the process, as a power loss \
+                 would; for fault-testing only"
+            );
+            Some(failpoint::listen().map_err(ServerError::Failpoint)?)
+        }
+        false => None,
+    };
+    let failpoints = synod_storage::FailpointOptions {
+        record_unsynced: config.failpoint_power_loss,
+        skip_sync: unsafe_bugs.no_fsync,
+        ..synod_storage::FailpointOptions::default()
+    };
     // Reading the data directory and restoring the store from its snapshot
     // block: they run on a blocking-pool thread.
     let startup_config = config.clone();
-    let (identity, acceptor_store, durable, store) = tokio::task::spawn_blocking(move || {
+    let (identity, acceptor_store, durable, store, failpoint_disk) = tokio::task::spawn_blocking(move || {
         let identity = load_identity(&startup_config)?;
-        let (acceptor_store, opened) =
-            disk_writer::open(&startup_config.data_dir, startup_config.tunables.batch_bytes_max)?;
+        let (acceptor_store, opened, failpoint_disk) = disk_writer::open_with(
+            &startup_config.data_dir,
+            startup_config.tunables.batch_bytes_max,
+            failpoints,
+        )?;
         let store = match opened.snapshot_state {
             Some(state) => synod_kv::Store::restore(node::kv_config(), &state)
                 .map_err(|error| ServerError::Snapshot(error.to_string()))?,
             None => synod_kv::Store::new(node::kv_config()),
         };
-        Ok::<_, ServerError>((identity, acceptor_store, opened.durable, store))
+        Ok::<_, ServerError>((identity, acceptor_store, opened.durable, store, failpoint_disk))
     })
     .await
     .map_err(|error| ServerError::DiskThread(std::io::Error::other(error.to_string())))??;
+    if let (Some(signals), Some(disk)) = (power_signals, failpoint_disk) {
+        failpoint::arm(signals, disk);
+    }
     let snapshot_instance = durable.as_ref().map_or(0, |durable| durable.snapshot_instance.0);
     let members: Vec<NodeId> = identity.members.iter().map(|member| NodeId(member.id)).collect();
     let paxos = config.paxos_config(NodeId(identity.member_id), members)?;
@@ -225,6 +260,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
             Replica::fresh(paxos, start, now, seed)
         }
     };
+    let mut replica = replica;
+    if unsafe_bugs.core() != synod_paxos::PlantedBugs::default() {
+        replica.plant_bugs(unsafe_bugs.core());
+    }
     tracing::info!(
         name = %identity.name,
         member_id = %format!("{:x}", identity.member_id),
@@ -262,7 +301,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     let snapshots = acceptor_store.snapshots().clone();
     let disk = DiskWriter::start(acceptor_store).map_err(ServerError::DiskThread)?;
     let _ = metrics.wal.set(disk.counters());
-    let core = Core::new(
+    let mut core = Core::new(
         replica,
         shared.clone(),
         peers,
@@ -272,6 +311,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         origin,
         snapshot_instance,
     );
+    core.answer_client_leases_without_master_lease(unsafe_bugs.keepalive_lapsed_master);
     let core_shutdown = shutdown.clone();
     let mut core_task = tokio::spawn(
         core.run(CoreInputs { commands, inbound }, core_shutdown)

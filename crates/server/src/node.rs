@@ -277,6 +277,9 @@ pub struct Core {
     snapshots: SnapshotKeeper,
     /// A Ready's persist is on its way to disk: its messages wait.
     persisting: bool,
+    /// `--unsafe-bug keepalive-lapsed-master`: see
+    /// [`Core::answer_client_leases_without_master_lease`].
+    keepalive_lapsed_master: bool,
 }
 
 /// Why the core task stopped.
@@ -351,6 +354,7 @@ impl Core {
             next_compaction_nudge: Instant::now(),
             snapshots: SnapshotKeeper::new(snapshots, snapshot_instance),
             persisting: false,
+            keepalive_lapsed_master: false,
         }
     }
 
@@ -516,7 +520,20 @@ impl Core {
     /// successor, which started every deadline afresh when it took over, may
     /// revoke the lease before the deadline the lapsed master would promise.
     fn answers_for_leases(&self) -> bool {
-        self.replica.read_lease(self.now()).is_ok()
+        if self.keepalive_lapsed_master {
+            return self.replica.is_master();
+        }
+        // `holds_lease` too, so a core planted with `read_without_lease`
+        // still answers client leases safely: one unsafe mode at a time.
+        let now = self.now();
+        self.replica.holds_lease(now) && self.replica.read_lease(now).is_ok()
+    }
+
+    /// `--unsafe-bug keepalive-lapsed-master`: answers client lease
+    /// keep-alives and time to live whenever this member believes it is
+    /// master, with or without the master lease. Unsafe; for fault testing.
+    pub fn answer_client_leases_without_master_lease(&mut self, on: bool) {
+        self.keepalive_lapsed_master = on;
     }
 
     /// The master proposes a revoke for each client lease past its deadline.

@@ -25,7 +25,8 @@ struct Arguments {
     #[arg(long)]
     replicas: Option<usize>,
     /// Plant a bug: quorum-of-half, accept-lower-ballot, no-lease-silence,
-    /// send-before-sync, phase1-lowest-ballot, skip-message-validation.
+    /// send-before-sync, phase1-lowest-ballot, skip-message-validation,
+    /// read-without-lease.
     #[arg(long)]
     bug: Option<String>,
     /// Print every seed's outcome.
@@ -49,6 +50,7 @@ fn parse_bug(name: &str) -> Result<SimBugs, String> {
         "send-before-sync" => bugs.send_before_sync = true,
         "phase1-lowest-ballot" => bugs.core.phase1_lowest_ballot = true,
         "skip-message-validation" => bugs.core.skip_message_validation = true,
+        "read-without-lease" => bugs.core.read_without_lease = true,
         other => return Err(format!("unknown bug {other:?}")),
     }
     Ok(bugs)

@@ -109,6 +109,85 @@ fn a_master_paused_past_its_lease_refuses_reads_on_resume() {
     assert!(!replica.holds_lease(resumed));
 }
 
+/// The master is paused (not ticked, cut off) past its lease; the two others
+/// elect a new master and commit a value. The old master wakes and is asked
+/// for a lease read before its first tick, as a resumed process may read a
+/// queued request before its timers fire. Returns whether it answered, from
+/// a state without the value the new master committed: a stale read.
+fn a_deposed_master_answers_a_read(bugs: PlantedBugs) -> bool {
+    let (mut group, old) = elected(3);
+    group.replicas[old].plant_bugs(bugs);
+    let others: Vec<usize> = (0..3).filter(|index| *index != old).collect();
+    group.isolated.push(group.replicas[old].node());
+    let mut new = None;
+    for _ in 0..30_000 {
+        group.now = group.now + Duration::from_millis(1);
+        for &index in &others {
+            let now = group.now;
+            group.replicas[index].tick(now);
+            group.drain(index);
+        }
+        group.pump();
+        new = others
+            .iter()
+            .copied()
+            .find(|index| group.replicas[*index].read_lease(group.now).is_ok());
+        if new.is_some() {
+            break;
+        }
+    }
+    let new = new.expect("the two others elect a master");
+    let now = group.now;
+    group.replicas[new]
+        .submit(now, Bytes::from_static(b"new"), None)
+        .expect("the new master takes a submit");
+    group.drain(new);
+    group.pump();
+    let mut committed = None;
+    for _ in 0..2_000 {
+        group.now = group.now + Duration::from_millis(1);
+        for &index in &others {
+            let now = group.now;
+            group.replicas[index].tick(now);
+            group.drain(index);
+        }
+        group.pump();
+        committed = group.delivered[new]
+            .iter()
+            .find(|(_, batch)| batch.entries.iter().any(|entry| entry.value.as_ref() == b"new"))
+            .map(|(instance, _)| *instance);
+        if committed.is_some() {
+            break;
+        }
+    }
+    let committed = committed.expect("the new master commits the value");
+    assert!(group.replicas[old].is_master(), "the old master has not noticed yet");
+    match group.replicas[old].read_lease(group.now) {
+        Ok(through) => {
+            assert!(through < committed, "the old master cannot know the new value");
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_deposed_master_refuses_reads_before_it_notices() {
+    assert!(!a_deposed_master_answers_a_read(PlantedBugs::default()));
+}
+
+#[test]
+fn planted_bug_reading_without_the_lease_is_caught_by_a_script() {
+    let bugs = PlantedBugs {
+        read_without_lease: true,
+        ..PlantedBugs::default()
+    };
+    assert!(
+        a_deposed_master_answers_a_read(bugs),
+        "a master that reads without its lease serves a read that misses a committed write"
+    );
+}
+
 #[test]
 fn a_replica_with_an_empty_disk_learns_before_it_votes() {
     let (mut group, master) = elected(3);

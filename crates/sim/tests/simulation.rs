@@ -1,5 +1,8 @@
 //! The simulator's seeds under `cargo test`: every fault mix must pass, and every
 //! planted bug must be caught by at least one of the seeds run here.
+//! `PlantedBugs::read_without_lease` is the exception: the simulated host
+//! ticks a replica before it hands it reads, so no seed serves a stale read;
+//! `scenarios.rs` catches it with a script (see RELIABILITY.md).
 
 use synod_paxos::PlantedBugs;
 use synod_sim::{run_seed, RunConfig, SimBugs, Stats};

@@ -28,6 +28,7 @@
 //! |---|---|
 //! | `acceptor` | [`AcceptorStore`]: the Paxos replica's `Persist` records and restart state on one disk; [`AcceptorStore::begin_snapshot`] |
 //! | `disk` | [`Disk`], [`File`], [`FsDisk`] |
+//! | `failpoint_disk` | [`FailpointDisk`]: a wrapper that loses unsynced writes on request ([`FailpointDisk::power_loss`]) or never syncs, for fault-testing real processes |
 //! | `sim_disk` | [`SimDisk`], [`FaultConfig`], [`FaultCounts`] |
 //! | `wal` | [`Wal`], [`Record`], [`Recovery`], [`WalConfig`]; the on-disk layout and write ordering |
 //! | `wal::format` | segment names, headers, frames and identifiers, byte by byte |
@@ -320,6 +321,7 @@
 mod acceptor;
 mod disk;
 mod error;
+mod failpoint_disk;
 mod fatal;
 mod fields;
 mod group_commit;
@@ -332,6 +334,7 @@ mod wal;
 pub use acceptor::{AcceptorStore, AcceptorStoreConfig, Recovered};
 pub use disk::{Disk, File, FsDisk, FsFile};
 pub use error::{Result, StorageError};
+pub use failpoint_disk::{FailpointDisk, FailpointOptions, PowerLossReport, UNDO_BYTES_MAX_DEFAULT};
 pub use fatal::fatal_sync_error;
 pub use group_commit::{
     CommitTarget, Completion, GroupCommit, GroupCommitConfig, GroupCommitCounters, GroupCommitStats, RejectReason,

@@ -37,7 +37,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Mode {
     /// Run one member of a group.
-    Server(ServerFlags),
+    Server(Box<ServerFlags>),
     /// Run a whole group on loopback (client ports 2379, 2479, 2579, ...).
     Dev(DevFlags),
     /// Load a group (synod or etcd) through the etcd v3 API and report throughput and latency.
@@ -134,6 +134,34 @@ struct ServerFlags {
     auth_token: String,
     #[command(flatten)]
     tunables: TunableFlags,
+    /// Fault testing only: switch on an unsafe mode (repeatable) that a
+    /// fault harness's checkers must catch: no-fsync, read-without-lease,
+    /// keepalive-lapsed-master.
+    #[arg(long = "unsafe-bug", value_name = "NAME", value_enum, hide = true)]
+    unsafe_bugs: Vec<UnsafeBug>,
+    /// Fault testing only: record unsynced writes; on SIGUSR1 drop them, as a
+    /// power loss would, and exit with code 137.
+    #[arg(long, hide = true)]
+    failpoint_power_loss: bool,
+}
+
+/// The unsafe modes of `--unsafe-bug`; see `synod_server::config::UnsafeBugs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum UnsafeBug {
+    /// fdatasync is skipped: acknowledged writes are not durable.
+    NoFsync,
+    /// Linearizable reads are answered without the master lease.
+    ReadWithoutLease,
+    /// Client lease keep-alive and time to live are answered without the master lease.
+    KeepaliveLapsedMaster,
+}
+
+fn unsafe_bugs(flags: &[UnsafeBug]) -> synod_server::config::UnsafeBugs {
+    synod_server::config::UnsafeBugs {
+        no_fsync: flags.contains(&UnsafeBug::NoFsync),
+        read_without_lease: flags.contains(&UnsafeBug::ReadWithoutLease),
+        keepalive_lapsed_master: flags.contains(&UnsafeBug::KeepaliveLapsedMaster),
+    }
 }
 
 /// etcd's client TLS flags.
@@ -362,7 +390,7 @@ fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         on_signals(shutdown.clone());
         match command.mode {
-            Mode::Server(flags) => server(flags, shutdown).await,
+            Mode::Server(flags) => server(*flags, shutdown).await,
             Mode::Dev(flags) => dev(flags, shutdown).await,
             Mode::Bench(args) => bench(args, shutdown).await,
             Mode::Chaos(args) => chaos(args, shutdown).await,
@@ -407,6 +435,8 @@ async fn server(flags: ServerFlags, shutdown: CancellationToken) -> Result<(), S
         },
         initial_cluster_token: flags.initial_cluster_token,
         tunables: flags.tunables.tunables(),
+        unsafe_bugs: unsafe_bugs(&flags.unsafe_bugs),
+        failpoint_power_loss: flags.failpoint_power_loss,
     };
     synod_server::run(config, shutdown)
         .await
@@ -609,6 +639,8 @@ async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String>
             initial_cluster_state: ClusterState::New,
             initial_cluster_token: String::new(),
             tunables: flags.tunables.tunables(),
+            unsafe_bugs: synod_server::config::UnsafeBugs::default(),
+            failpoint_power_loss: false,
         };
         let span = tracing::info_span!("member", name = %name);
         let shutdown = shutdown.clone();

@@ -33,8 +33,9 @@ mod rejoin;
 #[cfg(test)]
 mod tests;
 
-/// Planted bugs, for showing that the simulator's checkers catch them. Never set
-/// outside tests.
+/// Planted bugs, for showing that the simulator's checkers (and the fault
+/// harness's, through the server's hidden `--unsafe-bug` flag) catch them.
+/// Never set outside tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlantedBugs {
     /// Count a majority as `n / 2` instead of `n / 2 + 1`.
@@ -54,6 +55,11 @@ pub struct PlantedBugs {
     /// `u64::MAX` wraps the next candidate's round to zero (or panics, with
     /// overflow checks), and a ballot naming another member is taken as theirs.
     pub skip_message_validation: bool,
+    /// [`Replica::read_lease`] answers on any member that believes it is
+    /// master, whether or not it holds the master lease: a master paused or
+    /// cut off past its lease, which has not yet noticed it was deposed,
+    /// serves stale reads. Also a server's `--unsafe-bug read-without-lease`.
+    pub read_without_lease: bool,
 }
 
 /// Why a lease read cannot be answered here.
@@ -376,7 +382,7 @@ impl Replica {
                 master: self.master_hint,
             });
         };
-        if !self.lease_proposer.is_held(now) {
+        if !self.lease_proposer.is_held(now) && !self.bugs.read_without_lease {
             return Err(ReadError::NotMaster { master: None });
         }
         if self.chosen_through < master.recovery_through || !master.unresolved.is_empty() {
