@@ -25,3 +25,9 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 cargo test --workspace --release
+
+# The fault harness against real members: a 3-member and a 5-member group
+# under every fault kind, each run with a fresh seed that it prints (replay
+# with `synod chaos --seed N --members M`).
+./target/release/synod chaos --members 3 --duration-s 100
+./target/release/synod chaos --members 5 --duration-s 60

@@ -47,6 +47,10 @@ use crate::proxy::{LinkRule, LinkRules};
 pub const DAMAGED_START_GRACE: Duration = Duration::from_secs(5);
 /// How long a member given SIGUSR1 gets to roll back and end.
 const POWER_LOSS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a partition is held: past a takeover (election timeout and
+/// master lease, about 1.5 s with the harness's timing) plus a client
+/// lease's TTL, so that a lease can run out on the majority's side.
+const PARTITION_HOLD_MAX: Duration = Duration::from_secs(10);
 /// Largest data directory copied before damaging it, in bytes.
 const DAMAGE_COPY_BYTES_MAX: u64 = 1 << 30;
 
@@ -249,6 +253,14 @@ pub async fn apply(
         links_held: false,
         damaged: None,
     };
+    if matches!(
+        kind,
+        FaultKind::Isolate | FaultKind::IsolateMaster | FaultKind::Split | FaultKind::OneWay | FaultKind::Bridge
+    ) {
+        // Long enough, at the top, for a new master to take over and a
+        // client lease's TTL to run out on the other side.
+        fault.hold = random_duration(rng, Duration::from_secs(1), PARTITION_HOLD_MAX);
+    }
     let reset_on_release = rng.random_bool(0.5);
     let release = if reset_on_release { "reset" } else { "delivered late" };
     match kind {

@@ -48,6 +48,10 @@ use crate::workload::{Context, WorkloadReport};
 
 /// How long one liveness write may take.
 const LIVENESS_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Anomalies of one workload quoted in the report; the rest are counted.
+const ANOMALIES_PER_WORKLOAD_MAX: usize = 10;
+/// Times a member that ended on its own is started again.
+const RESTARTS_AFTER_EXIT_MAX: usize = 3;
 /// How long the group gets to elect a master at the start.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -347,8 +351,15 @@ pub async fn run(args: Args) -> Result<Report, ChaosError> {
     for handle in running {
         match handle.await {
             Ok(workload) => {
-                for anomaly in &workload.anomalies {
+                for anomaly in workload.anomalies.iter().take(ANOMALIES_PER_WORKLOAD_MAX) {
                     report.anomalies.push(format!("{}: {anomaly}", workload.name));
+                }
+                if workload.anomalies.len() > ANOMALIES_PER_WORKLOAD_MAX {
+                    report.anomalies.push(format!(
+                        "{}: and {} more anomalies",
+                        workload.name,
+                        workload.anomalies.len() - ANOMALIES_PER_WORKLOAD_MAX
+                    ));
                 }
                 for undecided in &workload.inconclusive {
                     report.inconclusive.push(format!("{}: {undecided}", workload.name));
@@ -379,9 +390,15 @@ async fn watch_members(cluster: &mut Cluster, report: &mut Report, duration: Dur
 
 /// A member that ended without being killed is an anomaly: a crash, a
 /// panic, or a refusal to start that no damage explains. It is restarted so
-/// that the run goes on.
+/// that the run goes on, up to [`RESTARTS_AFTER_EXIT_MAX`] times: one that
+/// keeps refusing stays down.
 fn record_exits(cluster: &mut Cluster, report: &mut Report) {
     for exit in cluster.reap() {
+        let earlier = report
+            .unexpected_exits
+            .iter()
+            .filter(|earlier| earlier.member == exit.member)
+            .count();
         let line = format!(
             "{} ended on its own ({}): {}",
             exit.member,
@@ -390,8 +407,10 @@ fn record_exits(cluster: &mut Cluster, report: &mut Report) {
         );
         eprintln!("chaos: {line}");
         report.anomalies.push(line);
-        if let Some(index) = cluster.members.iter().position(|member| member.name == exit.member) {
-            let _ = cluster.launch(index);
+        if earlier < RESTARTS_AFTER_EXIT_MAX {
+            if let Some(index) = cluster.members.iter().position(|member| member.name == exit.member) {
+                let _ = cluster.launch(index);
+            }
         }
         report.unexpected_exits.push(exit);
     }

@@ -308,10 +308,15 @@ impl UnsafeBugs {
         *self != UnsafeBugs::default()
     }
 
-    /// The bugs to plant in the consensus core.
+    /// The bugs to plant in the consensus core. Both lease modes come with
+    /// `master_outlives_lease`: a correct core steps down on its first tick
+    /// past the lease, which leaves a lapsed master too short a window for a
+    /// client to see the harm; the master that keeps its role is the one the
+    /// answers-without-the-lease mistake hurts.
     pub fn core(&self) -> synod_paxos::PlantedBugs {
         synod_paxos::PlantedBugs {
             read_without_lease: self.read_without_lease,
+            master_outlives_lease: self.read_without_lease || self.keepalive_lapsed_master,
             ..synod_paxos::PlantedBugs::default()
         }
     }
@@ -359,7 +364,7 @@ mod tests {
     }
 
     #[test]
-    fn unsafe_bugs_name_themselves_and_plant_only_the_core_one() {
+    fn unsafe_bugs_name_themselves_and_plant_their_core_bugs() {
         assert!(!UnsafeBugs::default().any());
         assert_eq!(UnsafeBugs::default().core(), synod_paxos::PlantedBugs::default());
         let all = UnsafeBugs {
@@ -376,6 +381,7 @@ mod tests {
             all.core(),
             synod_paxos::PlantedBugs {
                 read_without_lease: true,
+                master_outlives_lease: true,
                 ..synod_paxos::PlantedBugs::default()
             }
         );

@@ -312,6 +312,10 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         snapshot_instance,
     );
     core.answer_client_leases_without_master_lease(unsafe_bugs.keepalive_lapsed_master);
+    shared.keepalive_lapsed_master.store(
+        unsafe_bugs.keepalive_lapsed_master,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let core_shutdown = shutdown.clone();
     let mut core_task = tokio::spawn(
         core.run(CoreInputs { commands, inbound }, core_shutdown)

@@ -178,6 +178,10 @@ pub struct Shared {
     next_hub_id: AtomicU64,
     /// The auth tokens this member knows.
     pub tokens: TokenKeeper,
+    /// `--unsafe-bug keepalive-lapsed-master`: the API answers client lease
+    /// keep-alives without first finding its read point (which a lapsed
+    /// master cannot), as the core answers them on `is_master()` alone.
+    pub keepalive_lapsed_master: std::sync::atomic::AtomicBool,
 }
 
 /// Locks a mutex, taking over a poisoned one: the state it guards is only
@@ -321,6 +325,7 @@ pub fn shared(
         hubs: Mutex::new(HashMap::new()),
         next_hub_id: AtomicU64::new(1),
         tokens: TokenKeeper::new(tunables_auth_token_ttl),
+        keepalive_lapsed_master: std::sync::atomic::AtomicBool::new(false),
     });
     (shared, command_receiver, status_sender)
 }

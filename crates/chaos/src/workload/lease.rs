@@ -53,8 +53,10 @@ pub const LEASES_PER_CLIENT_MAX: usize = 1_000;
 pub const LEASE_TTL_S: i64 = 3;
 /// Time between two keep-alives of one lease, in milliseconds.
 pub const KEEP_ALIVE_INTERVAL_MS: u64 = 500;
-/// Shortest and longest time a client keeps one lease alive, in milliseconds.
-pub const LEASE_LIFE_MS: std::ops::Range<u64> = 4_000..8_000;
+/// Shortest and longest time a client keeps one lease alive, in milliseconds:
+/// long enough, at the top, to outlive a partition of its member and the
+/// new master's restart of every lease's TTL.
+pub const LEASE_LIFE_MS: std::ops::Range<u64> = 4_000..16_000;
 /// Chance that a client lets a lease expire instead of revoking it.
 pub const ABANDON_PROBABILITY: f64 = 0.5;
 /// Fixed part of the allowance for clock drift between client and server, in microseconds.

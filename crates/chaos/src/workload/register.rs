@@ -7,7 +7,9 @@
 //! revision with 0 when it saw none) and puts a new value if it matches, and
 //! reads the key otherwise; that read is recorded as a read over the same
 //! interval, which only narrows the search. Every write has a value no other
-//! write uses. A write or swap that timed out is recorded with an unknown
+//! write uses, and nothing deletes a register, so comparing the value is
+//! comparing the mod revision: a key still holds the value a client saw
+//! exactly when it still holds the write that client saw. A write or swap that timed out is recorded with an unknown
 //! outcome; a read that failed is dropped, since it changed nothing.
 
 use std::collections::HashMap;

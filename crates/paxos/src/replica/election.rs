@@ -58,7 +58,8 @@ impl Replica {
         if !self.is_voter() || self.lease_acceptor.is_silent(now) {
             return;
         }
-        if !self.lease_proposer.is_held(now) && !matches!(self.role, Role::Follower) {
+        if !self.lease_proposer.is_held(now) && !matches!(self.role, Role::Follower) && !self.bugs.master_outlives_lease
+        {
             self.step_down(now);
         }
         if !self.lease_proposer.is_idle() || now < self.lease_proposer.next_attempt_at {

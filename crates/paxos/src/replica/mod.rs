@@ -60,6 +60,17 @@ pub struct PlantedBugs {
     /// cut off past its lease, which has not yet noticed it was deposed,
     /// serves stale reads. Also a server's `--unsafe-bug read-without-lease`.
     pub read_without_lease: bool,
+    /// A master whose lease ran out does not step down until it hears of a
+    /// higher ballot, as a master with no lease check of its own would. A
+    /// correct core steps down on its first tick past the lease, which leaves
+    /// a lapsed master only the moment before that tick (after SIGCONT, say)
+    /// to misuse; with this bug a master cut off or paused past its lease
+    /// stays master for as long as it hears nothing, so what it answers
+    /// without checking the lease (`read_without_lease`, a server answering
+    /// keep-alives on `is_master()`) is wrong for that whole time. Alone it
+    /// breaks nothing: a master without its lease answers no read, and its
+    /// proposals still need a majority.
+    pub master_outlives_lease: bool,
 }
 
 /// Why a lease read cannot be answered here.

@@ -42,7 +42,13 @@ impl Api {
     /// read point first: a master that has not yet applied a grant committed
     /// under its predecessor would answer TTL 0, lease gone.
     async fn keep_alive_here(&self, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
-        self.linearizable_point().await?;
+        if !self
+            .shared
+            .keepalive_lapsed_master
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.linearizable_point().await?;
+        }
         let identity = self.identity();
         let ttl = self
             .ask(|reply| Command::KeepAlive { id, reply })
