@@ -10,7 +10,8 @@
 //!    schedule applies and heals one fault after another ([`faults`]) for the
 //!    safety phase;
 //! 3. heals everything and measures how long the group takes to accept a
-//!    write again; that must happen within the liveness deadline;
+//!    write again; that, and a write through every running member, must
+//!    happen within the liveness deadline;
 //! 4. tells the workloads to stop, and each makes its final reads and checks
 //!    its history.
 //!
@@ -335,16 +336,32 @@ pub async fn run(args: Args) -> Result<Report, ChaosError> {
         cluster.resume(index);
     }
 
-    // Liveness: the healed group must take a write within the deadline.
+    // Liveness: the healed group must take a write within the deadline,
+    // and then one through every running member (followers forward).
     let healed = Instant::now();
     let deadline = Duration::from_secs(args.liveness_deadline_s);
-    report.recovery_s = first_write(&cluster.endpoints(), deadline)
+    let endpoints = cluster.endpoints();
+    report.recovery_s = first_write(&endpoints, deadline)
         .await
         .then(|| healed.elapsed().as_secs_f64());
     if report.recovery_s.is_none() {
         report
             .anomalies
             .push(format!("no write accepted within {deadline:?} of healing every fault"));
+    } else {
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            if cluster.state(index) != cluster::MemberState::Up {
+                continue;
+            }
+            // At least one try each, however long the first write took.
+            let left = deadline.saturating_sub(healed.elapsed()).max(LIVENESS_WRITE_TIMEOUT);
+            if !first_write(std::slice::from_ref(endpoint), left).await {
+                report.anomalies.push(format!(
+                    "{} accepted no write within {deadline:?} of healing every fault",
+                    cluster.members[index].name
+                ));
+            }
+        }
     }
 
     stop.cancel();
@@ -416,8 +433,8 @@ fn record_exits(cluster: &mut Cluster, report: &mut Report) {
     }
 }
 
-/// Tries writes through every member in turn until one is accepted or
-/// `deadline` passes.
+/// Tries writes through each of `endpoints` in turn until one is accepted
+/// or `deadline` passes.
 async fn first_write(endpoints: &[String], deadline: Duration) -> bool {
     let end = Instant::now() + deadline;
     let mut attempt = 0u64;
