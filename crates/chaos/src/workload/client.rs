@@ -329,6 +329,19 @@ pub fn value_of(response: &synod_proto::etcdserverpb::RangeResponse) -> Option<S
         .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
 }
 
+/// Opens channels to `endpoints` and clears `prefix` ([`reset_prefix`]):
+/// every workload's start. Returns the channels and the revision of the
+/// clearing delete.
+///
+/// # Errors
+///
+/// As [`channels`] and [`reset_prefix`].
+pub async fn open_cleared(endpoints: &[String], prefix: &str) -> Result<(Vec<Channel>, i64), String> {
+    let channels = channels(endpoints)?;
+    let revision = reset_prefix(&channels, prefix).await?;
+    Ok((channels, revision))
+}
+
 /// Deletes every key under `prefix`, retrying over the members until one
 /// delete is acknowledged, so a workload starts from a known empty state.
 /// Returns the revision of that delete.

@@ -165,17 +165,13 @@ fn lock(lives: &Lives) -> std::sync::MutexGuard<'_, Vec<LeaseLife>> {
 /// Runs the workload until `ctx.stop`, then checks every read against the promises.
 pub async fn run(ctx: SharedContext) -> WorkloadReport {
     let mut report = WorkloadReport::named(NAME);
-    let channels = match client::channels(&ctx.endpoints) {
-        Ok(channels) => channels,
+    let channels = match client::open_cleared(&ctx.endpoints, PREFIX).await {
+        Ok((channels, _)) => channels,
         Err(why) => {
             report.inconclusive.push(why);
             return report;
         }
     };
-    if let Err(why) = client::reset_prefix(&channels, PREFIX).await {
-        report.inconclusive.push(why);
-        return report;
-    }
     let lives: Lives = Arc::default();
     let mut clients = tokio::task::JoinSet::new();
     for client_id in 0..CLIENTS {

@@ -112,17 +112,13 @@ fn parse_counter(value: &str) -> Option<u64> {
 /// Runs the workload until `ctx.stop`, then reads the counter and checks it.
 pub async fn run(ctx: SharedContext) -> WorkloadReport {
     let mut report = WorkloadReport::named(NAME);
-    let channels = match client::channels(&ctx.endpoints) {
-        Ok(channels) => channels,
+    let channels = match client::open_cleared(&ctx.endpoints, COUNTER_KEY).await {
+        Ok((channels, _)) => channels,
         Err(why) => {
             report.inconclusive.push(why);
             return report;
         }
     };
-    if let Err(why) = client::reset_prefix(&channels, COUNTER_KEY).await {
-        report.inconclusive.push(why);
-        return report;
-    }
     let mut tasks = tokio::task::JoinSet::new();
     for client_id in 0..CLIENTS {
         tasks.spawn(client_loop(ctx.clone(), channels.clone(), client_id));

@@ -59,17 +59,13 @@ pub fn key(index: u64) -> String {
 /// Runs the workload until `ctx.stop`, then checks the history.
 pub async fn run(ctx: SharedContext) -> WorkloadReport {
     let mut report = WorkloadReport::named(NAME);
-    let channels = match client::channels(&ctx.endpoints) {
-        Ok(channels) => channels,
+    let channels = match client::open_cleared(&ctx.endpoints, PREFIX).await {
+        Ok((channels, _)) => channels,
         Err(why) => {
             report.inconclusive.push(why);
             return report;
         }
     };
-    if let Err(why) = client::reset_prefix(&channels, PREFIX).await {
-        report.inconclusive.push(why);
-        return report;
-    }
     let recorded = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for client_id in 0..CLIENTS {

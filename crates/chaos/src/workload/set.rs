@@ -49,17 +49,13 @@ pub fn key(client: u64, n: u64) -> String {
 /// Runs the workload until `ctx.stop`, then lists the keys and checks them.
 pub async fn run(ctx: SharedContext) -> WorkloadReport {
     let mut report = WorkloadReport::named(NAME);
-    let channels = match client::channels(&ctx.endpoints) {
-        Ok(channels) => channels,
+    let channels = match client::open_cleared(&ctx.endpoints, PREFIX).await {
+        Ok((channels, _)) => channels,
         Err(why) => {
             report.inconclusive.push(why);
             return report;
         }
     };
-    if let Err(why) = client::reset_prefix(&channels, PREFIX).await {
-        report.inconclusive.push(why);
-        return report;
-    }
     let mut tasks = tokio::task::JoinSet::new();
     for client_id in 0..CLIENTS {
         tasks.spawn(client_loop(ctx.clone(), channels.clone(), client_id));

@@ -99,15 +99,8 @@ pub struct WatcherLog {
 /// Runs the workload until `ctx.stop`, lets the watchers catch up, and checks them.
 pub async fn run(ctx: SharedContext) -> WorkloadReport {
     let mut report = WorkloadReport::named(NAME);
-    let channels = match client::channels(&ctx.endpoints) {
-        Ok(channels) => channels,
-        Err(why) => {
-            report.inconclusive.push(why);
-            return report;
-        }
-    };
-    let start_revision = match client::reset_prefix(&channels, PREFIX).await {
-        Ok(revision) => revision + 1,
+    let (channels, start_revision) = match client::open_cleared(&ctx.endpoints, PREFIX).await {
+        Ok((channels, revision)) => (channels, revision + 1),
         Err(why) => {
             report.inconclusive.push(why);
             return report;
