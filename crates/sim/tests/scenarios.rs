@@ -22,6 +22,30 @@ fn elected(size: usize) -> (Group, usize) {
     (group, master)
 }
 
+/// Ticks only `replicas`, a millisecond at a time for at most `steps_max`
+/// steps, until `found` finds something: every other replica stays paused
+/// (not ticked), as a stopped process would.
+fn tick_only_until<T>(
+    group: &mut Group,
+    replicas: &[usize],
+    steps_max: u32,
+    mut found: impl FnMut(&Group) -> Option<T>,
+) -> Option<T> {
+    for _ in 0..steps_max {
+        group.now = group.now + Duration::from_millis(1);
+        for &index in replicas {
+            let now = group.now;
+            group.replicas[index].tick(now);
+            group.drain(index);
+        }
+        group.pump();
+        if let Some(thing) = found(group) {
+            return Some(thing);
+        }
+    }
+    None
+}
+
 #[test]
 fn a_follower_refuses_submits_and_names_the_master() {
     let (mut group, master) = elected(3);
@@ -119,48 +143,26 @@ fn a_deposed_master_answers_a_read(bugs: PlantedBugs) -> bool {
     group.replicas[old].plant_bugs(bugs);
     let others: Vec<usize> = (0..3).filter(|index| *index != old).collect();
     group.isolated.push(group.replicas[old].node());
-    let mut new = None;
-    for _ in 0..30_000 {
-        group.now = group.now + Duration::from_millis(1);
-        for &index in &others {
-            let now = group.now;
-            group.replicas[index].tick(now);
-            group.drain(index);
-        }
-        group.pump();
-        new = others
+    let new = tick_only_until(&mut group, &others, 30_000, |group| {
+        others
             .iter()
             .copied()
-            .find(|index| group.replicas[*index].read_lease(group.now).is_ok());
-        if new.is_some() {
-            break;
-        }
-    }
-    let new = new.expect("the two others elect a master");
+            .find(|index| group.replicas[*index].read_lease(group.now).is_ok())
+    })
+    .expect("the two others elect a master");
     let now = group.now;
     group.replicas[new]
         .submit(now, Bytes::from_static(b"new"), None)
         .expect("the new master takes a submit");
     group.drain(new);
     group.pump();
-    let mut committed = None;
-    for _ in 0..2_000 {
-        group.now = group.now + Duration::from_millis(1);
-        for &index in &others {
-            let now = group.now;
-            group.replicas[index].tick(now);
-            group.drain(index);
-        }
-        group.pump();
-        committed = group.delivered[new]
+    let committed = tick_only_until(&mut group, &others, 2_000, |group| {
+        group.delivered[new]
             .iter()
             .find(|(_, batch)| batch.entries.iter().any(|entry| entry.value.as_ref() == b"new"))
-            .map(|(instance, _)| *instance);
-        if committed.is_some() {
-            break;
-        }
-    }
-    let committed = committed.expect("the new master commits the value");
+            .map(|(instance, _)| *instance)
+    })
+    .expect("the new master commits the value");
     assert!(group.replicas[old].is_master(), "the old master has not noticed yet");
     match group.replicas[old].read_lease(group.now) {
         Ok(through) => {
@@ -317,24 +319,13 @@ fn values_chosen_twice(bugs: PlantedBugs) -> Vec<Instance> {
 
     // The old master is paused: not ticked, cut off.
     group.isolated.push(old_node);
-    let mut new = None;
-    for _ in 0..30_000 {
-        group.now = group.now + Duration::from_millis(1);
-        for &index in &others {
-            let now = group.now;
-            group.replicas[index].tick(now);
-            group.drain(index);
-        }
-        group.pump();
-        new = others
+    let new = tick_only_until(&mut group, &others, 30_000, |group| {
+        others
             .iter()
             .copied()
-            .find(|index| group.replicas[*index].read_lease(group.now).is_ok());
-        if new.is_some() {
-            break;
-        }
-    }
-    let new = new.expect("the two others elect a master");
+            .find(|index| group.replicas[*index].read_lease(group.now).is_ok())
+    })
+    .expect("the two others elect a master");
     let follower = others.iter().copied().find(|index| *index != new).expect("two others");
 
     // The held Accept reaches the follower, and the old master wakes.
