@@ -250,7 +250,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         .map_or(0, |elapsed| elapsed.as_nanos() as u64)
         ^ u64::from(std::process::id()).rotate_left(32);
     let restarted = durable.is_some();
-    let replica = match durable {
+    let mut replica = match durable {
         Some(durable) => Replica::restart(paxos, durable, now, seed),
         None => {
             let start = match config.initial_cluster_state {
@@ -260,10 +260,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
             Replica::fresh(paxos, start, now, seed)
         }
     };
-    let mut replica = replica;
-    if unsafe_bugs.core() != synod_paxos::PlantedBugs::default() {
-        replica.plant_bugs(unsafe_bugs.core());
-    }
+    replica.plant_bugs(unsafe_bugs.core());
     tracing::info!(
         name = %identity.name,
         member_id = %format!("{:x}", identity.member_id),
@@ -301,7 +298,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     let snapshots = acceptor_store.snapshots().clone();
     let disk = DiskWriter::start(acceptor_store).map_err(ServerError::DiskThread)?;
     let _ = metrics.wal.set(disk.counters());
-    let mut core = Core::new(
+    let core = Core::new(
         replica,
         shared.clone(),
         peers,
@@ -311,7 +308,6 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         origin,
         snapshot_instance,
     );
-    core.answer_client_leases_without_master_lease(unsafe_bugs.keepalive_lapsed_master);
     shared.keepalive_lapsed_master.store(
         unsafe_bugs.keepalive_lapsed_master,
         std::sync::atomic::Ordering::Relaxed,

@@ -178,9 +178,11 @@ pub struct Shared {
     next_hub_id: AtomicU64,
     /// The auth tokens this member knows.
     pub tokens: TokenKeeper,
-    /// `--unsafe-bug keepalive-lapsed-master`: the API answers client lease
-    /// keep-alives without first finding its read point (which a lapsed
-    /// master cannot), as the core answers them on `is_master()` alone.
+    /// `--unsafe-bug keepalive-lapsed-master`: client lease keep-alives and
+    /// time to live are answered whenever this member believes it is master,
+    /// with or without the master lease: the API skips its read point (which
+    /// a lapsed master cannot find) and the core answers on `is_master()`
+    /// alone. Unsafe; for fault testing.
     pub keepalive_lapsed_master: std::sync::atomic::AtomicBool,
 }
 
@@ -281,9 +283,6 @@ pub struct Core {
     snapshots: SnapshotKeeper,
     /// A Ready's persist is on its way to disk: its messages wait.
     persisting: bool,
-    /// `--unsafe-bug keepalive-lapsed-master`: see
-    /// [`Core::answer_client_leases_without_master_lease`].
-    keepalive_lapsed_master: bool,
 }
 
 /// Why the core task stopped.
@@ -359,7 +358,6 @@ impl Core {
             next_compaction_nudge: Instant::now(),
             snapshots: SnapshotKeeper::new(snapshots, snapshot_instance),
             persisting: false,
-            keepalive_lapsed_master: false,
         }
     }
 
@@ -525,20 +523,13 @@ impl Core {
     /// successor, which started every deadline afresh when it took over, may
     /// revoke the lease before the deadline the lapsed master would promise.
     fn answers_for_leases(&self) -> bool {
-        if self.keepalive_lapsed_master {
+        if self.shared.keepalive_lapsed_master.load(Ordering::Relaxed) {
             return self.replica.is_master();
         }
         // `holds_lease` too, so a core planted with `read_without_lease`
         // still answers client leases safely: one unsafe mode at a time.
         let now = self.now();
         self.replica.holds_lease(now) && self.replica.read_lease(now).is_ok()
-    }
-
-    /// `--unsafe-bug keepalive-lapsed-master`: answers client lease
-    /// keep-alives and time to live whenever this member believes it is
-    /// master, with or without the master lease. Unsafe; for fault testing.
-    pub fn answer_client_leases_without_master_lease(&mut self, on: bool) {
-        self.keepalive_lapsed_master = on;
     }
 
     /// The master proposes a revoke for each client lease past its deadline.

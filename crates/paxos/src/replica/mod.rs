@@ -290,7 +290,8 @@ impl Replica {
         }
     }
 
-    /// Switches on planted bugs (simulator tests only).
+    /// Switches on planted bugs, for the simulator's tests and the server's
+    /// `--unsafe-bug` modes; `PlantedBugs::default()` plants none.
     pub fn plant_bugs(&mut self, bugs: PlantedBugs) {
         self.bugs = bugs;
         if bugs.quorum_of_half {
