@@ -40,6 +40,10 @@ pub const TIMING_FLAGS: [&str; 8] = [
     "50",
 ];
 
+/// Every member compares its state hash with the others' every second, so a
+/// divergence any fault causes raises a CORRUPT alarm the harness sees.
+pub const CONSISTENCY_FLAGS: [&str; 2] = ["--consistency-check-interval-ms", "1000"];
+
 /// The master lease the timing flags set, for choosing pause lengths.
 pub const MASTER_LEASE: Duration = Duration::from_millis(1000);
 
@@ -219,6 +223,7 @@ impl Cluster {
             .args(["--listen-peer", &format!("127.0.0.1:{}", member.peer_port)])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(TIMING_FLAGS)
+            .args(CONSISTENCY_FLAGS)
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             // Plain log lines, so the report can quote them.

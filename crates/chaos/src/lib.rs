@@ -364,6 +364,25 @@ pub async fn run(args: Args) -> Result<Report, ChaosError> {
         }
     }
 
+    if report.recovery_s.is_some() {
+        // The members compared their state hashes every second all along
+        // (`cluster::CONSISTENCY_FLAGS`); one more check's time, then no member may
+        // carry a CORRUPT alarm.
+        tokio::time::sleep(CONSISTENCY_SETTLE).await;
+        match corrupt_alarms(&endpoints, deadline).await {
+            Some(members) => {
+                for member in members {
+                    report.anomalies.push(format!(
+                        "member {member:x} got a CORRUPT alarm: its state hash differed from the majority's"
+                    ));
+                }
+            }
+            None => report
+                .inconclusive
+                .push("the alarm list could not be read after healing".to_string()),
+        }
+    }
+
     stop.cancel();
     for handle in running {
         match handle.await {
@@ -435,6 +454,46 @@ fn record_exits(cluster: &mut Cluster, report: &mut Report) {
 
 /// Tries writes through each of `endpoints` in turn until one is accepted
 /// or `deadline` passes.
+/// How long the harness waits after the liveness phase for one more
+/// consistency check to run and its alarms to apply.
+const CONSISTENCY_SETTLE: Duration = Duration::from_secs(2);
+
+/// The members with a CORRUPT alarm, from any member that answers the alarm
+/// list within `deadline`; `None` if none does.
+async fn corrupt_alarms(endpoints: &[String], deadline: Duration) -> Option<Vec<u64>> {
+    use synod_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+    use synod_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+    let end = Instant::now() + deadline;
+    let mut attempt = 0usize;
+    while Instant::now() < end {
+        let endpoint = endpoints[attempt % endpoints.len()].clone();
+        attempt += 1;
+        let list = async {
+            let mut client = MaintenanceClient::connect(endpoint).await.ok()?;
+            client
+                .alarm(AlarmRequest {
+                    action: AlarmAction::Get as i32,
+                    member_id: 0,
+                    alarm: AlarmType::Corrupt as i32,
+                })
+                .await
+                .ok()
+        };
+        if let Ok(Some(response)) = tokio::time::timeout(LIVENESS_WRITE_TIMEOUT, list).await {
+            let alarms = response.into_inner().alarms;
+            return Some(
+                alarms
+                    .iter()
+                    .filter(|alarm| alarm.alarm == AlarmType::Corrupt as i32)
+                    .map(|alarm| alarm.member_id)
+                    .collect(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
 async fn first_write(endpoints: &[String], deadline: Duration) -> bool {
     let end = Instant::now() + deadline;
     let mut attempt = 0u64;

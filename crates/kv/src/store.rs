@@ -534,6 +534,14 @@ impl Store {
         }
     }
 
+    /// Whether `alarm` is raised for `member_id` (no allocation: read on
+    /// every client request by the consistency check's refusal).
+    pub fn has_alarm(&self, member_id: u64, alarm: AlarmType) -> bool {
+        self.alarms
+            .iter()
+            .any(|raised| raised.member_id == member_id && raised.alarm == alarm)
+    }
+
     /// Stateless checks the server runs before proposing (so bad requests
     /// never reach the log), then the encoding to propose.
     pub fn prepare(&self, request: &Request) -> Result<Vec<u8>, KvError> {

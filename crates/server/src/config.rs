@@ -202,6 +202,10 @@ pub struct Tunables {
     pub quota_backend_bytes: u64,
     /// How long a simple token lives past its last use (`--auth-token-ttl`).
     pub auth_token_ttl: Duration,
+    /// How often the master compares the members' state hashes at one
+    /// applied instance (`--consistency-check-interval-ms`; zero: only on
+    /// demand, at `/consistency`).
+    pub consistency_check_interval: Duration,
     /// bcrypt's cost for the password hashes of new users and new passwords
     /// (`--bcrypt-cost`; etcd's default 10, each step doubles the time).
     pub bcrypt_cost: u32,
@@ -231,6 +235,7 @@ impl Default for Tunables {
             quota_backend_bytes: QUOTA_BACKEND_BYTES_DEFAULT,
             auth_token_ttl: Duration::from_secs(300),
             bcrypt_cost: 10,
+            consistency_check_interval: Duration::from_secs(10),
         }
     }
 }
@@ -271,6 +276,10 @@ pub struct ServerConfig {
     /// storage back to what was synced and exit at once, as a power loss
     /// would leave it (`--failpoint-power-loss`; see [`crate::failpoint`]).
     pub failpoint_power_loss: bool,
+    /// The first put of this key applied here is followed by a local change
+    /// no other member makes (`--failpoint-diverge-key`), so the consistency
+    /// check has a divergence to find. Tests only.
+    pub failpoint_diverge_key: Option<Vec<u8>>,
 }
 
 /// Unsafe modes a fault harness switches on to show that its checkers catch

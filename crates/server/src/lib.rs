@@ -298,7 +298,7 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
     let snapshots = acceptor_store.snapshots().clone();
     let disk = DiskWriter::start(acceptor_store).map_err(ServerError::DiskThread)?;
     let _ = metrics.wal.set(disk.counters());
-    let core = Core::new(
+    let mut core = Core::new(
         replica,
         shared.clone(),
         peers,
@@ -308,6 +308,9 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         origin,
         snapshot_instance,
     );
+    if let Some(key) = config.failpoint_diverge_key.clone() {
+        core.arm_diverge_failpoint(key);
+    }
     shared.keepalive_lapsed_master.store(
         unsafe_bugs.keepalive_lapsed_master,
         std::sync::atomic::Ordering::Relaxed,

@@ -101,6 +101,11 @@ pub struct Metrics {
     /// Peer messages the core refused unread (a counter out of range, or a
     /// proposer's ballot not of its sender).
     pub peer_messages_invalid: AtomicU64,
+    /// Consistency checks the master closed (see `node/consistency.rs`).
+    pub consistency_checks: AtomicU64,
+    /// Members the master found with a state hash that differs from the
+    /// majority's (each raises that member's CORRUPT alarm).
+    pub consistency_mismatches: AtomicU64,
     /// The write-ahead log's group-commit counters, once its writer runs.
     pub wal: OnceLock<Arc<GroupCommitCounters>>,
 }
@@ -124,6 +129,8 @@ impl Default for Metrics {
             watchers: AtomicI64::new(0),
             peer_messages_dropped: AtomicU64::new(0),
             peer_messages_invalid: AtomicU64::new(0),
+            consistency_checks: AtomicU64::new(0),
+            consistency_mismatches: AtomicU64::new(0),
             wal: OnceLock::new(),
         }
     }
@@ -218,6 +225,18 @@ impl Metrics {
             "synod_peer_messages_invalid_total",
             "Peer messages refused before the core acted on them: a round, incarnation or instance out of range, or a ballot not of its sender.",
             self.peer_messages_invalid.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "synod_consistency_checks_total",
+            "Consistency checks of the members' state hashes this member closed as master.",
+            self.consistency_checks.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "synod_consistency_mismatches_total",
+            "Members found with a state hash that differs from the majority's at a consistency check (each raises a CORRUPT alarm).",
+            self.consistency_mismatches.load(Ordering::Relaxed),
         );
         if let Some(wal) = self.wal.get() {
             let stats = wal.snapshot();

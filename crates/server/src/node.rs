@@ -31,7 +31,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use synod_kv::{Applied, LeaseRevokeRequest, LeaseTimeToLiveResponse, Lessor, Request, Store, TxnRequest, WatchHub};
+use synod_kv::{
+    AlarmAction, AlarmRequest, AlarmType, Applied, LeaseRevokeRequest, LeaseTimeToLiveResponse, Lessor, PutRequest,
+    Request, Store, TxnRequest, WatchHub,
+};
 use synod_paxos::{
     Committed, Envelope, NodeId, Outcome, Persist, Ready, RejectReason, Replica, SubmitId, SubmitOutcome, Time,
 };
@@ -47,8 +50,11 @@ use crate::peer::{PeerEvents, PeerInput, PeerSender};
 use crate::snapshot_transfer::SnapshotChunk;
 use crate::tokens::TokenKeeper;
 
+mod consistency;
 mod snapshot_keeper;
 
+pub use consistency::CheckReport;
+use consistency::{ConsistencyChecker, Verdict};
 use snapshot_keeper::{PeerSnapshot, SnapshotKeeper};
 
 /// How often the core's timers are advanced.
@@ -147,6 +153,12 @@ pub enum Command {
         /// The answer.
         reply: oneshot::Sender<Option<LeaseTimeToLiveResponse>>,
     },
+    /// Run a consistency check now (the master only) and report it when
+    /// every member answered or the check's deadline passed.
+    CheckConsistency {
+        /// The report, or why this member cannot run one.
+        reply: oneshot::Sender<Result<CheckReport, WriteError>>,
+    },
 }
 
 /// One registered watch stream's hub.
@@ -184,6 +196,10 @@ pub struct Shared {
     /// a lapsed master cannot find) and the core answers on `is_master()`
     /// alone. Unsafe; for fault testing.
     pub keepalive_lapsed_master: std::sync::atomic::AtomicBool,
+    /// This member's CORRUPT alarm is raised (its state hash disagreed with
+    /// a majority's): it answers no reads and no writes until the alarm is
+    /// disarmed. Set by the core task when it applies the alarm.
+    pub corrupt: std::sync::atomic::AtomicBool,
 }
 
 /// Locks a mutex, taking over a poisoned one: the state it guards is only
@@ -283,6 +299,12 @@ pub struct Core {
     snapshots: SnapshotKeeper,
     /// A Ready's persist is on its way to disk: its messages wait.
     persisting: bool,
+    /// The run-time consistency check: this member's state hashes by
+    /// instance, and the master's open check.
+    consistency: ConsistencyChecker,
+    /// `--failpoint-diverge-key`: the first put of this key applied here is
+    /// followed by a local change no other member makes. Tests only.
+    diverge_key: Option<Vec<u8>>,
 }
 
 /// Why the core task stopped.
@@ -325,6 +347,7 @@ pub fn shared(
         next_hub_id: AtomicU64::new(1),
         tokens: TokenKeeper::new(tunables_auth_token_ttl),
         keepalive_lapsed_master: std::sync::atomic::AtomicBool::new(false),
+        corrupt: std::sync::atomic::AtomicBool::new(false),
     });
     (shared, command_receiver, status_sender)
 }
@@ -343,6 +366,12 @@ impl Core {
         snapshot_instance: u64,
     ) -> Core {
         status.send_modify(|status| status.applied_instance = snapshot_instance);
+        let mut consistency = ConsistencyChecker::new(shared.tunables.consistency_check_interval, Instant::now());
+        {
+            let store = shared.store();
+            consistency.history.reset(snapshot_instance, store.state_hash());
+            note_corrupt_alarm(&shared, &store, snapshot_instance);
+        }
         Core {
             replica,
             shared,
@@ -358,7 +387,20 @@ impl Core {
             next_compaction_nudge: Instant::now(),
             snapshots: SnapshotKeeper::new(snapshots, snapshot_instance),
             persisting: false,
+            consistency,
+            diverge_key: None,
         }
+    }
+
+    /// Arms `--failpoint-diverge-key`: the first put of `key` this member
+    /// applies is followed by a local put no other member makes, so its state
+    /// diverges, as a bug or an unseen corruption would make it.
+    pub fn arm_diverge_failpoint(&mut self, key: Vec<u8>) {
+        tracing::warn!(
+            key = %String::from_utf8_lossy(&key),
+            "failpoint: this member's state will diverge after the first put of the key"
+        );
+        self.diverge_key = Some(key);
     }
 
     /// The core's clock: monotonic, from the server's start.
@@ -383,6 +425,7 @@ impl Core {
                     self.replica.tick(now);
                     self.expire_leases();
                     self.nudge_compaction();
+                    self.check_consistency();
                 }
                 Some((from, input)) = inputs.inbound.recv() => {
                     self.peer_input(from, input).await?;
@@ -435,6 +478,16 @@ impl Core {
                 &self.status,
             ),
             PeerInput::SnapshotChunk(chunk) => self.snapshot_chunk(from, chunk).await?,
+            PeerInput::HashQuery { instance } => {
+                if let Some(hash) = self.consistency.on_query(from.0, instance.0) {
+                    self.peers
+                        .send_payload(from, crate::peer::Payload::encode_hash_report(instance, hash));
+                }
+            }
+            PeerInput::HashReport { instance, hash } => {
+                let verdict = self.consistency.on_report(from.0, instance.0, hash);
+                self.act_on_verdict(verdict);
+            }
         }
         Ok(())
     }
@@ -469,6 +522,13 @@ impl Core {
         if !installed {
             return;
         }
+        let hash = {
+            let store = self.shared.store();
+            note_corrupt_alarm(&self.shared, &store, instance.0);
+            store.state_hash()
+        };
+        self.consistency.history.reset(instance.0, hash);
+        self.answer_owed_hashes();
         if self.replica.is_master() {
             let store = self.shared.store();
             self.lessor.promote(&store, self.origin.elapsed().as_millis() as u64);
@@ -513,6 +573,93 @@ impl Core {
                 });
                 let _ = reply.send(answer);
             }
+            Command::CheckConsistency { reply } => {
+                if !self.replica.is_master() {
+                    let master = self.replica.master_hint();
+                    let _ = reply.send(Err(WriteError::NotMaster(master)));
+                    return;
+                }
+                let (tell, told) = oneshot::channel();
+                self.open_check(Some(tell));
+                tokio::spawn(async move {
+                    let answer = told.await.map_err(|_| WriteError::Stopped);
+                    let _ = reply.send(answer);
+                });
+            }
+        }
+    }
+
+    /// The master opens a periodic consistency check when one is due, and
+    /// closes one past its deadline.
+    fn check_consistency(&mut self) {
+        let verdict = self.consistency.expire(Instant::now());
+        self.act_on_verdict(verdict);
+        if self.replica.is_master() && self.consistency.due(Instant::now()) {
+            self.open_check(None);
+        }
+    }
+
+    /// Opens a check at this member's applied instance and asks every peer
+    /// for its hash there.
+    fn open_check(&mut self, waiter: Option<oneshot::Sender<CheckReport>>) {
+        let me = self.replica.node();
+        let members: Vec<u64> = self.replica.config().members.iter().map(|node| node.0).collect();
+        let (asked, verdict) = self.consistency.open(Instant::now(), me.0, &members, waiter);
+        self.act_on_verdict(verdict);
+        if let Some(instance) = asked {
+            let query = crate::peer::Payload::encode_hash_query(synod_paxos::Instance(instance));
+            for member in &self.replica.config().members {
+                if *member != me {
+                    self.peers.send_payload(*member, query.clone());
+                }
+            }
+        }
+    }
+
+    /// Raises the CORRUPT alarm, through the log, for every member a check
+    /// found in the minority, and counts what closed.
+    fn act_on_verdict(&mut self, verdict: Verdict) {
+        let metrics = &self.shared.metrics;
+        if let Some(report) = &verdict.closed {
+            metrics.consistency_checks.fetch_add(1, Ordering::Relaxed);
+            if report.majority.is_none() {
+                tracing::warn!(instance = report.instance, hashes = ?report.hashes, "consistency check: no quorum of members agrees on a state hash");
+            }
+        }
+        for (member, instance) in verdict.corrupt {
+            metrics.consistency_mismatches.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                member = %format!("{member:x}"),
+                instance,
+                "consistency check: the member's state hash after instance {instance} differs from the majority's; raising its CORRUPT alarm"
+            );
+            let alarm = Request::Alarm(AlarmRequest {
+                action: AlarmAction::Activate,
+                member_id: member,
+                alarm: AlarmType::Corrupt,
+            });
+            let prepared = {
+                let store = self.shared.store();
+                if store.has_alarm(member, AlarmType::Corrupt) {
+                    continue;
+                }
+                store.prepare(&alarm)
+            };
+            let Ok(bytes) = prepared else { continue };
+            let epoch = self.replica.epoch();
+            // Not awaited: if it fails, the next check finds the member again
+            // (a diverged state hash never comes back).
+            let _ = self.replica.submit(self.now(), Bytes::from(bytes), epoch);
+        }
+    }
+
+    /// Sends the hash reports this member owed and can now give.
+    fn answer_owed_hashes(&mut self) {
+        for (peer, instance, hash) in self.consistency.answers_due() {
+            self.peers.send_payload(
+                NodeId(peer),
+                crate::peer::Payload::encode_hash_report(synod_paxos::Instance(instance), hash),
+            );
         }
     }
 
@@ -663,6 +810,21 @@ impl Core {
                         continue;
                     }
                     let applied = store.apply_bytes_deferring_compaction(&entry.value);
+                    if let Some(key) = &self.diverge_key {
+                        if applied.events.iter().any(|event| event.kv.key == *key) {
+                            let change = Request::Put(PutRequest {
+                                key: key.clone(),
+                                value: b"diverged by a failpoint".to_vec(),
+                                ..PutRequest::default()
+                            });
+                            let _ = store.apply(&change);
+                            tracing::warn!(
+                                instance = committed.instance.0,
+                                "failpoint: this member's state diverged"
+                            );
+                            self.diverge_key = None;
+                        }
+                    }
                     self.lessor.observe(&applied, now_ms);
                     if let Ok(synod_kv::Response::Auth(synod_kv::AuthResponse {
                         effect: Some(effect), ..
@@ -691,13 +853,18 @@ impl Core {
                     .store(committed.instance.0, Ordering::Relaxed);
                 self.status
                     .send_modify(|status| status.applied_instance = committed.instance.0);
+                self.consistency
+                    .history
+                    .record(committed.instance.0, store.state_hash());
             }
+            note_corrupt_alarm(&self.shared, &store, self.status.borrow().applied_instance);
             drop(store);
             if events {
                 for entry in &hubs {
                     entry.notify.notify_one();
                 }
             }
+            self.answer_owed_hashes();
         }
         results
     }
@@ -771,6 +938,24 @@ impl Core {
             *status = next;
             changed
         });
+    }
+}
+
+/// Keeps [`Shared::corrupt`] equal to whether this member's CORRUPT alarm is
+/// raised in `store`, which has applied through `instance`, and says so in the
+/// log when that changes.
+fn note_corrupt_alarm(shared: &Shared, store: &Store, instance: u64) {
+    let corrupt = store.has_alarm(shared.identity.member_id, AlarmType::Corrupt);
+    if corrupt == shared.corrupt.swap(corrupt, Ordering::Relaxed) {
+        return;
+    }
+    if corrupt {
+        tracing::error!(
+            instance,
+            "this member's CORRUPT alarm is raised (applied by instance {instance}): its state hash disagreed with a majority's; it serves no reads or writes until the alarm is disarmed"
+        );
+    } else {
+        tracing::warn!(instance, "this member's CORRUPT alarm is disarmed: serving again");
     }
 }
 

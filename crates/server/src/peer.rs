@@ -94,6 +94,14 @@ const PAYLOAD_CLIENT_URL: u8 = 2;
 const PAYLOAD_SNAPSHOT_REQUEST: u8 = 3;
 // Kind 4 carried a whole snapshot in one frame; it is no longer read.
 const PAYLOAD_SNAPSHOT_CHUNK: u8 = 5;
+const PAYLOAD_HASH_QUERY: u8 = 6;
+const PAYLOAD_HASH_REPORT: u8 = 7;
+/// Layout of the consistency check's query and report bodies: their first byte.
+const HASH_ENCODING_VERSION: u8 = 1;
+/// Hash query body: version, instance.
+const HASH_QUERY_BYTES: usize = 1 + 8;
+/// Hash report body: version, instance, known (0 or 1), hash (zero when unknown).
+const HASH_REPORT_BYTES: usize = 1 + 8 + 1 + 8;
 /// Layout of the snapshot request and chunk bodies: the first byte of each.
 const SNAPSHOT_ENCODING_VERSION: u8 = 1;
 /// Snapshot request body: version, instance, chunk index.
@@ -121,6 +129,20 @@ pub enum Payload {
     },
     /// One chunk of a state machine snapshot.
     SnapshotChunk(SnapshotChunk),
+    /// The master's consistency check asks for the sender's state hash
+    /// after applying `instance` (see `node/consistency.rs`).
+    HashQuery {
+        /// The instance compared.
+        instance: Instance,
+    },
+    /// The answer to a [`Payload::HashQuery`]: the state hash after applying
+    /// `instance`, or `None` when the sender no longer knows it.
+    HashReport {
+        /// The instance compared.
+        instance: Instance,
+        /// The sender's state hash there.
+        hash: Option<u64>,
+    },
 }
 
 /// What the core task receives from the peers.
@@ -137,6 +159,18 @@ pub enum PeerInput {
     },
     /// One chunk of a snapshot the core asked for.
     SnapshotChunk(SnapshotChunk),
+    /// The master asks for this member's state hash after `instance`.
+    HashQuery {
+        /// The instance compared.
+        instance: Instance,
+    },
+    /// A peer's state hash after `instance` (`None`: it does not know it).
+    HashReport {
+        /// The instance compared.
+        instance: Instance,
+        /// The peer's hash there.
+        hash: Option<u64>,
+    },
 }
 
 /// Why a frame's payload was refused: the connection is dropped.
@@ -154,6 +188,9 @@ pub enum PayloadError {
     /// A snapshot request or chunk of the wrong length.
     #[error("malformed snapshot payload")]
     BadSnapshot,
+    /// A hash query or report of the wrong length or with a bad flag.
+    #[error("malformed consistency check payload")]
+    BadHash,
     /// A snapshot body encoding this build does not know.
     #[error("unknown snapshot encoding version {0}")]
     SnapshotVersion(u8),
@@ -207,6 +244,26 @@ impl Payload {
         buffer.freeze()
     }
 
+    /// A frame payload asking for the receiver's state hash after `instance`.
+    pub fn encode_hash_query(instance: Instance) -> Bytes {
+        let mut buffer = BytesMut::with_capacity(1 + HASH_QUERY_BYTES);
+        buffer.put_u8(PAYLOAD_HASH_QUERY);
+        buffer.put_u8(HASH_ENCODING_VERSION);
+        buffer.put_u64(instance.0);
+        buffer.freeze()
+    }
+
+    /// A frame payload reporting this member's state hash after `instance`.
+    pub fn encode_hash_report(instance: Instance, hash: Option<u64>) -> Bytes {
+        let mut buffer = BytesMut::with_capacity(1 + HASH_REPORT_BYTES);
+        buffer.put_u8(PAYLOAD_HASH_REPORT);
+        buffer.put_u8(HASH_ENCODING_VERSION);
+        buffer.put_u64(instance.0);
+        buffer.put_u8(u8::from(hash.is_some()));
+        buffer.put_u64(hash.unwrap_or(0));
+        buffer.freeze()
+    }
+
     /// Decodes a frame payload, refusing anything malformed or over `message_bytes_max` bytes.
     pub fn decode(payload: Bytes, message_bytes_max: usize) -> Result<Payload, PayloadError> {
         let Some(&kind) = payload.first() else {
@@ -237,9 +294,37 @@ impl Payload {
                 })
             }
             PAYLOAD_SNAPSHOT_CHUNK => decode_snapshot_chunk(body),
+            PAYLOAD_HASH_QUERY | PAYLOAD_HASH_REPORT => decode_hash(kind, &body),
             kind => Err(PayloadError::UnknownKind(kind)),
         }
     }
+}
+
+/// Reads a hash query or report body, refusing any other length, version or
+/// flag.
+fn decode_hash(kind: u8, body: &[u8]) -> Result<Payload, PayloadError> {
+    let expected = if kind == PAYLOAD_HASH_QUERY {
+        HASH_QUERY_BYTES
+    } else {
+        HASH_REPORT_BYTES
+    };
+    if body.len() != expected {
+        return Err(PayloadError::BadHash);
+    }
+    let mut reader = body;
+    if reader.get_u8() != HASH_ENCODING_VERSION {
+        return Err(PayloadError::BadHash);
+    }
+    let instance = Instance(reader.get_u64());
+    if kind == PAYLOAD_HASH_QUERY {
+        return Ok(Payload::HashQuery { instance });
+    }
+    let hash = match (reader.get_u8(), reader.get_u64()) {
+        (1, hash) => Some(hash),
+        (0, 0) => None,
+        _ => return Err(PayloadError::BadHash),
+    };
+    Ok(Payload::HashReport { instance, hash })
 }
 
 /// Reads a chunk body, checking every bound before anything is kept: the
@@ -718,6 +803,8 @@ impl Acceptor {
                     PeerInput::SnapshotRequest { instance, chunk_index }
                 }
                 Ok(Payload::SnapshotChunk(chunk)) => PeerInput::SnapshotChunk(chunk),
+                Ok(Payload::HashQuery { instance }) => PeerInput::HashQuery { instance },
+                Ok(Payload::HashReport { instance, hash }) => PeerInput::HashReport { instance, hash },
                 Err(error) => return Err(format!("from {}: {error}", hello.sender_name)),
             };
             if self.inbound.send((peer, input)).await.is_err() {
@@ -781,6 +868,45 @@ mod tests {
         assert_eq!(bytes.load(Ordering::Relaxed), 800, "room again once one left");
         assert_eq!(queue_bytes_max(16 << 20), 64 << 20);
         assert_eq!(queue_bytes_max(32 << 20), 128 << 20);
+    }
+
+    #[test]
+    fn hash_queries_and_reports_round_trip_and_malformed_ones_are_refused() {
+        let query = Payload::encode_hash_query(Instance(42));
+        assert_eq!(
+            Payload::decode(query.clone(), 1 << 20).unwrap(),
+            Payload::HashQuery { instance: Instance(42) }
+        );
+        for hash in [Some(7), Some(0), None] {
+            let report = Payload::encode_hash_report(Instance(9), hash);
+            assert_eq!(
+                Payload::decode(report, 1 << 20).unwrap(),
+                Payload::HashReport {
+                    instance: Instance(9),
+                    hash
+                }
+            );
+        }
+        let report = Payload::encode_hash_report(Instance(9), Some(7)).to_vec();
+        let mut bad_flag = report.clone();
+        bad_flag[10] = 2;
+        let mut unknown_with_hash = report.clone();
+        unknown_with_hash[10] = 0;
+        let mut bad_version = query.to_vec();
+        bad_version[1] = 9;
+        for bad in [
+            bad_flag,
+            unknown_with_hash,
+            bad_version,
+            report[..report.len() - 1].to_vec(),
+            query[..5].to_vec(),
+            [query.to_vec(), vec![0]].concat(),
+        ] {
+            assert!(
+                matches!(Payload::decode(Bytes::from(bad), 1 << 20), Err(PayloadError::BadHash)),
+                "refused"
+            );
+        }
     }
 
     #[test]

@@ -143,6 +143,11 @@ struct ServerFlags {
     /// power loss would, and exit with code 137.
     #[arg(long, hide = true)]
     failpoint_power_loss: bool,
+    /// Tests only: after applying the first put of this key, make a local
+    /// change no other member makes, so that the consistency check finds a
+    /// diverged member.
+    #[arg(long, hide = true, value_name = "KEY")]
+    failpoint_diverge_key: Option<String>,
 }
 
 /// The unsafe modes of `--unsafe-bug`; see `synod_server::config::UnsafeBugs`.
@@ -310,6 +315,11 @@ struct TunableFlags {
     /// bcrypt cost of stored password hashes (4 to 31; each step doubles the time).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
     bcrypt_cost: u32,
+    /// How often the master compares every member's state hash at one
+    /// applied instance, in milliseconds (0: only on demand, at /consistency).
+    /// A member found in the minority gets a CORRUPT alarm.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    consistency_check_interval_ms: u64,
 }
 
 impl TunableFlags {
@@ -331,6 +341,7 @@ impl TunableFlags {
             },
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl_s),
             bcrypt_cost: self.bcrypt_cost,
+            consistency_check_interval: Duration::from_millis(self.consistency_check_interval_ms),
             ..Tunables::default()
         }
     }
@@ -437,6 +448,7 @@ async fn server(flags: ServerFlags, shutdown: CancellationToken) -> Result<(), S
         tunables: flags.tunables.tunables(),
         unsafe_bugs: unsafe_bugs(&flags.unsafe_bugs),
         failpoint_power_loss: flags.failpoint_power_loss,
+        failpoint_diverge_key: flags.failpoint_diverge_key.map(String::into_bytes),
     };
     synod_server::run(config, shutdown)
         .await
@@ -641,6 +653,7 @@ async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String>
             tunables: flags.tunables.tunables(),
             unsafe_bugs: synod_server::config::UnsafeBugs::default(),
             failpoint_power_loss: false,
+            failpoint_diverge_key: None,
         };
         let span = tracing::info_span!("member", name = %name);
         let shutdown = shutdown.clone();

@@ -48,6 +48,7 @@ pub fn router(api: Api) -> axum::Router {
     .add_service(HealthServer::new(api.clone()))
     .add_service(AuthServer::new(api.clone()));
     let health_api = api.clone();
+    let consistency_api = api.clone();
     let metrics_api = api;
     routes
         .into_axum_router()
@@ -81,6 +82,10 @@ pub fn router(api: Api) -> axum::Router {
             }),
         )
         .route(
+            "/consistency",
+            get(consistency).post(consistency).with_state(consistency_api),
+        )
+        .route(
             "/metrics",
             get(move || {
                 let api = metrics_api.clone();
@@ -92,6 +97,32 @@ pub fn router(api: Api) -> axum::Router {
                 }
             }),
         )
+}
+
+/// `/consistency`: runs a consistency check now at the master and answers
+/// its report as JSON (each member's state hash at the instance compared,
+/// the majority's, and the members in the minority, whose CORRUPT alarms it
+/// raised); a follower answers 503 with the master's client URL, if known.
+async fn consistency(axum::extract::State(api): axum::extract::State<Api>) -> axum::response::Response {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    match api.check_consistency().await {
+        Ok(report) => {
+            let hex = |value: u64| format!("{value:016x}");
+            let body = serde_json::json!({
+                "instance": report.instance,
+                "hashes": report.hashes.iter().map(|(member, hash)| {
+                    (format!("{member:x}"), serde_json::Value::from(hash.map(hex)))
+                }).collect::<serde_json::Map<_, _>>(),
+                "majority": report.majority.map(hex),
+                "minority": report.minority.iter().map(|member| format!("{member:x}")).collect::<Vec<_>>(),
+            });
+            (StatusCode::OK, json, body.to_string()).into_response()
+        }
+        Err(refusal) => {
+            let body = serde_json::json!({ "error": refusal.reason, "master": refusal.master_url });
+            (StatusCode::SERVICE_UNAVAILABLE, json, body.to_string()).into_response()
+        }
+    }
 }
 
 /// Most client connections served at once; one more is closed as soon as

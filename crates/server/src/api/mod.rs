@@ -48,6 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use synod_kv::{Request, Response};
+use synod_paxos::NodeId;
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
@@ -226,6 +227,10 @@ impl Api {
     /// Puts a request through the log at this member (the master) on behalf
     /// of `caller` and returns its applied result.
     pub async fn write(&self, caller: &Caller, request: Request) -> Result<Response, Status> {
+        // Alarms go through: the operator disarms CORRUPT through them.
+        if !matches!(request, Request::Alarm(_)) {
+            refuse_if_corrupt(&self.shared)?;
+        }
         let request = caller.wrap(request);
         if let Some(adds) = request.quota_bytes() {
             let used = self.shared.store().retained_bytes();
@@ -277,6 +282,21 @@ impl Api {
         applied.result.map_err(convert::kv_error)
     }
 
+    /// Runs a consistency check now (see `node/consistency.rs`), at the
+    /// master only.
+    pub async fn check_consistency(&self) -> Result<crate::node::CheckReport, CheckRefused> {
+        let refused = |reason: String, master: Option<NodeId>| CheckRefused {
+            reason,
+            master_url: master.and_then(|node| self.shared.client_url_of(node.0)),
+        };
+        match self.ask(|reply| Command::CheckConsistency { reply }).await {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(WriteError::NotMaster(master))) => Err(refused("not the master".to_string(), master)),
+            Ok(Err(error)) => Err(refused(write_error(error).message().to_string(), None)),
+            Err(status) => Err(refused(status.message().to_string(), None)),
+        }
+    }
+
     /// Waits until this member (the master) may answer a linearizable read.
     pub async fn linearizable_point(&self) -> Result<(), Status> {
         let instance = self
@@ -319,6 +339,7 @@ async fn range(
     request: synod_kv::RangeRequest,
     keys_in_place_max: usize,
 ) -> Result<synod_kv::RangeResponse, Status> {
+    refuse_if_corrupt(shared)?;
     let in_place = shared.store().range_within(&request, keys_in_place_max);
     let response = match in_place {
         Some(response) => response,
@@ -332,6 +353,25 @@ async fn range(
         }
     };
     response.map_err(convert::kv_error)
+}
+
+/// Why `/consistency` ran no check here.
+#[derive(Debug)]
+pub struct CheckRefused {
+    /// What stopped it.
+    pub reason: String,
+    /// The master's client URL, when this member is not it and knows it.
+    pub master_url: Option<String>,
+}
+
+/// etcd's answer from a member whose state is known corrupt: such a member's
+/// CORRUPT alarm is raised (the consistency check found its state hash in the
+/// minority), so nothing it would answer from its store can be trusted.
+pub fn refuse_if_corrupt(shared: &Shared) -> Result<(), Status> {
+    if shared.corrupt.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Status::data_loss("etcdserver: corrupt cluster"));
+    }
+    Ok(())
 }
 
 pub use http::serve;

@@ -45,6 +45,7 @@ impl Watch for Api {
         // Who the stream runs as is settled when it opens: each watch it
         // creates must be on a range that caller may read.
         let caller = self.caller(&request).await?;
+        super::refuse_if_corrupt(&self.shared)?;
         let mut incoming = request.into_inner();
         let (sender, receiver) = mpsc::channel(WATCH_RESPONSES_QUEUE_MAX);
         let entry = HubEntry {
