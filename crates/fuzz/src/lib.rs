@@ -204,6 +204,8 @@ fn encode_payload(payload: &Payload) -> Bytes {
         Payload::ClientUrl(url) => Payload::encode_client_url(url),
         Payload::SnapshotRequest { instance, chunk_index } => Payload::encode_snapshot_request(*instance, *chunk_index),
         Payload::SnapshotChunk(chunk) => Payload::encode_snapshot_chunk(chunk),
+        Payload::HashQuery { instance } => Payload::encode_hash_query(*instance),
+        Payload::HashReport { instance, hash } => Payload::encode_hash_report(*instance, *hash),
     }
 }
 
