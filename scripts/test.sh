@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one gate: formatting, lints, and every test in the workspace.
 # Installs the Debian packages the integration tests need when they are missing:
-# etcd-client (etcdctl) and protobuf-compiler (protoc, for the etcd-client crate's
+# etcd-client (etcdctl), etcd-server (a real etcd whose snapshot the migration
+# test restores) and protobuf-compiler (protoc, for the etcd-client crate's
 # build script; synod itself builds without it).
 # With CI=true a missing tool is a failure, never a skip.
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 need_packages=()
 command -v etcdctl >/dev/null 2>&1 || need_packages+=(etcd-client)
+command -v etcd >/dev/null 2>&1 || need_packages+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need_packages+=(protobuf-compiler)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -17,7 +19,7 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   fi
 fi
 if [ "${CI:-}" = true ]; then
-  for tool in etcdctl protoc; do
+  for tool in etcdctl etcd protoc; do
     command -v "$tool" >/dev/null 2>&1 || { echo "$tool is missing and CI=true" >&2; exit 1; }
   done
 fi

@@ -175,6 +175,7 @@ mod applied;
 mod auth;
 mod error;
 mod hash;
+mod import;
 mod index;
 mod lessor;
 mod request;
@@ -194,6 +195,7 @@ pub use auth::{
     ROOT_ROLE, ROOT_USER, TOKEN_DIGEST_BYTES,
 };
 pub use error::{Code, KvError};
+pub use import::{ImportedChange, ImportedKey, ImportedState};
 pub use lessor::Lessor;
 pub use request::{Request, Response, TXN_DEPTH_MAX};
 pub use sequencer::Sequencer;

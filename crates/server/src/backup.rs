@@ -46,9 +46,6 @@ pub const TRAILER_BYTES: usize = 64;
 pub const DIGEST_BYTES: usize = 32;
 /// The body, padding and trailer together are a multiple of this many bytes.
 pub const ALIGNMENT_BYTES: usize = 512;
-/// etcd's bbolt meta page magic, at byte 16 of a database file: how an etcd
-/// snapshot is told from a damaged synod one.
-const BBOLT_MAGIC: u32 = 0xED0C_DAED;
 /// The most bytes of a file [`read`] loads: the file is restored in memory, as
 /// the store is held in memory.
 pub const BACKUP_BYTES_MAX: u64 = 64 << 30;
@@ -211,10 +208,8 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// Checks `bytes`, a whole backup file, and restores its store.
 pub fn decode(bytes: &[u8]) -> Result<Backup, String> {
     let size = bytes.len();
-    let looks_like_bbolt =
-        size >= 20 && u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]) == BBOLT_MAGIC;
-    if looks_like_bbolt {
-        return Err("it is an etcd (bbolt) database snapshot; synod cannot read etcd snapshots yet".to_string());
+    if synod_etcd_db::looks_like_etcd_db(bytes) {
+        return decode_etcd(bytes);
     }
     if size < ALIGNMENT_BYTES + DIGEST_BYTES || !(size - DIGEST_BYTES).is_multiple_of(ALIGNMENT_BYTES) {
         return Err(format!(
@@ -278,6 +273,23 @@ pub fn decode(bytes: &[u8]) -> Result<Backup, String> {
         body,
         store,
         digest,
+    })
+}
+
+/// An etcd snapshot (`etcdctl snapshot save`), migrated: its store as if it
+/// were a synod backup taken at [`crate::etcd_import::IMPORTED_INSTANCE`].
+fn decode_etcd(bytes: &[u8]) -> Result<Backup, String> {
+    let store = crate::etcd_import::import(bytes)?;
+    let summary = summarize(
+        &store.freeze(),
+        crate::etcd_import::IMPORTED_INSTANCE,
+        bytes.len() as u64,
+    );
+    Ok(Backup {
+        summary,
+        body: store.snapshot(),
+        store,
+        digest: Sha256::digest(bytes).into(),
     })
 }
 
@@ -445,11 +457,30 @@ mod tests {
         }
     }
 
+    /// A snapshot `etcdctl snapshot save` wrote against etcd 3.4.23 (how it
+    /// was made: `crates/etcd-db/tests/fixtures/README.md`).
+    const ETCD_SNAPSHOT: &[u8] = include_bytes!("../../etcd-db/tests/fixtures/etcd-3.4.23.db");
+
     #[test]
-    fn an_etcd_database_is_named_as_such() {
+    fn a_damaged_etcd_database_is_named_as_such() {
         let mut bbolt = vec![0u8; 4096 + DIGEST_BYTES];
-        bbolt[16..20].copy_from_slice(&BBOLT_MAGIC.to_le_bytes());
+        bbolt[16..20].copy_from_slice(&0xED0C_DAEDu32.to_le_bytes());
         let reason = decode(&bbolt).err().unwrap();
-        assert!(reason.contains("etcd (bbolt)"), "{reason}");
+        assert!(reason.starts_with("it is an etcd snapshot, but"), "{reason}");
+        let mut damaged = ETCD_SNAPSHOT.to_vec();
+        damaged[5000] ^= 0x10;
+        let reason = decode(&damaged).err().unwrap();
+        assert!(reason.contains("SHA-256"), "{reason}");
+    }
+
+    #[test]
+    fn an_etcd_snapshot_restores_as_a_backup() {
+        let backup = decode(ETCD_SNAPSHOT).expect("etcd 3.4.23's snapshot imports");
+        assert_eq!(backup.summary.applied_instance, crate::etcd_import::IMPORTED_INSTANCE);
+        assert_eq!(backup.summary.revision, backup.store.revision());
+        assert!(backup.summary.key_count > 0);
+        let again = Store::restore(crate::node::kv_config(), &backup.body).expect("the body restores");
+        assert_eq!(again.state_hash(), backup.store.state_hash());
+        assert_eq!(again.revision(), backup.store.revision());
     }
 }

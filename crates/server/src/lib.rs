@@ -48,6 +48,7 @@ pub mod api;
 pub mod backup;
 pub mod config;
 pub mod disk_writer;
+pub mod etcd_import;
 pub mod failpoint;
 pub mod frame;
 pub mod identity;

@@ -46,7 +46,8 @@ enum Mode {
     /// clients load it, and check what they saw (linearizability, lost
     /// writes, locks, leases, watches).
     Chaos(synod_chaos::Args),
-    /// Check a backup (written by `etcdctl snapshot save`) or seed a new group's member from it.
+    /// Check a backup (written by `etcdctl snapshot save` against synod, or against etcd 3.4/3.5 to
+    /// migrate its data) or seed a new group's member from it.
     #[command(subcommand)]
     Snapshot(SnapshotAction),
 }

@@ -156,18 +156,7 @@ fn a_backup_saved_by_etcdctl_restores_a_new_group_with_every_key_revision_and_le
 
     let mut target = Cluster::unstarted(3, "backup-target", &[]);
     let mut cluster_ids = Vec::new();
-    for member in &target.members {
-        let restored = run_synod(&[
-            "snapshot",
-            "restore",
-            file_text,
-            "--name",
-            &member.name,
-            "--data-dir",
-            member.data_dir.to_str().expect("UTF-8"),
-            "--initial-cluster",
-            &target.initial_cluster,
-        ]);
+    for restored in target.restore_each_member(file_text) {
         let cluster_id = restored
             .split("new cluster ")
             .nth(1)

@@ -19,11 +19,14 @@ pub fn synod_binary() -> &'static str {
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// Two directories made with one tag in one test process differ (a
+    /// counter), so one never removes the other's files.
     pub fn new(tag: &str) -> TempDir {
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = std::env::temp_dir().join(format!(
             "synod-test-{tag}-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
@@ -222,6 +225,37 @@ impl Cluster {
             Some(_) => format!("https://{}", self.members[index].endpoint()),
             None => self.members[index].endpoint(),
         }
+    }
+
+    /// `synod snapshot restore FILE` into every member's data directory, as
+    /// members of this (unstarted) group; what each restore printed.
+    pub fn restore_each_member(&self, file: &str) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|member| {
+                let output = synod(
+                    &[
+                        "snapshot",
+                        "restore",
+                        file,
+                        "--name",
+                        &member.name,
+                        "--data-dir",
+                        member.data_dir.to_str().expect("UTF-8"),
+                        "--initial-cluster",
+                        &self.initial_cluster,
+                    ],
+                    None,
+                );
+                assert!(
+                    output.status.success(),
+                    "restore {}: {}",
+                    member.name,
+                    output_text(&output)
+                );
+                String::from_utf8_lossy(&output.stdout).into_owned()
+            })
+            .collect()
     }
 
     /// etcdctl against this cluster: its TLS flags first, if any.
