@@ -346,6 +346,11 @@ fn sample_messages() -> Vec<Message> {
             granted: false,
             promised: ballot(4, 3),
         },
+        Message::LeaseRelease { ballot: ballot(3, 2) },
+        Message::MasterHandover {
+            ballot: ballot(3, 2),
+            through: Instance(7),
+        },
         Message::Prepare {
             ballot: ballot(3, 2),
             from: Instance(1),

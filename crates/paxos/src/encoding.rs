@@ -138,6 +138,8 @@ mod tag {
     pub const SNAPSHOT_NEEDED: u8 = 13;
     pub const PROBE: u8 = 14;
     pub const PROBE_REPLY: u8 = 15;
+    pub const LEASE_RELEASE: u8 = 16;
+    pub const MASTER_HANDOVER: u8 = 17;
 
     pub const PROMISE_ACCEPTED: u8 = 1;
     pub const PROMISE_CHOSEN: u8 = 2;
@@ -183,6 +185,15 @@ fn put_message(buffer: &mut BytesMut, message: &Message) {
             put_ballot(buffer, *ballot);
             put_bool(buffer, *granted);
             put_ballot(buffer, *promised);
+        }
+        Message::LeaseRelease { ballot } => {
+            buffer.put_u8(tag::LEASE_RELEASE);
+            put_ballot(buffer, *ballot);
+        }
+        Message::MasterHandover { ballot, through } => {
+            buffer.put_u8(tag::MASTER_HANDOVER);
+            put_ballot(buffer, *ballot);
+            buffer.put_u64(through.0);
         }
         Message::Prepare { ballot, from } => {
             buffer.put_u8(tag::PREPARE);
@@ -536,6 +547,13 @@ impl<'a> Reader<'a> {
                 granted: self.bool("granted")?,
                 promised: self.ballot("promised")?,
             },
+            tag::LEASE_RELEASE => Message::LeaseRelease {
+                ballot: self.ballot("ballot")?,
+            },
+            tag::MASTER_HANDOVER => Message::MasterHandover {
+                ballot: self.ballot("ballot")?,
+                through: self.instance("through")?,
+            },
             tag::PREPARE => Message::Prepare {
                 ballot: self.ballot("ballot")?,
                 from: self.instance("from")?,
@@ -670,6 +688,11 @@ mod tests {
                 ballot: ballot(4),
                 granted: false,
                 promised: ballot(6),
+            },
+            Message::LeaseRelease { ballot: ballot(5) },
+            Message::MasterHandover {
+                ballot: ballot(5),
+                through: Instance(12),
             },
             Message::Prepare {
                 ballot: ballot(8),

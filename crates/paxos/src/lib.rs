@@ -126,6 +126,6 @@ pub use output::{
     Committed, DurableState, Envelope, FreshStart, Meta, Outcome, Persist, Ready, RejectReason, Rejected, StoredSlot,
     SubmitId, SubmitOutcome, Voting,
 };
-pub use replica::{PlantedBugs, ReadError, Replica};
+pub use replica::{PlantedBugs, ReadError, Replica, TransferError};
 pub use rng::{mix64, SplitMix64};
 pub use time::Time;

@@ -19,6 +19,9 @@ pub(crate) struct LeaseAcceptor {
     /// promised to refuse (below its promise, or while another owner's grant
     /// runs).
     pub(crate) accept_lower_ballot: bool,
+    /// Planted bug (simulator tests only): a release forgets its sender's
+    /// grant whatever ballot the grant was made at.
+    pub(crate) release_any_grant: bool,
     promised: Ballot,
     accepted: Option<Grant>,
     silent_until: Time,
@@ -27,6 +30,9 @@ pub(crate) struct LeaseAcceptor {
 #[derive(Debug, Clone, Copy)]
 struct Grant {
     owner: NodeId,
+    /// The ballot it was granted at: a release covers it only at or below
+    /// the released ballot, in the same incarnation.
+    ballot: Ballot,
     expires_at: Time,
 }
 
@@ -34,6 +40,7 @@ impl LeaseAcceptor {
     pub(crate) fn new(silent_until: Time) -> LeaseAcceptor {
         LeaseAcceptor {
             accept_lower_ballot: false,
+            release_any_grant: false,
             promised: Ballot::ZERO,
             accepted: None,
             silent_until,
@@ -57,6 +64,22 @@ impl LeaseAcceptor {
     /// Grants to any other owner are never released early.
     pub(crate) fn release_own(&mut self, owner: NodeId) {
         if self.accepted.is_some_and(|grant| grant.owner == owner) {
+            self.accepted = None;
+        }
+    }
+
+    /// Forgets a grant to `owner` at `ballot` or below in `ballot`'s
+    /// incarnation, on `owner`'s own word ([`Message::LeaseRelease`]). Safe
+    /// because `owner` dropped its belief in every such grant before it sent
+    /// the release: each later attempt of that incarnation uses a higher
+    /// round, and a restarted owner a higher incarnation, so a release that
+    /// arrives late never takes away a grant its owner believes in.
+    pub(crate) fn release(&mut self, owner: NodeId, ballot: Ballot) {
+        let covered = |grant: &Grant| grant.ballot.incarnation == ballot.incarnation && grant.ballot <= ballot;
+        if self
+            .accepted
+            .is_some_and(|grant| grant.owner == owner && (covered(&grant) || self.release_any_grant))
+        {
             self.accepted = None;
         }
     }
@@ -118,6 +141,7 @@ impl LeaseAcceptor {
         self.promised = self.promised.max(ballot);
         self.accepted = Some(Grant {
             owner: from,
+            ballot,
             expires_at: now + duration.min(duration_max),
         });
         Some(Message::LeaseProposeReply {
@@ -192,6 +216,9 @@ pub(crate) struct LeaseProposer {
     pub(crate) next_attempt_at: Time,
     /// Attempts failed in a row; the random back-off doubles with each, up to 2^3.
     pub(crate) failures: u32,
+    /// The ballot of the latest attempt started: every grant this proposer
+    /// may have won in this incarnation is at or below it.
+    last_ballot: Option<Ballot>,
 }
 
 /// What a reply did to the attempt.
@@ -221,6 +248,7 @@ impl LeaseProposer {
             held_since: Time::ZERO,
             next_attempt_at: first_attempt_at,
             failures: 0,
+            last_ballot: None,
         }
     }
 
@@ -248,6 +276,7 @@ impl LeaseProposer {
     pub(crate) fn start(&mut self, now: Time, node: NodeId, incarnation: u64) -> Ballot {
         self.round_seen += 1;
         let ballot = Ballot::new(self.round_seen, incarnation, node);
+        self.last_ballot = Some(ballot);
         self.attempt = Attempt::Preparing {
             ballot,
             started_at: now,
@@ -268,6 +297,11 @@ impl LeaseProposer {
             return true;
         }
         false
+    }
+
+    /// The ballot of the latest attempt started, if any.
+    pub(crate) fn last_ballot(&self) -> Option<Ballot> {
+        self.last_ballot
     }
 
     pub(crate) fn drop_lease(&mut self) {
@@ -442,6 +476,39 @@ mod tests {
             Some(Message::LeaseProposeReply { granted: true, .. })
         ));
         assert_eq!(acceptor.holder(after), Some(NodeId(2)));
+    }
+
+    #[test]
+    fn a_release_forgets_only_the_grants_its_owner_gave_up() {
+        let max = Duration::from_secs(10);
+        let second = Duration::from_secs(1);
+        let granted = |round: u64, incarnation: u64| {
+            let mut acceptor = LeaseAcceptor::new(Time::ZERO);
+            let ballot = Ballot::new(round, incarnation, NodeId(1));
+            acceptor.on_prepare(Time(0), ballot);
+            acceptor.on_propose(Time(0), NodeId(1), ballot, second, max);
+            assert_eq!(acceptor.holder(Time(1)), Some(NodeId(1)));
+            acceptor
+        };
+        // At or below the released ballot, same incarnation: forgotten.
+        for round in [4, 5] {
+            let mut acceptor = granted(round, 2);
+            acceptor.release(NodeId(1), Ballot::new(5, 2, NodeId(1)));
+            assert_eq!(acceptor.holder(Time(1)), None, "round {round}");
+        }
+        // A later attempt's grant, held-back release: kept.
+        let mut acceptor = granted(6, 2);
+        acceptor.release(NodeId(1), Ballot::new(5, 2, NodeId(1)));
+        assert_eq!(acceptor.holder(Time(1)), Some(NodeId(1)));
+        // The owner restarted (a new incarnation starts from low rounds): a
+        // release from before the restart keeps the new grant.
+        let mut acceptor = granted(1, 3);
+        acceptor.release(NodeId(1), Ballot::new(5, 2, NodeId(1)));
+        assert_eq!(acceptor.holder(Time(1)), Some(NodeId(1)));
+        // Another member cannot release the owner's grant.
+        let mut acceptor = granted(4, 2);
+        acceptor.release(NodeId(2), Ballot::new(9, 2, NodeId(2)));
+        assert_eq!(acceptor.holder(Time(1)), Some(NodeId(1)));
     }
 
     #[test]

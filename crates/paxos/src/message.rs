@@ -179,6 +179,26 @@ pub enum Message {
         promised: Ballot,
     },
 
+    /// PaxosLease release: the sender no longer believes in any lease it was
+    /// granted at `ballot` or below in `ballot`'s incarnation, so an acceptor
+    /// may forget such a grant before its timer runs out. Sent by a master
+    /// handing its role over ([`Message::MasterHandover`]) after it dropped
+    /// the lease itself; a grant at a higher ballot, or from another
+    /// incarnation, is one the sender may believe in and is kept.
+    LeaseRelease {
+        /// The highest lease ballot the sender used in this incarnation.
+        ballot: Ballot,
+    },
+    /// The master stepped down for the receiver (etcd's MoveLeader): try for
+    /// the lease at once, without waiting for the election timeout, once
+    /// every instance up to `through` is chosen and applied here.
+    MasterHandover {
+        /// The sender's highest lease ballot (it names the sender).
+        ballot: Ballot,
+        /// The sender's chosen prefix when it stepped down.
+        through: Instance,
+    },
+
     // Multi-Paxos phase 1, once for every instance from `from` on.
     /// Phase 1a for every instance from `from` on.
     Prepare {
@@ -299,13 +319,17 @@ pub enum InvalidMessage {
 impl Message {
     /// Checks what the core would otherwise take at face value: that every
     /// counter is within [`COUNTER_MAX`], and that a message only a proposer
-    /// sends (lease prepare and propose, prepare, accept, commit) carries a
+    /// sends (lease prepare, propose and release, master handover, prepare,
+    /// accept, commit) carries a
     /// ballot of the member it came from.
     pub fn validate(&self, from: NodeId) -> Result<(), InvalidMessage> {
         let ballot_ok = |ballot: &Ballot| ballot.round <= COUNTER_MAX && ballot.incarnation <= COUNTER_MAX;
         let instance_ok = |instance: &Instance| instance.0 <= COUNTER_MAX;
         let in_range = match self {
-            Message::LeasePrepare { ballot } | Message::LeasePropose { ballot, .. } => ballot_ok(ballot),
+            Message::LeasePrepare { ballot }
+            | Message::LeasePropose { ballot, .. }
+            | Message::LeaseRelease { ballot } => ballot_ok(ballot),
+            Message::MasterHandover { ballot, through } => ballot_ok(ballot) && instance_ok(through),
             Message::LeasePrepareReply { ballot, promised, .. }
             | Message::LeaseProposeReply { ballot, promised, .. }
             | Message::Refuse { ballot, promised, .. } => ballot_ok(ballot) && ballot_ok(promised),
@@ -358,6 +382,8 @@ impl Message {
         match self {
             Message::LeasePrepare { ballot }
             | Message::LeasePropose { ballot, .. }
+            | Message::LeaseRelease { ballot }
+            | Message::MasterHandover { ballot, .. }
             | Message::Prepare { ballot, .. }
             | Message::Accept { ballot, .. }
             | Message::Commit { ballot, .. }

@@ -153,6 +153,15 @@ pub enum Command {
         /// The answer.
         reply: oneshot::Sender<Option<LeaseTimeToLiveResponse>>,
     },
+    /// Hand the master's role to member `to` (etcd's MoveLeader): answered
+    /// once the handover has started; the caller watches the status to see
+    /// `to` become master.
+    TransferMaster {
+        /// The member ID of the new master.
+        to: u64,
+        /// Whether the handover started, or why not.
+        reply: oneshot::Sender<Result<(), synod_paxos::TransferError>>,
+    },
     /// Run a consistency check now (the master only) and report it when
     /// every member answered or the check's deadline passed.
     CheckConsistency {
@@ -572,6 +581,14 @@ impl Core {
                     self.lessor.time_to_live(&store, id, keys, self.now_ms())
                 });
                 let _ = reply.send(answer);
+            }
+            Command::TransferMaster { to, reply } => {
+                let result = self.replica.transfer_master(now, NodeId(to));
+                match result {
+                    Ok(()) => tracing::info!(to = %NodeId(to), "handing the master's role over"),
+                    Err(error) => tracing::info!(to = %NodeId(to), %error, "handover refused"),
+                }
+                let _ = reply.send(result);
             }
             Command::CheckConsistency { reply } => {
                 if !self.replica.is_master() {

@@ -35,6 +35,11 @@ const LAZY_SYNC_MS: u64 = 500;
 const QUIET_MS: u64 = 2_000;
 /// Mixed into the seed for the master-churn faults' own generator.
 const CHURN_SEED_MASK: u64 = 0x6368_7572_6e5f_6d78;
+/// Seeds the generator of master handovers, apart from the others, so that a
+/// seed that draws none runs exactly as it did before handovers existed.
+const HANDOVER_SEED_MASK: u64 = 0x6861_6e64_6f76_6572;
+/// A handover not done within this many lease durations is not counted as done.
+const HANDOVER_LEASES_MAX: u64 = 4;
 /// Mixed into the seed for the hostile messages' own generator.
 const HOSTILE_SEED_MASK: u64 = 0x686f_7374_696c_655f;
 
@@ -91,6 +96,12 @@ pub struct Stats {
     pub commits_dropped: u64,
     /// Runs whose core timeouts were shortened ([`ChurnMix::timeout_divisor`]).
     pub short_timeout_runs: u64,
+    /// Handovers a master started on request ([`Replica::transfer_master`],
+    /// etcd's MoveLeader), to a member drawn at random.
+    pub handovers: u64,
+    /// Of those, the ones whose target became master within
+    /// `HANDOVER_LEASES_MAX` lease durations.
+    pub handovers_done: u64,
     /// Times a replica stopped for a while (as in a long GC pause) and went on
     /// with its state intact.
     pub pauses: u64,
@@ -143,6 +154,8 @@ impl Stats {
         self.partial_accept_crashes += other.partial_accept_crashes;
         self.commits_dropped += other.commits_dropped;
         self.short_timeout_runs += other.short_timeout_runs;
+        self.handovers += other.handovers;
+        self.handovers_done += other.handovers_done;
         self.pauses += other.pauses;
         self.snapshots_installed += other.snapshots_installed;
         self.values_committed += other.values_committed;
@@ -225,6 +238,12 @@ pub struct Simulation {
     /// The master-churn faults and their own generator.
     churn: ChurnMix,
     churn_rng: ChaCha8Rng,
+    /// Chance per simulated millisecond that the master is asked to hand
+    /// over to another member (in about a quarter of the churned seeds).
+    handover_per_ms: f64,
+    handover_rng: ChaCha8Rng,
+    /// The handover asked for last: its target and when, in simulated ms.
+    handover_pending: Option<(NodeId, u64)>,
     /// Chooses which messages get a hostile variant, and the variants.
     hostile_rng: ChaCha8Rng,
     /// The first message a replica's `step` got wrong: a hostile one it did
@@ -288,6 +307,12 @@ impl Simulation {
         } else {
             ChurnMix::default()
         };
+        let mut handover_rng = ChaCha8Rng::seed_from_u64(config.seed ^ HANDOVER_SEED_MASK);
+        let handover_per_ms = if config.churn && !mix.calm && handover_rng.random_bool(0.25) {
+            handover_rng.random_range(0.0..0.01)
+        } else {
+            0.0
+        };
         // A lease must leave room for its two round trips at the worst
         // latency, or no master could ever be elected.
         let divisor = churn.timeout_divisor;
@@ -342,6 +367,9 @@ impl Simulation {
             mix,
             churn,
             churn_rng,
+            handover_per_ms,
+            handover_rng,
+            handover_pending: None,
             hostile_rng,
             misjudged: None,
             paxos,
@@ -799,6 +827,7 @@ impl Simulation {
             self.deliver_messages();
             self.tick_nodes();
             self.run_clients();
+            self.follow_handover();
             self.check_single_lease_holder();
             if std::env::var_os("SYNOD_SIM_TRACE").is_some() && self.now_us.is_multiple_of(500_000) {
                 for node in &self.nodes {
@@ -944,6 +973,7 @@ impl Simulation {
                 self.stats.pauses += 1;
             }
         }
+        self.inject_handover();
         if self.churn.master_crash_per_ms > 0.0 && self.churn_rng.random_bool(self.churn.master_crash_per_ms) {
             let master = self.nodes.iter().position(|node| {
                 node.paused_until_ms.is_none() && node.replica.as_ref().is_some_and(Replica::is_master)
@@ -952,6 +982,52 @@ impl Simulation {
                 self.stats.master_crashes += 1;
                 self.crash(master);
             }
+        }
+    }
+
+    /// Counts the handover asked for as done once its target is master, or
+    /// forgets it after `HANDOVER_LEASES_MAX` lease durations. Runs every
+    /// step, the fault-free liveness phase included.
+    fn follow_handover(&mut self) {
+        let Some((target, asked_ms)) = self.handover_pending else {
+            return;
+        };
+        let lease_ms = self.paxos.lease_duration.as_millis() as u64;
+        let index = (target.0 - 1) as usize;
+        if self.nodes[index].replica.as_ref().is_some_and(Replica::is_master) {
+            self.stats.handovers_done += 1;
+            self.handover_pending = None;
+        } else if self.now_ms() > asked_ms + HANDOVER_LEASES_MAX * lease_ms {
+            self.handover_pending = None;
+        }
+    }
+
+    /// Now and then asks the master to hand over to another member. The
+    /// checks after every step (one lease holder at a time, agreement) hold
+    /// through them as through any other master change.
+    fn inject_handover(&mut self) {
+        let now_ms = self.now_ms();
+        // One at a time, so that each is counted done or not.
+        if self.handover_pending.is_some()
+            || self.handover_per_ms <= 0.0
+            || !self.handover_rng.random_bool(self.handover_per_ms)
+        {
+            return;
+        }
+        let master = self
+            .nodes
+            .iter()
+            .position(|node| node.paused_until_ms.is_none() && node.replica.as_ref().is_some_and(Replica::is_master));
+        let Some(master) = master else { return };
+        let others: Vec<usize> = (0..self.nodes.len()).filter(|index| *index != master).collect();
+        let target = others[self.handover_rng.random_range(0..others.len())];
+        let target_id = self.nodes[target].id;
+        let now = self.nodes[master].local_now(self.now_us);
+        let replica = self.nodes[master].replica.as_mut().expect("running");
+        if replica.transfer_master(now, target_id).is_ok() {
+            self.stats.handovers += 1;
+            self.handover_pending = Some((target_id, now_ms));
+            self.process_ready(master);
         }
     }
 

@@ -51,6 +51,8 @@ fn proposer_ballot(message: &mut Message) -> Option<&mut Ballot> {
     match message {
         Message::LeasePrepare { ballot }
         | Message::LeasePropose { ballot, .. }
+        | Message::LeaseRelease { ballot }
+        | Message::MasterHandover { ballot, .. }
         | Message::Prepare { ballot, .. }
         | Message::Accept { ballot, .. }
         | Message::Commit { ballot, .. } => Some(ballot),
@@ -66,7 +68,13 @@ fn counters(message: &mut Message) -> Vec<&mut u64> {
     }
     let mut fields: Vec<&mut u64> = Vec::new();
     match message {
-        Message::LeasePrepare { ballot } | Message::LeasePropose { ballot, .. } => fields.extend(of_ballot(ballot)),
+        Message::LeasePrepare { ballot } | Message::LeasePropose { ballot, .. } | Message::LeaseRelease { ballot } => {
+            fields.extend(of_ballot(ballot))
+        }
+        Message::MasterHandover { ballot, through } => {
+            fields.extend(of_ballot(ballot));
+            fields.push(&mut through.0);
+        }
         Message::LeasePrepareReply { ballot, promised, .. }
         | Message::LeaseProposeReply { ballot, promised, .. }
         | Message::Refuse { ballot, promised, .. } => {
@@ -178,6 +186,11 @@ mod tests {
                 ballot,
                 granted: true,
                 promised: ballot,
+            },
+            Message::LeaseRelease { ballot },
+            Message::MasterHandover {
+                ballot,
+                through: Instance(4),
             },
             Message::Prepare {
                 ballot,

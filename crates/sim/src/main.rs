@@ -116,7 +116,7 @@ fn main() -> ExitCode {
         total.hostile_messages_refused
     );
     println!(
-        "faults: partitions symmetric {} one-way {} majority/minority {} bridge {}; crashes {} (disk wiped {}, aimed at the master {}, of which after a partial Accept broadcast {}); commits dropped {}; runs with short timeouts {}; pauses {}; snapshots installed {} (transfers interrupted {}, resumed {}, refused as damaged at the sender {})",
+        "faults: partitions symmetric {} one-way {} majority/minority {} bridge {}; crashes {} (disk wiped {}, aimed at the master {}, of which after a partial Accept broadcast {}); commits dropped {}; runs with short timeouts {}; handovers {} (done {}); pauses {}; snapshots installed {} (transfers interrupted {}, resumed {}, refused as damaged at the sender {})",
         total.partitions[0],
         total.partitions[1],
         total.partitions[2],
@@ -127,6 +127,8 @@ fn main() -> ExitCode {
         total.partial_accept_crashes,
         total.commits_dropped,
         total.short_timeout_runs,
+        total.handovers,
+        total.handovers_done,
         total.pauses,
         total.snapshots_installed,
         total.snapshot_transfers_interrupted,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use synod_paxos::{
     Ballot, Epoch, FreshStart, Instance, Message, NodeId, PlantedBugs, ReadError, RejectReason, Replica, StoredSlot,
-    Time, Voting,
+    Time, TransferError, Voting,
 };
 use synod_sim::cluster::sim_paxos_config;
 use synod_sim::group::{numbered_batch, voter_state, Group};
@@ -473,4 +473,171 @@ fn a_truncated_promise_never_passes_for_an_empty_one() {
                 .all(|replica| (1..=INSTANCES).all(|i| replica.chosen_value(Instance(i)) == Some(&batch(i))))
         })
     );
+}
+
+/// Whether `value` is among what replica `index` delivered.
+fn delivered_value(group: &Group, index: usize, value: &[u8]) -> bool {
+    group.delivered[index]
+        .values()
+        .any(|batch| batch.entries.iter().any(|entry| entry.value.as_ref() == value))
+}
+
+#[test]
+fn a_master_hands_over_to_the_member_named_before_an_election_could() {
+    let (mut group, master) = elected(3);
+    let target = (master + 1) % 3;
+    let target_id = group.replicas[target].node();
+    let now = group.now;
+    let window = group.replicas[master].config().window_instances_max;
+    for index in 0..window {
+        group.replicas[master]
+            .submit(now, Bytes::from(format!("before-{index}")), None)
+            .expect("the master takes submits");
+    }
+    // The values are in flight (their Accepts queued, not delivered) when
+    // the handover is asked for.
+    group.drain(master);
+    group.replicas[master]
+        .transfer_master(now, target_id)
+        .expect("the master hands over");
+    assert_eq!(group.replicas[master].transfer_target(), Some(target_id));
+    assert!(group.replicas[master].is_master(), "it drains what is in flight first");
+    let refused = group.replicas[master]
+        .submit(now, Bytes::from_static(b"during"), None)
+        .expect_err("no new proposals while handing over");
+    assert_eq!(
+        refused.reason,
+        RejectReason::NotMaster {
+            master: Some(target_id)
+        }
+    );
+    group.drain(master);
+    let asked = group.now;
+    assert!(group.run_until(Duration::from_millis(1), Duration::from_secs(30), |g| {
+        g.serving_master() == Some(target)
+    }));
+    let took = group.now.since(asked);
+    let election_timeout = group.replicas[target].config().election_timeout;
+    assert!(
+        took < election_timeout,
+        "the target took over in {took:?}, not after an election timeout ({election_timeout:?})"
+    );
+    assert!(!group.replicas[master].is_master());
+    assert_eq!(group.replicas[master].master_hint(), Some(target_id));
+    for index in 0..window {
+        let value = format!("before-{index}");
+        assert!(delivered_value(&group, target, value.as_bytes()), "{value} is chosen");
+    }
+    assert!(!delivered_value(&group, target, b"during"));
+    // The new master serves writes.
+    let now = group.now;
+    group.replicas[target]
+        .submit(now, Bytes::from_static(b"after"), None)
+        .expect("the new master takes submits");
+    group.drain(target);
+    group.pump();
+    assert!(delivered_value(&group, target, b"after"));
+}
+
+#[test]
+fn a_handover_refuses_non_members_and_followers() {
+    let (mut group, master) = elected(3);
+    let follower = (master + 1) % 3;
+    let now = group.now;
+    assert_eq!(
+        group.replicas[master].transfer_master(now, NodeId(9)),
+        Err(TransferError::NotAMember(NodeId(9)))
+    );
+    let other = group.replicas[master].node();
+    assert_eq!(
+        group.replicas[follower].transfer_master(now, other),
+        Err(TransferError::NotMaster)
+    );
+    // To itself: nothing to do, and it stays master.
+    assert_eq!(group.replicas[master].transfer_master(now, other), Ok(()));
+    assert_eq!(group.replicas[master].transfer_target(), None);
+}
+
+#[test]
+fn a_handover_to_an_unreachable_member_ends_in_an_ordinary_election() {
+    let (mut group, master) = elected(3);
+    let target = (master + 1) % 3;
+    let target_id = group.replicas[target].node();
+    group.isolated.push(target_id);
+    let now = group.now;
+    group.replicas[master].transfer_master(now, target_id).unwrap();
+    group.drain(master);
+    let third = 3 - master - target;
+    assert!(group.run_until(Duration::from_millis(1), Duration::from_secs(30), |g| {
+        g.serving_master().is_some_and(|serving| serving != target)
+    }));
+    let serving = group.serving_master().unwrap();
+    assert!(serving == master || serving == third);
+}
+
+#[test]
+fn a_held_back_release_leaves_a_later_lease_in_force() {
+    assert!(!two_lease_holders_after_a_held_back_release(PlantedBugs::default()));
+}
+
+#[test]
+fn planted_bug_releasing_any_grant_is_caught_by_a_script() {
+    let bugs = PlantedBugs {
+        release_any_grant: true,
+        ..PlantedBugs::default()
+    };
+    assert!(two_lease_holders_after_a_held_back_release(bugs));
+}
+
+/// Whether two replicas held the lease at once in this script.
+fn two_lease_holders_after_a_held_back_release(bugs: PlantedBugs) -> bool {
+    // A hands over to B, and its releases are held back. B takes the lease
+    // once A's grants run out, then hands back to A, which takes the lease
+    // again at a higher ballot. A's old releases then arrive, and, with A cut
+    // off, B is prompted to try for the lease at once: the old releases must
+    // not have taken A's new grants away, or B would hold the lease beside A.
+    let (mut group, a) = elected(3);
+    for replica in &mut group.replicas {
+        replica.plant_bugs(bugs);
+    }
+    let b = (a + 1) % 3;
+    let (a_id, b_id) = (group.replicas[a].node(), group.replicas[b].node());
+    let now = group.now;
+    group.replicas[a].transfer_master(now, b_id).unwrap();
+    group.drain(a);
+    let held = group.take_messages(|from, _, message| from == a_id && matches!(message, Message::LeaseRelease { .. }));
+    assert_eq!(held.len(), 2, "one release to each other member");
+    // Only B ticks, so only B tries for the lease.
+    tick_only_until(&mut group, &[b], 30_000, |g| g.serving_master().filter(|m| *m == b))
+        .expect("B takes over once A's grants have run out");
+    let now = group.now;
+    group.replicas[b].transfer_master(now, a_id).unwrap();
+    group.drain(b);
+    assert!(group.run_until(Duration::from_millis(1), Duration::from_secs(30), |g| {
+        g.serving_master() == Some(a)
+    }));
+    for (from, to, message) in held {
+        group.send(from, to, message);
+    }
+    group.pump();
+    group.isolated.push(a_id);
+    let now = group.now;
+    let stale = Message::MasterHandover {
+        ballot: Ballot::new(1, 1, a_id),
+        through: Instance::ZERO,
+    };
+    group.replicas[b].step(now, a_id, stale);
+    group.drain(b);
+    let until = group.replicas[a].lease_expires_at().expect("A holds the lease");
+    while group.now < until {
+        group.now = group.now + Duration::from_millis(1);
+        group.tick_all();
+        let holders = (0..3)
+            .filter(|&index| group.replicas[index].holds_lease(group.now))
+            .count();
+        if holders > 1 {
+            return true;
+        }
+    }
+    false
 }

@@ -58,6 +58,12 @@ fn every_seed_survives_its_faults() {
         failures.len(),
         failures.join("\n")
     );
+    println!("handovers asked for {}, done {}", total.handovers, total.handovers_done);
+    assert!(total.handovers > 0, "some seeds hand the master's role over");
+    assert!(
+        total.handovers_done > 0,
+        "some handovers end with their target as master"
+    );
     assert!(
         total.values_committed > 0 && total.reads_answered > 0,
         "the runs did work"

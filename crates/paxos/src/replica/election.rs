@@ -10,10 +10,10 @@
 
 use std::time::Duration;
 
-use super::{Replica, Role};
+use super::{Handover, Replica, Role};
 use crate::master_lease::LeaseEvent;
 use crate::message::Message;
-use crate::Time;
+use crate::{Ballot, Instance, NodeId, Time};
 
 impl Replica {
     pub(super) fn on_lease_event(&mut self, now: Time, event: LeaseEvent) {
@@ -24,11 +24,17 @@ impl Replica {
                 self.broadcast(Message::LeasePropose { ballot, duration_nanos });
             }
             LeaseEvent::Acquired { .. } => {
+                self.handover = None;
                 if matches!(self.role, Role::Follower) {
                     self.become_candidate(now);
                 }
             }
             LeaseEvent::Failed => self.back_off(now, Duration::ZERO),
+            LeaseEvent::HeldElsewhere if self.handover.is_some() => {
+                // Most likely the old master's grant, whose release has not
+                // reached every acceptor yet: try again soon.
+                self.back_off(now, Duration::ZERO);
+            }
             LeaseEvent::HeldElsewhere => {
                 // The grant seen may be a leftover of a proposer that lost its
                 // propose phase; it runs out within one lease time.
@@ -49,6 +55,27 @@ impl Replica {
         self.lease_proposer.next_attempt_at = now + wait_first + self.rng.duration_below(ceiling);
     }
 
+    /// A master stepped down for this replica (etcd's MoveLeader): try for
+    /// the lease on the next tick instead of after the election timeout,
+    /// once every instance the old master had chosen is learned here. Only
+    /// liveness rests on this: a stale or forged handover at worst starts an
+    /// attempt that the acceptors refuse while another master's grant runs.
+    pub(super) fn on_handover(&mut self, now: Time, from: NodeId, ballot: Ballot, through: Instance) {
+        // The handover is a release too (the old master sends it after its
+        // releases, but a network may reorder them), so that this replica's
+        // own acceptor does not hold the old grant against its own attempt.
+        self.lease_acceptor.release(from, ballot);
+        if !self.is_voter() || !matches!(self.role, Role::Follower) {
+            return;
+        }
+        self.commit_hint = self.commit_hint.max(through);
+        self.handover = Some(Handover {
+            through,
+            until: now + self.config.lease_duration,
+        });
+        self.lease_proposer.next_attempt_at = self.lease_proposer.next_attempt_at.min(now);
+    }
+
     pub(super) fn tick_lease(&mut self, now: Time) {
         // An attempt is worth waiting for while it could still leave a useful lease.
         let attempt_timeout = self.config.lease_holder_duration() / 2;
@@ -62,12 +89,20 @@ impl Replica {
         {
             self.step_down(now);
         }
+        if self.handover.is_some_and(|handover| now >= handover.until) {
+            self.handover = None;
+        }
         if !self.lease_proposer.is_idle() || now < self.lease_proposer.next_attempt_at {
             return;
         }
+        // Handed the role: no election timeout to wait out, only the
+        // instances the old master had chosen to learn.
+        let handed_over = self
+            .handover
+            .is_some_and(|handover| self.chosen_through >= handover.through && matches!(self.role, Role::Follower));
         let held = self.lease_proposer.is_held(now);
         let renew = held && self.lease_proposer.renewal_due(now, self.config.lease_renew_interval);
-        let acquire = !held && now >= self.last_master_contact + self.config.election_timeout;
+        let acquire = !held && (handed_over || now >= self.last_master_contact + self.config.election_timeout);
         if renew || acquire {
             let ballot = self.lease_proposer.start(now, self.config.node, self.meta.incarnation);
             self.broadcast(Message::LeasePrepare { ballot });

@@ -11,7 +11,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{CandidateState, Inflight, MasterState, PendingBatch, Replica, Role, Slot};
+use super::{
+    CandidateState, HandingOver, Inflight, MasterState, PendingBatch, Replica, Role, Slot, Transfer, TransferError,
+};
 use crate::message::{Batch, BatchId, Message, PromiseEntry, RefuseReason};
 use crate::output::{Outcome, RejectReason, Rejected, SubmitOutcome};
 use crate::{Ballot, Instance, NodeId, Time};
@@ -154,6 +156,7 @@ impl Replica {
             unresolved,
             unresolved_retry_at: now + self.config.election_timeout,
             commit_sent_at: now,
+            transfer: None,
         });
         self.master_hint = Some(self.config.node);
         for (instance, value) in values {
@@ -194,7 +197,10 @@ impl Replica {
         }
         loop {
             let Role::Master(master) = &mut self.role else { return };
-            if self.queue.is_empty() || master.next.0 > self.chosen_through.0 + self.config.window_instances_max {
+            if master.transfer.is_some()
+                || self.queue.is_empty()
+                || master.next.0 > self.chosen_through.0 + self.config.window_instances_max
+            {
                 return;
             }
             let instance = master.next;
@@ -252,6 +258,7 @@ impl Replica {
         self.deliver_chosen();
         if self.chosen_through > before {
             self.propose_queued(now);
+            self.hand_over_when_drained(now);
             let drained = match &self.role {
                 Role::Master(master) => master.inflight.is_empty(),
                 _ => false,
@@ -314,18 +321,125 @@ impl Replica {
         self.lease_proposer.drop_lease();
         let backoff = self.rng.duration_below(self.config.backoff_max);
         self.lease_proposer.next_attempt_at = now + self.config.election_timeout + backoff;
-        // Values never proposed: a definite no.
+        self.reject_queue(None);
+        // Proposed values stay pending: whether they were chosen is learned later.
+    }
+
+    /// Values never proposed: a definite no, naming the master to ask instead.
+    fn reject_queue(&mut self, master: Option<NodeId>) {
         while let Some((id, entry)) = self.queue.pop_front() {
             self.ready.outcomes.push(SubmitOutcome {
                 id,
                 outcome: Outcome::Rejected(Rejected {
-                    reason: RejectReason::NotMaster { master: None },
+                    reason: RejectReason::NotMaster { master },
                     value: entry.value,
                 }),
             });
         }
         self.queue_bytes = 0;
-        // Proposed values stay pending: whether they were chosen is learned later.
+    }
+
+    /// Starts handing the master's role to `to` (etcd's MoveLeader): no new
+    /// values are proposed from now on, and once every instance in flight is
+    /// chosen this master drops its lease, tells the acceptors so
+    /// ([`Message::LeaseRelease`]), steps down and tells `to` to take the
+    /// lease at once ([`Message::MasterHandover`]). Values submitted meanwhile
+    /// are refused as `NotMaster` naming `to`. If the instances in flight are
+    /// not all chosen within one lease duration, the handover is given up and
+    /// this master goes on. Asking again replaces the target; asking for this
+    /// replica itself is a no-op.
+    ///
+    /// Safety does not rest on `to` being caught up: it runs phase 1 like any
+    /// new master. `to` waits until it has learned every instance this master
+    /// had chosen before it tries, so that it takes over without a catch-up
+    /// gap; the host learns the outcome by watching who is master.
+    pub fn transfer_master(&mut self, now: Time, to: NodeId) -> Result<(), TransferError> {
+        if self.member_bit(to).is_none() {
+            return Err(TransferError::NotAMember(to));
+        }
+        if !self.lease_proposer.is_held(now) {
+            return Err(TransferError::NotMaster);
+        }
+        let until = now + self.config.lease_duration;
+        let Role::Master(master) = &mut self.role else {
+            return Err(TransferError::NotMaster);
+        };
+        if to == self.config.node {
+            return Ok(());
+        }
+        master.transfer = Some(Transfer { to, until });
+        self.hand_over_when_drained(now);
+        self.drain_inbox(now);
+        Ok(())
+    }
+
+    /// The second half of a handover: once nothing is in flight, release the
+    /// lease and step down for the target. Gives the handover up when its
+    /// time has run out first.
+    pub(super) fn hand_over_when_drained(&mut self, now: Time) {
+        let Role::Master(master) = &mut self.role else { return };
+        let Some(transfer) = master.transfer else { return };
+        if now >= transfer.until {
+            master.transfer = None;
+            self.propose_queued(now);
+            return;
+        }
+        if !master.inflight.is_empty() {
+            return;
+        }
+        let through = self.chosen_through;
+        self.reject_queue(Some(transfer.to));
+        // Belief in the lease goes first: from here on this replica
+        // believes in no grant at or below `last`, which is what makes the
+        // release safe (see `LeaseAcceptor::release`).
+        // The master hint stays empty until `to` is heard from as master,
+        // so that a host watching it sees the handover done, not asked for.
+        self.step_down(now);
+        let Some(last) = self.lease_proposer.last_ballot() else {
+            return;
+        };
+        self.lease_acceptor.release(self.config.node, last);
+        self.handing_over = Some(HandingOver {
+            to: transfer.to,
+            ballot: last,
+            through,
+            until: now + self.config.lease_duration,
+            sent_at: now,
+        });
+        self.send_handover();
+    }
+
+    /// Sends the release to every other member and the handover to its
+    /// target; repeated by [`Replica::tick_handing_over`].
+    fn send_handover(&mut self) {
+        let Some(handing_over) = self.handing_over else { return };
+        self.broadcast_others(Message::LeaseRelease {
+            ballot: handing_over.ballot,
+        });
+        self.send(
+            handing_over.to,
+            Message::MasterHandover {
+                ballot: handing_over.ballot,
+                through: handing_over.through,
+            },
+        );
+    }
+
+    /// Repeats a handover's messages, which a network may lose, every
+    /// retransmit interval until a master is heard from (the target or
+    /// another) or one lease duration has passed.
+    pub(super) fn tick_handing_over(&mut self, now: Time) {
+        let Some(handing_over) = &mut self.handing_over else {
+            return;
+        };
+        if self.master_hint.is_some() || !matches!(self.role, Role::Follower) || now >= handing_over.until {
+            self.handing_over = None;
+            return;
+        }
+        if now >= handing_over.sent_at + self.config.retransmit_interval {
+            handing_over.sent_at = now;
+            self.send_handover();
+        }
     }
 
     pub(super) fn tick_role(&mut self, now: Time) {
@@ -341,6 +455,7 @@ impl Replica {
             self.become_candidate(now);
             return;
         }
+        self.tick_handing_over(now);
         match &mut self.role {
             Role::Follower => {
                 if self.is_voter()
@@ -362,37 +477,48 @@ impl Replica {
                     }
                 }
             }
-            Role::Master(master) => {
-                let mut resend = Vec::new();
-                for (instance, inflight) in master.inflight.iter_mut() {
-                    if now >= inflight.sent_at + retransmit {
-                        inflight.sent_at = now;
-                        resend.push((*instance, inflight.batch.clone(), inflight.acks));
-                    }
-                }
-                let ballot = master.ballot;
-                let heartbeat_due = now >= master.commit_sent_at + self.config.heartbeat_interval;
-                for (instance, batch, acks) in resend {
-                    for index in 0..self.config.members.len() {
-                        let to = self.config.members[index];
-                        if acks & (1 << index) == 0 {
-                            let chosen_through = self.chosen_through;
-                            self.send(
-                                to,
-                                Message::Accept {
-                                    ballot,
-                                    instance,
-                                    batch: batch.clone(),
-                                    chosen_through,
-                                },
-                            );
-                        }
-                    }
-                }
-                if heartbeat_due {
-                    self.send_commit(now);
+            Role::Master(master) if master.transfer.is_some() => {
+                self.hand_over_when_drained(now);
+                if self.is_master() {
+                    self.tick_master(now);
                 }
             }
+            Role::Master(_) => self.tick_master(now),
+        }
+    }
+
+    /// Retransmits accepts not yet acknowledged, and sends the heartbeat.
+    fn tick_master(&mut self, now: Time) {
+        let retransmit = self.config.retransmit_interval;
+        let Role::Master(master) = &mut self.role else { return };
+        let mut resend = Vec::new();
+        for (instance, inflight) in master.inflight.iter_mut() {
+            if now >= inflight.sent_at + retransmit {
+                inflight.sent_at = now;
+                resend.push((*instance, inflight.batch.clone(), inflight.acks));
+            }
+        }
+        let ballot = master.ballot;
+        let heartbeat_due = now >= master.commit_sent_at + self.config.heartbeat_interval;
+        for (instance, batch, acks) in resend {
+            for index in 0..self.config.members.len() {
+                let to = self.config.members[index];
+                if acks & (1 << index) == 0 {
+                    let chosen_through = self.chosen_through;
+                    self.send(
+                        to,
+                        Message::Accept {
+                            ballot,
+                            instance,
+                            batch: batch.clone(),
+                            chosen_through,
+                        },
+                    );
+                }
+            }
+        }
+        if heartbeat_due {
+            self.send_commit(now);
         }
     }
 }

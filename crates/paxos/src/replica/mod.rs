@@ -71,6 +71,11 @@ pub struct PlantedBugs {
     /// breaks nothing: a master without its lease answers no read, and its
     /// proposals still need a majority.
     pub master_outlives_lease: bool,
+    /// A PaxosLease acceptor takes a [`Message::LeaseRelease`] as forgetting
+    /// every grant to its sender, not only those at or below the released
+    /// ballot in its incarnation: a release held back past the sender's next
+    /// lease takes that lease away while the sender holds it.
+    pub release_any_grant: bool,
 }
 
 /// Why a lease read cannot be answered here.
@@ -85,6 +90,17 @@ pub enum ReadError {
     /// Wait: the state is not yet known to include every chosen value.
     #[error("master, but still recovering the values found in phase 1")]
     Recovering,
+}
+
+/// Why [`Replica::transfer_master`] could not start a handover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// Only a master holding the lease hands it over.
+    #[error("not the master")]
+    NotMaster,
+    /// The member named is not in the group.
+    #[error("{0} is not a member")]
+    NotAMember(NodeId),
 }
 
 /// What this replica's log holds for one instance.
@@ -115,6 +131,37 @@ struct MasterState {
     /// While `unresolved` is not empty, when to run phase 1 again.
     unresolved_retry_at: Time,
     commit_sent_at: Time,
+    /// A handover asked for by the host ([`Replica::transfer_master`]).
+    transfer: Option<Transfer>,
+}
+
+/// A master's handover in progress: no new proposals while the ones in
+/// flight are chosen, then the lease is released and `to` told to take it.
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    to: NodeId,
+    /// Given up here if the instances in flight are not all chosen by then.
+    until: Time,
+}
+
+/// This replica stepped down for `to`: it repeats its release and handover
+/// every retransmit interval, since either may be lost, until it hears of a
+/// master or `until` passes.
+#[derive(Clone, Copy, Debug)]
+struct HandingOver {
+    to: NodeId,
+    ballot: Ballot,
+    through: Instance,
+    until: Time,
+    sent_at: Time,
+}
+
+/// A master stepped down for this replica: try for the lease at once, once
+/// chosen through `through`, until `until`.
+#[derive(Clone, Copy, Debug)]
+struct Handover {
+    through: Instance,
+    until: Time,
 }
 
 #[derive(Debug)]
@@ -194,6 +241,10 @@ pub struct Replica {
     last_tick: Time,
     /// The probe after an empty start found that others had voted already.
     joined_group_with_history: bool,
+    /// A master handed its role to this replica.
+    handover: Option<Handover>,
+    /// This replica handed its role to another.
+    handing_over: Option<HandingOver>,
 }
 
 impl Replica {
@@ -286,6 +337,8 @@ impl Replica {
             ready: Ready::default(),
             last_tick: now,
             joined_group_with_history: false,
+            handover: None,
+            handing_over: None,
             config,
         }
     }
@@ -301,6 +354,7 @@ impl Replica {
             self.lease_acceptor = LeaseAcceptor::new(Time::ZERO);
         }
         self.lease_acceptor.accept_lower_ballot = bugs.accept_lower_ballot;
+        self.lease_acceptor.release_any_grant = bugs.release_any_grant;
     }
 
     // ----- Queries -----
@@ -352,6 +406,15 @@ impl Replica {
             Some(self.config.node)
         } else {
             self.master_hint
+        }
+    }
+
+    /// The member this master is handing its role to, while it drains the
+    /// instances in flight ([`Replica::transfer_master`]).
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        match &self.role {
+            Role::Master(master) => master.transfer.map(|transfer| transfer.to),
+            _ => None,
         }
     }
 
@@ -563,6 +626,19 @@ impl Replica {
             );
         }
         let ballot = match &self.role {
+            Role::Master(MasterState {
+                transfer: Some(transfer),
+                ..
+            }) => {
+                // Handing over: what this master would propose now might be
+                // cut off by the step-down; the host retries at `to`.
+                return reject(
+                    RejectReason::NotMaster {
+                        master: Some(transfer.to),
+                    },
+                    value,
+                );
+            }
             Role::Master(master) if self.lease_proposer.is_held(now) => master.ballot,
             _ => {
                 let master = if self.is_master() { None } else { self.master_hint };
@@ -659,6 +735,8 @@ impl Replica {
                     }
                 }
             }
+            Message::LeaseRelease { ballot } => self.lease_acceptor.release(from, ballot),
+            Message::MasterHandover { ballot, through } => self.on_handover(now, from, ballot, through),
             Message::LeasePrepareReply {
                 ballot,
                 granted,
@@ -751,7 +829,10 @@ impl Replica {
             | Message::Commit { ballot, .. }
             | Message::Promise { ballot, .. } => *ballot,
             Message::Refuse { promised, .. } => *promised,
-            Message::LeasePrepare { ballot } | Message::LeasePropose { ballot, .. } => {
+            Message::LeasePrepare { ballot }
+            | Message::LeasePropose { ballot, .. }
+            | Message::LeaseRelease { ballot }
+            | Message::MasterHandover { ballot, .. } => {
                 self.note_incarnation(*ballot);
                 return;
             }

@@ -53,6 +53,11 @@ pub const BACKUP_STREAMS_MAX: usize = 2;
 const BACKUP_MESSAGE_BYTES: usize = 64 * 1024;
 /// Messages of a backup queued for a slow client before encoding waits.
 const BACKUP_QUEUE_MESSAGES_MAX: usize = 16;
+/// How long MoveLeader waits for the target to become master, in master
+/// lease durations: one for the old master to drain what is in flight, one
+/// for the target to win the lease (or for the old grants to run out, if a
+/// release was late), one to spare.
+const MOVE_LEADER_LEASES_MAX: u32 = 3;
 
 fn fixed_membership() -> Status {
     Status::unimplemented("synod: membership is fixed for the group's life")
@@ -298,10 +303,52 @@ impl Maintenance for Api {
         Ok(GrpcResponse::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
-    async fn move_leader(&self, _: GrpcRequest<MoveLeaderRequest>) -> Result<GrpcResponse<MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented(
-            "synod: the master is chosen by PaxosLease; it cannot be moved",
-        ))
+    /// etcd's MoveLeader: the master hands PaxosLease to the member named
+    /// and steps down (`Replica::transfer_master`); answered once that
+    /// member is master here, as etcd answers once the transferee leads.
+    /// Asked of a follower it answers etcd's `not leader`, as etcd does:
+    /// `etcdctl move-leader` finds the master among its endpoints itself.
+    async fn move_leader(
+        &self,
+        request: GrpcRequest<MoveLeaderRequest>,
+    ) -> Result<GrpcResponse<MoveLeaderResponse>, Status> {
+        self.check_admin(&self.caller(&request).await?)?;
+        let target = request.into_inner().target_id;
+        let not_leader = || Status::failed_precondition("etcdserver: not leader");
+        if !self.shared.current_status().is_master {
+            return Err(not_leader());
+        }
+        if !self.shared.identity.members.iter().any(|member| member.id == target) {
+            return Err(Status::failed_precondition("etcdserver: bad leader transferee"));
+        }
+        let mut status = self.shared.status.clone();
+        match self
+            .ask(|reply| crate::node::Command::TransferMaster { to: target, reply })
+            .await?
+        {
+            Ok(()) => {}
+            Err(synod_paxos::TransferError::NotMaster) => return Err(not_leader()),
+            Err(synod_paxos::TransferError::NotAMember(_)) => {
+                return Err(Status::failed_precondition("etcdserver: bad leader transferee"))
+            }
+        }
+        // The target takes over within a lease time when it is caught up
+        // and reachable; past that the handover was given up or the group
+        // elected another master.
+        let deadline = self.shared.tunables.lease_duration * MOVE_LEADER_LEASES_MAX;
+        let moved = tokio::time::timeout(deadline, status.wait_for(|now| now.master == Some(target))).await;
+        match moved {
+            Ok(Ok(_)) => {
+                let revision = self.shared.store().revision();
+                Ok(GrpcResponse::new(MoveLeaderResponse {
+                    header: self.identity().header(revision),
+                }))
+            }
+            Ok(Err(_)) => Err(Status::unavailable("etcdserver: server stopped")),
+            Err(_) => Err(Status::unknown(
+                "etcdserver: request timed out, leader transfer took too long",
+            )),
+        }
     }
 
     async fn downgrade(&self, _: GrpcRequest<DowngradeRequest>) -> Result<GrpcResponse<DowngradeResponse>, Status> {
