@@ -7,69 +7,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{etcdctl, etcdctl_ok, etcdctl_with_input, free_ports, output_text, retry, synod, Cluster, TempDir};
+use common::{etcdctl, etcdctl_ok, etcdctl_with_input, output_text, synod, Cluster, Etcd, TempDir};
 use serde_json::Value;
-
-/// A single-member etcd on loopback, killed on drop.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    _data: TempDir,
-}
-
-impl Etcd {
-    /// Starts etcd, or returns `None` when it is not installed (a failure
-    /// under `CI=true`, where scripts/test.sh must have installed it).
-    fn start() -> Option<Etcd> {
-        if Command::new("etcd").arg("--version").output().is_err() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "etcd is missing and CI=true (Debian package etcd-server; scripts/test.sh installs it)"
-            );
-            eprintln!("skipped: etcd is not installed (Debian package etcd-server)");
-            return None;
-        }
-        let data = TempDir::new("etcd-source");
-        let ports = free_ports(2);
-        let client = format!("http://127.0.0.1:{}", ports[0]);
-        let peer = format!("http://127.0.0.1:{}", ports[1]);
-        let child = Command::new("etcd")
-            .args(["--name", "source", "--data-dir"])
-            .arg(data.0.join("etcd"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("source={peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        let etcd = Etcd {
-            child,
-            endpoint: format!("127.0.0.1:{}", ports[0]),
-            _data: data,
-        };
-        retry(Duration::from_secs(20), "etcd to serve", || {
-            let output = etcdctl(&["--endpoints", &etcd.endpoint, "put", "probe", "x"]);
-            output
-                .status
-                .success()
-                .then_some(())
-                .ok_or_else(|| output_text(&output))
-        });
-        etcdctl_ok(&["--endpoints", &etcd.endpoint, "del", "probe"]);
-        Some(etcd)
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Every key from `""` on at `revision` (0: the latest): the header's
 /// revision and the key-values as etcdctl prints them.
