@@ -2,8 +2,9 @@
 # The one gate: formatting, lints, and every test in the workspace.
 # Installs the Debian packages the integration tests need when they are missing:
 # etcd-client (etcdctl), etcd-server (a real etcd whose snapshot the migration
-# test restores) and protobuf-compiler (protoc, for the etcd-client crate's
-# build script; synod itself builds without it).
+# test restores and whose JSON gateway the gateway tests compare with), curl,
+# protobuf-compiler (protoc, for the etcd-client crate's build script; synod
+# itself builds without it), and Python's etcd3gw from PyPI.
 # With CI=true a missing tool is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,14 +13,20 @@ need_packages=()
 command -v etcdctl >/dev/null 2>&1 || need_packages+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need_packages+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need_packages+=(protobuf-compiler)
+command -v curl >/dev/null 2>&1 || need_packages+=(curl)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need_packages[*]}"
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_packages[@]}" >/dev/null
   fi
 fi
+# Python's etcd3gw, a client of the JSON gateway, for the gateway tests.
+if ! python3 -c 'import etcd3gw' >/dev/null 2>&1; then
+  python3 -m pip install --quiet etcd3gw >/dev/null 2>&1 || true
+fi
 if [ "${CI:-}" = true ]; then
-  for tool in etcdctl etcd protoc; do
+  python3 -c 'import etcd3gw' || { echo "Python's etcd3gw is missing and CI=true" >&2; exit 1; }
+  for tool in etcdctl etcd protoc curl; do
     command -v "$tool" >/dev/null 2>&1 || { echo "$tool is missing and CI=true" >&2; exit 1; }
   done
 fi

@@ -47,11 +47,13 @@ pub fn router(api: Api) -> axum::Router {
     .add_service(ElectionServer::new(api.clone()))
     .add_service(HealthServer::new(api.clone()))
     .add_service(AuthServer::new(api.clone()));
+    let gateway = super::gateway::router(&api).unwrap_or_default();
     let health_api = api.clone();
     let consistency_api = api.clone();
     let metrics_api = api;
     routes
         .into_axum_router()
+        .merge(gateway)
         .route(
             "/health",
             get(move || {

@@ -30,6 +30,7 @@
 
 mod auth;
 mod convert;
+mod gateway;
 mod http;
 mod kv;
 mod lease;

@@ -60,13 +60,22 @@ impl Watch for Api {
             let mut watchers = 0usize;
             let mut progress = tokio::time::interval(WATCH_PROGRESS_INTERVAL);
             progress.tick().await;
+            // A client that closes its side of the stream (as etcd's JSON
+            // gateway does after a body's requests) keeps its watchers, as
+            // with etcd: the stream ends when the client goes away.
+            let mut requests_open = true;
             'stream: loop {
                 tokio::select! {
-                    request = incoming.next() => {
-                        let Some(Ok(request)) = request else { break 'stream };
-                        if let Err(status) = handle(&api, &caller, &entry, request) {
-                            let _ = sender.send(Err(status)).await;
-                            break 'stream;
+                    request = incoming.next(), if requests_open => {
+                        match request {
+                            Some(Ok(request)) => {
+                                if let Err(status) = handle(&api, &caller, &entry, request) {
+                                    let _ = sender.send(Err(status)).await;
+                                    break 'stream;
+                                }
+                            }
+                            None => requests_open = false,
+                            Some(Err(_)) => break 'stream,
                         }
                     }
                     _ = entry.notify.notified() => {}
