@@ -2,8 +2,9 @@
 # The one gate: formatting, lints, and every test in the workspace.
 # Installs the Debian packages the integration tests need when they are missing:
 # etcd-client (etcdctl), etcd-server (a real etcd whose snapshot the migration
-# test restores) and protobuf-compiler (protoc, for the etcd-client crate's
-# build script; synod itself builds without it).
+# test restores), protobuf-compiler (protoc, for the etcd-client crate's
+# build script; synod itself builds without it) and chromium (the browser the
+# status page's test renders /ui in).
 # With CI=true a missing tool is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ need_packages=()
 command -v etcdctl >/dev/null 2>&1 || need_packages+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need_packages+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need_packages+=(protobuf-compiler)
+command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need_packages[*]}"
@@ -19,7 +21,7 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   fi
 fi
 if [ "${CI:-}" = true ]; then
-  for tool in etcdctl etcd protoc; do
+  for tool in etcdctl etcd protoc chromium; do
     command -v "$tool" >/dev/null 2>&1 || { echo "$tool is missing and CI=true" >&2; exit 1; }
   done
 fi
