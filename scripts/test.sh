@@ -4,7 +4,8 @@
 # etcd-client (etcdctl), etcd-server (a real etcd whose snapshot the migration
 # test restores and whose JSON gateway the gateway tests compare with), curl,
 # protobuf-compiler (protoc, for the etcd-client crate's build script; synod
-# itself builds without it), and Python's etcd3gw from PyPI.
+# itself builds without it), chromium (the browser the status page's test
+# renders /ui in), and Python's etcd3gw from PyPI.
 # With CI=true a missing tool is a failure, never a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ command -v etcdctl >/dev/null 2>&1 || need_packages+=(etcd-client)
 command -v etcd >/dev/null 2>&1 || need_packages+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need_packages+=(protobuf-compiler)
 command -v curl >/dev/null 2>&1 || need_packages+=(curl)
+command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need_packages[*]}"
@@ -26,7 +28,7 @@ if ! python3 -c 'import etcd3gw' >/dev/null 2>&1; then
 fi
 if [ "${CI:-}" = true ]; then
   python3 -c 'import etcd3gw' || { echo "Python's etcd3gw is missing and CI=true" >&2; exit 1; }
-  for tool in etcdctl etcd protoc curl; do
+  for tool in etcdctl etcd protoc curl chromium; do
     command -v "$tool" >/dev/null 2>&1 || { echo "$tool is missing and CI=true" >&2; exit 1; }
   done
 fi

@@ -50,6 +50,23 @@ impl Histogram {
         self.observe(duration.as_secs_f64());
     }
 
+    /// The counts now, for a reader that computes quantiles (the status
+    /// page, over the whole run or the difference of two readings). Each
+    /// counter is read on its own, so a reading taken while observations
+    /// arrive may count one in `count` and not yet in its bucket.
+    pub fn read(&self) -> HistogramReading {
+        HistogramReading {
+            bounds: self.bounds,
+            buckets: self
+                .buckets
+                .iter()
+                .map(|bucket| bucket.load(Ordering::Relaxed))
+                .collect(),
+            count: self.count.load(Ordering::Relaxed),
+            sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
@@ -61,6 +78,45 @@ impl Histogram {
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// A [`Histogram`]'s counts at one moment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramReading {
+    /// The buckets' upper bounds, ascending.
+    pub bounds: &'static [f64],
+    /// Observations in each bucket (not cumulative): above the previous
+    /// bound, at most this one.
+    pub buckets: Vec<u64>,
+    /// Every observation, those above the highest bound included.
+    pub count: u64,
+    /// The sum of the observations.
+    pub sum: f64,
+}
+
+impl HistogramReading {
+    /// The upper bound of the bucket holding the `q`-th quantile (`q` in
+    /// 0..=1), or `None` with no observations. A quantile among the
+    /// observations above the highest bound answers that bound, as
+    /// Prometheus's `histogram_quantile` does: read it as "at least".
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let bucketed: u64 = self.buckets.iter().sum();
+        let total = self.count.max(bucketed);
+        if total == 0 {
+            return None;
+        }
+        // The rank of the observation wanted, from 1; a `q` out of range or
+        // NaN is clamped (`as` saturates), never a panic.
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket;
+            if cumulative >= rank {
+                return Some(*bound);
+            }
+        }
+        self.bounds.last().copied()
     }
 }
 
@@ -285,5 +341,33 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_answer_the_bound_of_the_bucket_that_holds_them() {
+        let histogram = Histogram::new(&LATENCY_BUCKETS_SECONDS);
+        assert_eq!(histogram.read().quantile(0.5), None);
+        for _ in 0..98 {
+            histogram.observe(0.0003);
+        }
+        histogram.observe(0.003);
+        histogram.observe(0.1);
+        let reading = histogram.read();
+        assert_eq!(reading.count, 100);
+        assert_eq!(reading.quantile(0.5), Some(0.0005));
+        assert_eq!(reading.quantile(0.98), Some(0.0005));
+        assert_eq!(reading.quantile(0.99), Some(0.004));
+        assert_eq!(reading.quantile(1.0), Some(0.128));
+        assert_eq!(reading.quantile(f64::NAN), Some(0.0005));
+        // Above the highest bound: that bound, read as "at least".
+        for _ in 0..200 {
+            histogram.observe(60.0);
+        }
+        assert_eq!(histogram.read().quantile(0.99), Some(4.096));
     }
 }

@@ -109,7 +109,8 @@ pub enum WriteError {
 /// A snapshot of the core's state, published after every round.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Status {
-    /// Highest instance applied to the store.
+    /// Highest instance applied to the store; it changes only while the
+    /// store's lock is held.
     pub applied_instance: u64,
     /// Highest instance known chosen.
     pub chosen_through: u64,
@@ -223,12 +224,18 @@ impl Shared {
         lock(&self.store)
     }
 
-    /// Replaces the whole store (a snapshot from a peer was installed) and
-    /// returns the old one.
-    fn replace_store(&self, store: Store) -> Store {
+    /// Replaces the whole store (a snapshot from a peer was installed, through
+    /// `instance`) and returns the old one. The status's applied instance
+    /// moves under the store's lock, as it does when the core applies, so a
+    /// reader holding the lock sees a store and the instance it is at
+    /// together (the status page pairs the state hash with it).
+    fn replace_store(&self, store: Store, instance: u64, status: &watch::Sender<Status>) -> Store {
         // The entries the snapshot stands for may have voided tokens.
         self.tokens.clear();
-        std::mem::replace(&mut *lock(&self.store), store)
+        let mut guard = lock(&self.store);
+        let replaced = std::mem::replace(&mut *guard, store);
+        status.send_modify(|status| status.applied_instance = instance);
+        replaced
     }
 
     /// The client URL of `member_id`, as it announced it (this member's own too).
@@ -374,10 +381,10 @@ impl Core {
         origin: Instant,
         snapshot_instance: u64,
     ) -> Core {
-        status.send_modify(|status| status.applied_instance = snapshot_instance);
         let mut consistency = ConsistencyChecker::new(shared.tunables.consistency_check_interval, Instant::now());
         {
             let store = shared.store();
+            status.send_modify(|status| status.applied_instance = snapshot_instance);
             consistency.history.reset(snapshot_instance, store.state_hash());
             note_corrupt_alarm(&shared, &store, snapshot_instance);
         }

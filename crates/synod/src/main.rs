@@ -624,6 +624,10 @@ async fn dev(flags: DevFlags, shutdown: CancellationToken) -> Result<(), String>
             client(0)
         ),
     }
+    println!(
+        "  open {scheme}://{}/ui in a browser: the group's status page",
+        client(0)
+    );
     println!("Ctrl-C stops every member.");
     let mut members = tokio::task::JoinSet::new();
     for index in 0..nodes {

@@ -87,6 +87,7 @@ pub fn router(api: Api) -> axum::Router {
             "/consistency",
             get(consistency).post(consistency).with_state(consistency_api),
         )
+        .merge(super::ui::router(metrics_api.clone()))
         .route(
             "/metrics",
             get(move || {

@@ -36,6 +36,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod ui;
 mod watch;
 
 /// The conversions of client requests from their wire types, which the

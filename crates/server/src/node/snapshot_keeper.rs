@@ -469,7 +469,7 @@ impl SnapshotKeeper {
         if let Some(trimmed) = disk.trim(finished) {
             let _ = trimmed.await;
         }
-        let replaced = shared.replace_store(restored);
+        let replaced = shared.replace_store(restored, instance.0, status);
         // Freeing a whole store takes time too.
         tokio::task::spawn_blocking(move || drop(replaced));
         // Watchers did not see the revisions inside the snapshot: they replay
@@ -479,7 +479,6 @@ impl SnapshotKeeper {
             lock(&entry.hub).resync_all();
             entry.notify.notify_one();
         }
-        status.send_modify(|status| status.applied_instance = instance.0);
         shared.metrics.applied_instance.store(instance.0, Ordering::Relaxed);
         replica.install_snapshot(instance, epoch);
         // Above the applied instance, which no durable snapshot passes.
