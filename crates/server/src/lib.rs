@@ -326,7 +326,8 @@ pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<()
         client_tls.as_ref().map(tls::ClientTls::forwarding),
         client_tls.as_ref().is_some_and(|tls| tls.client_cert_auth),
         jwt,
-    );
+    )
+    .with_gateway_tls(client_tls.as_ref().map(tls::ClientTls::gateway));
     let server_tls = match (client_tls, client_tls_files) {
         (Some(loaded), Some(files)) => Some(tls::reload_on_hangup(loaded.server_tls(), files, shutdown.clone())),
         _ => None,

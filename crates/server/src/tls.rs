@@ -292,6 +292,15 @@ impl ClientTls {
         })
     }
 
+    /// The TLS settings of the JSON gateway's channel to this member's own
+    /// port: the CA only, no certificate, so a gateway call never runs as the
+    /// member's certificate names (etcd's gateway ignores certificate names
+    /// too). Under `--client-cert-auth` the port then refuses the gateway.
+    pub fn gateway(&self) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.forward_ca_pem))
+    }
+
     /// The TLS settings of a channel that forwards to another member.
     pub fn forwarding(&self) -> tonic::transport::ClientTlsConfig {
         let (cert, key) = &self.identity_pem;

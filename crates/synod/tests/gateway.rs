@@ -225,3 +225,42 @@ fn tokens_in_the_authorization_header_are_honoured() {
     assert_eq!(status, 401, "{answer:?}");
     assert_eq!(answer[0]["message"], "etcdserver: invalid auth token");
 }
+
+#[test]
+fn a_tls_port_serves_the_gateway_without_lending_it_a_certificate() {
+    use synod_server::tls::generate::{CA_FILE, CLIENT_CERT_FILE, CLIENT_KEY_FILE};
+    // curl presents the client certificate where the port asks for one.
+    let curl = |cluster: &Cluster, path: &str, body: Option<&str>| -> String {
+        let tls = cluster.tls.as_ref().expect("a TLS cluster");
+        let mut command = Command::new("curl");
+        command.args(["-s", "--max-time", "5", "--cacert", &tls.file(CA_FILE)]);
+        if tls.client_cert_auth {
+            command.args(["--cert", &tls.file(CLIENT_CERT_FILE)]);
+            command.args(["--key", &tls.file(CLIENT_KEY_FILE)]);
+        }
+        if let Some(body) = body {
+            command.args(["-X", "POST", "-d", body]);
+        }
+        let output = command
+            .arg(format!("https://{}{path}", cluster.members[0].endpoint()))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let cluster = Cluster::start_tls(3, "gateway-tls", false);
+    let put = curl(&cluster, "/v3/kv/put", Some(r#"{"key": "dA==", "value": "bHM="}"#));
+    assert!(put.contains("\"revision\""), "{put}");
+    let range = curl(&cluster, "/v3/kv/range", Some(r#"{"key": "dA=="}"#));
+    assert!(range.contains("\"value\":\"bHM=\""), "{range}");
+    // Under --client-cert-auth the gateway's own call presents no
+    // certificate and is refused (it never runs as a certificate's name),
+    // while the port serves the client that presented one.
+    let strict = Cluster::start_tls(3, "gateway-tls-cert", true);
+    let health = curl(&strict, "/health", None);
+    assert!(health.contains("\"health\":\"true\""), "{health}");
+    let refused = curl(&strict, "/v3/kv/range", Some(r#"{"key": "dA=="}"#));
+    assert!(
+        refused.contains("\"error\"") && !refused.contains("\"header\""),
+        "refused: {refused}"
+    );
+}

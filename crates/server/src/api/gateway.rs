@@ -11,7 +11,9 @@
 //! sent over a loopback channel carrying the caller's `Authorization` header
 //! (and any `Grpc-Metadata-*` header) as metadata, so authentication and
 //! every check apply exactly as to a gRPC client; the answer comes back as
-//! JSON. The JSON is grpc-gateway's: field names as in the .proto, 64-bit
+//! JSON. On a TLS port the loopback channel presents no certificate: a
+//! gateway call never runs as a certificate's name (with
+//! `--client-cert-auth` the port refuses it, and callers use gRPC). The JSON is grpc-gateway's: field names as in the .proto, 64-bit
 //! integers as strings, bytes in base64, default values left out; an error is
 //! `{"error": MESSAGE, "code": GRPC_CODE, "message": MESSAGE}` with the HTTP
 //! status grpc-gateway maps the code to. A stream (watch, keep-alive,
@@ -66,15 +68,17 @@ pub fn router(api: &Api) -> Option<Router> {
         }
     };
     if url.starts_with("https://") {
-        if let Some(tls) = &api.forward_tls {
-            endpoint = match endpoint.tls_config(tls.clone()) {
-                Ok(endpoint) => endpoint,
-                Err(error) => {
-                    tracing::warn!(%url, %error, "the JSON gateway is off: no TLS client for this member's port");
-                    return None;
-                }
-            };
-        }
+        let Some(tls) = &api.gateway_tls else {
+            tracing::warn!(%url, "the JSON gateway is off: no TLS settings to dial this member's port");
+            return None;
+        };
+        endpoint = match endpoint.tls_config(tls.clone()) {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                tracing::warn!(%url, %error, "the JSON gateway is off: no TLS client for this member's port");
+                return None;
+            }
+        };
     }
     let gateway = Gateway {
         channel: endpoint.connect_lazy(),

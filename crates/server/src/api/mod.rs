@@ -85,6 +85,8 @@ pub struct Api {
     backups: Arc<tokio::sync::Semaphore>,
     /// How to reach other members' client ports when they speak TLS.
     forward_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// TLS of the JSON gateway's channel to this member's own port.
+    gateway_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Whether a client certificate's common name names the caller
     /// (`--client-cert-auth`).
     certificate_users: bool,
@@ -135,12 +137,20 @@ impl Api {
         Api {
             shared,
             forward_tls,
+            gateway_tls: None,
             certificate_users,
             jwt,
             password_checks: auth::password_checks(),
             channels: Arc::new(Mutex::new(HashMap::new())),
             backups: Arc::new(tokio::sync::Semaphore::new(maintenance::BACKUP_STREAMS_MAX)),
         }
+    }
+
+    /// Sets the TLS the JSON gateway dials this member's own port with
+    /// (`ClientTls::gateway`); without it an `https://` port gets no gateway.
+    pub fn with_gateway_tls(mut self, tls: Option<tonic::transport::ClientTlsConfig>) -> Api {
+        self.gateway_tls = tls;
+        self
     }
 
     /// The state shared with the core.
