@@ -347,6 +347,12 @@ fn sample_messages() -> Vec<Message> {
             promised: ballot(4, 3),
         },
         Message::LeaseRelease { ballot: ballot(3, 2) },
+        Message::ProposedQuery { incarnation: 3 },
+        Message::ProposedReply {
+            ballot: ballot(3, 2),
+            proposed_through: Instance(7),
+            incarnation: 3,
+        },
         Message::MasterHandover {
             ballot: ballot(3, 2),
             through: Instance(7),

@@ -140,6 +140,8 @@ mod tag {
     pub const PROBE_REPLY: u8 = 15;
     pub const LEASE_RELEASE: u8 = 16;
     pub const MASTER_HANDOVER: u8 = 17;
+    pub const PROPOSED_QUERY: u8 = 18;
+    pub const PROPOSED_REPLY: u8 = 19;
 
     pub const PROMISE_ACCEPTED: u8 = 1;
     pub const PROMISE_CHOSEN: u8 = 2;
@@ -280,6 +282,20 @@ fn put_message(buffer: &mut BytesMut, message: &Message) {
             buffer.put_u64(snapshot_instance.0);
         }
         Message::Probe => buffer.put_u8(tag::PROBE),
+        Message::ProposedQuery { incarnation } => {
+            buffer.put_u8(tag::PROPOSED_QUERY);
+            buffer.put_u64(*incarnation);
+        }
+        Message::ProposedReply {
+            ballot,
+            proposed_through,
+            incarnation,
+        } => {
+            buffer.put_u8(tag::PROPOSED_REPLY);
+            put_ballot(buffer, *ballot);
+            buffer.put_u64(proposed_through.0);
+            buffer.put_u64(*incarnation);
+        }
         Message::ProbeReply {
             amnesiac,
             promised,
@@ -624,6 +640,14 @@ impl<'a> Reader<'a> {
                 snapshot_instance: self.instance("snapshot instance")?,
             },
             tag::PROBE => Message::Probe,
+            tag::PROPOSED_QUERY => Message::ProposedQuery {
+                incarnation: self.u64("incarnation")?,
+            },
+            tag::PROPOSED_REPLY => Message::ProposedReply {
+                ballot: self.ballot("ballot")?,
+                proposed_through: self.instance("proposed through")?,
+                incarnation: self.u64("incarnation")?,
+            },
             tag::PROBE_REPLY => Message::ProbeReply {
                 amnesiac: self.bool("amnesiac")?,
                 promised: self.ballot("promised")?,
@@ -690,6 +714,12 @@ mod tests {
                 promised: ballot(6),
             },
             Message::LeaseRelease { ballot: ballot(5) },
+            Message::ProposedQuery { incarnation: 4 },
+            Message::ProposedReply {
+                ballot: ballot(5),
+                proposed_through: Instance(21),
+                incarnation: 4,
+            },
             Message::MasterHandover {
                 ballot: ballot(5),
                 through: Instance(12),

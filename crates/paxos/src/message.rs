@@ -298,6 +298,25 @@ pub enum Message {
         /// The highest incarnation of the prober that the sender has seen.
         incarnation_seen: u64,
     },
+    /// A replica that lost its disk, awaiting a master whose ballot equals
+    /// the promise it adopted, asks that master what it has proposed: a
+    /// heartbeat's `proposed_through` may have been sent before the disk was
+    /// lost, and miss an instance this replica accepted then.
+    ProposedQuery {
+        /// The asker's incarnation, echoed in the answer so that an answer to
+        /// an earlier incarnation (before another loss) is not taken.
+        incarnation: u64,
+    },
+    /// A master's answer to [`Message::ProposedQuery`], given after the
+    /// question was asked.
+    ProposedReply {
+        /// The master's ballot.
+        ballot: Ballot,
+        /// The highest instance it has proposed in, when it answered.
+        proposed_through: Instance,
+        /// The incarnation the question carried.
+        incarnation: u64,
+    },
 }
 
 /// Largest ballot round or incarnation, and largest instance, a peer's message
@@ -370,6 +389,12 @@ impl Message {
             } => instance_ok(chosen_through) && entries.iter().all(|(instance, _)| instance_ok(instance)),
             Message::SnapshotNeeded { snapshot_instance } => instance_ok(snapshot_instance),
             Message::Probe => true,
+            Message::ProposedQuery { incarnation } => *incarnation <= COUNTER_MAX,
+            Message::ProposedReply {
+                ballot,
+                proposed_through,
+                incarnation,
+            } => ballot_ok(ballot) && instance_ok(proposed_through) && *incarnation <= COUNTER_MAX,
             Message::ProbeReply {
                 promised,
                 incarnation_seen,
@@ -384,6 +409,7 @@ impl Message {
             | Message::LeasePropose { ballot, .. }
             | Message::LeaseRelease { ballot }
             | Message::MasterHandover { ballot, .. }
+            | Message::ProposedReply { ballot, .. }
             | Message::Prepare { ballot, .. }
             | Message::Accept { ballot, .. }
             | Message::Commit { ballot, .. }

@@ -222,6 +222,17 @@ impl Group {
         self.drain(index);
     }
 
+    /// Crashes replica `index` and restarts it with an empty disk, as a
+    /// member that lost its disk rejoins (`FreshStart::Rejoin`).
+    pub fn wipe_restart(&mut self, index: usize, seed: u64) {
+        let node = self.replicas[index].node();
+        self.network.retain(|(from, _, _)| *from != node);
+        self.disks[index] = MemoryDisk::default();
+        let config = self.replicas[index].config().clone();
+        self.replicas[index] = Replica::fresh(config, synod_paxos::FreshStart::Rejoin, self.now, seed);
+        self.drain(index);
+    }
+
     /// Ticks every replica at [`Group::now`], then delivers every message that causes.
     pub fn tick_all(&mut self) {
         for index in 0..self.replicas.len() {

@@ -53,6 +53,7 @@ fn proposer_ballot(message: &mut Message) -> Option<&mut Ballot> {
         | Message::LeasePropose { ballot, .. }
         | Message::LeaseRelease { ballot }
         | Message::MasterHandover { ballot, .. }
+        | Message::ProposedReply { ballot, .. }
         | Message::Prepare { ballot, .. }
         | Message::Accept { ballot, .. }
         | Message::Commit { ballot, .. } => Some(ballot),
@@ -145,6 +146,16 @@ fn counters(message: &mut Message) -> Vec<&mut u64> {
         }
         Message::SnapshotNeeded { snapshot_instance } => fields.push(&mut snapshot_instance.0),
         Message::Probe => {}
+        Message::ProposedQuery { incarnation } => fields.push(incarnation),
+        Message::ProposedReply {
+            ballot,
+            proposed_through,
+            incarnation,
+        } => {
+            fields.extend(of_ballot(ballot));
+            fields.push(&mut proposed_through.0);
+            fields.push(incarnation);
+        }
         Message::ProbeReply {
             promised,
             incarnation_seen,
@@ -188,6 +199,12 @@ mod tests {
                 promised: ballot,
             },
             Message::LeaseRelease { ballot },
+            Message::ProposedQuery { incarnation: 2 },
+            Message::ProposedReply {
+                ballot,
+                proposed_through: Instance(4),
+                incarnation: 2,
+            },
             Message::MasterHandover {
                 ballot,
                 through: Instance(4),

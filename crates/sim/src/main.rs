@@ -26,7 +26,7 @@ struct Arguments {
     replicas: Option<usize>,
     /// Plant a bug: quorum-of-half, accept-lower-ballot, no-lease-silence,
     /// send-before-sync, phase1-lowest-ballot, skip-message-validation,
-    /// read-without-lease.
+    /// read-without-lease, release-any-grant.
     #[arg(long)]
     bug: Option<String>,
     /// Print every seed's outcome.
@@ -51,6 +51,7 @@ fn parse_bug(name: &str) -> Result<SimBugs, String> {
         "phase1-lowest-ballot" => bugs.core.phase1_lowest_ballot = true,
         "skip-message-validation" => bugs.core.skip_message_validation = true,
         "read-without-lease" => bugs.core.read_without_lease = true,
+        "release-any-grant" => bugs.core.release_any_grant = true,
         other => return Err(format!("unknown bug {other:?}")),
     }
     Ok(bugs)

@@ -641,3 +641,61 @@ fn two_lease_holders_after_a_held_back_release(bugs: PlantedBugs) -> bool {
     }
     false
 }
+
+/// Runs the scenario of a replica that lost its disk and hears, after its
+/// probe, a heartbeat its master sent before the loss: the master M proposed
+/// `v` after that heartbeat, M and R accepted it (a majority of three: `v` is
+/// chosen) while the third member X was cut off, and R lost its disk. M
+/// then goes away. Returns the value X and R's new master finds at that
+/// instance, if they elect one while M is away.
+fn value_found_after_a_stale_heartbeat() -> Option<Option<synod_paxos::Batch>> {
+    let (mut group, m) = elected(3);
+    let (r, x) = ((m + 1) % 3, (m + 2) % 3);
+    let (m_id, x_id) = (group.replicas[m].node(), group.replicas[x].node());
+    let ballot = group.replicas[m].epoch().expect("a master").0;
+    let before = group.replicas[m].chosen_through();
+    let stale = Message::Commit {
+        ballot,
+        chosen_through: before,
+        proposed_through: before,
+    };
+    group.isolated.push(x_id);
+    let now = group.now;
+    group.replicas[m]
+        .submit(now, Bytes::from_static(b"v"), None)
+        .expect("the master takes it");
+    group.drain(m);
+    group.pump();
+    let instance = before.next();
+    assert!(group.replicas[m].chosen_value(instance).is_some(), "M and R chose v");
+    group.wipe_restart(r, 99);
+    group.isolated.clear();
+    group.pump();
+    assert_eq!(group.replicas[r].meta().voting, Voting::AwaitMaster, "R probed");
+    let now = group.now;
+    group.replicas[r].step(now, m_id, stale);
+    group.drain(r);
+    group.isolated.push(m_id);
+    let elected = tick_only_until(&mut group, &[r, x], 20_000, |g| {
+        [r, x]
+            .into_iter()
+            .find(|&index| g.replicas[index].read_lease(g.now).is_ok())
+    });
+    elected.map(|index| group.replicas[index].chosen_value(instance).cloned())
+}
+
+#[test]
+fn a_heartbeat_sent_before_a_disk_was_lost_does_not_let_the_replica_vote() {
+    // Without M the two others cannot safely choose anything: R does not
+    // vote until a master tells it, after the loss, what it has proposed.
+    match value_found_after_a_stale_heartbeat() {
+        None => {}
+        Some(found) => {
+            let found = found.expect("the new master holds no value where v was chosen: v was lost");
+            assert!(
+                found.entries.iter().any(|entry| entry.value.as_ref() == b"v"),
+                "the new master lost the chosen value: {found:?}"
+            );
+        }
+    }
+}

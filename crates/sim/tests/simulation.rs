@@ -321,6 +321,12 @@ const SEEDS_THAT_FOUND_BUGS: &[(u64, usize)] = &[
     // A master that had not learned an instance kept proposing it to
     // acceptors that held it only in their snapshots; they never answered.
     (11_004_678, 3),
+    // A replica that lost its disk took a heartbeat its master sent before
+    // the loss (delivered late) as the extent of what that master had
+    // proposed, voted, and a new master missed a value it had accepted: a
+    // chosen value was overwritten. At the ballot it adopted, a rejoining
+    // replica now asks the master (`ProposedQuery`).
+    (9_016_246, 5),
 ];
 
 #[test]

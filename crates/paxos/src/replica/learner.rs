@@ -22,9 +22,15 @@ impl Replica {
         chosen_through: Instance,
         proposed_through: Instance,
     ) {
-        if self.meta.voting == Voting::AwaitMaster && ballot >= self.meta.promised {
-            self.meta.voting = Voting::LearnUntil(proposed_through);
-            self.persist_meta();
+        if self.meta.voting == Voting::AwaitMaster && ballot > self.meta.promised {
+            self.learn_until(proposed_through);
+        } else if self.meta.voting == Voting::AwaitMaster && ballot == self.meta.promised {
+            // A master at the very ballot this replica may have promised may
+            // also have had it accept instances beyond what this heartbeat
+            // says, if the heartbeat was sent before the disk was lost and
+            // delivered after: ask the master now (see `on_proposed_reply`).
+            let incarnation = self.meta.incarnation;
+            self.send(from, Message::ProposedQuery { incarnation });
         }
         self.learn_commit(now, from, ballot, chosen_through);
         self.check_learned_enough();
@@ -135,6 +141,39 @@ impl Replica {
             batch,
             rejected,
         });
+    }
+
+    /// A replica that lost its disk learns, without voting, every instance
+    /// up to `proposed_through` of a master it may trust (docs/protocol.md,
+    /// "Safe rejoin").
+    fn learn_until(&mut self, proposed_through: Instance) {
+        self.meta.voting = Voting::LearnUntil(proposed_through);
+        self.persist_meta();
+    }
+
+    /// The master answers a rejoining replica what it has proposed so far.
+    pub(super) fn on_proposed_query(&mut self, from: NodeId, incarnation: u64) {
+        let Role::Master(master) = &self.role else { return };
+        let reply = Message::ProposedReply {
+            ballot: master.ballot,
+            proposed_through: master.next.prev(),
+            incarnation,
+        };
+        self.send(from, reply);
+    }
+
+    /// The answer to a question this incarnation asked, so given after this
+    /// replica lost its disk: every instance the master proposed before the
+    /// loss (and so every one this replica may have accepted from it) is at
+    /// or below `proposed_through`.
+    pub(super) fn on_proposed_reply(&mut self, ballot: Ballot, proposed_through: Instance, incarnation: u64) {
+        if self.meta.voting == Voting::AwaitMaster
+            && ballot >= self.meta.promised
+            && incarnation == self.meta.incarnation
+        {
+            self.learn_until(proposed_through);
+            self.check_learned_enough();
+        }
     }
 
     pub(super) fn check_learned_enough(&mut self) {

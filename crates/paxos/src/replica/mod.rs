@@ -812,6 +812,12 @@ impl Replica {
                 }
             }
             Message::Probe => self.on_probe(from),
+            Message::ProposedQuery { incarnation } => self.on_proposed_query(from, incarnation),
+            Message::ProposedReply {
+                ballot,
+                proposed_through,
+                incarnation,
+            } => self.on_proposed_reply(ballot, proposed_through, incarnation),
             Message::ProbeReply {
                 amnesiac,
                 promised,
