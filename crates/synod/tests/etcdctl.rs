@@ -120,8 +120,9 @@ fn etcdctl_against_a_three_member_group() {
     run(&all, &["put", "watched/a", "1"]);
     run(&all, &["put", "watched/a", "2"]);
     run(&all, &["del", "watched/a"]);
+    // The key's line after DELETE may come in a later read than DELETE itself.
     let seen = watcher.wait_for(Duration::from_secs(10), "three events", |output| {
-        output[start..].contains("DELETE")
+        output[start..].contains("DELETE\nwatched/a")
     });
     drop(watcher);
     // Marker puts still in flight when the watch was found ready are left out.
