@@ -89,16 +89,24 @@ pub fn router(api: &Api) -> Option<Router> {
 /// One unary call: `$client::$method` at `$path`.
 macro_rules! unary {
     ($router:ident, $gateway:ident, $path:literal, $client:ident :: $method:ident) => {
+        call!($router, $gateway, $path, unary, Bytes, $client::$method)
+    };
+}
+
+/// One call: `$client::$method` at `$path`, through `Gateway::$kind`
+/// (unary, bidirectional or server streaming) with a body taken as `$body`.
+macro_rules! call {
+    ($router:ident, $gateway:ident, $path:literal, $kind:ident, $body:ty, $client:ident :: $method:ident) => {
         $router = at(
             $router,
             $path,
             post({
                 let gateway = $gateway.clone();
-                move |headers: HeaderMap, body: Bytes| {
+                move |headers: HeaderMap, body: $body| {
                     let gateway = gateway.clone();
                     async move {
                         gateway
-                            .unary(headers, body, |channel, request| async move {
+                            .$kind(headers, body, |channel, request| async move {
                                 client!($client, channel).$method(request).await
                             })
                             .await
@@ -183,66 +191,32 @@ fn routes(gateway: Gateway) -> Router {
     unary!(router, gateway, "/election/leader", ElectionClient::leader);
     unary!(router, gateway, "/election/resign", ElectionClient::resign);
 
-    let watch = gateway.clone();
-    router = at(
+    call!(router, gateway, "/watch", bidirectional, Body, WatchClient::watch);
+    call!(
         router,
-        "/watch",
-        post(move |headers: HeaderMap, body: Body| {
-            let gateway = watch.clone();
-            async move {
-                gateway
-                    .bidirectional(headers, body, |channel, request| async move {
-                        client!(WatchClient, channel).watch(request).await
-                    })
-                    .await
-            }
-        }),
-    );
-    let keep_alive = gateway.clone();
-    router = at(
-        router,
+        gateway,
         "/lease/keepalive",
-        post(move |headers: HeaderMap, body: Body| {
-            let gateway = keep_alive.clone();
-            async move {
-                gateway
-                    .bidirectional(headers, body, |channel, request| async move {
-                        client!(LeaseClient, channel).lease_keep_alive(request).await
-                    })
-                    .await
-            }
-        }),
+        bidirectional,
+        Body,
+        LeaseClient::lease_keep_alive
     );
-    let snapshot = gateway.clone();
-    router = at(
+    call!(
         router,
+        gateway,
         "/maintenance/snapshot",
-        post(move |headers: HeaderMap, body: Bytes| {
-            let gateway = snapshot.clone();
-            async move {
-                gateway
-                    .server_streaming(headers, body, |channel, request| async move {
-                        client!(MaintenanceClient, channel).snapshot(request).await
-                    })
-                    .await
-            }
-        }),
+        server_streaming,
+        Bytes,
+        MaintenanceClient::snapshot
     );
-    let observe = gateway;
-    at(
+    call!(
         router,
+        gateway,
         "/election/observe",
-        post(move |headers: HeaderMap, body: Bytes| {
-            let gateway = observe.clone();
-            async move {
-                gateway
-                    .server_streaming(headers, body, |channel, request| async move {
-                        client!(ElectionClient, channel).observe(request).await
-                    })
-                    .await
-            }
-        }),
-    )
+        server_streaming,
+        Bytes,
+        ElectionClient::observe
+    );
+    router
 }
 
 /// Serves `method` at `/v3{path}` and at `/v3beta{path}`.
@@ -260,11 +234,7 @@ impl Gateway {
         Call: FnOnce(Channel, tonic::Request<Req>) -> Answer,
         Answer: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        let message = match decode::<Req>(&body) {
-            Ok(message) => message,
-            Err(status) => return error_response(&status),
-        };
-        let request = match with_metadata(&headers, message) {
+        let request = match decode::<Req>(&body).and_then(|message| with_metadata(&headers, message)) {
             Ok(request) => request,
             Err(status) => return error_response(&status),
         };
@@ -320,11 +290,7 @@ impl Gateway {
         Call: FnOnce(Channel, tonic::Request<Req>) -> Answer,
         Answer: Future<Output = Result<tonic::Response<tonic::Streaming<Resp>>, Status>>,
     {
-        let message = match decode::<Req>(&body) {
-            Ok(message) => message,
-            Err(status) => return error_response(&status),
-        };
-        let request = match with_metadata(&headers, message) {
+        let request = match decode::<Req>(&body).and_then(|message| with_metadata(&headers, message)) {
             Ok(request) => request,
             Err(status) => return error_response(&status),
         };
