@@ -114,11 +114,22 @@ fn pause_past_the_lease_while_another_takes_the_lock(cluster: &Cluster, fenced: 
         "other",
     ]);
     assert!(taken.status.success(), "{}", output_text(&taken));
-    let value = etcdctl(&["--endpoints", &endpoints, "get", "fenced", "--print-value-only"]);
-    assert_eq!(output_text(&value).trim(), "other");
+    assert_eq!(fenced_value(cluster), "other");
     let before_resume = holder.lines().len();
     holder.signal("-CONT");
     (holder, before_resume)
+}
+
+/// The fenced key's value, read through the whole group.
+fn fenced_value(cluster: &Cluster) -> String {
+    let value = etcdctl(&[
+        "--endpoints",
+        &cluster.endpoints(),
+        "get",
+        "fenced",
+        "--print-value-only",
+    ]);
+    output_text(&value).trim().to_string()
 }
 
 #[test]
@@ -139,14 +150,7 @@ fn a_holder_paused_past_its_lease_cannot_write_with_its_sequencer() {
         after.iter().all(|line| line.contains("sequencer is stale")),
         "{after:?}"
     );
-    let value = etcdctl(&[
-        "--endpoints",
-        &cluster.endpoints(),
-        "get",
-        "fenced",
-        "--print-value-only",
-    ]);
-    assert_eq!(output_text(&value).trim(), "other");
+    assert_eq!(fenced_value(&cluster), "other");
 }
 
 #[test]
@@ -154,15 +158,8 @@ fn without_a_sequencer_the_paused_holder_overwrites_the_next_holder() {
     let cluster = Cluster::start(3, "paused-holder-unfenced");
     let (holder, before_resume) = pause_past_the_lease_while_another_takes_the_lock(&cluster, false);
     holder.wait_for(before_resume, "a write after the pause", |line| line.ends_with(" ok"));
-    let value = etcdctl(&[
-        "--endpoints",
-        &cluster.endpoints(),
-        "get",
-        "fenced",
-        "--print-value-only",
-    ]);
     assert!(
-        output_text(&value).trim().starts_with("holder-"),
+        fenced_value(&cluster).starts_with("holder-"),
         "the lost update the sequencer prevents"
     );
 }

@@ -14,8 +14,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -181,21 +180,6 @@ fn shows_new_master(cards: &[Card], killed: &str) -> Result<String, String> {
     }
 }
 
-/// A plain HTTP/1.1 GET; returns the response head and its body.
-fn get_with_head(port: u16, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (head.to_string(), body.to_string())
-}
-
 #[test]
 fn the_status_page_shows_every_member_and_follows_a_master_change() {
     if !chromium_installed() {
@@ -210,7 +194,7 @@ fn the_status_page_shows_every_member_and_follows_a_master_change() {
     let url = format!("{}/ui", cluster.members[server].url());
 
     // What the page reads, straight from the member: readable from any origin.
-    let (head, body) = get_with_head(cluster.members[server].client_port, "/ui/member.json");
+    let (head, body) = http_get_with_head(cluster.members[server].client_port, "/ui/member.json");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains("access-control-allow-origin: *"),
@@ -224,7 +208,7 @@ fn the_status_page_shows_every_member_and_follows_a_master_change() {
     );
     assert_eq!(facts["role"], "follower", "{facts}");
     assert_eq!(facts["members"].as_array().map(Vec::len), Some(3), "{facts}");
-    let (head, page) = get_with_head(cluster.members[server].client_port, "/ui");
+    let (head, page) = http_get_with_head(cluster.members[server].client_port, "/ui");
     assert!(head.to_ascii_lowercase().contains("content-type: text/html"), "{head}");
     assert!(page.contains("name=\"viewport\""), "{page}");
 

@@ -454,6 +454,17 @@ pub fn etcdctl_ok(args: &[&str]) -> String {
 
 /// A plain HTTP/1.1 GET; returns (status code, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let (head, body) = http_get_with_head(port, path);
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (code, body)
+}
+
+/// A plain HTTP/1.1 GET; returns the response head and its body.
+pub fn http_get_with_head(port: u16, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     write!(
@@ -463,16 +474,8 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     .expect("send");
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (code, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (head.to_string(), body.to_string())
 }
 
 /// Runs `synod` with `args` to completion (for flag and data directory errors).
