@@ -44,8 +44,16 @@ fn leases_with_keys(endpoint: &str) -> Vec<(String, String)> {
                 .split("granted with ")
                 .nth(1)
                 .and_then(|rest| rest.split(',').next());
-            let keys = ttl.split("attached keys").nth(1);
-            let described = format!("{} {}", granted.unwrap_or("?"), keys.unwrap_or("?").trim());
+            // etcd lists a lease's keys in no fixed order: compare them sorted.
+            let mut keys: Vec<&str> = ttl
+                .split("attached keys([")
+                .nth(1)
+                .and_then(|rest| rest.split("])").next())
+                .unwrap_or("?")
+                .split_whitespace()
+                .collect();
+            keys.sort_unstable();
+            let described = format!("{} {:?}", granted.unwrap_or("?"), keys);
             (id, described)
         })
         .collect()
